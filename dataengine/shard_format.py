@@ -1,0 +1,62 @@
+"""The shard sample format: what one WebDataset sample holds, shared by the shards step and the trainer.
+
+A sample is a WebDataset record with key ``pair_id`` and two members:
+
+- ``tensors.safetensors``: ``source_latents``, ``target_latents`` (bf16, ``(16, T', H', W')``),
+  ``reference_latents`` (bf16, ``(16, 1, H', W')``), ``vlm_first`` and ``vlm_last`` (bf16, ``(S, D_vlm)``:
+  Qwen3-VL ``hidden_states[1]`` and ``hidden_states[-1]``), ``vlm_token_types`` (uint8, ``(S,)``:
+  0 text, 1 image, 2 video);
+- ``meta.json``: instruction, category, origin, shapes, model ids, frame count, fps, resolution.
+
+Tensors go through safetensors only: reading a shard never unpickles anything.
+Shards are grouped in buckets (one latent shape per bucket); ``index.json``, written last, lists them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+TENSORS_MEMBER = "tensors.safetensors"
+META_MEMBER = "meta.json"
+INDEX_NAME = "index.json"
+FORMAT_VERSION = 1
+
+LATENT_KEYS = ("source_latents", "target_latents", "reference_latents")
+VLM_KEYS = ("vlm_first", "vlm_last", "vlm_token_types")
+TENSOR_KEYS = LATENT_KEYS + VLM_KEYS
+TOKEN_TYPES = {"text": 0, "image": 1, "video": 2}
+
+
+def bucket_name(latent_shape: tuple[int, int, int]) -> str:
+    """Name of the bucket of a latent shape (T', H', W'), e.g. ``t21_h90_w160``."""
+    t, h, w = latent_shape
+    return f"t{t}_h{h}_w{w}"
+
+
+def encode_sample(pair_id: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """A WebDataset sample dict (``__key__`` plus member bytes) for ``webdataset.TarWriter``."""
+    missing = [k for k in TENSOR_KEYS if k not in tensors]
+    if missing:
+        raise ValueError(f"sample {pair_id}: missing tensors {missing}")
+    payload = {k: tensors[k].contiguous().cpu() for k in TENSOR_KEYS}
+    return {
+        "__key__": pair_id,
+        TENSORS_MEMBER: save_safetensors(payload),
+        META_MEMBER: json.dumps(meta, sort_keys=True).encode("utf-8"),
+    }
+
+
+def decode_sample(sample: dict[str, Any]) -> tuple[str, dict[str, torch.Tensor], dict[str, Any]]:
+    """Inverse of :func:`encode_sample` on a raw (undecoded) WebDataset sample dict."""
+    key = sample["__key__"]
+    try:
+        tensors = load_safetensors(sample[TENSORS_MEMBER])
+        meta = json.loads(sample[META_MEMBER])
+    except KeyError as err:
+        raise ValueError(f"sample {key}: member {err} missing (members: {sorted(sample)})") from err
+    return key, tensors, meta
