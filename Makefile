@@ -1,0 +1,49 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PY := .venv/bin/python
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export RAY_USAGE_STATS_ENABLED := 0
+RECIPE ?= manifests/demo.toml
+DEMO_DIR ?= demo_data
+
+.PHONY: install demo demo-data filter portraits shards fit sample report test bench lint clean
+
+install: .venv/.installed
+
+.venv/.installed: pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet --user uv
+	$(UV) sync --frozen
+	@touch $@
+
+demo-data: install
+	.venv/bin/dataengine demo-data --out $(DEMO_DIR)
+
+filter: install
+	.venv/bin/dataengine filter $(RECIPE)
+
+portraits: install
+	.venv/bin/dataengine synth-portraits $(RECIPE)
+
+shards: install
+	.venv/bin/dataengine shards $(RECIPE)
+
+fit: install
+	.venv/bin/trainer fit manifests/train_debug.toml
+
+demo: install
+	bash scripts/demo.sh
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m benchmarks.run
+
+lint: install
+	.venv/bin/ruff check dataengine trainer pipelines tests benchmarks
+	.venv/bin/ruff format --check dataengine trainer pipelines tests benchmarks
+
+clean:
+	rm -rf $(DEMO_DIR) shards runs manifests/demo
