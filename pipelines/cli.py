@@ -1,0 +1,21 @@
+"""The ``dataengine`` command: the data-engine jobs (filter, synth-portraits, shards) and their tools.
+
+Each job module in ``pipelines/`` defines its typer command function with light module-level imports
+(torch, ray and transformers are imported inside the function), and is registered here.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="dataengine",
+    help="MiVE data engine: filter OpenVE-3M with a Qwen3-VL judge, synthesise portrait pairs, write WebDataset shards.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+# Job registrations (one line each, kept in pipeline order).
+
+if __name__ == "__main__":
+    app()
