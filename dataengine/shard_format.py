@@ -9,12 +9,28 @@ A sample is a WebDataset record with key ``pair_id`` and two members:
 - ``meta.json``: instruction, category, origin, shapes, model ids, frame count, fps, resolution.
 
 Tensors go through safetensors only: reading a shard never unpickles anything.
-Shards are grouped in buckets (one latent shape per bucket); ``index.json``, written last, lists them.
+Shards are grouped in buckets (one latent shape per bucket); ``index.json``, written last, lists them:
+
+    {
+      "format_version": 1,
+      "num_samples": 123,
+      "latent_channels": 16, "vlm_dim": 4096,
+      "models": {"vae": "<hub id or folder>", "vlm": "<hub id or folder>"},
+      "recipe": {...the resolved [shards] recipe...},
+      "buckets": {"t21_h90_w160": {"latent_shape": [21, 90, 160], "num_samples": 100,
+                                    "shards": ["t21_h90_w160/shard-000000.tar", ...]}},
+      "shards": [{"path": "t21_h90_w160/shard-000000.tar", "bucket": "t21_h90_w160",
+                  "num_samples": 50, "bytes": 123456, "sha256": "<hex>", "keys_sha256": "<hex>"}]
+    }
+
+Shard paths are relative to the folder holding ``index.json``. Samples within a shard keep a
+deterministic order (sorted by ``pair_id``), so the same inputs give the same shards.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,3 +76,16 @@ def decode_sample(sample: dict[str, Any]) -> tuple[str, dict[str, torch.Tensor],
     except KeyError as err:
         raise ValueError(f"sample {key}: member {err} missing (members: {sorted(sample)})") from err
     return key, tensors, meta
+
+
+def read_index(path: str | Path) -> dict[str, Any]:
+    """Read a shard set's ``index.json`` (``path`` is the file or its folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / INDEX_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"no {INDEX_NAME} at {path}: is this a finished shard set? (index.json is written last)")
+    index = json.loads(path.read_text())
+    if index.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {index.get('format_version')} is not {FORMAT_VERSION}")
+    return index
