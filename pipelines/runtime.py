@@ -1,0 +1,174 @@
+"""What every Ray pipeline shares: starting Ray, resumable result parts, and a live progress display.
+
+- :func:`init_ray` starts a local Ray instance by default, or joins a cluster given ``--ray-address``
+  or ``RAY_ADDRESS``. Ray Data's own progress bars are turned off: :class:`Progress` shows the job's.
+- :class:`PartStore` appends result parts (Parquet) as they finish, each written under a temporary
+  name and renamed when complete, so a part on disk is always whole. After a kill, a rerun asks
+  :meth:`PartStore.completed_ids` what is done and skips it (datatrove's completion markers, per item).
+- :class:`Progress` shows items done, items/s and ETA, live on a terminal, as periodic log lines otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Start (or join) Ray once per process.
+
+    ``address`` (or ``RAY_ADDRESS``) joins an existing cluster, whose nodes must have this package
+    installed; without it a local instance is started with ``num_cpus`` / ``num_gpus`` (all by default).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    common = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
+    if address:
+        ray.init(address=address, **common)
+    else:
+        kwargs = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+        # Keep the object store modest on small machines: stages pass paths and small rows, not pixels.
+        store = int(os.environ.get("MIVE_RAY_OBJECT_STORE_BYTES", 512 * 1024 * 1024))
+        ray.init(
+            address="local",
+            object_store_memory=store,
+            **{k: v for k, v in kwargs.items() if v is not None},
+            **common,
+        )
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
+class PartStore:
+    """A folder of Parquet parts appended as results finish; the unit of resume.
+
+    Parts are named ``part-<time>-<random>.parquet`` and written atomically. Leftover temporary files
+    from a killed run are ignored and removed. Rows are identified by ``id_column``.
+    """
+
+    def __init__(self, folder: str | os.PathLike, id_column: str = "pair_id"):
+        self.folder = Path(folder)
+        self.id_column = id_column
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for leftover in self.folder.glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
+
+    def parts(self) -> list[Path]:
+        return sorted(self.folder.glob("part-*.parquet"))
+
+    def append(self, frame: pd.DataFrame | pa.Table) -> Path | None:
+        """Write one part atomically; empty frames write nothing."""
+        table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+        if table.num_rows == 0:
+            return None
+        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = self.folder / f".{name}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, self.folder / name)
+        return self.folder / name
+
+    def completed_ids(self) -> set[str]:
+        """Ids of every row in a complete part."""
+        ids: set[str] = set()
+        for part in self.parts():
+            ids.update(pq.read_table(part, columns=[self.id_column]).column(0).to_pylist())
+        return ids
+
+    def read_all(self) -> pd.DataFrame:
+        """All rows of all parts, one row per id (the first part that holds it wins), sorted by id."""
+        parts = self.parts()
+        if not parts:
+            return pd.DataFrame(columns=[self.id_column])
+        frame = pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
+        frame = frame.drop_duplicates(subset=[self.id_column], keep="first")
+        return frame.sort_values(self.id_column, kind="stable").reset_index(drop=True)
+
+
+def _format_duration(seconds: float) -> str:
+    if seconds != seconds or seconds == float("inf"):
+        return "--:--"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours:d}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+class Progress:
+    """Items done of ``total``, items/s and ETA.
+
+    ``initial`` counts items already done by an earlier (resumed) run: they count towards done but not
+    towards the rate. On a terminal the line is redrawn in place; otherwise one line is logged every
+    ``log_every_s`` seconds and at the end.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        unit: str = "items",
+        description: str = "",
+        initial: int = 0,
+        log_every_s: float = 10.0,
+    ):
+        self.total = total
+        self.unit = unit
+        self.description = description
+        self.done = initial
+        self.initial = initial
+        self.start = time.monotonic()
+        self.log_every_s = log_every_s
+        self._last_log = 0.0
+        self.interactive = sys.stderr.isatty()
+        self._render(force=True)
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.start
+        return (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
+
+    def line(self) -> str:
+        rate = self.rate
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        percent = 100.0 * self.done / self.total if self.total else 100.0
+        prefix = f"{self.description}: " if self.description else ""
+        return (
+            f"{prefix}{self.done}/{self.total} {self.unit} ({percent:5.1f}%) "
+            f"| {rate:.2f} {self.unit}/s | elapsed {_format_duration(time.monotonic() - self.start)} "
+            f"| ETA {_format_duration(eta)}"
+        )
+
+    def _render(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.interactive:
+            sys.stderr.write("\r\033[K" + self.line())
+            sys.stderr.flush()
+        elif force or now - self._last_log >= self.log_every_s:
+            print(self.line(), file=sys.stderr, flush=True)
+            self._last_log = now
+
+    def update(self, count: int = 1) -> None:
+        self.done += count
+        self._render()
+
+    def close(self) -> None:
+        if self.interactive:
+            sys.stderr.write("\r\033[K" + self.line() + "\n")
+            sys.stderr.flush()
+        else:
+            self._render(force=True)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
