@@ -69,7 +69,9 @@ def _metadata(extra: Mapping[str, Any] | None) -> dict[bytes, bytes]:
     return {k.encode(): v.encode() for k, v in meta.items()}
 
 
-def _write_table(df: pd.DataFrame, schema: pa.Schema, path: str | os.PathLike, metadata: Mapping[str, Any] | None):
+def _write_table(
+    df: pd.DataFrame, schema: pa.Schema, path: str | os.PathLike, metadata: Mapping[str, Any] | None
+):
     missing = [c for c in schema.names if c not in df.columns]
     if missing:
         raise ValueError(f"cannot write {path}: missing columns {missing}")
@@ -93,7 +95,9 @@ def write_pairs(df: pd.DataFrame, path: str | os.PathLike, metadata: Mapping[str
     _write_table(df, PAIR_SCHEMA, path, metadata)
 
 
-def write_rejections(df: pd.DataFrame, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
+def write_rejections(
+    df: pd.DataFrame, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None
+) -> None:
     """Write the rejections (atomically): pair_id, stage, reason, detail."""
     _write_table(df, REJECTION_SCHEMA, path, metadata)
 

@@ -80,7 +80,9 @@ def build_config(cls: type[T], table: dict[str, Any] | None, where: str = "") ->
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(table) - names)
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in recipe table [{where or cls.__name__}]; known: {sorted(names)}")
+        raise ValueError(
+            f"unknown key(s) {unknown} in recipe table [{where or cls.__name__}]; known: {sorted(names)}"
+        )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in table.items()}
     return cls(**kwargs)
 

@@ -84,7 +84,9 @@ def read_index(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         path = path / INDEX_NAME
     if not path.exists():
-        raise FileNotFoundError(f"no {INDEX_NAME} at {path}: is this a finished shard set? (index.json is written last)")
+        raise FileNotFoundError(
+            f"no {INDEX_NAME} at {path}: is this a finished shard set? (index.json is written last)"
+        )
     index = json.loads(path.read_text())
     if index.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {index.get('format_version')} is not {FORMAT_VERSION}")

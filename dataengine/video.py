@@ -42,7 +42,9 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int 
 
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"write_mp4({path}): expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+        raise ValueError(
+            f"write_mp4({path}): expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}"
+        )
     num_frames, height, width, _ = frames.shape
     if num_frames == 0:
         raise ValueError(f"write_mp4({path}): no frames")
@@ -75,7 +77,9 @@ def _open(path: str | os.PathLike):
     try:
         return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     except Exception as err:  # decord raises DECORDError / RuntimeError for corrupt files
-        raise VideoError(path, "undecodable", f"decord cannot open it: {str(err).splitlines()[0][:200]}") from err
+        raise VideoError(
+            path, "undecodable", f"decord cannot open it: {str(err).splitlines()[0][:200]}"
+        ) from err
 
 
 def probe(path: str | os.PathLike, check_last_frame: bool = True) -> VideoInfo:
@@ -94,8 +98,14 @@ def probe(path: str | os.PathLike, check_last_frame: bool = True) -> VideoInfo:
             reader.seek(0)
             reader.get_batch([num_frames - 1]).asnumpy()
         except Exception as err:
-            raise VideoError(path, "undecodable", f"last frame ({num_frames - 1}) does not decode: truncated? {str(err).splitlines()[0][:160]}") from err
-    return VideoInfo(num_frames=num_frames, fps=float(reader.get_avg_fps()), width=int(width), height=int(height))
+            raise VideoError(
+                path,
+                "undecodable",
+                f"last frame ({num_frames - 1}) does not decode: truncated? {str(err).splitlines()[0][:160]}",
+            ) from err
+    return VideoInfo(
+        num_frames=num_frames, fps=float(reader.get_avg_fps()), width=int(width), height=int(height)
+    )
 
 
 def read_frames(path: str | os.PathLike, indices: list[int] | np.ndarray | None = None) -> np.ndarray:
@@ -112,7 +122,9 @@ def read_frames(path: str | os.PathLike, indices: list[int] | np.ndarray | None 
         raise VideoError(path, "undecodable", f"decode failed: {str(err).splitlines()[0][:200]}") from err
 
 
-def sample_indices(num_frames: int, src_fps: float, target_fps: float, max_frames: int | None = None) -> np.ndarray:
+def sample_indices(
+    num_frames: int, src_fps: float, target_fps: float, max_frames: int | None = None
+) -> np.ndarray:
     """Indices that resample a ``num_frames`` clip at ``src_fps`` to ``target_fps`` (nearest frame)."""
     if target_fps <= 0 or src_fps <= 0:
         raise ValueError(f"fps must be positive, got src={src_fps} target={target_fps}")
