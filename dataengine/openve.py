@@ -1,0 +1,263 @@
+"""OpenVE-3M: read the per-category CSVs into pairs, and probe their videos.
+
+OpenVE-3M ships one CSV per category (the category is the file name) with the columns
+``original_video`` (source path), ``video`` (edited target path) and ``prompt`` (instruction), paths
+relative to the extracted video root. The files are not uniform: ``,`` or ``;`` delimiters, a UTF-8 BOM,
+CRLF line ends, extra columns, and instructions with quotes, delimiters and newlines (quoted). The reader
+survives all of that; a row it cannot use becomes a rejection naming the file and row:
+
+- ``malformed_row``: a required column is missing or empty, or the row has more fields than the header;
+- ``duplicate_row``: the same (source, target, instruction) as an earlier row (the first one is kept).
+
+The probe opens both videos with decord (:func:`dataengine.video.probe`) and rejects a pair as
+``missing_file``, ``undecodable`` (zero bytes, garbage, truncated) or ``too_short`` (fewer frames than the
+recipe's minimum).
+
+Each pair gets a stable ``pair_id`` from :func:`dataengine.manifest.make_pair_id` over the paths as written
+in the CSV and the instruction (CRLF inside it normalised to LF), so the id survives moving the dataset.
+Rows that cannot be pairs get an id derived from their file and row.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from dataengine.manifest import make_pair_id, rejections_frame
+from dataengine.video import VideoError, probe
+
+ORIGIN = "openve"
+SOURCE_COLUMN, TARGET_COLUMN, PROMPT_COLUMN = "original_video", "video", "prompt"
+REQUIRED_COLUMNS = (SOURCE_COLUMN, TARGET_COLUMN, PROMPT_COLUMN)
+DELIMITERS = (",", ";", "\t", "|")
+
+READ_STAGE = "read"
+PROBE_STAGE = "probe"
+
+# Columns of the pairs frame the reader returns (the probe adds num_frames, fps, width, height).
+PAIR_READ_COLUMNS = [
+    "pair_id",
+    "category",
+    "instruction",
+    "source_rel",
+    "target_rel",
+    "source_path",
+    "target_path",
+    "csv_file",
+    "csv_row",
+]
+PROBE_COLUMNS = ["num_frames", "fps", "width", "height", "reason", "detail"]
+
+
+@dataclass
+class OpenVEReadResult:
+    """The readable pairs and the rows that are not."""
+
+    pairs: pd.DataFrame
+    """One row per pair (``PAIR_READ_COLUMNS``): ids, category, instruction, resolved paths, CSV position."""
+    rejections: pd.DataFrame
+    """Rows that are not pairs (contract columns: pair_id, stage, reason, detail)."""
+    rows_per_category: dict[str, int]
+    """Data rows read per category (pairs + rejections)."""
+
+
+def find_csvs(csv_dir: str | Path, categories: list[str] | tuple[str, ...] | None = None) -> dict[str, Path]:
+    """The per-category CSVs under ``csv_dir`` (searched recursively): category (file stem) -> path."""
+    csv_dir = Path(csv_dir)
+    if not csv_dir.is_dir():
+        raise FileNotFoundError(f"OpenVE CSV folder not found: {csv_dir}")
+    found: dict[str, Path] = {}
+    for path in sorted(csv_dir.rglob("*.csv")):
+        if path.stem in found:
+            raise ValueError(f"two CSVs for category {path.stem!r}: {found[path.stem]} and {path}; keep one")
+        found[path.stem] = path
+    if categories:
+        missing = [c for c in categories if c not in found]
+        if missing:
+            raise FileNotFoundError(
+                f"no CSV for categor{'y' if len(missing) == 1 else 'ies'} {missing} under {csv_dir}; "
+                f"found: {sorted(found)}"
+            )
+        found = {c: found[c] for c in categories}
+    if not found:
+        raise FileNotFoundError(f"no *.csv files under {csv_dir}")
+    return found
+
+
+def sniff_delimiter(header_line: str, path: Path) -> str:
+    """The delimiter that splits the header into fields holding the required columns.
+
+    The header is plain column names (no quotes, no newlines), so it decides unambiguously where
+    ``csv.Sniffer`` on prompts full of commas and semicolons would not.
+    """
+    for delimiter in DELIMITERS:
+        fields = [f.strip().strip('"') for f in header_line.split(delimiter)]
+        if all(c in fields for c in REQUIRED_COLUMNS):
+            return delimiter
+    raise ValueError(
+        f"{path}: header {header_line.strip()[:200]!r} does not hold the columns {list(REQUIRED_COLUMNS)} "
+        f"with any of the delimiters {DELIMITERS}"
+    )
+
+
+def _resolve(video_root: Path, rel: str) -> str:
+    path = Path(rel)
+    return str(path if path.is_absolute() else video_root / path)
+
+
+def _row_id(category: str, row: int) -> str:
+    """Id of a row that is not a pair (malformed or repeated): unique per file and row."""
+    return make_pair_id(ORIGIN, f"{category}.csv", f"row {row}", "")
+
+
+def read_category_csv(path: Path, category: str, video_root: Path) -> tuple[list[dict], list[dict]]:
+    """Read one category CSV into pair rows and rejection rows."""
+    with open(path, encoding="utf-8-sig", newline="") as handle:  # utf-8-sig drops a BOM
+        header_line = handle.readline()
+        delimiter = sniff_delimiter(header_line, path)
+        handle.seek(0)
+        reader = csv.reader(handle, delimiter=delimiter, quotechar='"', doublequote=True, strict=False)
+        header = [h.strip() for h in next(reader)]
+        where = {c: header.index(c) for c in REQUIRED_COLUMNS}
+        pairs: list[dict] = []
+        rejections: list[dict] = []
+        row = 0
+        for fields in reader:
+            if not fields or all(not f.strip() for f in fields):
+                continue  # blank line
+            row += 1
+            position = f"row {row} (line {reader.line_num}) of {path.name}"
+            values = {c: fields[i].strip() if i < len(fields) else "" for c, i in where.items()}
+            empty = [c for c, v in values.items() if not v]
+            if empty or len(fields) > len(header):
+                problem = (
+                    f"{len(fields)} fields but the header has {len(header)} (unquoted delimiter?)"
+                    if len(fields) > len(header)
+                    else f"no value for {empty}"
+                )
+                rejections.append(
+                    {
+                        "pair_id": _row_id(category, row),
+                        "stage": READ_STAGE,
+                        "reason": "malformed_row",
+                        "detail": f"{problem}: {position}",
+                    }
+                )
+                continue
+            instruction = values[PROMPT_COLUMN].replace("\r\n", "\n")
+            source_rel, target_rel = values[SOURCE_COLUMN], values[TARGET_COLUMN]
+            pairs.append(
+                {
+                    "pair_id": make_pair_id(ORIGIN, source_rel, target_rel, instruction),
+                    "category": category,
+                    "instruction": instruction,
+                    "source_rel": source_rel,
+                    "target_rel": target_rel,
+                    "source_path": _resolve(video_root, source_rel),
+                    "target_path": _resolve(video_root, target_rel),
+                    "csv_file": path.name,
+                    "csv_row": row,
+                }
+            )
+    return pairs, rejections
+
+
+def read_openve(
+    csv_dir: str | Path, video_root: str | Path, categories: list[str] | tuple[str, ...] | None = None
+) -> OpenVEReadResult:
+    """Read every category CSV under ``csv_dir``; video paths resolve against ``video_root``."""
+    video_root = Path(video_root).resolve()
+    all_pairs: list[dict] = []
+    all_rejections: list[dict] = []
+    rows_per_category: dict[str, int] = {}
+    for category, path in find_csvs(csv_dir, categories).items():
+        pairs, rejections = read_category_csv(path, category, video_root)
+        rows_per_category[category] = len(pairs) + len(rejections)
+        all_pairs.extend(pairs)
+        all_rejections.extend(rejections)
+    frame = pd.DataFrame(all_pairs, columns=PAIR_READ_COLUMNS)
+    frame["csv_row"] = frame["csv_row"].astype("int64")
+    # The same pair listed twice (within or across files) is kept once; later copies are rejections.
+    repeated = frame["pair_id"].duplicated(keep="first")
+    if repeated.any():
+        first_row = frame.drop_duplicates("pair_id").set_index("pair_id")
+        for _, item in frame[repeated].iterrows():
+            first = first_row.loc[item["pair_id"]]
+            all_rejections.append(
+                {
+                    "pair_id": _row_id(item["category"], int(item["csv_row"])),
+                    "stage": READ_STAGE,
+                    "reason": "duplicate_row",
+                    "detail": (
+                        f"same source, target and prompt as row {first['csv_row']} of {first['csv_file']}: "
+                        f"row {item['csv_row']} of {item['csv_file']}"
+                    ),
+                }
+            )
+        frame = frame[~repeated].reset_index(drop=True)
+    return OpenVEReadResult(
+        pairs=frame, rejections=rejections_frame(all_rejections), rows_per_category=rows_per_category
+    )
+
+
+def probe_pair(source_path: str, target_path: str, min_frames: int, where: str = "") -> dict[str, object]:
+    """Probe both videos of a pair: frame count (the smaller), fps, size, or the rejection reason.
+
+    Returns a dict with ``PROBE_COLUMNS``; ``reason`` is None for a usable pair. ``where`` (e.g.
+    "row 17 of local_add.csv") ends every detail message.
+    """
+    suffix = f" ({where})" if where else ""
+    infos = {}
+    for role, path in (("source", source_path), ("target", target_path)):
+        try:
+            infos[role] = probe(path)
+        except VideoError as err:
+            return {
+                "num_frames": None,
+                "fps": None,
+                "width": None,
+                "height": None,
+                "reason": err.reason,
+                "detail": f"{role} video: {err.detail}: {path}{suffix}",
+            }
+    source, target = infos["source"], infos["target"]
+    num_frames = min(source.num_frames, target.num_frames)
+    if num_frames < min_frames:
+        short = "source" if source.num_frames <= target.num_frames else "target"
+        return {
+            "num_frames": num_frames,
+            "fps": source.fps,
+            "width": source.width,
+            "height": source.height,
+            "reason": "too_short",
+            "detail": f"{short} video has {num_frames} frames, fewer than min_frames={min_frames}: "
+            f"{source_path if short == 'source' else target_path}{suffix}",
+        }
+    return {
+        "num_frames": num_frames,
+        "fps": source.fps,
+        "width": source.width,
+        "height": source.height,
+        "reason": None,
+        "detail": None,
+    }
+
+
+def probe_pairs(pairs: pd.DataFrame, min_frames: int) -> pd.DataFrame:
+    """Probe every pair of a frame (``PAIR_READ_COLUMNS``); returns it with ``PROBE_COLUMNS`` added."""
+    results = [
+        probe_pair(src, tgt, min_frames, where=f"row {row} of {name}")
+        for src, tgt, row, name in zip(
+            pairs["source_path"], pairs["target_path"], pairs["csv_row"], pairs["csv_file"], strict=True
+        )
+    ]
+    probed = pd.DataFrame(results, columns=PROBE_COLUMNS, index=pairs.index)
+    out = pd.concat([pairs, probed], axis=1)
+    out["num_frames"] = out["num_frames"].astype("Int64")
+    out["width"] = out["width"].astype("Int64")
+    out["height"] = out["height"].astype("Int64")
+    out["fps"] = out["fps"].astype("Float64")
+    return out
