@@ -1,0 +1,381 @@
+"""The shard loader: stream a shard set (``index.json`` + WebDataset tars) into training batches.
+
+What it guarantees, and how:
+
+- **An epoch plan that is a pure function** of ``(index.json, seed, epoch, global batch)``. Per bucket
+  (one latent shape), the samples are permuted with ``numpy.random.default_rng([seed, epoch])`` and cut
+  into *global* batches of ``world_size * batch_size`` samples; the global batches of all buckets are then
+  shuffled together. Every batch therefore holds one latent shape. A bucket whose size is not a multiple
+  of the global batch is padded by repeating samples of that bucket from the start of its permutation (the
+  count is logged once per run), so every sample is seen at least once per epoch and exactly once when the
+  bucket sizes are multiples of the global batch.
+- **Rank split by sample**: rank ``r`` takes ``global_batch[r * batch_size:(r + 1) * batch_size]`` of every
+  global batch, so all ranks run the same number of steps (FSDP needs lockstep) and the samples of one
+  optimizer step do not depend on how they are spread over ranks (a 2-GPU run at batch 1 sees the same
+  samples per step as a 1-GPU run at batch 2).
+- **Loader-worker split by batch**: worker ``w`` of ``W`` reads the rank's batches ``w, w + W, ...``;
+  torch's ``DataLoader`` hands iterable-dataset outputs back round-robin over workers, so the order the
+  trainer sees does not depend on ``num_workers``.
+- **A checkpointable cursor** ``(epoch, position)``: ``position`` counts the micro-batches this rank has
+  handed to the trainer in the epoch. :meth:`ShardLoader.load_state_dict` restores it and the next batch is
+  exactly the one an uninterrupted run would have seen; skipped batches are never read.
+
+Samples are read by member offset: each tar is scanned once (headers only) with ``tarfile`` and its members
+grouped into samples with WebDataset's own key rule (:func:`webdataset.tariterators.base_plus_ext`), then a
+sample's members are read with one seek each and decoded by :func:`dataengine.shard_format.decode_sample`.
+At 720P a sample is tens of MB (three latents of 16 x 21 x 90 x 160 plus the VLM states), so a true
+per-epoch permutation costs one seek per sample, not a shuffle buffer, and resuming skips without reading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import base_plus_ext
+
+from dataengine.shard_format import (
+    INDEX_NAME,
+    LATENT_KEYS,
+    META_MEMBER,
+    TENSORS_MEMBER,
+    decode_sample,
+    read_index,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    """The ``[train.data]`` recipe table."""
+
+    shards: str = "shards/demo"
+    """Folder of the shard set (holding ``index.json``), or the ``index.json`` file itself."""
+    batch_size: int = 1
+    """Samples per micro-batch on each rank (the global batch of a step is this x ranks x grad accumulation)."""
+    num_workers: int = 0
+    """``DataLoader`` worker processes per rank (0 reads in the training process)."""
+    shuffle: bool = True
+    """Permute samples and batches every epoch (seeded by the run's seed and the epoch); off keeps index order."""
+    verify_checksums: bool = False
+    """Hash every shard at start-up against ``index.json``'s ``sha256`` (reads the whole set once)."""
+    pin_memory: bool = True
+    """Pin host batches for faster copies to the GPU (ignored without CUDA)."""
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """Where one sample lives: the shard's position in ``index.json``'s ``shards`` and the sample's in the tar."""
+
+    shard: int
+    position: int
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    path: Path
+    bucket: str
+    num_samples: int
+
+
+def _resolve_index_path(shards: str | Path) -> Path:
+    path = Path(shards)
+    return path if path.name == INDEX_NAME else path / INDEX_NAME
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ShardCatalogue:
+    """The shard set as described by ``index.json``, checked against the files on disk."""
+
+    def __init__(self, shards: str | Path, verify_checksums: bool = False) -> None:
+        self.index_path = _resolve_index_path(shards)
+        self.index = read_index(self.index_path)
+        root = self.index_path.parent
+        self.shards: list[ShardEntry] = []
+        for row, entry in enumerate(self.index.get("shards", [])):
+            path = root / entry["path"]
+            where = f"shard {entry['path']} (entry {row} of {self.index_path})"
+            if not path.exists():
+                raise FileNotFoundError(f"{where} is missing: the shard set is incomplete; rebuild it")
+            size = path.stat().st_size
+            if "bytes" in entry and size != entry["bytes"]:
+                raise ValueError(
+                    f"{where} has {size} bytes, the index says {entry['bytes']}: rebuild the shard set"
+                )
+            if verify_checksums and entry.get("sha256") and _sha256_file(path) != entry["sha256"]:
+                raise ValueError(f"{where}: sha256 does not match the index: the file changed or is corrupt")
+            self.shards.append(
+                ShardEntry(path=path, bucket=entry["bucket"], num_samples=int(entry["num_samples"]))
+            )
+        if not self.shards:
+            raise ValueError(f"{self.index_path} lists no shards: nothing to train on")
+        self.buckets: dict[str, list[SampleRef]] = {}
+        for shard_id, shard in enumerate(self.shards):
+            refs = self.buckets.setdefault(shard.bucket, [])
+            refs.extend(SampleRef(shard_id, position) for position in range(shard.num_samples))
+        self.num_samples = sum(len(refs) for refs in self.buckets.values())
+        declared = self.index.get("num_samples")
+        if declared is not None and declared != self.num_samples:
+            raise ValueError(
+                f"{self.index_path}: num_samples is {declared} but its shards hold {self.num_samples}"
+            )
+
+    def latent_shape(self, bucket: str) -> tuple[int, int, int]:
+        """The (T', H', W') of a bucket (from the index's ``buckets`` table)."""
+        return tuple(self.index["buckets"][bucket]["latent_shape"])  # type: ignore[return-value]
+
+
+def epoch_batches(
+    catalogue: ShardCatalogue, seed: int, epoch: int, global_batch: int, shuffle: bool = True
+) -> list[list[SampleRef]]:
+    """The epoch's global batches (each ``global_batch`` samples of one bucket), in training order.
+
+    Short buckets are padded by repeating their own samples (wrapping around the bucket's permutation).
+    """
+    if global_batch < 1:
+        raise ValueError(f"global batch must be >= 1, got {global_batch}")
+    rng = np.random.default_rng([seed, epoch])
+    batches: list[list[SampleRef]] = []
+    for bucket in sorted(catalogue.buckets):
+        refs = catalogue.buckets[bucket]
+        order = rng.permutation(len(refs)) if shuffle else np.arange(len(refs))
+        padded = -(-len(refs) // global_batch) * global_batch
+        order = np.resize(order, padded)  # wraps around: repeats the bucket's first samples
+        batches.extend([refs[j] for j in order[i : i + global_batch]] for i in range(0, padded, global_batch))
+    if shuffle:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def padding_report(catalogue: ShardCatalogue, global_batch: int) -> dict[str, int]:
+    """Per bucket, how many samples are repeated each epoch to fill its last global batch."""
+    return {
+        bucket: (-len(refs)) % global_batch
+        for bucket, refs in catalogue.buckets.items()
+        if len(refs) % global_batch
+    }
+
+
+class ShardReader:
+    """Reads samples by (shard, position), scanning each tar's headers once (lazily, per process)."""
+
+    def __init__(self, catalogue: ShardCatalogue) -> None:
+        self.catalogue = catalogue
+        self._members: dict[int, list[tuple[str, dict[str, tuple[int, int]]]]] = {}
+
+    def _scan(self, shard_id: int) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+        shard = self.catalogue.shards[shard_id]
+        samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
+        try:
+            with tarfile.open(shard.path, mode="r:") as tar:
+                for info in tar:
+                    if not info.isfile():
+                        continue
+                    key, member = base_plus_ext(info.name)
+                    if key is None:
+                        continue
+                    if not samples or samples[-1][0] != key:
+                        samples.append((key, {}))
+                    samples[-1][1][member] = (info.offset_data, info.size)
+        except tarfile.TarError as err:
+            raise ValueError(f"shard {shard.path} is not a readable tar: {err}") from err
+        if len(samples) != shard.num_samples:
+            raise ValueError(
+                f"shard {shard.path} holds {len(samples)} samples, {self.catalogue.index_path} says {shard.num_samples}"
+            )
+        return samples
+
+    def read(self, ref: SampleRef) -> tuple[str, dict[str, torch.Tensor], dict[str, Any]]:
+        if ref.shard not in self._members:
+            self._members[ref.shard] = self._scan(ref.shard)
+        shard = self.catalogue.shards[ref.shard]
+        key, members = self._members[ref.shard][ref.position]
+        raw: dict[str, Any] = {"__key__": key}
+        with shard.path.open("rb") as handle:
+            for member in (TENSORS_MEMBER, META_MEMBER):
+                if member in members:
+                    offset, size = members[member]
+                    handle.seek(offset)
+                    raw[member] = handle.read(size)
+        try:
+            return decode_sample(raw)
+        except Exception as err:
+            raise ValueError(f"sample {key} (position {ref.position} of shard {shard.path}): {err}") from err
+
+
+def collate(
+    samples: list[tuple[str, dict[str, torch.Tensor], dict[str, Any]]], where: str = ""
+) -> dict[str, Any]:
+    """Stack one bucket's samples; pad the VLM tokens to the batch's longest sequence.
+
+    Returns ``source_latents``, ``target_latents`` (B, 16, T', H', W'), ``reference_latents`` (B, 16, 1, H', W'),
+    ``vlm_first``, ``vlm_last`` (B, S_max, D_vlm), ``vlm_mask`` (B, S_max) bool (True = real token),
+    ``vlm_token_types`` (B, S_max) uint8 (padding 0), ``keys`` and ``metas``.
+    """
+    keys = [key for key, _, _ in samples]
+    shapes = {key: tuple(t["target_latents"].shape) for key, t, _ in samples}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(
+            f"batch {where} mixes latent shapes {shapes}: the shard set's buckets are inconsistent"
+        )
+    for key, tensors, _ in samples:
+        if tensors["source_latents"].shape != tensors["target_latents"].shape:
+            raise ValueError(
+                f"sample {key}: source {tuple(tensors['source_latents'].shape)} != target {shapes[key]}"
+            )
+    dims = {key: tensors["vlm_first"].shape[-1] for key, tensors, _ in samples}
+    if len(set(dims.values())) != 1:
+        raise ValueError(f"batch {where} mixes VLM widths {dims}")
+    batch: dict[str, Any] = {k: torch.stack([t[k] for _, t, _ in samples]) for k in LATENT_KEYS}
+    lengths = [t["vlm_first"].shape[0] for _, t, _ in samples]
+    max_len, dim = max(lengths), next(iter(dims.values()))
+    num = len(samples)
+    first = torch.zeros(num, max_len, dim, dtype=samples[0][1]["vlm_first"].dtype)
+    last = torch.zeros_like(first)
+    mask = torch.zeros(num, max_len, dtype=torch.bool)
+    types = torch.zeros(num, max_len, dtype=torch.uint8)
+    for i, (_, tensors, _) in enumerate(samples):
+        length = lengths[i]
+        first[i, :length] = tensors["vlm_first"]
+        last[i, :length] = tensors["vlm_last"]
+        types[i, :length] = tensors["vlm_token_types"]
+        mask[i, :length] = True
+    batch.update(vlm_first=first, vlm_last=last, vlm_mask=mask, vlm_token_types=types)
+    batch["keys"] = keys
+    batch["metas"] = [meta for _, _, meta in samples]
+    return batch
+
+
+class ShardBatches(IterableDataset):
+    """One rank's micro-batches of one epoch, from ``start`` on, split over the loader's workers."""
+
+    def __init__(
+        self, catalogue: ShardCatalogue, config: DataConfig, seed: int, rank: int, world_size: int
+    ) -> None:
+        super().__init__()
+        self.catalogue, self.config, self.seed = catalogue, config, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start = 0, 0
+        self._reader: ShardReader | None = None
+
+    def rank_batches(self, epoch: int) -> list[list[SampleRef]]:
+        """This rank's slice of every global batch of ``epoch``."""
+        size = self.config.batch_size
+        lo = self.rank * size
+        global_batch = size * self.world_size
+        return [
+            b[lo : lo + size]
+            for b in epoch_batches(self.catalogue, self.seed, epoch, global_batch, self.config.shuffle)
+        ]
+
+    def __iter__(self):
+        worker = get_worker_info()
+        worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        if self._reader is None:
+            self._reader = ShardReader(self.catalogue)
+        plan = self.rank_batches(self.epoch)
+        for position in range(self.start + worker_id, len(plan), num_workers):
+            samples = [self._reader.read(ref) for ref in plan[position]]
+            yield collate(samples, where=f"{position} of epoch {self.epoch}")
+
+
+class ShardLoader:
+    """Endless iterator of one rank's micro-batches, epoch after epoch, with a checkpointable cursor.
+
+    ``state_dict()`` / ``load_state_dict()`` hold ``epoch`` and ``position`` (micro-batches handed out in the
+    epoch). Load the state before the first ``next()``.
+    """
+
+    def __init__(self, config: DataConfig, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if config.batch_size < 1:
+            raise ValueError(f"train.data.batch_size must be >= 1, got {config.batch_size}")
+        self.config, self.seed, self.rank, self.world_size = config, seed, rank, world_size
+        self.catalogue = ShardCatalogue(config.shards, config.verify_checksums)
+        self.dataset = ShardBatches(self.catalogue, config, seed, rank, world_size)
+        self.epoch, self.position = 0, 0
+        self.global_batch = config.batch_size * world_size
+        padding = padding_report(self.catalogue, self.global_batch)
+        if padding and rank == 0:
+            logger.warning(
+                "buckets not a multiple of the global batch (%d): samples repeated per epoch to fill them: %s",
+                self.global_batch,
+                padding,
+            )
+        self._iterator = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Micro-batches per rank per epoch."""
+        return sum(-(-len(refs) // self.global_batch) for refs in self.catalogue.buckets.values())
+
+    def state_dict(self) -> dict[str, int]:
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "world_size": self.world_size,
+            "batch_size": self.config.batch_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._iterator is not None:
+            raise RuntimeError("ShardLoader.load_state_dict must be called before iterating")
+        epoch, position = int(state["epoch"]), int(state["position"])
+        saved_global = int(state.get("world_size", self.world_size)) * int(
+            state.get("batch_size", self.config.batch_size)
+        )
+        if saved_global != self.global_batch or int(state.get("seed", self.seed)) != self.seed:
+            # The plan changes with the global batch or the seed: the exact sample sequence cannot be kept.
+            # Resume at the same fraction of the epoch instead.
+            old_steps = sum(-(-len(r) // saved_global) for r in self.catalogue.buckets.values())
+            position = round(position / max(old_steps, 1) * self.steps_per_epoch)
+            logger.warning(
+                "data cursor saved with global batch %d / seed %s, now %d / %d: resuming at epoch %d position %d "
+                "(same fraction of the epoch, not the exact sample sequence)",
+                saved_global,
+                state.get("seed"),
+                self.global_batch,
+                self.seed,
+                epoch,
+                position,
+            )
+        self.epoch, self.position = epoch, position
+
+    def _epochs(self):
+        while True:
+            self.dataset.epoch, self.dataset.start = self.epoch, self.position
+            num_workers = self.config.num_workers
+            loader = DataLoader(
+                self.dataset,
+                batch_size=None,
+                num_workers=num_workers,
+                pin_memory=self.config.pin_memory and torch.cuda.is_available(),
+                persistent_workers=False,
+            )
+            for batch in loader:
+                self.position += 1
+                yield batch
+            self.epoch, self.position = self.epoch + 1, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self._iterator is None:
+            self._iterator = self._epochs()
+        return next(self._iterator)
