@@ -29,6 +29,7 @@ deterministic order (sorted by ``pair_id``), so the same inputs give the same sh
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,11 @@ def bucket_name(latent_shape: tuple[int, int, int]) -> str:
     """Name of the bucket of a latent shape (T', H', W'), e.g. ``t21_h90_w160``."""
     t, h, w = latent_shape
     return f"t{t}_h{h}_w{w}"
+
+
+def keys_sha256(keys: list[str]) -> str:
+    """The ``keys_sha256`` of a shard's index entry: sha256 of its sample keys in order, joined by newlines."""
+    return hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest()
 
 
 def encode_sample(pair_id: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,11 @@ app = typer.Typer(
 )
 
 # Job registrations (one line each, kept in pipeline order).
+from pipelines.shards import inspect_command, shards_command, verify_command  # noqa: E402
+
+app.command("shards")(shards_command)
+app.command("inspect")(inspect_command)
+app.command("verify")(verify_command)
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,231 @@
+"""Clip preparation: the frames the model trains on, decoded with decord and fitted to a resolution bucket.
+
+A pair's source and target are sampled at the SAME frame indices (the recipe's frame count, always
+``4n + 1`` for the Wan VAE, at the recipe's fps) and both are resized to cover the bucket nearest in
+aspect ratio, then centre cropped to it, so pixel (t, y, x) of the source and of the target stay
+aligned. The reference is the target's first prepared frame unless the manifest gives a
+``reference_path`` (a PNG prepared the same way).
+
+Every failure is a :class:`ClipRejection` with one of ``REJECTION_REASONS``, never a crash.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dataengine.video import VideoError, VideoInfo, probe, read_frames, sample_indices
+
+REJECTION_REASONS = (
+    "missing_file",  # a source, target or reference file does not exist
+    "undecodable",  # a file exists but cannot be decoded
+    "too_short",  # fewer frames at the recipe's fps than the recipe's frame count
+    "too_small",  # fitting the bucket would upscale beyond ``max_upscale``
+    "misaligned",  # source and target differ in fps, frame count or aspect ratio beyond the tolerances
+    "manifest_mismatch",  # the decoded video does not match the manifest row the shard plan was made from
+)
+
+
+class ClipRejection(Exception):
+    """A pair that cannot be prepared; ``reason`` is one of ``REJECTION_REASONS``."""
+
+    def __init__(self, reason: str, detail: str):
+        assert reason in REJECTION_REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """How a pair's videos become the clips the model trains on (the ``[shards.clip]`` recipe table)."""
+
+    num_frames: int = 81
+    """Frames per clip; must be ``4n + 1`` (the Wan VAE's causal first frame plus groups of 4)."""
+    fps: float = 16.0
+    """Frame rate the clip is resampled to (nearest frame); 0 keeps consecutive frames at the native rate."""
+    buckets: tuple[tuple[int, int], ...] = ((720, 1280), (1280, 720), (960, 960))
+    """Resolution buckets as ``(height, width)``, each a multiple of 16; a clip goes to the nearest aspect ratio."""
+    max_upscale: float = 1.0
+    """Largest resize factor allowed to cover a bucket; a smaller clip is rejected as ``too_small``."""
+    max_frame_difference: int = 0
+    """How many frames the source and target frame counts may differ by and still be aligned."""
+    max_aspect_difference: float = 0.01
+    """Relative aspect-ratio difference between source and target tolerated (both are fitted to one bucket)."""
+
+    def __post_init__(self) -> None:
+        if self.num_frames < 1 or (self.num_frames - 1) % 4:
+            raise ValueError(f"clip.num_frames must be 4n + 1 (e.g. 17, 81), got {self.num_frames}")
+        if self.fps < 0:
+            raise ValueError(f"clip.fps must be positive (or 0 for the native rate), got {self.fps}")
+        if not self.buckets:
+            raise ValueError("clip.buckets is empty: give at least one (height, width)")
+        buckets = tuple(tuple(int(v) for v in b) for b in self.buckets)
+        for bucket in buckets:
+            if len(bucket) != 2 or bucket[0] % 16 or bucket[1] % 16 or min(bucket) <= 0:
+                raise ValueError(
+                    f"clip.buckets: {list(bucket)} is not a (height, width) pair of multiples of 16"
+                )
+        if len(set(buckets)) != len(buckets):
+            raise ValueError(f"clip.buckets has duplicates: {[list(b) for b in buckets]}")
+        object.__setattr__(self, "buckets", buckets)
+        if self.max_upscale < 1.0:
+            raise ValueError(f"clip.max_upscale must be >= 1.0, got {self.max_upscale}")
+
+
+@dataclass
+class PreparedPair:
+    """A pair's aligned clips, ready for the VAE and the VLM."""
+
+    source: np.ndarray  # (T, H, W, 3) uint8
+    target: np.ndarray  # (T, H, W, 3) uint8
+    reference: np.ndarray  # (H, W, 3) uint8
+    bucket: tuple[int, int]  # (H, W)
+    fps: float  # frame rate of the prepared clips
+    frame_indices: np.ndarray = field(repr=False)  # indices into the source/target videos
+
+
+def choose_bucket(height: int, width: int, buckets: tuple[tuple[int, int], ...]) -> tuple[int, int]:
+    """The bucket nearest in aspect ratio (log distance); ties go to the first listed."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"invalid size {width}x{height}")
+    ratio = math.log(width / height)
+    return min(buckets, key=lambda b: abs(math.log(b[1] / b[0]) - ratio))
+
+
+def cover_size(height: int, width: int, bucket: tuple[int, int]) -> tuple[int, int, float]:
+    """``(h, w, scale)``: the smallest resize of ``height x width`` (aspect kept) that covers ``bucket``."""
+    scale = max(bucket[0] / height, bucket[1] / width)
+    return max(bucket[0], round(height * scale)), max(bucket[1], round(width * scale)), scale
+
+
+def resize_and_crop(frames: np.ndarray, bucket: tuple[int, int], chunk: int = 16) -> np.ndarray:
+    """Resize ``frames`` (T, H, W, 3) uint8 to cover ``bucket`` (antialiased bilinear), then centre crop."""
+    import torch
+    import torch.nn.functional as F
+
+    num_frames, height, width, _ = frames.shape
+    out_h, out_w = bucket
+    new_h, new_w, _ = cover_size(height, width, bucket)
+    top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
+    if (new_h, new_w) == (height, width):
+        return np.ascontiguousarray(frames[:, top : top + out_h, left : left + out_w])
+    out = np.empty((num_frames, out_h, out_w, 3), np.uint8)
+    for start in range(0, num_frames, chunk):  # chunks bound the float32 copy at 720P
+        x = torch.from_numpy(np.ascontiguousarray(frames[start : start + chunk])).permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+        x = x[:, :, top : top + out_h, left : left + out_w]
+        out[start : start + chunk] = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def clip_indices(info: VideoInfo, config: ClipConfig) -> np.ndarray:
+    """The ``config.num_frames`` frame indices a clip is made of (from the start), or ``too_short``."""
+    if not config.fps:
+        indices = np.arange(min(info.num_frames, config.num_frames))
+        available = info.num_frames
+    else:
+        indices = sample_indices(info.num_frames, info.fps, config.fps, max_frames=config.num_frames)
+        available = max(1, int(np.floor(info.num_frames / info.fps * config.fps + 1e-6)))
+    if len(indices) < config.num_frames:
+        at = f"{config.fps:g} fps" if config.fps else "native fps"
+        raise ClipRejection(
+            "too_short",
+            f"{info.num_frames} frames at {info.fps:g} fps give {available} at {at}; need {config.num_frames}",
+        )
+    return indices
+
+
+def check_alignment(source: VideoInfo, target: VideoInfo, config: ClipConfig) -> None:
+    """Raise ``misaligned`` when the target cannot be sampled at the source's indices and fitted alike."""
+    if abs(source.fps - target.fps) > 0.01 * source.fps:
+        raise ClipRejection("misaligned", f"source at {source.fps:g} fps, target at {target.fps:g} fps")
+    if abs(source.num_frames - target.num_frames) > config.max_frame_difference:
+        raise ClipRejection(
+            "misaligned",
+            f"source has {source.num_frames} frames, target {target.num_frames} "
+            f"(max_frame_difference={config.max_frame_difference})",
+        )
+    src_ratio, tgt_ratio = source.width / source.height, target.width / target.height
+    if abs(src_ratio / tgt_ratio - 1.0) > config.max_aspect_difference:
+        raise ClipRejection(
+            "misaligned",
+            f"source is {source.width}x{source.height}, target {target.width}x{target.height}: aspect ratios differ",
+        )
+
+
+def load_reference(path: str | os.PathLike) -> np.ndarray:
+    """Read a reference image (PNG or any PIL format) as (H, W, 3) uint8 RGB, or reject it."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise ClipRejection("missing_file", f"reference image missing: {path}")
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ClipRejection("undecodable", f"reference image {path}: {err}") from err
+
+
+def _probe(path: str | os.PathLike, role: str) -> VideoInfo:
+    try:
+        return probe(path)
+    except VideoError as err:
+        raise ClipRejection(err.reason, f"{role} video {err.path}: {err.detail}") from err
+
+
+def prepare_pair(
+    source_path: str | os.PathLike,
+    target_path: str | os.PathLike,
+    reference_path: str | os.PathLike | None,
+    config: ClipConfig,
+    expected_bucket: tuple[int, int] | None = None,
+) -> PreparedPair:
+    """Decode, sample and fit a pair's source, target and reference; raise :class:`ClipRejection` if impossible.
+
+    ``expected_bucket`` is the bucket the shard plan assigned from the manifest's sizes; a decoded video
+    that falls into another bucket is a ``manifest_mismatch``.
+    """
+    source_info = _probe(source_path, "source")
+    target_info = _probe(target_path, "target")
+    check_alignment(source_info, target_info, config)
+    indices = clip_indices(source_info, config)
+    if indices.max() >= target_info.num_frames:
+        raise ClipRejection(
+            "misaligned", f"target has {target_info.num_frames} frames, need index {indices.max()}"
+        )
+
+    bucket = choose_bucket(source_info.height, source_info.width, config.buckets)
+    if expected_bucket is not None and tuple(expected_bucket) != bucket:
+        raise ClipRejection(
+            "manifest_mismatch",
+            f"source {source_path} is {source_info.width}x{source_info.height} (bucket {bucket}), "
+            f"the manifest's size gave bucket {tuple(expected_bucket)}",
+        )
+    for role, info in (("source", source_info), ("target", target_info)):
+        scale = cover_size(info.height, info.width, bucket)[2]
+        if scale > config.max_upscale:
+            raise ClipRejection(
+                "too_small",
+                f"{role} is {info.width}x{info.height}: bucket {bucket[0]}x{bucket[1]} needs a {scale:.2f}x "
+                f"upscale (max_upscale={config.max_upscale})",
+            )
+
+    try:
+        source = read_frames(source_path, indices)
+        target = read_frames(target_path, indices)
+    except VideoError as err:
+        raise ClipRejection(err.reason, f"{err.path}: {err.detail}") from err
+    source = resize_and_crop(source, bucket)
+    target = resize_and_crop(target, bucket)
+    if reference_path is not None and str(reference_path) != "":
+        reference = resize_and_crop(load_reference(reference_path)[None], bucket)[0]
+    else:
+        reference = target[0].copy()
+    fps = float(config.fps) if config.fps else source_info.fps
+    return PreparedPair(source, target, reference, bucket, fps, indices)

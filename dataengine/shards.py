@@ -1,0 +1,477 @@
+"""Writing, validating, inspecting and verifying WebDataset shard sets (format: ``dataengine.shard_format``).
+
+- :func:`plan_shards` assigns every manifest row to a shard up front, from the manifest alone: rows are
+  bucketed by the latent shape their size gives, sorted by ``pair_id`` and cut into shards of a fixed
+  count per bucket. The plan is a pure function of the inputs and the recipe, so a resumed run redoes
+  exactly the unfinished shards and ends with the same shards as an uninterrupted one.
+- :func:`validate_sample` checks a sample against the VAE's arithmetic before it is written; a bad one
+  becomes a rejection with a reason.
+- :func:`write_shard` writes one tar with ``webdataset.TarWriter`` under a temporary name, renames it
+  when complete and returns its ``index.json`` entry; :func:`write_index` writes ``index.json`` last.
+- :func:`inspect_shards` / :func:`inspect_manifest` say what a shard set or a pair manifest holds;
+  :func:`verify_shards` re-reads every tar, checks its sha256 and that every sample decodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from dataengine.clips import ClipConfig, ClipRejection, choose_bucket, clip_indices, cover_size
+from dataengine.vae import LATENT_CHANNELS, latent_shape
+from dataengine.video import VideoInfo
+
+if TYPE_CHECKING:  # torch (and shard_format, which imports it) load where used: the CLI imports this module
+    import torch
+
+INDEX_NAME = "index.json"  # as dataengine.shard_format.INDEX_NAME
+META_MEMBER = "meta.json"  # as dataengine.shard_format.META_MEMBER
+
+# Per-sample overhead in a tar beyond the tensors: 3 tar headers, safetensors header, meta.json.
+_SAMPLE_OVERHEAD_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class ShardWriterConfig:
+    """How samples are grouped into tars (the ``[shards.writer]`` recipe table)."""
+
+    target_shard_mb: float = 1024.0
+    """Target size of one tar in MiB; the plan puts ``target / estimated sample size`` samples in each."""
+    samples_per_shard: int = 0
+    """Fixed number of samples per tar; 0 derives it from ``target_shard_mb``."""
+    vlm_tokens_estimate: int = 2048
+    """VLM sequence length assumed when estimating a sample's size for the plan (not a limit)."""
+
+    def __post_init__(self) -> None:
+        if self.samples_per_shard < 0 or self.target_shard_mb <= 0 or self.vlm_tokens_estimate <= 0:
+            raise ValueError(f"invalid writer settings: {self}")
+
+
+def sample_bytes(latent_shape_: tuple[int, int, int], vlm_tokens: int, vlm_dim: int) -> int:
+    """Bytes of one sample's tensors: three bf16 latents (the reference with T' = 1), two bf16 (S, D) states, S types."""
+    t, h, w = latent_shape_
+    latents = LATENT_CHANNELS * (2 * t + 1) * h * w * 2
+    vlm = 2 * vlm_tokens * vlm_dim * 2 + vlm_tokens
+    return latents + vlm
+
+
+def samples_per_shard(config: ShardWriterConfig, latent_shape_: tuple[int, int, int], vlm_dim: int) -> int:
+    """How many samples of this latent shape go into one tar."""
+    if config.samples_per_shard:
+        return config.samples_per_shard
+    estimate = sample_bytes(latent_shape_, config.vlm_tokens_estimate, vlm_dim) + _SAMPLE_OVERHEAD_BYTES
+    return max(1, int(config.target_shard_mb * 2**20 // estimate))
+
+
+def shard_path(bucket: str, number: int) -> str:
+    """Path of a shard relative to the shard set's folder."""
+    return f"{bucket}/shard-{number:06d}.tar"
+
+
+def rejection(pair_id: str, stage: str, reason: str, detail: str) -> dict[str, str]:
+    """One rejections row (``dataengine.manifest.REJECTION_SCHEMA``)."""
+    return {"pair_id": pair_id, "stage": stage, "reason": reason, "detail": detail}
+
+
+def plan_shards(
+    pairs: pd.DataFrame, clip: ClipConfig, writer: ShardWriterConfig, vlm_dim: int
+) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """Assign each row of ``pairs`` to a shard, from the manifest's sizes alone.
+
+    Returns the plan (the pair columns plus ``bucket``, ``latent_shape``, ``clip_height``, ``clip_width``
+    and ``shard``, sorted by shard then ``pair_id``) and the rows rejected already here (a duplicate
+    ``pair_id``, or too short / too small by the manifest's own numbers).
+    """
+    rejected: list[dict[str, str]] = []
+    pairs = pairs.sort_values("pair_id", kind="stable").reset_index(drop=True)
+    duplicated = pairs["pair_id"].duplicated()
+    for row in pairs[duplicated].itertuples():
+        rejected.append(
+            rejection(row.pair_id, "plan", "duplicate_pair", "pair_id already planned from an earlier row")
+        )
+    pairs = pairs[~duplicated].reset_index(drop=True)
+
+    keep, buckets = [], []
+    for row in pairs.itertuples():
+        info = VideoInfo(int(row.num_frames), float(row.fps), int(row.width), int(row.height))
+        try:
+            if info.num_frames <= 0 or info.fps <= 0 or info.width <= 0 or info.height <= 0:
+                raise ClipRejection("manifest_mismatch", f"manifest row has no valid size/fps/frames: {info}")
+            clip_indices(info, clip)
+            bucket = choose_bucket(info.height, info.width, clip.buckets)
+            scale = cover_size(info.height, info.width, bucket)[2]
+            if scale > clip.max_upscale:
+                raise ClipRejection(
+                    "too_small",
+                    f"{info.width}x{info.height} needs a {scale:.2f}x upscale for bucket {bucket}",
+                )
+        except ClipRejection as err:
+            rejected.append(rejection(row.pair_id, "plan", err.reason, err.detail))
+            continue
+        keep.append(row.Index)
+        buckets.append(bucket)
+
+    from dataengine.shard_format import bucket_name
+
+    plan = pairs.loc[keep].reset_index(drop=True)
+    plan["clip_height"] = [b[0] for b in buckets]
+    plan["clip_width"] = [b[1] for b in buckets]
+    shapes = [latent_shape(clip.num_frames, h, w) for h, w in buckets]
+    plan["latent_shape"] = [list(s) for s in shapes]
+    plan["bucket"] = [bucket_name(s) for s in shapes]
+    plan = plan.sort_values(["bucket", "pair_id"], kind="stable").reset_index(drop=True)
+    shards = []
+    for name, group in plan.groupby("bucket", sort=True):
+        per_shard = samples_per_shard(writer, tuple(group["latent_shape"].iloc[0]), vlm_dim)
+        shards.extend(shard_path(name, i // per_shard) for i in range(len(group)))
+    plan["shard"] = shards
+    return plan, rejected
+
+
+def validate_sample(
+    tensors: Mapping[str, torch.Tensor], latent_shape_: tuple[int, int, int], vlm_dim: int | None = None
+) -> tuple[str, str] | None:
+    """``(reason, detail)`` when a sample does not match the VAE's arithmetic or the VLM contract, else ``None``.
+
+    Latents must be bf16 ``(16, T', H', W')`` (the reference ``(16, 1, H', W')``), the VLM states bf16 ``(S, D)``
+    with ``S == len(vlm_token_types)`` and token types in ``TOKEN_TYPES``; every value finite.
+    """
+    import torch
+
+    from dataengine.shard_format import TENSOR_KEYS, TOKEN_TYPES
+
+    missing = [k for k in TENSOR_KEYS if k not in tensors]
+    if missing:
+        return "bad_shape", f"missing tensors {missing}"
+    t, h, w = latent_shape_
+    expected = {
+        "source_latents": (LATENT_CHANNELS, t, h, w),
+        "target_latents": (LATENT_CHANNELS, t, h, w),
+        "reference_latents": (LATENT_CHANNELS, 1, h, w),
+    }
+    for key, shape in expected.items():
+        if tuple(tensors[key].shape) != shape:
+            return "bad_shape", f"{key} is {tuple(tensors[key].shape)}, expected {shape}"
+    first, last, types = tensors["vlm_first"], tensors["vlm_last"], tensors["vlm_token_types"]
+    if first.ndim != 2 or first.shape != last.shape or first.shape[0] == 0:
+        return (
+            "bad_shape",
+            f"vlm_first {tuple(first.shape)} and vlm_last {tuple(last.shape)} are not the same (S, D)",
+        )
+    if vlm_dim is not None and first.shape[1] != vlm_dim:
+        return "bad_shape", f"VLM states have D = {first.shape[1]}, expected {vlm_dim}"
+    if types.ndim != 1 or types.shape[0] != first.shape[0]:
+        return "bad_shape", f"vlm_token_types {tuple(types.shape)} does not match S = {first.shape[0]}"
+    for key in (*expected, "vlm_first", "vlm_last"):
+        if tensors[key].dtype != torch.bfloat16:
+            return "bad_dtype", f"{key} is {tensors[key].dtype}, expected torch.bfloat16"
+        if not bool(torch.isfinite(tensors[key]).all()):
+            count = int((~torch.isfinite(tensors[key])).sum())
+            return "non_finite", f"{key} has {count} non-finite values"
+    if types.dtype != torch.uint8 or not bool(
+        torch.isin(types, torch.tensor(list(TOKEN_TYPES.values()))).all()
+    ):
+        return "bad_token_types", f"vlm_token_types must be uint8 in {sorted(TOKEN_TYPES.values())}"
+    return None
+
+
+def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_shard(
+    root: str | os.PathLike,
+    relative_path: str,
+    samples: Iterable[tuple[str, Mapping[str, torch.Tensor], dict]],
+) -> dict[str, Any]:
+    """Write ``samples`` (``(pair_id, tensors, meta)``, written sorted by ``pair_id``) to ``root/relative_path``.
+
+    The tar is written under a temporary name and renamed when complete; tar headers carry no time or
+    owner, so the same samples always give the same bytes. Returns the shard's ``index.json`` entry.
+    """
+    import webdataset as wds
+
+    from dataengine.shard_format import encode_sample, keys_sha256
+
+    ordered = sorted(samples, key=lambda s: s[0])
+    if not ordered:
+        raise ValueError(f"shard {relative_path}: no samples to write")
+    path = Path(root) / relative_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        with wds.TarWriter(handle, encoder=False, mtime=0.0, user="", group="", mode=0o444) as writer:
+            for pair_id, tensors, meta in ordered:
+                writer.write(encode_sample(pair_id, dict(tensors), meta))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return {
+        "path": relative_path,
+        "bucket": relative_path.split("/")[0],
+        "num_samples": len(ordered),
+        "bytes": path.stat().st_size,
+        "sha256": _sha256_file(path),
+        "keys_sha256": keys_sha256([s[0] for s in ordered]),
+    }
+
+
+def write_index(
+    root: str | os.PathLike,
+    shards: list[dict[str, Any]],
+    bucket_shapes: Mapping[str, list[int]],
+    vlm_dim: int,
+    models: Mapping[str, str],
+    recipe: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Write ``index.json`` (atomically, last) listing ``shards`` sorted by path; returns the index."""
+    from dataengine.shard_format import FORMAT_VERSION
+
+    shards = sorted(shards, key=lambda s: s["path"])
+    buckets: dict[str, dict[str, Any]] = {}
+    for entry in shards:
+        bucket = buckets.setdefault(
+            entry["bucket"],
+            {"latent_shape": list(bucket_shapes[entry["bucket"]]), "num_samples": 0, "shards": []},
+        )
+        bucket["num_samples"] += entry["num_samples"]
+        bucket["shards"].append(entry["path"])
+    index = {
+        "format_version": FORMAT_VERSION,
+        "num_samples": sum(s["num_samples"] for s in shards),
+        "latent_channels": LATENT_CHANNELS,
+        "vlm_dim": vlm_dim,
+        "models": dict(models),
+        "recipe": recipe,
+        "buckets": dict(sorted(buckets.items())),
+        "shards": shards,
+        "created_unix": round(time.time(), 3),
+    }
+    path = Path(root) / INDEX_NAME
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(index, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+    return index
+
+
+def iter_tar_samples(path: str | os.PathLike) -> Iterable[dict[str, Any]]:
+    """Raw samples (``__key__`` + member bytes) of a WebDataset tar, in order, without webdataset's decoders.
+
+    Raises ``tarfile.TarError`` (or ``EOFError``) on a truncated or corrupt tar.
+    """
+    current: dict[str, Any] | None = None
+    with tarfile.open(path, mode="r:") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, suffix = member.name.partition(".")
+            if current is not None and current["__key__"] != key:
+                yield current
+                current = None
+            if current is None:
+                current = {"__key__": key}
+            handle = tar.extractfile(member)
+            data = handle.read() if handle is not None else b""
+            if len(data) != member.size:
+                raise EOFError(f"{path}: member {member.name} has {len(data)} of {member.size} bytes")
+            current[suffix] = data
+    if current is not None:
+        yield current
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify_shards` found: ``problems`` is empty when every shard is whole and decodes."""
+
+    num_shards: int = 0
+    num_samples: int = 0
+    num_bytes: int = 0
+    problems: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_shards(root: str | os.PathLike) -> VerifyReport:
+    """Re-read every shard listed in ``index.json``: size, sha256, sample count, keys and that every sample decodes.
+
+    Also reports tars on disk that the index does not list and leftover temporary files.
+    """
+    from dataengine.shard_format import decode_sample, keys_sha256, read_index
+
+    root = Path(root)
+    index = read_index(root)
+    report = VerifyReport()
+    listed = set()
+    for entry in index["shards"]:
+        rel = entry["path"]
+        listed.add(rel)
+        path = root / rel
+        report.num_shards += 1
+
+        def problem(kind: str, detail: str, rel: str = rel) -> None:
+            report.problems.append({"shard": rel, "problem": kind, "detail": detail})
+
+        if not path.exists():
+            problem("missing", "listed in index.json but not on disk")
+            continue
+        size = path.stat().st_size
+        report.num_bytes += size
+        if size != entry["bytes"]:
+            problem(
+                "size", f"{size} bytes on disk, index.json says {entry['bytes']} (truncated or appended?)"
+            )
+        digest = _sha256_file(path)
+        if digest != entry["sha256"]:
+            problem("sha256", f"sha256 {digest[:16]}... differs from index.json's {entry['sha256'][:16]}...")
+        keys: list[str] = []
+        shape = tuple(index["buckets"][entry["bucket"]]["latent_shape"])
+        try:
+            for raw in iter_tar_samples(path):
+                key, tensors, _meta = decode_sample(raw)
+                keys.append(key)
+                invalid = validate_sample(tensors, shape, index.get("vlm_dim"))
+                if invalid is not None:
+                    problem("sample", f"{key}: {invalid[0]}: {invalid[1]}")
+        except Exception as err:  # a truncated tar or a corrupted member: report, keep verifying the others
+            problem("decode", f"after {len(keys)} samples: {type(err).__name__}: {str(err)[:200]}")
+        report.num_samples += len(keys)
+        if len(keys) != entry["num_samples"]:
+            problem("count", f"{len(keys)} samples decoded, index.json says {entry['num_samples']}")
+        elif keys_sha256(keys) != entry["keys_sha256"]:
+            problem("keys", "sample keys differ from index.json's keys_sha256")
+    for path in sorted(root.rglob("*.tar")):
+        rel = path.relative_to(root).as_posix()
+        if rel not in listed:
+            report.problems.append(
+                {"shard": rel, "problem": "stray", "detail": "tar on disk not in index.json"}
+            )
+    for path in sorted(root.rglob(".*.tmp")):
+        rel = path.relative_to(root).as_posix()
+        report.problems.append(
+            {"shard": rel, "problem": "stray", "detail": "temporary file of an unfinished write"}
+        )
+    return report
+
+
+def _tar_metas(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
+    """``(key, meta)`` of each sample, reading only the meta members (tensors are skipped by seeking)."""
+    with tarfile.open(path, mode="r:") as tar:
+        for member in tar:
+            key, _, suffix = member.name.partition(".")
+            if suffix == META_MEMBER:
+                yield key, json.loads(tar.extractfile(member).read())
+
+
+def inspect_shards(root: str | os.PathLike) -> dict[str, Any]:
+    """What a shard set holds: samples per bucket, category and origin, bytes per sample, shapes and S."""
+    from dataengine.shard_format import read_index
+
+    root = Path(root)
+    index = read_index(root)
+    by_category: Counter[str] = Counter()
+    by_origin: Counter[str] = Counter()
+    tokens: list[int] = []
+    for entry in index["shards"]:
+        for _key, meta in _tar_metas(root / entry["path"]):
+            by_category[meta.get("category", "?")] += 1
+            by_origin[meta.get("origin", "?")] += 1
+            tokens.append(int(meta.get("vlm_tokens", 0)))
+    num_samples = int(index["num_samples"])
+    num_bytes = sum(int(s["bytes"]) for s in index["shards"])
+    buckets = {
+        name: {
+            "latent_shape": bucket["latent_shape"],
+            "num_samples": bucket["num_samples"],
+            "num_shards": len(bucket["shards"]),
+            "bytes": sum(int(s["bytes"]) for s in index["shards"] if s["bucket"] == name),
+        }
+        for name, bucket in index["buckets"].items()
+    }
+    rejections_path = root / "rejections.parquet"
+    rejections = pd.read_parquet(rejections_path) if rejections_path.exists() else None
+    return {
+        "kind": "shards",
+        "path": str(root),
+        "num_samples": num_samples,
+        "num_shards": len(index["shards"]),
+        "bytes": num_bytes,
+        "bytes_per_sample": num_bytes / num_samples if num_samples else 0.0,
+        "buckets": buckets,
+        "categories": dict(sorted(by_category.items())),
+        "origins": dict(sorted(by_origin.items())),
+        "vlm_dim": index.get("vlm_dim"),
+        "vlm_tokens": {
+            "min": int(min(tokens)) if tokens else 0,
+            "mean": float(np.mean(tokens)) if tokens else 0.0,
+            "max": int(max(tokens)) if tokens else 0,
+        },
+        "models": index.get("models", {}),
+        "rejections": dict(Counter(rejections["reason"])) if rejections is not None else {},
+    }
+
+
+def inspect_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """What a pair manifest holds: rows per origin and category, frame counts, fps, sizes and scores."""
+    from dataengine.manifest import read_metadata, read_pairs
+
+    pairs = read_pairs(path)
+    sizes = Counter(f"{w}x{h}" for w, h in zip(pairs["width"], pairs["height"], strict=True))
+    scores = pairs["score"].dropna()
+
+    def stats(series: pd.Series) -> dict[str, float]:
+        if series.empty:
+            return {}
+        return {"min": float(series.min()), "mean": float(series.mean()), "max": float(series.max())}
+
+    metadata = read_metadata(path)
+    return {
+        "kind": "manifest",
+        "path": str(path),
+        "num_pairs": len(pairs),
+        "origins": dict(sorted(Counter(pairs["origin"]).items())),
+        "categories": dict(sorted(Counter(pairs["category"]).items())),
+        "num_frames": stats(pairs["num_frames"]),
+        "fps": stats(pairs["fps"]),
+        "sizes": dict(sizes.most_common(10)),
+        "score": stats(scores),
+        "with_reference": int(pairs["reference_path"].notna().sum()),
+        "metadata": {k: v for k, v in metadata.items() if k in ("tool_version", "created_unix", "models")},
+    }
+
+
+def read_shard_samples(path: str | os.PathLike) -> list[tuple[str, dict[str, torch.Tensor], dict[str, Any]]]:
+    """Every ``(key, tensors, meta)`` of one tar, in order (a small helper for tools and tests)."""
+    from dataengine.shard_format import decode_sample
+
+    return [decode_sample(raw) for raw in iter_tar_samples(path)]
+
+
+def tensors_from_bytes(data: bytes) -> dict[str, torch.Tensor]:
+    """safetensors bytes -> tensors (nothing is unpickled)."""
+    from safetensors.torch import load
+
+    return load(data)
+
+
+def tensors_to_bytes(tensors: Mapping[str, torch.Tensor]) -> bytes:
+    """tensors -> safetensors bytes."""
+    from safetensors.torch import save
+
+    return save({k: v.contiguous().cpu() for k, v in tensors.items()})
