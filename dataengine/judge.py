@@ -1,0 +1,354 @@
+"""The Qwen3-VL judge: score an edit pair 0-10 on three axes from one prefill, without sampling.
+
+Input per pair: frames of the source and of the edited clip (sampled at ``fps``, at most ``max_frames``,
+each frame resized to at most ``max_pixels_per_frame`` by the processor), the instruction, and our rubric.
+
+Score definition
+----------------
+The rubric (``RUBRICS[rubric_version]``) asks for three integer scores 0..10, one line per axis
+``<axis>: <score>``. For each axis the score is the expected value of the model's distribution over the
+integers 0..10 at the answer position, not sampled text:
+
+- Qwen's tokenizer writes every digit as its own token, so "10" is two tokens. With ``p`` the next-token
+  distribution after "``<axis>: ``" and ``q`` the distribution after "``<axis>: 1``":
+  ``P(0) = p("0")``, ``P(s) = p("s")`` for 2..9, ``P(10) = p("1") q("0")`` and
+  ``P(1) = p("1") (1 - sum_d q(d))`` (a "1" not followed by another digit). "11".."19" and non-digit first
+  tokens are not scores: the distribution is renormalised over 0..10, and the kept mass is recorded as
+  ``answer_mass`` (near 1 for a model that follows the format; small means the score is unreliable).
+  A "0" followed by a digit is counted as 0 (it is not a valid answer either way).
+- The pair's score is the mean of the three axes (MiVE keeps >= 9.3, i.e. about 28/30).
+
+Two forwards per batch, one of them tiny
+----------------------------------------
+1. Prefill (``use_cache=True``, logits of the last position only) over the chat-formatted prompt with both
+   videos, ending with the assistant turn's start. This is where all the cost is (the video tokens).
+2. One continuation forward over ``3 x batch`` short rows ``"<axis>: 1"`` on the prefill's KV cache
+   repeated per axis: the logits at the last label token give ``p`` and the logits at the "1" give ``q``.
+   Each axis is asked as if it were the answer's first line, so no axis is conditioned on another axis'
+   (teacher-forced, hence arbitrary) answer, and "10" costs no extra forward.
+
+This is exactly the distribution a full forward over ``prompt + "<axis>: 1"`` gives; the tests check it
+against such direct forwards. Errors while scoring a pair (a clip that does not decode, a failed forward)
+become ``scorer_error`` results for that pair, never a crash of the batch: a failed batch is retried pair
+by pair. bf16 on GPU, fp32 on CPU (``dtype = "auto"``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dataengine.video import probe, read_frames
+
+AXES = ("instruction_compliance", "preservation", "quality")
+SCORE_STAGE = "score"
+
+RUBRICS: dict[str, str] = {
+    "v1": (
+        "You are a strict judge of instruction-guided video edits. You see a source video, the edited "
+        "video produced from it, and the editing instruction.\n"
+        "Score the edit on three axes, each an integer from 0 (worst) to 10 (best):\n"
+        "- instruction_compliance: the edited video carries out the instruction fully and in every frame.\n"
+        "- preservation: everything the instruction does not ask to change (content, identity, layout, "
+        "fine detail, motion) is kept exactly as in the source.\n"
+        "- quality: the edited video is sharp, free of artifacts, and temporally stable (no flicker, jitter "
+        "or drifting edits).\n"
+        "Answer with one line per axis in the form `<axis>: <score>` and nothing else."
+    ),
+}
+
+# Columns of the judge's result rows.
+RESULT_COLUMNS = [
+    "pair_id",
+    "score",
+    *AXES,
+    "answer_mass",
+    "scorer_model",
+    "rubric_version",
+    "reason",
+    "detail",
+]
+
+
+@dataclass
+class JudgeConfig:
+    """The Qwen3-VL judge: which model, which rubric, how the clips are shown, how pairs are batched."""
+
+    model: str = "Qwen/Qwen3-VL-8B-Instruct"
+    """Hub id or local folder, loaded with ``Qwen3VLForConditionalGeneration.from_pretrained``."""
+    rubric_version: str = "v1"
+    """Key into ``RUBRICS``: the prompt text; recorded with every score."""
+    fps: float = 2.0
+    """Frames per second sampled from each clip (spread evenly over the whole clip)."""
+    max_frames: int = 16
+    """Most frames shown per clip; longer clips are sampled more sparsely."""
+    max_pixels_per_frame: int = 256 * 32 * 32
+    """Pixel budget per frame (the processor resizes to a multiple of 32 within it); 32x32 px = 1 token."""
+    batch_size: int = 8
+    """Pairs per prefill."""
+    dtype: str = "auto"
+    """"auto" (bf16 on GPU, fp32 on CPU), "bfloat16", "float16" or "float32"."""
+    device: str = "auto"
+    """"auto" (cuda when available, else cpu) or a torch device string."""
+    attn_implementation: str = "sdpa"
+    """transformers attention backend: "sdpa", "flash_attention_2" or "eager"."""
+
+
+def expected_scores(first_logits, after_one_logits, digit_ids: list[int]):
+    """Expected 0..10 score and its probability mass from the two answer-position logits.
+
+    ``first_logits`` (N, V): next-token logits after "``<axis>: ``"; ``after_one_logits`` (N, V): after
+    "``<axis>: 1``"; ``digit_ids``: token ids of "0".."9". Returns (expected (N,), mass (N,)) in float32.
+    """
+    import torch
+
+    digits = torch.as_tensor(digit_ids, device=first_logits.device)
+    p = torch.softmax(first_logits.float(), dim=-1)[:, digits]  # (N, 10): P(first token = d)
+    q = torch.softmax(after_one_logits.float(), dim=-1)[:, digits]  # (N, 10): P(next = d | "1")
+    probs = torch.cat(
+        [
+            p[:, :1],  # 0
+            p[:, 1:2] * (1.0 - q.sum(dim=-1, keepdim=True)),  # 1, not followed by a digit
+            p[:, 2:],  # 2..9
+            p[:, 1:2] * q[:, :1],  # 10
+        ],
+        dim=-1,
+    )  # (N, 11)
+    values = torch.arange(11, dtype=probs.dtype, device=probs.device)
+    mass = probs.sum(dim=-1)
+    expected = (probs * values).sum(dim=-1) / mass.clamp_min(1e-30)
+    return expected, mass
+
+
+def sample_frame_indices(num_frames: int, src_fps: float, fps: float, max_frames: int) -> np.ndarray:
+    """Indices of ``fps`` frames per second over the whole clip, at least 2 and at most ``max_frames``."""
+    duration = num_frames / src_fps if src_fps > 0 else num_frames
+    count = int(math.floor(duration * fps + 1e-6))
+    count = max(2, min(count, max_frames, num_frames))
+    return np.linspace(0, num_frames - 1, count).round().astype(np.int64)
+
+
+def _resolve_dtype(name: str, device: str):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    choices = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+    if name not in choices:
+        raise ValueError(f"judge dtype {name!r} is not one of {['auto', *choices]}")
+    return choices[name]
+
+
+class Judge:
+    """Qwen3-VL judge. Build it where it runs (in the Ray actor): it loads the model in ``__init__``."""
+
+    def __init__(self, config: JudgeConfig):
+        import torch
+        from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+        if config.rubric_version not in RUBRICS:
+            raise ValueError(f"unknown rubric_version {config.rubric_version!r}; known: {sorted(RUBRICS)}")
+        self.config = config
+        self.device = (
+            ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+        )
+        self.dtype = _resolve_dtype(config.dtype, self.device)
+        self.processor = AutoProcessor.from_pretrained(config.model)
+        self.processor.tokenizer.padding_side = "left"  # answers are appended at the end of every row
+        self.model = Qwen3VLForConditionalGeneration.from_pretrained(
+            config.model, dtype=self.dtype, attn_implementation=config.attn_implementation
+        ).to(self.device)
+        self.model.eval()
+        self.rubric = RUBRICS[config.rubric_version]
+        self.digit_ids, self.axis_ids = self._answer_tokens()
+
+    def _answer_tokens(self) -> tuple[list[int], list[list[int]]]:
+        """Token ids of the digits and of each axis' teacher-forced answer "``<axis>: 1``"."""
+        tokenizer = self.processor.tokenizer
+        digit_ids = []
+        for d in range(10):
+            ids = tokenizer.encode(str(d), add_special_tokens=False)
+            if len(ids) != 1:
+                raise ValueError(f"{self.config.model}: the digit {d} is not a single token ({ids})")
+            digit_ids.append(ids[0])
+        axis_ids = []
+        for axis in AXES:
+            label = tokenizer.encode(f"{axis}: ", add_special_tokens=False)
+            full = tokenizer.encode(f"{axis}: 1", add_special_tokens=False)
+            if full != label + [digit_ids[1]]:
+                raise ValueError(
+                    f"{self.config.model}: '{axis}: 1' does not tokenize as the label followed by the digit "
+                    f"token ({full} vs {label} + [{digit_ids[1]}]); the answer position would be wrong"
+                )
+            axis_ids.append(full)
+        return digit_ids, axis_ids
+
+    @property
+    def scorer_model(self) -> str:
+        return self.config.model
+
+    # -- inputs ---------------------------------------------------------------------------------------
+
+    def prompt_text(self, instruction: str) -> str:
+        """The chat-formatted prompt (video placeholders unexpanded), ending with the assistant turn."""
+        messages = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": self.rubric + "\nSource video:"},
+                    {"type": "video"},
+                    {"type": "text", "text": "Edited video:"},
+                    {"type": "video"},
+                    {"type": "text", "text": f"Instruction: {instruction}"},
+                ],
+            }
+        ]
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def load_clip(self, path: str) -> tuple[np.ndarray, Any]:
+        """Frames sampled for the judge and their ``VideoMetadata`` (for the processor's timestamps)."""
+        from transformers.video_utils import VideoMetadata
+
+        info = probe(path, check_last_frame=False)
+        indices = sample_frame_indices(info.num_frames, info.fps, self.config.fps, self.config.max_frames)
+        frames = read_frames(path, indices)
+        metadata = VideoMetadata(
+            total_num_frames=info.num_frames,
+            fps=info.fps,
+            width=info.width,
+            height=info.height,
+            frames_indices=indices.tolist(),
+        )
+        return frames, metadata
+
+    def processor_inputs(self, texts: list[str], clips: list[tuple[np.ndarray, Any]]) -> dict:
+        """Tokenised prompts and video patches for the model (clips: source, target per prompt)."""
+        video_processor = self.processor.video_processor
+        num_frames = max(len(frames) for frames, _ in clips)
+        size = {
+            "shortest_edge": video_processor.size["shortest_edge"],
+            "longest_edge": self.config.max_pixels_per_frame * num_frames,
+        }
+        return self.processor(
+            text=texts,
+            videos=[frames for frames, _ in clips],
+            video_metadata=[meta for _, meta in clips],
+            do_sample_frames=False,
+            padding=True,
+            return_tensors="pt",
+            videos_kwargs={"size": size, "cap_pixels_per_frame": True},
+        )
+
+    # -- scoring --------------------------------------------------------------------------------------
+
+    def score_inputs(self, inputs: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Per-axis expected scores and answer masses, each (batch, 3), from processor outputs."""
+        import torch
+
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        if "pixel_values_videos" in inputs:
+            inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(self.dtype)
+        batch = inputs["input_ids"].shape[0]
+        num_axes = len(AXES)
+        with torch.inference_mode():
+            # 1. prefill: the prompt and both videos, KV cache kept, no logits needed but the last
+            prefill = self.model(**inputs, use_cache=True, logits_to_keep=1)
+            cache = prefill.past_key_values
+            positions, _ = self.model.model.get_rope_index(
+                inputs["input_ids"],
+                mm_token_type_ids=inputs["mm_token_type_ids"],
+                video_grid_thw=inputs.get("video_grid_thw"),
+                attention_mask=inputs["attention_mask"],
+            )  # (3, B, S), left padding at position 0
+            start = positions.amax(dim=(0, 2)) + 1  # (B,): next text position of every row
+
+            # 2. continuation: "<axis>: 1" for every (pair, axis), on the cache repeated per axis
+            cache.batch_repeat_interleave(num_axes)
+            length = max(len(ids) for ids in self.axis_ids)
+            pad_id = self.processor.tokenizer.pad_token_id or 0
+            cont_ids = torch.full((batch * num_axes, length), pad_id, dtype=torch.long, device=self.device)
+            cont_mask = torch.zeros_like(cont_ids)
+            for row in range(batch * num_axes):
+                ids = self.axis_ids[row % num_axes]
+                cont_ids[row, : len(ids)] = torch.tensor(ids, device=self.device)
+                cont_mask[row, : len(ids)] = 1
+            attention = torch.cat(
+                [inputs["attention_mask"].repeat_interleave(num_axes, dim=0), cont_mask], dim=1
+            )
+            steps = torch.arange(length, device=self.device)
+            cont_pos = start.repeat_interleave(num_axes)[:, None] + steps[None, :]  # (3B, L)
+            out = self.model(
+                input_ids=cont_ids,
+                attention_mask=attention,
+                position_ids=cont_pos[None].expand(3, -1, -1),
+                past_key_values=cache,
+            )
+            answer = torch.tensor(
+                [len(self.axis_ids[r % num_axes]) - 2 for r in range(batch * num_axes)], device=self.device
+            )
+            rows = torch.arange(batch * num_axes, device=self.device)
+            first = out.logits[rows, answer]  # after "<axis>: "
+            after_one = out.logits[rows, answer + 1]  # after "<axis>: 1"
+            expected, mass = expected_scores(first, after_one, self.digit_ids)
+        return (
+            expected.view(batch, num_axes).cpu().numpy().astype(np.float64),
+            mass.view(batch, num_axes).cpu().numpy().astype(np.float64),
+        )
+
+    def _result(
+        self, pair_id: str, axes: np.ndarray | None, mass: np.ndarray | None, error: str | None
+    ) -> dict:
+        row: dict[str, Any] = {
+            "pair_id": pair_id,
+            "scorer_model": self.scorer_model,
+            "rubric_version": self.config.rubric_version,
+        }
+        if error is not None:
+            row.update({"score": None, **{a: None for a in AXES}, "answer_mass": None})
+            row.update({"reason": "scorer_error", "detail": error})
+        else:
+            row.update(
+                {"score": float(axes.mean()), **{a: float(v) for a, v in zip(AXES, axes, strict=True)}}
+            )
+            row.update({"answer_mass": float(mass.mean()), "reason": None, "detail": None})
+        return row
+
+    def _score_loaded(self, items: list[tuple[str, str, tuple, tuple]]) -> list[dict]:
+        """Score pairs whose clips are loaded; a failed batch is retried pair by pair."""
+        texts = [self.prompt_text(instruction) for _, instruction, _, _ in items]
+        clips = [clip for _, _, src, tgt in items for clip in (src, tgt)]
+        try:
+            axes, mass = self.score_inputs(self.processor_inputs(texts, clips))
+            return [self._result(pid, axes[i], mass[i], None) for i, (pid, *_) in enumerate(items)]
+        except Exception as err:
+            if len(items) == 1:
+                return [self._result(items[0][0], None, None, f"{type(err).__name__}: {err}"[:500])]
+        return [row for item in items for row in self._score_loaded([item])]
+
+    def score_pairs(self, pairs: pd.DataFrame) -> pd.DataFrame:
+        """Score the rows of ``pairs`` (pair_id, instruction, source_path, target_path) in batches.
+
+        Returns one row per pair (``RESULT_COLUMNS``); a pair that fails has reason ``scorer_error``.
+        """
+        results: list[dict] = []
+        records = pairs[["pair_id", "instruction", "source_path", "target_path"]].to_dict("records")
+        for start in range(0, len(records), self.config.batch_size):
+            loaded = []
+            for rec in records[start : start + self.config.batch_size]:
+                try:
+                    clips = (self.load_clip(rec["source_path"]), self.load_clip(rec["target_path"]))
+                except Exception as err:
+                    results.append(
+                        self._result(rec["pair_id"], None, None, f"{type(err).__name__}: {err}"[:500])
+                    )
+                    continue
+                loaded.append((rec["pair_id"], rec["instruction"], *clips))
+            if loaded:
+                results.extend(self._score_loaded(loaded))
+        frame = pd.DataFrame(results, columns=RESULT_COLUMNS)
+        order = {pid: i for i, pid in enumerate(pairs["pair_id"])}
+        return frame.sort_values("pair_id", key=lambda s: s.map(order)).reset_index(drop=True)
