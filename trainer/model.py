@@ -528,7 +528,8 @@ def mive_flops(
     """Forward FLOPs of one sample (multiply-add = 2 FLOPs; training step ~ 3x this).
 
     ``num_visual_tokens`` counts the patches of all T'+1 frames (reference included);
-    ``num_target_tokens`` the patches the head runs on (default: all visual tokens minus none given).
+    ``num_target_tokens`` the patches the head runs on, T' x H'/2 x W'/2 (default: ``num_visual_tokens``,
+    a slight overcount of the small head).
     Counted: matmuls (adapter, patch embedding, q/k/v/o, attention scores and values, FFN, head, time MLP).
     Elementwise work (norms, RoPE, modulation, softmax) is left out, as in the usual 6N + attention rule.
     """
