@@ -150,6 +150,7 @@ class _Scene:
     square_color: np.ndarray  # (3,)
     square_start: np.ndarray  # (2,) x, y of the top-left corner
     square_velocity: np.ndarray  # (2,) pixels per frame
+    edit_seed: int  # seeds what the edit draws (new background, subtitle words): a copied scene edits alike
 
 
 def _random_scene(rng: np.random.Generator, width: int, height: int) -> _Scene:
@@ -162,6 +163,7 @@ def _random_scene(rng: np.random.Generator, width: int, height: int) -> _Scene:
         square_color=rng.uniform(0, 255, size=3),
         square_start=np.array([rng.uniform(0, width - size), rng.uniform(0, height - size)]),
         square_velocity=rng.uniform(1.0, 3.0, size=2) * rng.choice([-1, 1], size=2),
+        edit_seed=int(rng.integers(0, 2**31)),
     )
 
 
@@ -221,9 +223,8 @@ def _render(scene: _Scene, num_frames: int, height: int, width: int) -> np.ndarr
     return frames
 
 
-def _render_edit(
-    category: str, scene: _Scene, num_frames: int, height: int, width: int, rng: np.random.Generator
-) -> np.ndarray:
+def _render_edit(category: str, scene: _Scene, num_frames: int, height: int, width: int) -> np.ndarray:
+    rng = np.random.default_rng(scene.edit_seed)
     if category == "global_style":
         frames = _render(scene, num_frames, height, width)[..., ::-1]  # swap warm and cool
         return np.round(frames / 64.0) * 64.0  # posterise to a few levels
@@ -266,7 +267,7 @@ def _write_pair(
     """Render and write one pair; returns the CSV (relative) paths and the scene."""
     scene = scene or _random_scene(rng, config.width, config.height)
     source = _render(scene, num_frames, config.height, config.width)
-    target = _render_edit(category, scene, num_frames, config.height, config.width, rng)
+    target = _render_edit(category, scene, num_frames, config.height, config.width)
     if noise:
         source = source + rng.normal(0, noise, size=source.shape)
         target = target + rng.normal(0, noise, size=target.shape)
