@@ -1,0 +1,344 @@
+"""The trainer end to end on the CPU: overfitting, 2-process FSDP2 parity, SIGKILL + exact resume, the CLI,
+and initialisation from a Wan2.1 checkpoint (diffusers layout) through the meta-device path.
+
+Every run goes through the real entry points (``trainer.cli fit`` in a subprocess, ``torchrun`` for two
+ranks) on tiny shard sets written by the test, with the real ``trainer.model`` debug config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dataengine.recipe import load_recipe
+from tests.shard_builder import build_shards
+from trainer.train import OptimConfig, fit, lr_factor, train_config_from_recipe
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = REPO / "manifests" / "train_debug.toml"
+STEPS = 16
+EVERY = 4
+# Losses of a 1-rank x batch 2 run and a 2-rank x batch 1 run see the same samples and noise (see
+# trainer.train.sample_generator); they differ only by float32 summation order in the gradient reduction
+# (one local mean vs. a reduce-scatter average), amplified a little by Adam over the steps.
+PARITY_RTOL = 1e-4
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _overrides(shards: Path, runs: Path, name: str, batch_size: int, steps: int = STEPS) -> list[str]:
+    return [
+        f'train.data.shards="{shards}"',
+        f'train.runs_dir="{runs}"',
+        f'train.name="{name}"',
+        f"train.steps={steps}",
+        f"train.data.batch_size={batch_size}",
+        f"train.checkpoint.every_steps={EVERY}",
+        "train.checkpoint.keep_last=2",
+    ]
+
+
+def _cli(args: list[str], torchrun_ranks: int = 0) -> list[str]:
+    launcher = [sys.executable, "-m", "trainer.cli"]
+    if torchrun_ranks:
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={torchrun_ranks}",
+            "-m",
+            "trainer.cli",
+        ]
+    return [*launcher, "fit", str(RECIPE), *args]
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    steps = [row["step"] for row in rows]
+    assert steps == sorted(set(steps)), f"metrics.jsonl steps not unique and ordered: {steps}"
+    return {row["step"]: row["loss"] for row in rows}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """Two buckets of 4 samples (multiples of the global batch 2), the debug model's VLM width 64."""
+    return build_shards(tmp_path_factory.mktemp("shards"), {(2, 4, 4): 4, (1, 4, 6): 4}, vlm_dim=64)
+
+
+@pytest.fixture(scope="module")
+def reference_run(shards, tmp_path_factory) -> Path:
+    """The uninterrupted 1-process run: ``trainer fit`` on the debug recipe, batch 2, checkpoints every 4."""
+    runs = tmp_path_factory.mktemp("runs")
+    result = subprocess.run(
+        _cli(_overrides(shards, runs, "reference", batch_size=2)),
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return runs / "reference"
+
+
+def test_cli_debug_recipe_writes_the_run_folder(reference_run):
+    losses = _losses(reference_run)
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    assert all(math.isfinite(v) for v in losses.values())
+    rows = [json.loads(line) for line in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    for key in (
+        "grad_norm",
+        "lr",
+        "samples_per_s",
+        "tokens_per_s",
+        "tflops_per_device",
+        "mfu",
+        "peak_memory_gib",
+    ):
+        assert key in rows[0]
+    assert rows[0]["mfu"] is None  # CPU, no peak configured
+    # the lr column follows the recipe's warm-up + cosine schedule, computed here from its formula
+    optim = load_recipe(RECIPE)["train"]["optim"]
+    for row in rows:
+        step = row["step"] - 1
+        if step < optim["warmup_steps"]:
+            expected = optim["lr"] * (step + 1) / optim["warmup_steps"]
+        else:
+            progress = (step - optim["warmup_steps"]) / (STEPS - optim["warmup_steps"])
+            low = optim["min_lr_ratio"]
+            expected = optim["lr"] * (low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress)))
+        assert row["lr"] == pytest.approx(expected, rel=1e-9)
+    resolved = json.loads((reference_run / "recipe.resolved.json").read_text())
+    assert resolved["train"]["steps"] == STEPS and resolved["world_size"] == 1
+    checkpoints = sorted(p.name for p in (reference_run / "checkpoints").iterdir())
+    assert checkpoints == [f"step-{STEPS - EVERY:08d}", f"step-{STEPS:08d}"]  # keep_last = 2, no partials
+
+
+def test_two_process_fsdp2_matches_one_process(shards, reference_run, tmp_path):
+    result = subprocess.run(
+        _cli(_overrides(shards, tmp_path, "fsdp2", batch_size=1), torchrun_ranks=2),
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    two, one = _losses(tmp_path / "fsdp2"), _losses(reference_run)
+    assert sorted(two) == sorted(one)
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=PARITY_RTOL), (
+            f"step {step}: {two[step]} vs {one[step]}"
+        )
+    resolved = json.loads((tmp_path / "fsdp2" / "recipe.resolved.json").read_text())
+    assert resolved["world_size"] == 2
+
+
+def test_sigkill_after_a_checkpoint_then_resume_gives_the_same_losses(shards, reference_run, tmp_path):
+    run_dir = tmp_path / "killed"
+    process = subprocess.Popen(
+        _cli(_overrides(shards, tmp_path, "killed", batch_size=2)),
+        env=_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    first = run_dir / "checkpoints" / f"step-{EVERY:08d}"
+    deadline = time.monotonic() + 120
+    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = max(int(p.name[5:]) for p in (run_dir / "checkpoints").glob("step-*"))
+    assert killed_at < STEPS
+
+    result = subprocess.run(
+        _cli([*_overrides(shards, tmp_path, "killed", batch_size=2), "--resume"]),
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert f"step {killed_at}" in result.stderr  # "resumed from .../step-N (step N, ...)"
+    resumed, reference = _losses(run_dir), _losses(reference_run)
+    assert sorted(resumed) == sorted(reference)
+    for step in reference:
+        # same process layout, same arithmetic: the resumed run reproduces the losses to float32 precision
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-7), step
+
+
+def test_fit_without_resume_refuses_an_existing_run(shards, reference_run):
+    result = subprocess.run(
+        _cli(_overrides(shards, reference_run.parent, "reference", batch_size=2)),
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "already holds checkpoints: pass --resume" in result.stderr
+
+
+def test_loss_falls_when_overfitting_two_samples(tmp_path):
+    shards = build_shards(tmp_path / "two", {(2, 4, 4): 2}, vlm_dim=64, seed=3)
+    recipe = load_recipe(
+        RECIPE,
+        [
+            *_overrides(shards, tmp_path / "runs", "overfit", batch_size=2, steps=30),
+            "train.optim.lr=3e-3",
+            'train.optim.schedule="constant"',
+            "train.checkpoint.every_steps=0",
+            "train.parallel.activation_checkpointing=false",
+        ],
+    )
+    run_dir = fit(train_config_from_recipe(recipe), recipe=recipe)
+    losses = list(_losses(run_dir).values())
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.6 * first, losses
+
+
+def test_unknown_recipe_key_is_a_clear_error(tmp_path):
+    result = subprocess.run(
+        _cli(["train.optim.learning_rate=1e-4"]), env=_env(), cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "unknown key(s) ['learning_rate'] in recipe table [train.optim]" in result.stderr
+
+
+def test_lr_schedules_against_their_formulas():
+    for schedule in ("constant", "linear", "cosine"):
+        config = OptimConfig(lr=1.0, warmup_steps=10, schedule=schedule, min_lr_ratio=0.2)
+        assert lr_factor(0, config, 110) == pytest.approx(0.1)
+        assert lr_factor(9, config, 110) == pytest.approx(1.0)
+        half = {
+            "constant": 1.0,
+            "linear": 1 - 0.8 * 0.5,
+            "cosine": 0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi / 2)),
+        }
+        assert lr_factor(60, config, 110) == pytest.approx(half[schedule])
+        assert lr_factor(110, config, 110) == pytest.approx(1.0 if schedule == "constant" else 0.2)
+
+
+def test_init_from_a_wan_checkpoint_through_the_meta_device_path(tmp_path):
+    """``train.init`` = a tiny diffusers Wan2.1 DiT: the first checkpoint (lr 0) holds Wan's tensors."""
+    import torch.distributed.checkpoint as dcp
+    from diffusers import WanTransformer3DModel
+
+    from trainer.checkpoint import DataOnlyLoadPlanner, DataOnlyReader
+    from trainer.model import get_config
+
+    config = get_config("debug")
+    torch.manual_seed(0)
+    wan = WanTransformer3DModel(
+        patch_size=config.patch_size,
+        num_attention_heads=config.num_heads,
+        attention_head_dim=config.head_dim,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=config.freq_dim,
+        ffn_dim=config.ffn_dim,
+        num_layers=config.num_layers,
+        cross_attn_norm=True,
+        eps=config.eps,
+    )
+    wan.save_pretrained(tmp_path / "wan" / "transformer")
+    shards = build_shards(tmp_path / "shards", {(1, 4, 4): 2}, vlm_dim=config.vlm_dim)
+    recipe = load_recipe(
+        RECIPE,
+        [
+            *_overrides(shards, tmp_path / "runs", "wan_init", batch_size=2, steps=1),
+            f'train.init="{tmp_path / "wan"}"',
+            "train.optim.lr=0.0",
+        ],
+    )
+    run_dir = fit(train_config_from_recipe(recipe), recipe=recipe)
+    wanted = {
+        "model.blocks.1.attn.to_q.weight": wan.blocks[1].attn1.to_q.weight,
+        "model.blocks.0.ffn.proj_in.bias": wan.blocks[0].ffn.net[0].proj.bias,
+        "model.proj_out.weight": wan.proj_out.weight,
+        "model.patch_embedding.weight": wan.patch_embedding.weight,
+    }
+    loaded = {
+        k: torch.empty(v.shape[0], 32, *v.shape[2:]) if "patch" in k else torch.empty_like(v)
+        for k, v in wanted.items()
+    }
+    dcp.load(
+        {"model": {k.removeprefix("model."): v for k, v in loaded.items()}},
+        storage_reader=DataOnlyReader(str(run_dir / "checkpoints" / "step-00000001")),
+        planner=DataOnlyLoadPlanner(allow_partial_load=True),
+        no_dist=True,
+    )
+    for key, value in wanted.items():
+        if "patch" in key:
+            assert torch.equal(loaded[key][:, :16], value.detach())  # noisy branch: Wan's weights
+            assert not loaded[key][:, 16:].any()  # control branch starts at zero
+        else:
+            assert torch.equal(loaded[key], value.detach()), key
+
+
+def test_activation_checkpointing_recomputes_blocks_and_keeps_gradients():
+    """FSDP2 + per-block checkpointing against the same model without either: equal loss and gradients, and
+    each block's inner layers run twice (forward + recompute in the backward)."""
+    import torch.distributed as dist
+
+    from trainer.model import MiVETransformer, get_config
+    from trainer.parallel import (
+        MIVE_PLAN,
+        ParallelConfig,
+        apply_parallel,
+        init_distributed,
+        shutdown_distributed,
+    )
+
+    config = ParallelConfig(param_dtype="float32", activation_checkpointing=True)
+    runtime = init_distributed(config)
+    try:
+        torch.manual_seed(0)
+        plain = MiVETransformer(get_config("debug"))
+        sharded = MiVETransformer(get_config("debug"))
+        sharded.load_state_dict(plain.state_dict())
+        apply_parallel(sharded, MIVE_PLAN, config, runtime)
+        assert [n for n, _ in sharded.named_parameters()] == [n for n, _ in plain.named_parameters()]
+        calls = []
+        sharded.blocks[0].attn.register_forward_hook(lambda *_: calls.append(1))
+        generator = torch.Generator().manual_seed(1)
+        latents = torch.randn(2, 16, 2, 4, 4, generator=generator)
+        inputs = (
+            latents,
+            torch.randn(2, 16, 2, 4, 4, generator=generator),
+            torch.randn(2, 16, 1, 4, 4, generator=generator),
+            torch.tensor([100.0, 900.0]),
+            torch.randn(2, 3, 64, generator=generator),
+            torch.randn(2, 3, 64, generator=generator),
+            torch.tensor([[True, True, False], [True, True, True]]),
+        )
+        losses = []
+        for model in (plain, sharded):
+            loss = model(*inputs).square().mean()
+            loss.backward()
+            losses.append(loss.item())
+        assert len(calls) == 2  # the attention of block 0 ran in the forward and again in the backward
+        assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+        grads = dict(sharded.named_parameters())
+        for name, param in plain.named_parameters():
+            grad = grads[name].grad.full_tensor()
+            torch.testing.assert_close(grad, param.grad, rtol=1e-5, atol=1e-7, msg=name)
+    finally:
+        dist.barrier()
+        shutdown_distributed()

@@ -1,0 +1,439 @@
+"""Train the MiVE DiT with flow matching on precomputed shards: one flat loop, top to bottom.
+
+    # CPU, one process, the tiny debug model on the demo shards (minutes):
+    python -m trainer.cli fit manifests/train_debug.toml
+    # one node, 8 GPUs, the paper's run (Wan2.1-T2V-14B init, 720P, 81 frames, 8000 steps):
+    torchrun --nproc-per-node 8 -m trainer.cli fit manifests/train_mive_14b.toml
+    # continue the latest complete checkpoint of the same run:
+    torchrun --nproc-per-node 8 -m trainer.cli fit manifests/train_mive_14b.toml --resume
+
+Sections: 0. config, 1. runtime and run folder, 2. data, 3. model, 4. optimizer and schedule,
+5. resume, 6. the loop (maybe checkpoint, stop?, timed step with the flow-matching loss inline, one log line).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from dataengine.recipe import build_config, config_to_dict
+from trainer.checkpoint import CheckpointConfig, Checkpointer
+from trainer.data import DataConfig, ShardLoader
+from trainer.parallel import MIVE_PLAN, ParallelConfig, apply_parallel, init_distributed, shutdown_distributed
+
+logger = logging.getLogger("trainer")
+
+# Dense bf16 peak FLOP/s per GPU, by a substring of torch.cuda.get_device_name() (first match wins).
+PEAK_BF16_FLOPS = {
+    "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,  # SXM
+    "H20": 148e12,
+    "B200": 2250e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 125e12,
+}
+SCHEDULES = ("constant", "cosine", "linear")
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
+
+
+# ---------------------------------------------------------------------------------------------------
+# 0. Config
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OptimConfig:
+    """The ``[train.optim]`` recipe table: AdamW and the learning-rate schedule."""
+
+    lr: float = 3e-5
+    """Peak learning rate (the paper: 3e-5)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas (the paper: 0.9, 0.999)."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay (the paper does not state one; 0 keeps Wan's weights unshrunk)."""
+    warmup_steps: int = 200
+    """Linear warm-up from lr / warmup_steps to lr over this many optimizer steps (the paper: 200)."""
+    schedule: str = "constant"
+    """After warm-up: ``constant``, ``cosine`` or ``linear`` decay to ``lr * min_lr_ratio`` at the last step."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate of the cosine / linear schedules, as a fraction of ``lr``."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (the paper: 1.0); 0 disables clipping (the norm is still logged)."""
+
+
+@dataclass
+class FlowConfig:
+    """The ``[train.flow]`` recipe table: how flow-matching noise levels are drawn."""
+
+    shift: float = 5.0
+    """Wan's timestep shift: sigma = shift * u / (1 + (shift - 1) * u); 5 pushes training towards high noise."""
+    timestep_sampling: str = "uniform"
+    """Distribution of u before the shift: ``uniform`` on (0, 1) (Wan's fine-tuning recipes) or
+    ``logit_normal`` (u = sigmoid(N(logit_mean, logit_std)), as in SD3)."""
+    logit_mean: float = 0.0
+    """Mean of the logit-normal (``logit_normal`` only)."""
+    logit_std: float = 1.0
+    """Std of the logit-normal (``logit_normal`` only)."""
+
+
+@dataclass
+class TrainConfig:
+    """The ``[train]`` recipe table."""
+
+    name: str = "debug"
+    """Run name: outputs go to ``<runs_dir>/<name>/`` (checkpoints, metrics.jsonl, the resolved recipe)."""
+    runs_dir: str = "runs"
+    """Folder holding the run folders."""
+    model: str = "debug"
+    """Model config name for ``trainer.model.get_config`` (``debug`` or ``mive_14b``)."""
+    init: str | None = None
+    """Wan2.1 checkpoint to initialise from (hub id or local folder; diffusers or original layout, detected).
+    None initialises every weight randomly (seeded)."""
+    steps: int = 20
+    """Optimizer steps to train for (the paper: 8000)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step on each rank."""
+    seed: int = 0
+    """Seed of the weights (without ``init``), the data order and the flow-matching noise."""
+    log_every: int = 1
+    """Print (rank 0) and record a metrics line every this many steps."""
+    tensorboard: bool = False
+    """Also write the metrics as TensorBoard scalars to ``<run>/tensorboard`` (needs the tensorboard package)."""
+    peak_tflops: float | None = None
+    """Peak dense bf16 TFLOP/s of one device for the MFU; None looks the GPU up in a table (CPU: MFU n/a)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def __post_init__(self) -> None:
+        if self.optim.schedule not in SCHEDULES:
+            raise ValueError(f"train.optim.schedule {self.optim.schedule!r} is not one of {SCHEDULES}")
+        if self.flow.timestep_sampling not in TIMESTEP_SAMPLINGS:
+            raise ValueError(
+                f"train.flow.timestep_sampling {self.flow.timestep_sampling!r} is not one of {TIMESTEP_SAMPLINGS}"
+            )
+        if self.steps < 1 or self.grad_accum < 1:
+            raise ValueError(
+                f"train.steps ({self.steps}) and train.grad_accum ({self.grad_accum}) must be >= 1"
+            )
+
+
+def train_config_from_recipe(recipe: dict[str, Any]) -> TrainConfig:
+    """The ``[train]`` table of a recipe as a :class:`TrainConfig` (unknown keys are an error)."""
+    if "train" not in recipe:
+        raise ValueError(f"recipe {recipe.get('recipe_path', '')} has no [train] table")
+    return build_config(TrainConfig, recipe["train"], "train")
+
+
+def lr_factor(step: int, config: OptimConfig, total_steps: int) -> float:
+    """Multiplier of the peak lr at optimizer step ``step`` (0-based): linear warm-up, then the schedule."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return 1.0
+    progress = min((step - config.warmup_steps) / max(total_steps - config.warmup_steps, 1), 1.0)
+    low = config.min_lr_ratio
+    if config.schedule == "linear":
+        return 1.0 - (1.0 - low) * progress
+    return low + (1.0 - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def sample_generator(seed: int, step: int, micro: int, index: int, device: torch.device) -> torch.Generator:
+    """The generator of one sample's noise level and noise: a function of its place in the global batch,
+    never of the rank layout, so 1 GPU x batch 2 and 2 GPUs x batch 1 draw the same numbers."""
+    digest = hashlib.sha256(f"{seed}/{step}/{micro}/{index}".encode()).digest()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def peak_flops(config: TrainConfig, device: torch.device) -> float | None:
+    if config.peak_tflops:
+        return config.peak_tflops * 1e12
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+    return None
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak allocated GPU memory, or the process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kilobytes on Linux
+
+
+def _format_line(row: dict[str, Any], steps: int) -> str:
+    def opt(value: float | None, fmt: str, suffix: str = "") -> str:
+        return "n/a" if value is None else f"{value:{fmt}}{suffix}"
+
+    return (
+        f"step {row['step']:>6d}/{steps} | loss {row['loss']:.5f} | grad norm {row['grad_norm']:.4f} | "
+        f"lr {row['lr']:.3e} | {row['samples_per_s']:.2f} samples/s | {row['tokens_per_s']:,.0f} tok/s | "
+        f"{row['tflops_per_device']:.3g} TFLOP/s/dev | MFU {opt(row['mfu'], '.1%')} | "
+        f"{'mem' if row['device'] == 'cuda' else 'rss'} {row['peak_memory_gib']:.2f} GiB | {row['step_time_s']:.3f} s"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------
+
+
+def fit(config: TrainConfig, resume: bool = False, recipe: dict[str, Any] | None = None) -> Path:
+    """Train per ``config``; returns the run folder. Call once per process (under torchrun: on every rank)."""
+    from trainer.model import MiVETransformer, get_config, mive_flops
+
+    # 1. Runtime and run folder ------------------------------------------------------------------------
+    runtime = init_distributed(config.parallel)
+    device = runtime.device
+    run_dir = Path(config.runs_dir) / config.name
+    checkpointer = Checkpointer(config.checkpoint, run_dir, runtime.rank)
+    latest = checkpointer.latest() if resume else None
+    if runtime.is_main:
+        if not resume and checkpointer.latest() is not None:
+            raise ValueError(
+                f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another train.name"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = {"train": config_to_dict(config), "recipe": recipe or {}, "world_size": runtime.world_size}
+        (run_dir / "recipe.resolved.json").write_text(json.dumps(resolved, indent=2, default=str))
+    dist.barrier()
+    torch.manual_seed(config.seed)
+
+    # 2. Data: this rank's micro-batches, one latent shape each ------------------------------------------
+    loader = ShardLoader(config.data, config.seed, runtime.rank, runtime.world_size)
+    vlm_dim_shards = loader.catalogue.index.get("vlm_dim")
+
+    # 3. Model: random (seeded) or Wan2.1 init, then activation checkpointing + FSDP2 ---------------------
+    model_config = get_config(config.model)
+    if vlm_dim_shards is not None and vlm_dim_shards != model_config.vlm_dim:
+        raise ValueError(
+            f"shards {loader.catalogue.index_path} hold VLM states of width {vlm_dim_shards}, "
+            f"model {config.model!r} expects vlm_dim {model_config.vlm_dim}"
+        )
+    if config.init:
+        # Large models: never materialise the full model on one rank. Shard on meta, allocate the local
+        # shards, initialise them, then copy Wan's tensors (read one at a time) into the shards.
+        from trainer.wan_weights import load_wan_weights
+
+        with torch.device("meta"):
+            model = MiVETransformer(model_config)
+        apply_parallel(model, MIVE_PLAN, config.parallel, runtime)
+        model.to_empty(device=device)
+        model.init_weights()
+        report = load_wan_weights(model, config.init)
+        if runtime.is_main:
+            logger.info(report.summary())
+    else:
+        # Small models: every rank builds the same seeded model, then keeps its shards.
+        model = MiVETransformer(model_config)
+        apply_parallel(model, MIVE_PLAN, config.parallel, runtime)
+    num_params = sum(p.numel() for p in model.parameters())
+    if runtime.is_main:
+        logger.info("model %s: %s parameters (%.3f B)", config.model, f"{num_params:,}", num_params / 1e9)
+
+    # 4. Optimizer and schedule ---------------------------------------------------------------------------
+    optim = config.optim
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, optim, config.steps))
+
+    # 5. Resume ----------------------------------------------------------------------------------------------
+    step = 0
+    metrics_path = run_dir / "metrics.jsonl"
+    if resume:
+        if latest is None:
+            if runtime.is_main:
+                logger.warning(
+                    "--resume: no complete checkpoint in %s, starting from step 0", checkpointer.folder
+                )
+        else:
+            train_state = checkpointer.load(latest, model, optimizer, scheduler)
+            step = int(train_state["step"])
+            loader.load_state_dict(train_state["data"])
+            if runtime.is_main:
+                logger.info("resumed from %s (step %d, data cursor %s)", latest, step, train_state["data"])
+    if runtime.is_main:
+        # metrics.jsonl keeps the history of this run up to the resumed step: later lines (written after the
+        # checkpoint by a run that was killed) are dropped so each step appears once.
+        kept = []
+        if step > 0 and metrics_path.exists():
+            kept = [
+                line
+                for line in metrics_path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= step
+            ]
+        metrics_path.write_text("".join(line + "\n" for line in kept))
+    writer = None
+    if config.tensorboard and runtime.is_main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:
+            logger.warning(
+                "train.tensorboard is on but the tensorboard package is missing: metrics.jsonl only"
+            )
+
+    # 6. The loop -------------------------------------------------------------------------------------------
+    flow, batch_size = config.flow, config.data.batch_size
+    peak = peak_flops(config, device)
+    model.train()
+    if runtime.is_main:
+        logger.info(
+            "training %d steps from step %d: %d rank(s) x %d samples x %d accumulation = %d samples per step",
+            config.steps,
+            step,
+            runtime.world_size,
+            batch_size,
+            config.grad_accum,
+            runtime.world_size * batch_size * config.grad_accum,
+        )
+    while True:
+        # maybe checkpoint, stop?
+        if (
+            step > 0
+            and checkpointer.should_save(step, config.steps)
+            and (latest is None or step > _step_of(latest))
+        ):
+            latest = checkpointer.save(step, model, optimizer, scheduler, {"data": loader.state_dict()})
+        if step >= config.steps:
+            break
+
+        # a timed optimizer step
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        flops, tokens, samples = 0.0, 0, 0
+        for micro in range(config.grad_accum):
+            batch = next(loader)
+            x0 = batch["target_latents"].to(device, non_blocking=True).float()  # (B, 16, T', H', W')
+            source = batch["source_latents"].to(device, non_blocking=True)
+            reference = batch["reference_latents"].to(device, non_blocking=True)  # (B, 16, 1, H', W')
+            vlm_first = batch["vlm_first"].to(device, non_blocking=True)  # (B, S, D_vlm)
+            vlm_last = batch["vlm_last"].to(device, non_blocking=True)
+            vlm_mask = batch["vlm_mask"].to(device, non_blocking=True)  # (B, S) True = real token
+
+            # Flow matching (rectified flow, Wan's convention): per sample u -> shifted sigma,
+            # x_t = (1 - sigma) x0 + sigma noise, the model predicts the velocity noise - x0 at t = 1000 sigma.
+            us, noises = [], []
+            for i in range(x0.shape[0]):
+                generator = sample_generator(config.seed, step, micro, runtime.rank * batch_size + i, device)
+                if flow.timestep_sampling == "uniform":
+                    u = torch.rand(1, generator=generator, device=device)
+                else:
+                    normal = torch.randn(1, generator=generator, device=device)
+                    u = torch.sigmoid(flow.logit_mean + flow.logit_std * normal)
+                us.append(u)
+                noises.append(torch.randn(x0.shape[1:], generator=generator, device=device))
+            u = torch.cat(us)  # (B,)
+            noise = torch.stack(noises)  # (B, 16, T', H', W')
+            sigma = flow.shift * u / (1 + (flow.shift - 1) * u)  # (B,) in (0, 1)
+            s = sigma[:, None, None, None, None]
+            x_t = (1 - s) * x0 + s * noise
+            target = noise - x0
+            # the model already drops the reference frame and the condition tokens: the loss is on target patches
+            pred = model(x_t, source, reference, sigma * 1000, vlm_first, vlm_last, vlm_mask)
+            loss = F.mse_loss(pred.float(), target)
+            # with accumulation, only the last micro-batch's backward reduce-scatters the gradients
+            model.set_requires_gradient_sync(micro == config.grad_accum - 1)
+            (loss / config.grad_accum).backward()
+            loss_sum += loss.detach()
+
+            # accounting: visual tokens include the reference frame; condition tokens count real ones only
+            frames, height, width = x0.shape[2:]
+            p_t, p_h, p_w = model_config.patch_size
+            num_visual = (frames + 1) // p_t * (height // p_h) * (width // p_w)
+            num_target = frames // p_t * (height // p_h) * (width // p_w)
+            for num_condition in vlm_mask.sum(1).tolist():
+                flops += 3 * mive_flops(model_config, num_visual, int(num_condition), num_target)
+                tokens += num_visual + int(num_condition)
+            samples += x0.shape[0]
+
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            model.parameters(), optim.grad_clip if optim.grad_clip > 0 else float("inf")
+        )
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        # one log line: the loss averaged over micro-batches and ranks, throughput summed over ranks
+        stats = torch.stack(
+            [
+                loss_sum / config.grad_accum,
+                torch.tensor(float(samples), device=device),
+                torch.tensor(float(tokens), device=device),
+            ]
+        )
+        dist.all_reduce(stats)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+        if runtime.is_main and (step % config.log_every == 0 or step == config.steps):
+            tflops = flops / elapsed / 1e12  # this rank's model FLOPs (recomputation not counted)
+            row = {
+                "step": step,
+                "loss": stats[0].item() / runtime.world_size,
+                "grad_norm": grad_norm.item(),
+                "lr": lr,
+                "samples_per_s": stats[1].item() / elapsed,
+                "tokens_per_s": stats[2].item() / elapsed,
+                "tflops_per_device": tflops,
+                "mfu": tflops * 1e12 / peak if peak else None,
+                "peak_memory_gib": peak_memory_gib(device),
+                "device": device.type,
+                "step_time_s": elapsed,
+                "epoch": loader.epoch,
+            }
+            print(_format_line(row, config.steps), flush=True)
+            with metrics_path.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            if writer is not None:
+                for key, value in row.items():
+                    if isinstance(value, int | float) and key != "step":
+                        writer.add_scalar(f"train/{key}", value, step)
+
+    if writer is not None:
+        writer.close()
+    dist.barrier()
+    shutdown_distributed()
+    return run_dir
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.removeprefix("step-"))
+
+
+def configure_logging() -> None:
+    """Log lines from rank 0 only (others: warnings), with the rank in a multi-rank run."""
+    rank = int(os.environ.get("RANK", 0))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s"
+        if "RANK" in os.environ
+        else "%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
