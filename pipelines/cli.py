@@ -16,8 +16,12 @@ app = typer.Typer(
 )
 
 # Job registrations (one line each, kept in pipeline order).
+from pipelines.filter import filter_command  # noqa: E402
+from pipelines.portraits import synth_portraits_command  # noqa: E402
 from pipelines.shards import inspect_command, shards_command, verify_command  # noqa: E402
 
+app.command("filter")(filter_command)
+app.command("synth-portraits")(synth_portraits_command)
 app.command("shards")(shards_command)
 app.command("inspect")(inspect_command)
 app.command("verify")(verify_command)

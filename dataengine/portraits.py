@@ -1,0 +1,393 @@
+"""Portrait pair synthesis: the plan, the per-clip segmentation step and the per-pair compositing step.
+
+MiVE's 6K portrait pairs (three edit types, 2000 each) come from portrait clips (a person in frame) and
+background clips (no person). The blocks here know nothing of Ray (``pipelines/portraits.py`` wires them):
+
+1. :func:`segment_portrait`: decode a portrait at the recipe's fps / frame count / resolution, segment
+   the person (SAM2, or precomputed masks), keep the masks (bit-packed ``.npz``) and apply the gate.
+2. :func:`check_background`: a background clip decodes and has at least one frame.
+3. :func:`plan_pairs`: which portrait, which background, which instruction phrasing for each pair of each
+   type, all drawn with the seed from the sorted accepted clips, so the same recipe and seed give the
+   same pairs. A (portrait, background) combination is used at most once per type.
+4. :func:`synthesize_pair`: composite (``dataengine.composite``), write source and target mp4 (H.264),
+   the reference PNG (the target's first frame, lossless) and return the pair-manifest row.
+
+Failures are values, not crashes: each step returns a row with ``reason`` set (one of the video reasons
+``missing_file``, ``undecodable``, ``too_short`` or the gate's reasons) and a ``detail`` naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dataengine.composite import EDIT_TYPES, compose_pair, feather_alpha, fit_frames, fit_masks, loop_indices
+from dataengine.manifest import make_pair_id
+from dataengine.segment import (
+    GateConfig,
+    MaskFileReader,
+    PersonSegmenter,
+    SegmenterConfig,
+    check_masks,
+    load_masks,
+    save_masks,
+)
+from dataengine.video import VideoError, probe, read_frames, sample_indices, write_mp4
+
+CATEGORIES = {
+    "removal": "portrait_removal",
+    "addition": "portrait_addition",
+    "background": "portrait_background",
+}
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+PLAN_COLUMNS = [
+    "pair_id",
+    "category",
+    "edit_type",
+    "portrait",
+    "background",
+    "instruction",
+    "source_path",
+    "target_path",
+    "reference_path",
+]
+
+
+@dataclass(frozen=True)
+class InstructionsConfig:
+    """Instruction phrasings per edit type (the ``[portraits.instructions]`` table); one is drawn per pair."""
+
+    removal: tuple[str, ...] = (
+        "Remove the person from the video.",
+        "Erase the person and keep the background exactly as it is.",
+        "Take the person out of the scene, leaving only the background.",
+        "Delete the person from every frame and fill in the background behind them.",
+        "Make the person disappear from the video.",
+    )
+    """Phrasings for person removal (source: person over B, target: B)."""
+    addition: tuple[str, ...] = (
+        "Add the person shown in the reference image to the video.",
+        "Place a person in the scene, as in the reference image.",
+        "Insert the person from the reference image into the video, moving naturally.",
+        "Add a person in the foreground of this scene.",
+        "Put the person from the reference frame into every frame of the video.",
+    )
+    """Phrasings for person addition (source: B, target: person over B)."""
+    background: tuple[str, ...] = (
+        "Replace the background behind the person with the scene in the reference image.",
+        "Change the background to the one shown in the reference image, keeping the person unchanged.",
+        "Keep the person and swap the background for a new scene.",
+        "Put the person in front of a different background, as in the reference image.",
+        "Change the setting behind the person to match the reference image.",
+    )
+    """Phrasings for background replacement (source: the portrait, target: person over B)."""
+
+    def __post_init__(self) -> None:
+        for edit_type in EDIT_TYPES:
+            phrasings = tuple(str(p) for p in getattr(self, edit_type))
+            if not phrasings or any(not p.strip() for p in phrasings):
+                raise ValueError(f"portraits.instructions.{edit_type} needs at least one non-empty phrasing")
+            object.__setattr__(self, edit_type, phrasings)
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Ray resources of the portrait pipeline (the ``[portraits.resources]`` table)."""
+
+    segment_actors: int = 1
+    """Segmentation actors (each loads the model once); one per GPU on a GPU node."""
+    segment_gpus: float = 0.0
+    """GPUs per segmentation actor (1 for SAM2-large on a GPU cluster, 0 on a CPU)."""
+    segment_cpus: float = 1.0
+    """CPUs per segmentation actor (decoding happens in the actor)."""
+    composite_cpus: float = 1.0
+    """CPUs per compositing + encoding task."""
+    num_cpus: int = 0
+    """CPUs of a local Ray instance (0: all of the machine's); ignored when joining a cluster."""
+
+
+@dataclass(frozen=True)
+class PortraitsConfig:
+    """The ``[portraits]`` recipe table: inputs, counts, output clip format, segmenter, gate, compositing."""
+
+    people_dir: str = "demo_data/portraits/people"
+    """Folder of portrait clips (a person in frame), searched recursively."""
+    backgrounds_dir: str = "demo_data/portraits/backgrounds"
+    """Folder of background clips (no person), searched recursively."""
+    output_dir: str = ""
+    """Where pair videos, reference PNGs and masks go; empty: ``portrait_pairs/<run>``."""
+    pairs_per_type: int = 2000
+    """Pairs per edit type (removal, addition, background): the paper's 2000 each, 6000 in all."""
+    seed: int = 0
+    """Seed of the plan: same recipe + same seed + same inputs = same pairs."""
+    num_frames: int = 81
+    """Frames per pair clip: ``4n + 1`` for the Wan VAE, as in the ``[shards.clip]`` table."""
+    fps: float = 16.0
+    """Frame rate the clips are resampled to (nearest frame)."""
+    width: int = 1280
+    """Output width in pixels (a multiple of 16: a shards bucket)."""
+    height: int = 720
+    """Output height in pixels (a multiple of 16: a shards bucket)."""
+    feather_radius: int = 4
+    """Soft alpha edge: the mask averaged over a (2r+1)^2 window; 0 for a hard edge."""
+    crf: int = 18
+    """H.264 constant rate factor of the pair videos (lower is closer to lossless)."""
+    extensions: tuple[str, ...] = VIDEO_EXTENSIONS
+    """File extensions counted as videos in the input folders."""
+    instructions: InstructionsConfig = field(default_factory=InstructionsConfig)
+    """Instruction phrasings per edit type."""
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    """The segmentation backend and its first-frame prompt."""
+    gate: GateConfig = field(default_factory=GateConfig)
+    """The masks' quality gate."""
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    """Ray resources per stage."""
+
+    def __post_init__(self) -> None:
+        if self.num_frames < 1 or (self.num_frames - 1) % 4:
+            raise ValueError(f"portraits.num_frames must be 4n + 1 (e.g. 17, 81), got {self.num_frames}")
+        if self.fps <= 0:
+            raise ValueError(f"portraits.fps must be positive, got {self.fps}")
+        if self.width % 16 or self.height % 16 or self.width <= 0 or self.height <= 0:
+            raise ValueError(
+                f"portraits.width/height must be positive multiples of 16, got {self.width}x{self.height}"
+            )
+        if self.pairs_per_type < 0:
+            raise ValueError(f"portraits.pairs_per_type must be >= 0, got {self.pairs_per_type}")
+        if self.feather_radius < 0:
+            raise ValueError(f"portraits.feather_radius must be >= 0, got {self.feather_radius}")
+        object.__setattr__(self, "extensions", tuple(e.lower() for e in self.extensions))
+
+    def pairs_root(self, run: str) -> Path:
+        return Path(self.output_dir or f"portrait_pairs/{run}")
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def list_videos(folder: str | os.PathLike, extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> list[str]:
+    """Video files under ``folder`` (recursive, hidden files skipped), as sorted POSIX paths relative to it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"input folder not found: {folder}")
+    found = [
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in extensions
+        and not any(part.startswith(".") for part in p.parts)
+    ]
+    return sorted(found)
+
+
+def clip_id(kind: str, rel_path: str) -> str:
+    """Stable id of an input clip (``portrait`` or ``background``) from its path relative to its folder."""
+    return hashlib.sha256(f"{kind}\x1f{rel_path}".encode()).hexdigest()[:20]
+
+
+def _portrait_indices(path: str | os.PathLike, config: PortraitsConfig) -> tuple[np.ndarray, Any]:
+    info = probe(path)
+    indices = sample_indices(info.num_frames, info.fps, config.fps, max_frames=config.num_frames)
+    if len(indices) < config.num_frames:
+        raise VideoError(
+            path,
+            "too_short",
+            f"{info.num_frames} frames at {info.fps:g} fps give {len(indices)} frames at {config.fps:g} fps, "
+            f"need {config.num_frames}",
+        )
+    return indices, info
+
+
+def load_portrait(path: str | os.PathLike, config: PortraitsConfig) -> np.ndarray:
+    """The portrait's first ``num_frames`` frames at ``fps``, fitted to ``height x width``: (T, H, W, 3) uint8."""
+    indices, _ = _portrait_indices(path, config)
+    return fit_frames(read_frames(path, indices), config.height, config.width)
+
+
+def load_background(path: str | os.PathLike, config: PortraitsConfig) -> np.ndarray:
+    """The background at ``fps``, looped back and forth or trimmed to ``num_frames``, fitted to the frame."""
+    info = probe(path)
+    available = sample_indices(info.num_frames, info.fps, config.fps)
+    wanted = available[loop_indices(len(available), config.num_frames)]
+    unique, inverse = np.unique(wanted, return_inverse=True)
+    return fit_frames(read_frames(path, unique)[inverse], config.height, config.width)
+
+
+# ---------------------------------------------------------------------------------------------- step 1, 2
+
+
+def segment_portrait(
+    path: str | os.PathLike,
+    rel_path: str,
+    config: PortraitsConfig,
+    masks_dir: str | os.PathLike,
+    segmenter: PersonSegmenter | MaskFileReader,
+) -> dict[str, Any]:
+    """Segment one portrait clip and gate its masks; the row says accepted (``reason`` None) or why not.
+
+    The masks (at the output's frames and size) are written to ``masks_dir/<clip_id>.masks.npz`` also for a
+    rejected clip, for inspection.
+    """
+    cid = clip_id("portrait", rel_path)
+    row: dict[str, Any] = {
+        "clip_id": cid,
+        "portrait": rel_path,
+        "reason": None,
+        "stage": "segment",
+        "detail": "",
+        "masks_path": None,
+        "mean_area": float("nan"),
+        "min_iou": float("nan"),
+    }
+    try:
+        indices, info = _portrait_indices(path, config)
+        if isinstance(segmenter, MaskFileReader):
+            raw = segmenter.read(path, info.num_frames, info.height, info.width)
+            masks = fit_masks(raw[indices], config.height, config.width)
+        else:
+            frames = fit_frames(read_frames(path, indices), config.height, config.width)
+            masks = segmenter.segment(frames)
+    except VideoError as err:
+        return {**row, "stage": "probe", "reason": err.reason, "detail": f"portrait {path}: {err.detail}"}
+    except (FileNotFoundError, ValueError) as err:  # precomputed masks missing or of the wrong shape
+        return {**row, "reason": "missing_file", "detail": f"portrait {path}: {err}"}
+    masks_path = Path(masks_dir) / f"{cid}.masks.npz"
+    save_masks(masks_path, masks)
+    verdict = check_masks(masks, config.gate)
+    detail = f"portrait {path}: {verdict.detail}"
+    return {
+        **row,
+        "reason": verdict.reason,
+        "detail": detail,
+        "masks_path": str(masks_path.resolve()),
+        "mean_area": verdict.mean_area,
+        "min_iou": verdict.min_iou,
+    }
+
+
+def check_background(path: str | os.PathLike, rel_path: str) -> dict[str, Any]:
+    """A background is usable when it exists and decodes to the last frame (any length: it is looped)."""
+    row = {
+        "clip_id": clip_id("background", rel_path),
+        "background": rel_path,
+        "reason": None,
+        "stage": "background",
+    }
+    try:
+        info = probe(path)
+    except VideoError as err:
+        return {**row, "reason": err.reason, "detail": f"background {path}: {err.detail}"}
+    return {**row, "detail": f"{info.num_frames} frames at {info.fps:g} fps, {info.width}x{info.height}"}
+
+
+# ---------------------------------------------------------------------------------------------- step 3
+
+
+def plan_pairs(
+    portraits: list[str], backgrounds: list[str], config: PortraitsConfig, run: str
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The pairs to make: per type, distinct (portrait, background) combinations and phrasings drawn with the seed.
+
+    ``portraits`` and ``backgrounds`` are the accepted clips' relative paths (sorted here, so the order
+    they come in does not matter). Returns the plan rows and, per type, how many could be planned (fewer
+    than ``pairs_per_type`` when the inputs do not give enough distinct combinations).
+    """
+    portraits, backgrounds = sorted(set(portraits)), sorted(set(backgrounds))
+    root = config.pairs_root(run).resolve()
+    rows, planned = [], {}
+    num_combinations = len(portraits) * len(backgrounds)
+    for type_index, edit_type in enumerate(EDIT_TYPES):
+        rng = np.random.default_rng([config.seed, type_index])
+        count = min(config.pairs_per_type, num_combinations)
+        planned[edit_type] = count
+        if count == 0:
+            continue
+        combos = rng.choice(num_combinations, size=count, replace=False)
+        phrasings = getattr(config.instructions, edit_type)
+        choices = rng.integers(0, len(phrasings), size=count)
+        category = CATEGORIES[edit_type]
+        for combo, choice in zip(combos.tolist(), choices.tolist(), strict=True):
+            portrait, background = portraits[combo // len(backgrounds)], backgrounds[combo % len(backgrounds)]
+            instruction = phrasings[choice]
+            pair_id = make_pair_id("portrait", portrait, f"{edit_type}:{background}", instruction)
+            folder = root / category / pair_id
+            rows.append(
+                {
+                    "pair_id": pair_id,
+                    "category": category,
+                    "edit_type": edit_type,
+                    "portrait": portrait,
+                    "background": background,
+                    "instruction": instruction,
+                    "source_path": str(folder / "source.mp4"),
+                    "target_path": str(folder / "target.mp4"),
+                    "reference_path": str(folder / "reference.png"),
+                }
+            )
+    return rows, planned
+
+
+# ---------------------------------------------------------------------------------------------- step 4
+
+
+def synthesize_pair(plan_row: dict[str, Any], masks_path: str, config: PortraitsConfig) -> dict[str, Any]:
+    """Composite one planned pair and write its files; returns its manifest row, or a rejection (``reason`` set)."""
+    from PIL import Image
+
+    portrait_path = Path(config.people_dir) / plan_row["portrait"]
+    background_path = Path(config.backgrounds_dir) / plan_row["background"]
+    row = {
+        "pair_id": plan_row["pair_id"],
+        "origin": "portrait",
+        "category": plan_row["category"],
+        "instruction": plan_row["instruction"],
+        "source_path": plan_row["source_path"],
+        "target_path": plan_row["target_path"],
+        "reference_path": plan_row["reference_path"],
+        "score": None,
+        "num_frames": config.num_frames,
+        "fps": float(config.fps),
+        "width": config.width,
+        "height": config.height,
+        "reason": None,
+        "stage": "composite",
+        "detail": "",
+    }
+    try:
+        portrait = load_portrait(portrait_path, config)
+        background = load_background(background_path, config)
+    except VideoError as err:
+        return {**row, "reason": err.reason, "detail": f"{err.path}: {err.detail}"}
+    masks = load_masks(masks_path)
+    if masks.shape != portrait.shape[:3]:
+        raise ValueError(
+            f"masks {masks_path} are {masks.shape}, portrait {portrait_path} fits to {portrait.shape[:3]}"
+        )
+    alpha = feather_alpha(masks, config.feather_radius)
+    source, target = compose_pair(plan_row["edit_type"], portrait, alpha, background)
+    write_mp4(row["source_path"], source, config.fps, crf=config.crf)
+    write_mp4(row["target_path"], target, config.fps, crf=config.crf)
+    reference = Path(row["reference_path"])
+    tmp = reference.with_name(f".{reference.stem}.tmp.png")
+    Image.fromarray(target[0]).save(tmp)
+    os.replace(tmp, reference)
+    return row
+
+
+def pair_files_exist(row: dict[str, Any]) -> bool:
+    """All three files of a written pair are on disk (a resumed run redoes a pair whose files went missing)."""
+    return all(Path(row[k]).exists() for k in ("source_path", "target_path", "reference_path"))
+
+
+def fingerprint(config_dict: dict[str, Any], portraits: list[str], backgrounds: list[str]) -> str:
+    """What a run's results depend on: the resolved config and the input clip lists."""
+    payload = json.dumps(
+        {"config": config_dict, "portraits": portraits, "backgrounds": backgrounds}, sort_keys=True
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
