@@ -204,19 +204,23 @@ def iter_checkpoint_tensors(shards: list[Path]) -> Iterator[tuple[Path, str, tor
                 del tensor
 
 
-def detect_layout(shards: list[Path]) -> str:
-    """``diffusers`` or ``original``, from the tensor names (read from the shard headers only)."""
-    names: set[str] = set()
+def read_names(shards: list[Path]) -> dict[str, Path]:
+    """Every tensor name (prefix ``model.diffusion_model.`` stripped) and its shard, from the headers only."""
+    names: dict[str, Path] = {}
     for shard in shards:
         with safe_open(str(shard), framework="pt", device="cpu") as handle:
-            names.update(name.removeprefix(_ORIGINAL_PREFIX) for name in handle.keys())
+            for name in handle.keys():
+                names[name.removeprefix(_ORIGINAL_PREFIX)] = shard
+    return names
+
+
+def detect_layout(names: dict[str, Path] | set[str]) -> str:
+    """``diffusers`` or ``original``, from the tensor names."""
     if any(n.startswith("condition_embedder.") or ".attn1." in n for n in names):
         return "diffusers"
     if any(n.startswith("time_embedding.") or ".self_attn." in n for n in names):
         return "original"
-    raise ValueError(
-        f"{shards[0].parent}: not a Wan2.1 DiT checkpoint (no diffusers or original Wan tensor names)"
-    )
+    raise ValueError("not a Wan2.1 DiT checkpoint (no diffusers or original Wan tensor names)")
 
 
 def map_name(name: str, layout: str) -> str | None:
@@ -246,14 +250,17 @@ def _patch_embedding_weight(wan_weight: torch.Tensor, target_shape: torch.Size) 
     return weight
 
 
-def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor, device: torch.device | None) -> None:
+def _set_tensor(
+    model: nn.Module, name: str, tensor: torch.Tensor, device: torch.device | None, where: str = ""
+) -> None:
     """Copy ``tensor`` into parameter ``name``; on a meta model, assign a new parameter instead."""
     module_name, _, attr = name.rpartition(".")
     module = model.get_submodule(module_name)
     param = getattr(module, attr)
     if tuple(tensor.shape) != tuple(param.shape):
         raise ValueError(
-            f"{name}: checkpoint shape {tuple(tensor.shape)} != model shape {tuple(param.shape)}"
+            f"{name}: checkpoint shape {tuple(tensor.shape)} != model shape {tuple(param.shape)} ({where}): "
+            "does the model config match the checkpoint's dimensions?"
         )
     with torch.no_grad():
         if param.is_meta:
@@ -285,40 +292,48 @@ def load_wan_weights(
     """
     folder = resolve_checkpoint_folder(source, subfolder)
     shards = list_shards(folder)
-    layout = detect_layout(shards)
+    names = read_names(shards)
+    try:
+        layout = detect_layout(names)
+    except ValueError as err:
+        raise ValueError(f"{folder}: {err}") from err
     device = torch.device(device) if device is not None else None
     report = WanLoadReport(
         source=str(source), folder=str(folder), layout=layout, shards=[p.name for p in shards]
     )
 
+    # 1. Plan from the shard headers: every name is mapped and checked before any tensor is read.
     params = dict(model.named_parameters())
     num_layers = len(model.blocks)
-    for shard, name, tensor in iter_checkpoint_tensors(shards):
+    plan: dict[str, str | None] = {}
+    for name, shard in names.items():
         target = map_name(name, layout)
-        if target is None:
-            report.left_out.append(name)
-            continue
-        if target not in params:
+        if target is not None and target not in params:
             block = re.match(r"blocks\.(\d+)\.", target)
             if block and int(block.group(1)) >= num_layers:
                 raise ValueError(
-                    f"{shard.name}: {name} is block {block.group(1)}, the model has {num_layers} blocks"
+                    f"{shard}: {name} is block {block.group(1)}, the model has {num_layers} blocks"
                 )
-            raise ValueError(f"{shard.name}: {name} maps to {target}, which the model does not have")
-        if target in report.loaded:
-            raise ValueError(f"{shard.name}: {name} fills {target} a second time")
-        if target == "patch_embedding.weight":
-            tensor = _patch_embedding_weight(tensor, params[target].shape)
-        _set_tensor(model, target, tensor, device)
-        report.loaded.append(target)
-        del tensor
-
+            raise ValueError(f"{shard}: {name} maps to {target}, which the model does not have")
+        plan[name] = target
     adapter = sorted(n for n in params if n.startswith("context_adapter."))
-    missing = sorted(set(params) - set(report.loaded) - set(adapter))
+    missing = sorted(set(params) - set(plan.values()) - set(adapter))
     if missing:
         raise ValueError(
             f"{folder}: the checkpoint lacks {len(missing)} tensor(s) the model needs, e.g. {missing[:5]}"
         )
+
+    # 2. Read, one tensor at a time, shard by shard.
+    for shard, name, tensor in iter_checkpoint_tensors(shards):
+        target = plan[name]
+        if target is None:
+            report.left_out.append(name)
+            continue
+        if target == "patch_embedding.weight":
+            tensor = _patch_embedding_weight(tensor, params[target].shape)
+        _set_tensor(model, target, tensor, device, where=f"{name} in {shard}")
+        report.loaded.append(target)
+        del tensor
 
     # Fresh parts: the control branch of the patch embedding (zeroed above) and the context adapter.
     if any(p.is_meta for p in model.context_adapter.parameters()):
