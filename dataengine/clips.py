@@ -167,7 +167,7 @@ def load_reference(path: str | os.PathLike) -> np.ndarray:
         raise ClipRejection("missing_file", f"reference image missing: {path}")
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            return np.array(image.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise ClipRejection("undecodable", f"reference image {path}: {err}") from err
 

@@ -222,6 +222,11 @@ class VlmStage:
         return _batch(out)
 
 
+def _reference_path(value: Any) -> str:
+    """The manifest's ``reference_path`` as a string, "" when null (None or NaN after a pandas concat)."""
+    return value if isinstance(value, str) else ""
+
+
 def _vlm_dim(model_id: str) -> int:
     from transformers import AutoConfig
 
@@ -239,7 +244,7 @@ def _sample_meta(
         "category": row.category,
         "origin": row.origin,
         "score": None if row.score is None or row.score != row.score else float(row.score),
-        "reference": "manifest" if row.reference_path else "target_first_frame",
+        "reference": "manifest" if _reference_path(row.reference_path) else "target_first_frame",
         "num_frames": config.clip.num_frames,
         "fps": fps,
         "resolution": [int(row.clip_height), int(row.clip_width)],
@@ -401,7 +406,7 @@ def _encode(todo: Any, config: ShardsConfig, ray_address: str | None):
             "shard": row.shard,
             "source_path": row.source_path,
             "target_path": row.target_path,
-            "reference_path": row.reference_path or "",
+            "reference_path": _reference_path(row.reference_path),
             "clip_height": int(row.clip_height),
             "clip_width": int(row.clip_width),
         }

@@ -1,0 +1,139 @@
+"""Clip preparation: frame sampling, source/target alignment, bucket fitting, reference, rejections."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from shards_inputs import clip_frames, index_of, write_pair
+
+from dataengine.clips import ClipConfig, ClipRejection, choose_bucket, prepare_pair, resize_and_crop
+from dataengine.video import write_mp4
+
+
+def test_config_validates_frame_count_and_buckets():
+    with pytest.raises(ValueError, match="4n \\+ 1"):
+        ClipConfig(num_frames=80)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        ClipConfig(buckets=((720, 1270),))
+    assert ClipConfig(num_frames=17, buckets=[[64, 64]]).buckets == ((64, 64),)
+
+
+def test_bucket_is_nearest_in_aspect_ratio():
+    buckets = ((720, 1280), (1280, 720), (960, 960))
+    assert choose_bucket(1080, 1920, buckets) == (720, 1280)
+    assert choose_bucket(1920, 1080, buckets) == (1280, 720)
+    assert choose_bucket(1000, 1100, buckets) == (960, 960)
+    assert choose_bucket(700, 1000, buckets) == (720, 1280)  # 1.43: |log 1.43 - log 1.78| = 0.22 < 0.36
+
+
+def test_source_and_target_sampled_at_the_same_indices(tmp_path):
+    # 40 frames at 32 fps resampled to 16 fps: every other frame, 0, 2, ..., 32.
+    src, tgt = write_pair(tmp_path, "p", num_frames=40, fps=32.0)
+    config = ClipConfig(num_frames=17, fps=16.0, buckets=((64, 64),))
+    pair = prepare_pair(src, tgt, None, config)
+    expected = list(range(0, 34, 2))
+    assert pair.frame_indices.tolist() == expected
+    assert pair.source.shape == pair.target.shape == (17, 64, 64, 3)
+    assert [index_of(f) for f in pair.source] == expected
+    assert [index_of(f, target=True) for f in pair.target] == expected
+    assert pair.fps == 16.0
+    # The reference defaults to the target's first prepared frame.
+    np.testing.assert_array_equal(pair.reference, pair.target[0])
+
+
+def test_native_rate_takes_consecutive_frames(tmp_path):
+    src, tgt = write_pair(tmp_path, "p", num_frames=21, fps=10.0)
+    pair = prepare_pair(src, tgt, None, ClipConfig(num_frames=17, fps=0.0, buckets=((64, 64),)))
+    assert [index_of(f) for f in pair.source] == list(range(17))
+    assert pair.fps == pytest.approx(10.0)
+
+
+def test_resize_and_centre_crop_match_an_independent_resize():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 96, 128, 3), dtype=np.uint8)
+    frames = np.repeat(
+        np.repeat(frames[:, ::8, ::8], 8, axis=1), 8, axis=2
+    )  # smooth blocks: resampling agrees
+    out = resize_and_crop(frames, (32, 32))
+    # cover 32x32 from 96x128: scale 1/3 -> 32x43, centre crop columns 5..37
+    ref = np.stack(
+        [np.asarray(Image.fromarray(f).resize((43, 32), Image.Resampling.BILINEAR)) for f in frames]
+    )
+    ref = ref[:, :, 5:37]
+    assert out.shape == (2, 32, 32, 3)
+    assert np.abs(out.astype(int) - ref.astype(int)).mean() < 6.0
+
+
+def test_crop_keeps_the_centre(tmp_path):
+    # 64 x 96 (w) into a 64x64 bucket: no resize, the 16 columns on each side go.
+    frames = np.zeros((5, 64, 96, 3), np.uint8)
+    frames[:, :, :16] = 255
+    frames[:, :, -16:] = 128
+    frames[:, :, 16:-16] = 60
+    out = resize_and_crop(frames, (64, 64))
+    np.testing.assert_array_equal(out, np.full((5, 64, 64, 3), 60, np.uint8))
+
+
+def test_reference_from_the_manifest_is_fitted_like_the_clips(tmp_path):
+    src, tgt = write_pair(tmp_path, "p", num_frames=17, height=64, width=64)
+    image = np.zeros((128, 128, 3), np.uint8)
+    image[:, :, 0] = 200
+    path = tmp_path / "ref.png"
+    Image.fromarray(image).save(path)
+    pair = prepare_pair(src, tgt, path, ClipConfig(num_frames=17, fps=16.0, buckets=((64, 64),)))
+    assert pair.reference.shape == (64, 64, 3)
+    np.testing.assert_array_equal(pair.reference[..., 0], 200)
+
+
+def _reason(src, tgt, config, reference=None, expected_bucket=None) -> str:
+    with pytest.raises(ClipRejection) as info:
+        prepare_pair(src, tgt, reference, config, expected_bucket=expected_bucket)
+    return info.value.reason
+
+
+def test_rejections_have_reasons(tmp_path):
+    config = ClipConfig(num_frames=17, fps=16.0, buckets=((64, 64),))
+    src, tgt = write_pair(tmp_path, "ok", num_frames=17)
+    assert _reason(tmp_path / "nope.mp4", tgt, config) == "missing_file"
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"not a video" * 100)
+    assert _reason(src, garbage, config) == "undecodable"
+    short_src, short_tgt = write_pair(tmp_path, "short", num_frames=9)
+    assert _reason(short_src, short_tgt, config) == "too_short"
+    a, b = write_pair(tmp_path, "counts", num_frames=17, target_frames=21)
+    assert _reason(a, b, config) == "misaligned"
+    a, b = write_pair(tmp_path, "rates", num_frames=17, target_fps=24.0)
+    assert _reason(a, b, config) == "misaligned"
+    a, b = write_pair(tmp_path, "aspect", num_frames=17, target_size=(64, 96))
+    assert _reason(a, b, config) == "misaligned"
+    small_src, small_tgt = write_pair(tmp_path, "small", num_frames=17, height=32, width=32)
+    assert _reason(small_src, small_tgt, config) == "too_small"
+    assert _reason(src, tgt, config, reference=tmp_path / "missing.png") == "missing_file"
+    bad_png = tmp_path / "bad.png"
+    bad_png.write_bytes(b"\x89PNG broken")
+    assert _reason(src, tgt, config, reference=bad_png) == "undecodable"
+    wide = ClipConfig(num_frames=17, fps=16.0, buckets=((64, 64), (64, 128)))
+    assert _reason(src, tgt, wide, expected_bucket=(64, 128)) == "manifest_mismatch"
+
+
+def test_frame_difference_tolerance(tmp_path):
+    a, b = write_pair(tmp_path, "p", num_frames=17, target_frames=18)
+    strict = ClipConfig(num_frames=17, fps=16.0, buckets=((64, 64),))
+    with pytest.raises(ClipRejection):
+        prepare_pair(a, b, None, strict)
+    loose = ClipConfig(num_frames=17, fps=16.0, buckets=((64, 64),), max_frame_difference=1)
+    pair = prepare_pair(a, b, None, loose)
+    assert [index_of(f, target=True) for f in pair.target] == list(range(17))
+
+
+def test_truncated_video_is_undecodable(tmp_path):
+    path = tmp_path / "full.mp4"
+    write_mp4(path, clip_frames(17, 64, 64), 16.0)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 3])
+    config = ClipConfig(num_frames=17, fps=16.0, buckets=((64, 64),))
+    with pytest.raises(ClipRejection) as info:
+        prepare_pair(cut, path, None, config)
+    assert info.value.reason in ("undecodable", "too_short", "misaligned")
