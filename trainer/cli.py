@@ -6,6 +6,7 @@ Each command is a small function here with light imports (torch and the model lo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -72,8 +73,13 @@ def fit_command(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=2) from err
     run_dir = fit(config, resume=resume, recipe=recipe_data)
-    typer.echo(f"done: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(f"done: {run_dir}")
 
+
+from trainer.plan import plan_command  # noqa: E402
+
+app.command("plan")(plan_command)
 
 if __name__ == "__main__":
     app()

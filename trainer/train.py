@@ -31,7 +31,14 @@ import torch.nn.functional as F
 from dataengine.recipe import build_config, config_to_dict
 from trainer.checkpoint import CheckpointConfig, Checkpointer
 from trainer.data import DataConfig, ShardLoader
-from trainer.parallel import MIVE_PLAN, ParallelConfig, apply_parallel, init_distributed, shutdown_distributed
+from trainer.parallel import (
+    MIVE_PLAN,
+    ParallelConfig,
+    Runtime,
+    apply_parallel,
+    init_distributed,
+    shutdown_distributed,
+)
 
 logger = logging.getLogger("trainer")
 
@@ -198,21 +205,30 @@ def _format_line(row: dict[str, Any], steps: int) -> str:
 
 def fit(config: TrainConfig, resume: bool = False, recipe: dict[str, Any] | None = None) -> Path:
     """Train per ``config``; returns the run folder. Call once per process (under torchrun: on every rank)."""
+    run_dir = Path(config.runs_dir) / config.name
+    if not resume and Checkpointer(config.checkpoint, run_dir, 0).latest() is not None:
+        raise ValueError(
+            f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another train.name"
+        )
+    runtime = init_distributed(config.parallel)
+    try:
+        train(config, runtime, run_dir, resume, recipe or {})
+    finally:
+        shutdown_distributed()
+    return run_dir
+
+
+def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, recipe: dict[str, Any]) -> None:
+    """The training run itself, top to bottom, on an initialised process group."""
     from trainer.model import MiVETransformer, get_config, mive_flops
 
-    # 1. Runtime and run folder ------------------------------------------------------------------------
-    runtime = init_distributed(config.parallel)
+    # 1. Run folder -------------------------------------------------------------------------------------
     device = runtime.device
-    run_dir = Path(config.runs_dir) / config.name
     checkpointer = Checkpointer(config.checkpoint, run_dir, runtime.rank)
     latest = checkpointer.latest() if resume else None
     if runtime.is_main:
-        if not resume and checkpointer.latest() is not None:
-            raise ValueError(
-                f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another train.name"
-            )
         run_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {"train": config_to_dict(config), "recipe": recipe or {}, "world_size": runtime.world_size}
+        resolved = {"train": config_to_dict(config), "recipe": recipe, "world_size": runtime.world_size}
         (run_dir / "recipe.resolved.json").write_text(json.dumps(resolved, indent=2, default=str))
     dist.barrier()
     torch.manual_seed(config.seed)
@@ -419,8 +435,6 @@ def fit(config: TrainConfig, resume: bool = False, recipe: dict[str, Any] | None
     if writer is not None:
         writer.close()
     dist.barrier()
-    shutdown_distributed()
-    return run_dir
 
 
 def _step_of(checkpoint: Path) -> int:
