@@ -16,10 +16,12 @@ app = typer.Typer(
 )
 
 # Job registrations (one line each, kept in pipeline order).
+from pipelines.demo_data import demo_data_command  # noqa: E402
 from pipelines.filter import filter_command  # noqa: E402
 from pipelines.portraits import synth_portraits_command  # noqa: E402
 from pipelines.shards import inspect_command, shards_command, verify_command  # noqa: E402
 
+app.command("demo-data")(demo_data_command)
 app.command("filter")(filter_command)
 app.command("synth-portraits")(synth_portraits_command)
 app.command("shards")(shards_command)

@@ -1,0 +1,39 @@
+"""``dataengine demo-data``: every input of the demo recipes, generated here (nothing is downloaded).
+
+Writes under ``--out`` (``demo_data`` by default):
+``openve/`` (OpenVE-style CSVs and clips, some rows broken on purpose), ``portraits/people`` and
+``portraits/backgrounds`` (generated clips with their ground-truth masks), and ``models/``: tiny random
+Qwen3-VL (``qwen3vl``), open_clip (``open_clip``), SAM2 (``sam2``), Wan2.1 VAE (``wan_vae``) and Wan2.1 DiT
+(``wan``), each saved in its library's own format and loaded back through ``from_pretrained`` by the jobs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+
+def demo_data_command(
+    out: Path = typer.Option(Path("demo_data"), "--out", help="Folder to write the demo inputs into."),
+) -> None:
+    """Generate the demo's inputs: OpenVE-style data, portrait and background clips, tiny random models."""
+    from dataengine.synthetic.openve import build_filter_demo
+    from dataengine.synthetic.portraits import build_tiny_sam2, generate_portraits
+    from dataengine.synthetic.wan_dit import build_tiny_wan_dit
+    from dataengine.synthetic.wan_vae import build_tiny_wan_vae
+
+    start = time.perf_counter()
+    models = out / "models"
+    steps = [
+        ("OpenVE-style dataset, tiny Qwen3-VL and open_clip", lambda: build_filter_demo(out)),
+        ("portrait and background clips", lambda: generate_portraits(out / "portraits")),
+        ("tiny SAM2", lambda: build_tiny_sam2(models / "sam2")),
+        ("tiny Wan2.1 VAE", lambda: build_tiny_wan_vae(models / "wan_vae")),
+        ("tiny Wan2.1 DiT", lambda: build_tiny_wan_dit(models / "wan")),
+    ]
+    for label, step in steps:
+        typer.echo(f"demo-data: {label} ...")
+        step()
+    typer.echo(f"demo-data: wrote {out}/ in {time.perf_counter() - start:.1f} s")

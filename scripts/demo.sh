@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# `make demo`: the whole MiVE chain on tiny random models and generated videos, on the CPU.
+#   demo-data -> filter -> synth-portraits -> shards -> trainer fit -> trainer sample -> report
+# Every step is the command a real run uses, with the demo recipes (manifests/demo.toml, train_debug.toml).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false RAY_USAGE_STATS_ENABLED=0 PYTHONWARNINGS=ignore
+BIN=.venv/bin
+DEMO_DIR=${DEMO_DIR:-demo_data}
+start=$(date +%s)
+step() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
+
+step "1/7 generate the demo inputs (OpenVE-style data, portrait clips, tiny random models) into $DEMO_DIR/"
+$BIN/dataengine demo-data --out "$DEMO_DIR"
+
+step "2/7 dataengine filter: score every pair with the (tiny) Qwen3-VL judge, select, dedup"
+$BIN/dataengine filter manifests/demo.toml
+
+step "3/7 dataengine synth-portraits: person masks, compositing, three edit types"
+$BIN/dataengine synth-portraits manifests/demo.toml
+
+step "4/7 dataengine shards: Wan VAE latents + Qwen3-VL first/last-layer tokens into WebDataset shards"
+$BIN/dataengine shards manifests/demo.toml
+$BIN/dataengine verify shards/demo
+
+step "5/7 trainer fit: the debug MiVE DiT, initialised from the tiny Wan DiT, flow matching on the shards"
+$BIN/trainer fit manifests/train_debug.toml
+
+step "6/7 trainer sample: edit a source video with the trained checkpoint"
+SOURCE=$(ls "$DEMO_DIR"/portraits/people/*.mp4 | head -n 1)
+$BIN/trainer sample runs/debug --source "$SOURCE" --instruction "Replace the background with a beach at sunset." \
+  --reference "$(ls "$DEMO_DIR"/portrait_pairs/*/*.png 2>/dev/null | head -n 1)" --out runs/debug/samples/edited.mp4 --compare
+
+step "7/7 dataengine report: one HTML page with counts, rejections, scores, thumbnails, shards and the loss curve"
+$BIN/dataengine report demo
+
+echo
+echo "Demo finished in $(( $(date +%s) - start )) s. Outputs:"
+echo "  manifests/demo/            pair manifests (openve.parquet, portraits.parquet), rejections, summaries"
+echo "  $DEMO_DIR/portrait_pairs/  synthesised portrait pairs (source/target mp4, reference png, masks)"
+echo "  shards/demo/               WebDataset shards + index.json"
+echo "  runs/debug/                checkpoints, metrics.jsonl, samples/edited.mp4 and samples/*compare*.mp4"
+echo "  manifests/demo/report.html the report (open it in a browser)"
