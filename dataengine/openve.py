@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dataengine.manifest import make_pair_id, rejections_frame
+from dataengine.manifest import REJECTION_COLUMNS, make_pair_id
 from dataengine.video import VideoError, probe
 
 ORIGIN = "openve"
@@ -59,7 +59,7 @@ class OpenVEReadResult:
     pairs: pd.DataFrame
     """One row per pair (``PAIR_READ_COLUMNS``): ids, category, instruction, resolved paths, CSV position."""
     rejections: pd.DataFrame
-    """Rows that are not pairs (contract columns: pair_id, stage, reason, detail)."""
+    """Rows that are not pairs: the contract's pair_id, stage, reason, detail, and their category."""
     rows_per_category: dict[str, int]
     """Data rows read per category (pairs + rejections)."""
 
@@ -144,6 +144,7 @@ def read_category_csv(path: Path, category: str, video_root: Path) -> tuple[list
                         "stage": READ_STAGE,
                         "reason": "malformed_row",
                         "detail": f"{problem}: {position}",
+                        "category": category,
                     }
                 )
                 continue
@@ -195,12 +196,12 @@ def read_openve(
                         f"same source, target and prompt as row {first['csv_row']} of {first['csv_file']}: "
                         f"row {item['csv_row']} of {item['csv_file']}"
                     ),
+                    "category": item["category"],
                 }
             )
         frame = frame[~repeated].reset_index(drop=True)
-    return OpenVEReadResult(
-        pairs=frame, rejections=rejections_frame(all_rejections), rows_per_category=rows_per_category
-    )
+    rejections = pd.DataFrame(all_rejections, columns=[*REJECTION_COLUMNS, "category"])
+    return OpenVEReadResult(pairs=frame, rejections=rejections, rows_per_category=rows_per_category)
 
 
 def probe_pair(source_path: str, target_path: str, min_frames: int, where: str = "") -> dict[str, object]:

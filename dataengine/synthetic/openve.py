@@ -16,8 +16,10 @@ an added circle, a subtitle band), so source and target move together.
 :attr:`SyntheticOpenVE.expected_rejections` says which reason the reader/probe must give each of them.
 Everything is deterministic from ``seed``. Usage::
 
-    from dataengine.synthetic.openve import SyntheticOpenVEConfig, generate_openve
-    data = generate_openve("demo_data/openve", SyntheticOpenVEConfig(pairs_per_category=8, broken=BROKEN_KINDS))
+    from dataengine.synthetic.openve import BROKEN_KINDS, SyntheticOpenVEConfig, generate_openve
+    data = generate_openve("demo_data/openve", SyntheticOpenVEConfig(pairs_per_category=8, broken=tuple(BROKEN_KINDS)))
+
+:func:`build_filter_demo` writes everything ``manifests/demo.toml``'s ``[filter]`` reads.
 """
 
 from __future__ import annotations
@@ -374,3 +376,22 @@ def generate_openve(root: str | Path, config: SyntheticOpenVEConfig | None = Non
         (csv_dir / f"{category}.csv").write_bytes(("\ufeff" if bom else "").encode() + text.encode("utf-8"))
         out.rows_per_category[category] = len(rows)
     return out
+
+
+def build_filter_demo(demo_dir: str | Path = "demo_data") -> SyntheticOpenVE:
+    """Write the inputs of the demo recipe's ``[filter]``: the dataset at ``<demo_dir>/openve`` (6 pairs and
+    a near-copy per category, one broken row of each kind), the tiny Qwen3-VL at ``<demo_dir>/models/qwen3vl``
+    and the tiny open_clip at ``<demo_dir>/models/open_clip`` (models are kept when already there)."""
+    from dataengine.synthetic.clip import build_tiny_open_clip
+    from dataengine.synthetic.qwen3vl import build_tiny_qwen3vl
+
+    demo_dir = Path(demo_dir)
+    config = SyntheticOpenVEConfig(
+        pairs_per_category=6, near_duplicates_per_category=1, broken=tuple(BROKEN_KINDS)
+    )
+    data = generate_openve(demo_dir / "openve", config)
+    if not (demo_dir / "models" / "qwen3vl" / "config.json").exists():
+        build_tiny_qwen3vl(demo_dir / "models" / "qwen3vl")
+    if not (demo_dir / "models" / "open_clip" / "tiny_clip.safetensors").exists():
+        build_tiny_open_clip(demo_dir / "models" / "open_clip")
+    return data

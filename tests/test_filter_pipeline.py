@@ -1,0 +1,216 @@
+"""`dataengine filter` end to end through the CLI on the demo recipe (generated data, tiny models, local Ray):
+the outputs' contract, and a SIGKILLed-then-resumed run against an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from dataengine.manifest import PAIR_COLUMNS, read_metadata, read_pairs
+from dataengine.openve import read_openve
+from dataengine.synthetic.clip import build_tiny_open_clip
+from dataengine.synthetic.openve import BROKEN_KINDS, SyntheticOpenVEConfig, generate_openve
+from dataengine.synthetic.qwen3vl import build_tiny_qwen3vl
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+CAP = 3
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    qwen = base / "tiny_qwen3vl"  # shared with test_judge.py within a session
+    if not (qwen / "config.json").exists():
+        build_tiny_qwen3vl(qwen, seed=0)
+    clip_config, clip_weights = build_tiny_open_clip(tmp_path_factory.mktemp("clip"))
+    data = generate_openve(
+        tmp_path_factory.mktemp("openve"),
+        SyntheticOpenVEConfig(
+            pairs_per_category=4, near_duplicates_per_category=1, broken=tuple(BROKEN_KINDS)
+        ),
+    )
+    out = tmp_path_factory.mktemp("manifests")
+    overrides = [
+        f"filter.csv_dir={json.dumps(str(data.csv_dir))}",
+        f"filter.video_root={json.dumps(str(data.video_root))}",
+        f"filter.output_root={json.dumps(str(out))}",
+        f"filter.judge.model={json.dumps(str(qwen))}",
+        f"filter.dedup.model_config={json.dumps(str(clip_config))}",
+        f"filter.dedup.pretrained={json.dumps(str(clip_weights))}",
+        f"filter.selection.max_per_category={CAP}",
+        # one pair per task and per prefill: many small score parts, so a kill lands mid-run
+        "filter.probe_batch_size=1",
+        "filter.judge.batch_size=1",
+    ]
+    return {"data": data, "out": out, "overrides": overrides}
+
+
+def _command(setup, run: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "filter",
+        "manifests/demo.toml",
+        f"run={run}",
+        *setup["overrides"],
+    ]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+
+
+def _parts(folder: Path) -> dict[str, list[str]]:
+    return {
+        p.name: pq.read_table(p, columns=["pair_id"]).column(0).to_pylist()
+        for p in sorted(folder.glob("part-*.parquet"))
+    }
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup):
+    result = subprocess.run(
+        _command(setup, "whole"), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=540
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return setup["out"] / "whole", result.stdout
+
+
+def test_cli_help_explains_the_command():
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "filter", "--help"],
+        cwd=ROOT,
+        env={**_env(), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0
+    for word in ("recipe", "[filter] table", "--ray-address", "threshold", "Killed"):
+        assert word in result.stdout
+
+
+def test_every_row_ends_in_the_manifest_or_the_rejections(setup, uninterrupted):
+    folder, stdout = uninterrupted
+    data = setup["data"]
+    manifest = read_pairs(folder / "openve.parquet")
+    rejections = pd.read_parquet(folder / "rejections.parquet")
+    assert list(manifest.columns) == PAIR_COLUMNS
+    assert len(manifest) + len(rejections) == data.num_rows
+    assert not set(manifest["pair_id"]) & set(rejections["pair_id"])
+    assert not rejections["pair_id"].duplicated().any()
+    # the broken rows got their reasons, at the read and probe stages
+    early = rejections[rejections["stage"].isin(["read", "probe"])]
+    assert Counter(early["reason"]) == Counter(data.expected_rejections.values())
+    assert set(rejections["reason"]) <= {
+        "below_threshold", "over_cap", "duplicate", "missing_file", "undecodable", "too_short",
+        "scorer_error", "malformed_row", "duplicate_row",
+    }  # fmt: skip
+    assert (manifest["origin"] == "openve").all() and manifest["reference_path"].isna().all()
+    assert (manifest["num_frames"] == 17).all() and (manifest["width"] == 64).all()
+    meta = read_metadata(folder / "openve.parquet")
+    assert meta["models"]["judge"].endswith("tiny_qwen3vl") and meta["rubric_version"] == "v1"
+    assert "dataengine filter" in stdout and "over_cap" in stdout
+
+
+def test_selection_matches_an_independent_pandas_computation(setup, uninterrupted):
+    folder, _ = uninterrupted
+    data = setup["data"]
+    scores = pd.concat([pd.read_parquet(p) for p in sorted((folder / "scores").glob("part-*.parquet"))])
+    pairs = read_openve(data.csv_dir, data.video_root).pairs
+    scored = scores[scores["reason"].isna()].merge(pairs[["pair_id", "category"]], on="pair_id")
+    rejections = pd.read_parquet(folder / "rejections.parquet")
+    duplicates = set(rejections.loc[rejections["reason"] == "duplicate", "pair_id"])
+    assert duplicates, "the planted near-copies should be found"
+    threshold = 4.0  # manifests/demo.toml
+    expected = (
+        scored[(scored["score"] >= threshold) & ~scored["pair_id"].isin(duplicates)]
+        .sort_values(["category", "score", "pair_id"], ascending=[True, False, True])
+        .groupby("category")
+        .head(CAP)
+    )
+    manifest = read_pairs(folder / "openve.parquet")
+    assert manifest["pair_id"].tolist() == expected["pair_id"].tolist()
+    assert manifest["score"].tolist() == pytest.approx(expected["score"].tolist(), abs=0)
+    summary = json.loads((folder / "summary.json").read_text())
+    for category, entry in summary["categories"].items():
+        assert entry["read"] == data.rows_per_category[category]
+        assert entry["kept"] == (manifest["category"] == category).sum() <= CAP
+        assert entry["read"] == entry["kept"] + sum(entry["rejected"].values())
+        assert entry["scored"] == (scored["category"] == category).sum()
+
+
+def _kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL the job's whole session (the CLI and the Ray processes it started), by its ids."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(1.0)
+    leftovers = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout.split("\n")
+    for line in leftovers:
+        fields = line.split()
+        if len(fields) == 2 and int(fields[1]) == proc.pid:
+            try:
+                os.kill(int(fields[0]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_a_killed_then_resumed_run_equals_an_uninterrupted_one(setup, uninterrupted):
+    whole, _ = uninterrupted
+    run = setup["out"] / "resumed"
+    proc = subprocess.Popen(
+        _command(setup, "resumed"), cwd=ROOT, env=_env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 400
+        while not list((run / "scores").glob("part-*.parquet")):
+            assert proc.poll() is None, "the run ended before writing a score part"
+            assert time.monotonic() < deadline, "no score part appeared"
+            time.sleep(0.02)
+    finally:
+        _kill_session(proc)
+    killed_parts = _parts(run / "scores")
+    num_scored_before = sum(len(ids) for ids in killed_parts.values())
+    num_pairs = len(read_openve(setup["data"].csv_dir, setup["data"].video_root).pairs)
+    assert not (run / "summary.json").exists() and num_scored_before < num_pairs  # really interrupted
+
+    result = subprocess.run(
+        _command(setup, "resumed"), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=540
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"resuming: {num_scored_before} pairs already scored" in result.stdout
+
+    # nothing scored twice: the killed run's parts are untouched and no pair is in two parts
+    parts = _parts(run / "scores")
+    assert {name: parts[name] for name in killed_parts} == killed_parts
+    all_ids = [pid for ids in parts.values() for pid in ids]
+    assert len(all_ids) == len(set(all_ids)) == num_pairs
+
+    # the same outputs as the uninterrupted run (scores up to float noise of a different batching)
+    ours, theirs = read_pairs(run / "openve.parquet"), read_pairs(whole / "openve.parquet")
+    pd.testing.assert_frame_equal(ours.drop(columns="score"), theirs.drop(columns="score"))
+    assert ours["score"].tolist() == pytest.approx(theirs["score"].tolist(), abs=1e-5)
+    ours_rej = pd.read_parquet(run / "rejections.parquet")
+    theirs_rej = pd.read_parquet(whole / "rejections.parquet")
+    key = ["pair_id", "stage", "reason"]
+    pd.testing.assert_frame_equal(ours_rej[key], theirs_rej[key])
+    stable = ~ours_rej["reason"].isin(["below_threshold", "duplicate"])  # details with printed scores
+    assert ours_rej.loc[stable, "detail"].tolist() == theirs_rej.loc[stable, "detail"].tolist()
+    ours_sum = json.loads((run / "summary.json").read_text())
+    theirs_sum = json.loads((whole / "summary.json").read_text())
+    for category, entry in theirs_sum["categories"].items():
+        for field in ("read", "scored", "kept", "rejected"):
+            assert ours_sum["categories"][category][field] == entry[field]
