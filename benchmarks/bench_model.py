@@ -1,0 +1,344 @@
+"""The MiVE block against diffusers' Wan block: speed, activation memory, and (on a GPU) TFLOP/s and MFU.
+
+    .venv/bin/python -m benchmarks.bench_model [--quick]
+
+CPU rows (always):
+- forward+backward tokens/s of one ``MiVEBlock`` (unified self-attention over [c; v], two-segment AdaLN)
+  and of diffusers' ``WanTransformerBlock`` (self-attention + cross-attention to 512 text tokens) at the
+  same width, FFN ratio, head dim 128 and total sequence length; diffusers with its ordinary (B, 6, D)
+  timestep and with its per-token (B, L, 6, D) timestep path (the Wan2.2 TI2V path MiVE's per-token
+  AdaLN would need there); the ratio ours / diffusers.
+- activation memory: bytes autograd saves for the backward of one block (parameters excluded, storages
+  counted once), ours vs diffusers per-token vs diffusers per-sample; plus the size of the per-token
+  modulation input at the paper's 14B shape (79,200 visual + condition tokens), which exists once per model.
+GPU rows (only with CUDA): one 14B-width block (D 5120, 40 heads, FFN 13824) in bf16 at 79,200 visual +
+``NUM_CONDITION_GPU`` condition tokens: forward+backward time, TFLOP/s from ``mive_flops``' per-block
+formula (3x forward), MFU against the device's dense bf16 peak, peak memory; and diffusers' block at
+the same sequence (per-sample timestep) for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed, WanTransformerBlock
+
+from trainer.model import MiVEBlock, MiVEConfig, rope_cos_sin
+
+NUM_TEXT_TOKENS = 512  # Wan's T5 context length (cross-attention keys in diffusers' block)
+NUM_CONDITION_GPU = (
+    3600  # condition tokens in the GPU row (text + reference image + video tokens; one 45x80 frame's worth)
+)
+PAPER_GRID = (22, 45, 80)  # (T'+1, H'/2, W'/2) for 81 frames at 720P: 79,200 visual tokens
+DENSE_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense (no sparsity) bf16 FLOP/s
+
+
+def _block_config(dim: int, ffn_dim: int, num_heads: int) -> MiVEConfig:
+    return MiVEConfig(dim=dim, num_layers=1, num_heads=num_heads, ffn_dim=ffn_dim)
+
+
+def _block_flops(dim: int, ffn_dim: int, seq: int, cross: int = 0) -> float:
+    """Forward matmul FLOPs of one block (q, k, v, o, FFN, attention); ``cross`` adds Wan's cross-attention."""
+    flops = seq * (8 * dim * dim + 4 * dim * ffn_dim) + 4 * seq * seq * dim
+    if cross:
+        flops += seq * 4 * dim * dim + cross * 4 * dim * dim + 4 * seq * cross * dim
+    return float(flops)
+
+
+class _Inputs:
+    """Inputs of both blocks at one shape: ours gets [c; v], diffusers gets v plus text context."""
+
+    def __init__(
+        self,
+        config: MiVEConfig,
+        grid: tuple[int, int, int],
+        num_condition: int,
+        batch: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        frames, height, width = grid
+        self.num_visual = frames * height * width
+        self.seq = self.num_visual + num_condition
+        self.num_clean = num_condition + height * width
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        dim = config.dim
+        self.x = torch.randn(batch, self.seq, dim, generator=gen).to(device, dtype)
+        self.time_mod = torch.randn(batch, 2, 6, dim, generator=gen).to(device) * 0.1
+        self.rope = rope_cos_sin(config, grid, num_condition, device)
+        # diffusers: the same total sequence as visual tokens (a grid with `seq` cells), text context
+        if num_condition % (height * width):
+            raise ValueError(
+                f"num_condition {num_condition} must be whole frames of {height} x {width} (diffusers' grid)"
+            )
+        self.wan_grid = (frames + num_condition // (height * width), height, width)
+        f, h, w = self.wan_grid
+        self.wan_x = torch.randn(batch, f * h * w, dim, generator=gen).to(device, dtype)
+        self.text = torch.randn(batch, NUM_TEXT_TOKENS, dim, generator=gen).to(device, dtype)
+        rope = WanRotaryPosEmbed(config.head_dim, (1, 2, 2), 1024).to(device)
+        self.wan_rope = tuple(r.to(device) for r in rope(torch.empty(1, 1, f, 2 * h, 2 * w, device="meta")))
+        self.temb_sample = torch.randn(batch, 6, dim, generator=gen).to(device) * 0.1
+        self.batch = batch
+
+    def temb_per_token(self) -> torch.Tensor:
+        """diffusers' (B, L, 6, D) float32 per-token modulation input (two values, materialised per token)."""
+        seq = self.wan_x.shape[1]
+        per_token = self.temb_sample[:, None].repeat(1, seq, 1, 1)
+        per_token[:, self.num_clean :] += 0.05
+        return per_token
+
+
+def _ours_step(block: MiVEBlock, inputs: _Inputs) -> Callable[[], torch.Tensor]:
+    def step() -> torch.Tensor:
+        x = inputs.x.detach().requires_grad_(True)
+        return block(x, inputs.time_mod, inputs.rope, None, inputs.num_clean)
+
+    return step
+
+
+def _wan_step(block: WanTransformerBlock, inputs: _Inputs, temb: torch.Tensor) -> Callable[[], torch.Tensor]:
+    def step() -> torch.Tensor:
+        x = inputs.wan_x.detach().requires_grad_(True)
+        return block(x, inputs.text, temb, inputs.wan_rope)
+
+    return step
+
+
+def _time_fwd_bwd(step: Callable[[], torch.Tensor], reps: int, sync: Callable[[], None]) -> float:
+    """Fastest of ``reps`` forward + backward runs, in seconds (after one warm-up)."""
+    times = []
+    for i in range(reps + 1):
+        sync()
+        start = time.perf_counter()
+        step().float().square().mean().backward()
+        sync()
+        if i:
+            times.append(time.perf_counter() - start)
+    return min(times)  # the least disturbed run (other processes share the CPU)
+
+
+def _saved_bytes(module: torch.nn.Module, step: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the tensors autograd saves for backward (parameters excluded, each storage once)."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = step()
+    del out
+    return sum(storages.values())
+
+
+def _cpu_rows(quick: bool) -> list[dict]:
+    dim, num_heads = (256, 2) if quick else (512, 4)  # head dim 128 as in Wan
+    ffn_dim = int(dim * 13824 / 5120)
+    grid, num_condition = ((4, 8, 8), 64) if quick else ((7, 16, 16), 256)
+    config = _block_config(dim, ffn_dim, num_heads)
+    torch.manual_seed(0)
+    ours = MiVEBlock(config)
+    wan = WanTransformerBlock(dim, ffn_dim, num_heads, "rms_norm_across_heads", True, 1e-6)
+    inputs = _Inputs(config, grid, num_condition, 1, torch.device("cpu"), torch.float32)
+    seq = inputs.seq
+    assert inputs.wan_x.shape[1] == seq
+    shape = (
+        f"D {dim}, FFN {ffn_dim}, seq {seq} ({num_condition} cond), fp32, {torch.get_num_threads()} threads"
+    )
+    reps = 2 if quick else 4
+    steps = {
+        "mive_block": _ours_step(ours, inputs),
+        "wan_block": _wan_step(wan, inputs, inputs.temb_sample),
+        "wan_block_per_token_t": _wan_step(wan, inputs, inputs.temb_per_token()),
+    }
+    rows: list[dict] = []
+    # interleaved rounds, fastest per variant: other processes share these cores
+    rounds = [
+        {name: _time_fwd_bwd(step, 1, lambda: None) for name, step in steps.items()} for _ in range(reps)
+    ]
+    seconds = {name: min(r[name] for r in rounds) for name in steps}
+    for name, sec in seconds.items():
+        rows.append(
+            {
+                "benchmark": "model_cpu",
+                "metric": f"{name} fwd+bwd",
+                "value": seq / sec,
+                "unit": "tokens/s",
+                "note": shape,
+            }
+        )
+    for name in ("wan_block", "wan_block_per_token_t"):
+        rows.append(
+            {
+                "benchmark": "model_cpu",
+                "metric": f"speed ratio mive_block / {name}",
+                "value": seconds[name] / seconds["mive_block"],
+                "unit": "x",
+                "note": f"diffusers' block also cross-attends to {NUM_TEXT_TOKENS} text tokens",
+            }
+        )
+    saved = {
+        "mive_block": _saved_bytes(ours, steps["mive_block"]),
+        "wan_block_per_token_t": _saved_bytes(wan, steps["wan_block_per_token_t"]),
+        "wan_block": _saved_bytes(wan, steps["wan_block"]),
+    }
+    for name, value in saved.items():
+        rows.append(
+            {
+                "benchmark": "model_cpu",
+                "metric": f"{name} saved activations",
+                "value": value / 2**20,
+                "unit": "MiB",
+                "note": f"{value / (seq * dim * 4):.1f} x (L x D fp32)",
+            }
+        )
+    rows.append(
+        {
+            "benchmark": "model_cpu",
+            "metric": "activation ratio wan_block_per_token_t / mive_block",
+            "value": saved["wan_block_per_token_t"] / saved["mive_block"],
+            "unit": "x",
+            "note": "per block; diffusers saves its (B, L, 6, D) fp32 modulation in every block",
+        }
+    )
+    # the modulation input at the paper's shape (14B width), analytic
+    seq_14b = PAPER_GRID[0] * PAPER_GRID[1] * PAPER_GRID[2] + NUM_CONDITION_GPU
+    rows.append(
+        {
+            "benchmark": "model_14b_shape",
+            "metric": "per-token modulation (B=1, L, 6, 5120) fp32",
+            "value": seq_14b * 6 * 5120 * 4 / 2**30,
+            "unit": "GiB",
+            "note": f"L = {seq_14b:,}; diffusers' ti2v path, once per model plus the table sum saved per block",
+        }
+    )
+    rows.append(
+        {
+            "benchmark": "model_14b_shape",
+            "metric": "two-segment modulation (B=1, 2, 6, 5120) fp32",
+            "value": 2 * 6 * 5120 * 4 / 2**10,
+            "unit": "KiB",
+            "note": "ours, per block",
+        }
+    )
+    return rows
+
+
+def _gpu_peak(name: str) -> float | None:
+    return next((peak for key, peak in DENSE_BF16_PEAK.items() if key in name), None)
+
+
+def _block_rows(
+    device: torch.device,
+    dim: int,
+    num_heads: int,
+    ffn_dim: int,
+    grid: tuple[int, int, int],
+    num_condition: int,
+    dtype: torch.dtype,
+    reps: int,
+) -> list[dict]:
+    """One block of each kind at one shape on ``device``: time, TFLOP/s, MFU (CUDA) and peak memory (CUDA)."""
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    name = torch.cuda.get_device_name() if cuda else "CPU"
+    peak = _gpu_peak(name) if cuda else None
+    config = _block_config(dim, ffn_dim, num_heads)
+    torch.manual_seed(0)
+    inputs = _Inputs(config, grid, num_condition, 1, device, dtype)
+    seq = inputs.seq
+    shape = f"{name}, seq {seq:,} ({num_condition:,} cond), D {dim}, {str(dtype).removeprefix('torch.')}"
+    blocks = {
+        "mive_block": lambda: MiVEBlock(config),
+        "wan_block": lambda: WanTransformerBlock(
+            dim, ffn_dim, num_heads, "rms_norm_across_heads", True, 1e-6
+        ),
+    }
+    flops = {
+        "mive_block": _block_flops(dim, ffn_dim, seq),
+        "wan_block": _block_flops(dim, ffn_dim, seq, NUM_TEXT_TOKENS),
+    }
+    rows: list[dict] = []
+    for label, build in blocks.items():
+        block = build().to(device, dtype)
+        step = (
+            _ours_step(block, inputs)
+            if label == "mive_block"
+            else _wan_step(block, inputs, inputs.temb_sample)
+        )
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() if cuda else 0
+        sec = _time_fwd_bwd(step, reps, sync)
+        tflops = 3 * flops[label] / sec / 1e12
+        rows.append(
+            {
+                "benchmark": "model_gpu",
+                "metric": f"{label} fwd+bwd",
+                "value": sec * 1e3,
+                "unit": "ms",
+                "note": shape,
+            }
+        )
+        rows.append(
+            {
+                "benchmark": "model_gpu",
+                "metric": f"{label} TFLOP/s",
+                "value": tflops,
+                "unit": "TFLOP/s",
+                "note": "3 x forward matmul FLOPs",
+            }
+        )
+        if peak:
+            rows.append(
+                {
+                    "benchmark": "model_gpu",
+                    "metric": f"{label} MFU",
+                    "value": 100 * tflops * 1e12 / peak,
+                    "unit": "%",
+                    "note": f"of {peak / 1e12:.0f} TFLOP/s dense bf16",
+                }
+            )
+        if cuda:
+            memory = (torch.cuda.max_memory_allocated() - base) / 2**30
+            rows.append(
+                {
+                    "benchmark": "model_gpu",
+                    "metric": f"{label} peak memory fwd+bwd",
+                    "value": memory,
+                    "unit": "GiB",
+                    "note": "one block, no checkpointing, above the weights",
+                }
+            )
+        del block, step
+    return rows
+
+
+def _gpu_rows(quick: bool) -> list[dict]:
+    grid = (6, 45, 80) if quick else PAPER_GRID
+    return _block_rows(torch.device("cuda"), 5120, 40, 13824, grid, NUM_CONDITION_GPU, torch.bfloat16, reps=3)
+
+
+def run(quick: bool = False) -> list[dict]:
+    """Rows of the CPU comparison, plus the GPU rows when CUDA is available."""
+    rows = _cpu_rows(quick)
+    if torch.cuda.is_available():
+        rows += _gpu_rows(quick)
+    return rows
+
+
+if __name__ == "__main__":
+    from benchmarks.run import format_table
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    print(format_table(run(quick=parser.parse_args().quick)))
