@@ -19,6 +19,7 @@ app = typer.Typer(
 from pipelines.demo_data import demo_data_command  # noqa: E402
 from pipelines.filter import filter_command  # noqa: E402
 from pipelines.portraits import synth_portraits_command  # noqa: E402
+from pipelines.report import report_command  # noqa: E402
 from pipelines.shards import inspect_command, shards_command, verify_command  # noqa: E402
 
 app.command("demo-data")(demo_data_command)
@@ -27,6 +28,7 @@ app.command("synth-portraits")(synth_portraits_command)
 app.command("shards")(shards_command)
 app.command("inspect")(inspect_command)
 app.command("verify")(verify_command)
+app.command("report")(report_command)
 
 if __name__ == "__main__":
     app()

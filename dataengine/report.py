@@ -1,0 +1,590 @@
+"""The run report: one self-contained HTML page to look at a run's data rather than read numbers about it.
+
+:func:`build_report` reads what the steps of a run wrote and renders one page with everything inlined (CSS,
+SVG charts, thumbnails as base64 PNG data URIs: no external asset, it opens from a mail attachment):
+
+1. per-category counts (pairs kept by the filter and the portrait step; read / scored / kept when the
+   filter's ``summary.json`` is there) and rejections by stage and reason;
+2. the score histogram of the judge's scores (inline SVG), with the selection threshold;
+3. thumbnails of a seeded sample of pairs: source, target, reference, and for portraits the person mask;
+4. shard statistics from ``index.json`` (buckets, samples, shards, bytes, models);
+5. the loss curve of the training run from ``metrics.jsonl`` (inline SVG).
+
+Every part degrades on its own: a step that did not run shows "not run" and the file it looked for; an
+unreadable video or image shows what failed in place of its thumbnail. Nothing here imports Ray or torch.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+SECTIONS = ("counts", "rejections", "scores", "pairs", "shards", "training")
+SECTION_TITLES = {
+    "counts": "Pairs per category",
+    "rejections": "Rejections by reason",
+    "scores": "Score histogram",
+    "pairs": "Sample pairs",
+    "shards": "Shards",
+    "training": "Training loss",
+}
+
+
+@dataclass
+class ReportConfig:
+    """Where a run's outputs are and how much of them the page shows (the ``dataengine report`` options)."""
+
+    run: str
+    """Run name: the ``run`` of the data recipe (``manifests/<run>/``, ``shards/<run>/``)."""
+    manifests_root: str = "manifests"
+    """Folder holding ``<run>/openve.parquet``, ``portraits.parquet``, rejections and summaries."""
+    shards_root: str = "shards"
+    """Folder holding ``<run>/index.json``."""
+    train_run: str | None = None
+    """Training run folder with ``metrics.jsonl``; None looks in ``runs/`` for a run trained on
+    ``shards/<run>`` (its ``recipe.resolved.json``), else ``runs/<run>``."""
+    runs_root: str = "runs"
+    """Folder holding the training runs (for the search above)."""
+    pairs_per_category: int = 2
+    """Pairs shown per category in the thumbnails section."""
+    thumbnail_width: int = 160
+    """Width in pixels of each thumbnail (height keeps the aspect ratio)."""
+    seed: int = 0
+    """Seed of the sample of pairs shown."""
+
+
+@dataclass
+class Section:
+    """One part of the page: ``html`` when its inputs exist, else ``missing`` says what was looked for."""
+
+    key: str
+    html: str = ""
+    missing: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Small renderers: escaping, tables, images, SVG charts
+# ---------------------------------------------------------------------------------------------------
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def table(header: list[str], rows: list[list[Any]], numeric_from: int = 1) -> str:
+    """An HTML table; columns from ``numeric_from`` on are right-aligned."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td{' class=num' if i >= numeric_from else ''}>{esc(v)}</td>" for i, v in enumerate(row))
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def png_data_uri(image: np.ndarray, width: int) -> str:
+    """(H, W, 3) or (H, W) uint8 -> a ``data:image/png;base64,...`` URI, resized to ``width`` pixels wide."""
+    from PIL import Image
+
+    picture = Image.fromarray(np.ascontiguousarray(image))
+    height = max(1, round(picture.height * width / picture.width))
+    picture = picture.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    if not math.isfinite(low) or not math.isfinite(high) or high <= low:
+        return [low]
+    raw = (high - low) / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    start = math.ceil(low / step) * step
+    return [start + i * step for i in range(int((high - start) / step + 1e-9) + 1)]
+
+
+def histogram_svg(
+    edges: list[float], counts: list[int], threshold: float | None = None, title: str = ""
+) -> str:
+    """Bars of ``counts`` over ``edges`` (len(counts) + 1) as an inline SVG, with an optional threshold line."""
+    width, height, left, bottom, top, right = 640, 260, 48, 36, 24, 12
+    plot_w, plot_h = width - left - right, height - top - bottom
+    lo, hi = edges[0], edges[-1]
+    peak = max(max(counts), 1)
+    x = lambda v: left + (v - lo) / (hi - lo) * plot_w  # noqa: E731
+    y = lambda c: top + plot_h - c / peak * plot_h  # noqa: E731
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" role="img" aria-label="{esc(title)}">'
+    ]
+    parts.append(f'<text x="{left}" y="16" class="t">{esc(title)}</text>')
+    for count, a, b in zip(counts, edges[:-1], edges[1:], strict=True):
+        if count:
+            parts.append(
+                f'<rect class="bar" x="{x(a) + 0.5:.1f}" y="{y(count):.1f}" width="{max(x(b) - x(a) - 1, 0.5):.1f}" '
+                f'height="{top + plot_h - y(count):.1f}"><title>[{a:g}, {b:g}): {count}</title></rect>'
+            )
+    parts.append(
+        f'<line class="axis" x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}"/>'
+    )
+    parts.append(f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}"/>')
+    for tick in _nice_ticks(lo, hi, 10):
+        parts.append(
+            f'<text x="{x(tick):.1f}" y="{top + plot_h + 16}" class="tick" text-anchor="middle">{tick:g}</text>'
+        )
+    for tick in _nice_ticks(0, peak, 4):
+        parts.append(
+            f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" class="tick" text-anchor="end">{tick:g}</text>'
+        )
+    if threshold is not None and lo <= threshold <= hi:
+        parts.append(
+            f'<line class="threshold" x1="{x(threshold):.1f}" y1="{top}" x2="{x(threshold):.1f}" y2="{top + plot_h}"/>'
+            f'<text x="{x(threshold) + 4:.1f}" y="{top + 12}" class="tick">threshold {threshold:g}</text>'
+        )
+    parts.append(
+        f'<text x="{left + plot_w / 2}" y="{height - 4}" class="tick" text-anchor="middle">score</text>'
+    )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def line_svg(xs: list[float], ys: list[float], title: str, x_label: str, y_label: str) -> str:
+    """A polyline of ``ys`` over ``xs`` as an inline SVG (log scale on y when it spans over 2 decades)."""
+    width, height, left, bottom, top, right = 640, 280, 56, 36, 24, 16
+    plot_w, plot_h = width - left - right, height - top - bottom
+    values = np.asarray(ys, dtype=np.float64)
+    log = bool(np.all(values > 0) and values.max() / values.min() > 100)
+    shown = np.log10(values) if log else values
+    x_lo, x_hi = min(xs), max(xs)
+    y_lo, y_hi = float(shown.min()), float(shown.max())
+    if x_hi == x_lo:
+        x_hi = x_lo + 1
+    if y_hi == y_lo:
+        y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
+    pad = (y_hi - y_lo) * 0.05
+    y_lo, y_hi = y_lo - pad, y_hi + pad
+    px = lambda v: left + (v - x_lo) / (x_hi - x_lo) * plot_w  # noqa: E731
+    py = lambda v: top + plot_h - (v - y_lo) / (y_hi - y_lo) * plot_h  # noqa: E731
+    points = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(xs, shown, strict=True))
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" role="img" aria-label="{esc(title)}">'
+    ]
+    parts.append(f'<text x="{left}" y="16" class="t">{esc(title)}{" (log scale)" if log else ""}</text>')
+    parts.append(
+        f'<line class="axis" x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}"/>'
+    )
+    parts.append(f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}"/>')
+    for tick in _nice_ticks(x_lo, x_hi, 8):
+        parts.append(
+            f'<text x="{px(tick):.1f}" y="{top + plot_h + 16}" class="tick" text-anchor="middle">{tick:g}</text>'
+        )
+    for tick in _nice_ticks(y_lo, y_hi, 5):
+        label = f"{10**tick:.3g}" if log else f"{tick:.3g}"
+        parts.append(
+            f'<line class="grid" x1="{left}" y1="{py(tick):.1f}" x2="{left + plot_w}" y2="{py(tick):.1f}"/>'
+        )
+        parts.append(
+            f'<text x="{left - 6}" y="{py(tick) + 4:.1f}" class="tick" text-anchor="end">{label}</text>'
+        )
+    if len(xs) == 1:
+        parts.append(f'<circle class="dot" cx="{px(xs[0]):.1f}" cy="{py(shown[0]):.1f}" r="3"/>')
+    parts.append(f'<polyline class="line" points="{points}"/>')
+    parts.append(
+        f'<text x="{left + plot_w / 2}" y="{height - 4}" class="tick" text-anchor="middle">{esc(x_label)}</text>'
+    )
+    parts.append(
+        f'<text x="12" y="{top + plot_h / 2}" class="tick" text-anchor="middle" '
+        f'transform="rotate(-90 12 {top + plot_h / 2})">{esc(y_label)}</text>'
+    )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunFiles:
+    """The files a run's steps write (each may be missing)."""
+
+    run_dir: Path
+    openve: Path
+    rejections: Path
+    summary: Path
+    portraits: Path
+    portrait_rejections: Path
+    portrait_plan: Path
+    shards_index: Path
+    metrics: Path | None
+
+    @classmethod
+    def locate(cls, config: ReportConfig) -> RunFiles:
+        run_dir = Path(config.manifests_root) / config.run
+        return cls(
+            run_dir=run_dir,
+            openve=run_dir / "openve.parquet",
+            rejections=run_dir / "rejections.parquet",
+            summary=run_dir / "summary.json",
+            portraits=run_dir / "portraits.parquet",
+            portrait_rejections=run_dir / "portrait_rejections.parquet",
+            portrait_plan=run_dir / "portrait_plan.parquet",
+            shards_index=Path(config.shards_root) / config.run / "index.json",
+            metrics=find_metrics(config),
+        )
+
+
+def find_metrics(config: ReportConfig) -> Path | None:
+    """``metrics.jsonl`` of the training run: the given folder, else a run trained on ``shards/<run>``,
+    else ``runs/<run>``. None when there is none."""
+    if config.train_run:
+        return Path(config.train_run) / "metrics.jsonl"
+    runs = Path(config.runs_root)
+    shards = (Path(config.shards_root) / config.run).resolve()
+    if runs.is_dir():
+        for resolved in sorted(runs.glob("*/recipe.resolved.json")):
+            try:
+                data_shards = json.loads(resolved.read_text())["train"]["data"]["shards"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            path = Path(data_shards)
+            if path.name == "index.json":
+                path = path.parent
+            if path.resolve() == shards and (resolved.parent / "metrics.jsonl").exists():
+                return resolved.parent / "metrics.jsonl"
+    fallback = runs / config.run / "metrics.jsonl"
+    return fallback
+
+
+def _read_parquet(path: Path) -> pd.DataFrame | None:
+    return pd.read_parquet(path) if path.exists() else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------------
+
+
+def counts_section(files: RunFiles) -> Section:
+    openve, portraits = _read_parquet(files.openve), _read_parquet(files.portraits)
+    summary = json.loads(files.summary.read_text()) if files.summary.exists() else None
+    if openve is None and portraits is None:
+        return Section("counts", missing=f"not run: neither {files.openve} nor {files.portraits} exists")
+    parts = []
+    frames = [f for f in (openve, portraits) if f is not None]
+    pairs = pd.concat(frames, ignore_index=True)
+    counts = pairs.groupby(["origin", "category"]).size().reset_index(name="pairs")
+    rows = [[r.origin, r.category, int(r.pairs)] for r in counts.itertuples()]
+    rows.append(["total", "", int(counts["pairs"].sum())])
+    parts.append(table(["origin", "category", "pairs kept"], rows, numeric_from=2))
+    if summary is not None:
+        reasons = list(summary.get("total", {}).get("rejected", {}))
+        rows = []
+        for category, entry in list(summary.get("categories", {}).items()) + [
+            ("total", summary.get("total", {}))
+        ]:
+            rejected = entry.get("rejected", {})
+            mean = entry.get("score_mean")
+            rows.append(
+                [category, entry.get("read", ""), entry.get("scored", ""), entry.get("kept", "")]
+                + [rejected.get(r, 0) for r in reasons]
+                + ["" if mean is None else f"{mean:.2f}"]
+            )
+        parts.append(
+            f"<h3>OpenVE filter: threshold {esc(summary.get('threshold'))}, at most "
+            f"{esc(summary.get('max_per_category'))} per category</h3>"
+        )
+        parts.append(table(["category", "read", "scored", "kept", *reasons, "mean score"], rows))
+    notes = []
+    if openve is None:
+        notes.append(f"filter not run: {files.openve} missing")
+    if portraits is None:
+        notes.append(f"synth-portraits not run: {files.portraits} missing")
+    return Section("counts", html="".join(parts), notes=notes)
+
+
+def rejections_section(files: RunFiles) -> Section:
+    frames = [
+        frame.assign(step=step)
+        for step, path in (("filter", files.rejections), ("synth-portraits", files.portrait_rejections))
+        if (frame := _read_parquet(path)) is not None
+    ]
+    if not frames:
+        return Section(
+            "rejections",
+            missing=f"not run: neither {files.rejections} nor {files.portrait_rejections} exists",
+        )
+    rejections = pd.concat(frames, ignore_index=True)
+    if not len(rejections):
+        return Section("rejections", html="<p>No rejections: every input row was kept.</p>")
+    counts = rejections.groupby(["step", "stage", "reason"]).size().reset_index(name="count")
+    examples = rejections.groupby(["step", "stage", "reason"])["detail"].first()
+    rows = [
+        [r.step, r.stage, r.reason, int(r.count), str(examples[(r.step, r.stage, r.reason)] or "")[:160]]
+        for r in counts.sort_values("count", ascending=False, kind="stable").itertuples()
+    ]
+    return Section(
+        "rejections",
+        html=table(["step", "stage", "reason", "count", "example"], rows, numeric_from=3)
+        + f"<p>{len(rejections)} rejections in total.</p>",
+    )
+
+
+def scores_section(files: RunFiles) -> Section:
+    summary = json.loads(files.summary.read_text()) if files.summary.exists() else None
+    histogram = (summary or {}).get("total", {}).get("score_histogram")
+    threshold = (summary or {}).get("threshold")
+    if histogram is None:
+        openve = _read_parquet(files.openve)
+        if openve is None or openve["score"].isna().all():
+            return Section("scores", missing=f"not run: no {files.summary} and no scores in {files.openve}")
+        counts, edges = np.histogram(openve["score"].dropna().to_numpy(float), bins=20, range=(0.0, 10.0))
+        histogram = {"edges": edges.tolist(), "counts": counts.tolist()}
+        note = "kept pairs only (summary.json missing)"
+    else:
+        note = "every scored pair, before the threshold and the cap"
+    total = int(sum(histogram["counts"]))
+    svg = histogram_svg(
+        histogram["edges"], histogram["counts"], threshold, f"Qwen3-VL judge scores ({total} pairs)"
+    )
+    return Section("scores", html=svg + f"<p>{esc(note)}.</p>")
+
+
+def _first_frame(path: str) -> np.ndarray:
+    from dataengine.video import read_frames
+
+    return read_frames(path, [0])[0]
+
+
+def _middle_frame(path: str) -> np.ndarray:
+    from dataengine.video import probe, read_frames
+
+    return read_frames(path, [probe(path, check_last_frame=False).num_frames // 2])[0]
+
+
+def _image(path: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _mask(path: str) -> np.ndarray:
+    from dataengine.segment import load_masks
+
+    mask = load_masks(path)[0]
+    return mask.astype(np.uint8) * 255
+
+
+def _thumbnail(label: str, load, path: str | None, width: int) -> str:
+    if path is None or (isinstance(path, float) and math.isnan(path)):
+        return f'<figure class="thumb missing"><div>none</div><figcaption>{esc(label)}</figcaption></figure>'
+    try:
+        uri = png_data_uri(load(path), width)
+    except Exception as err:  # a broken file shows what failed in its place: the page is still written
+        return (
+            f'<figure class="thumb missing"><div>{esc(type(err).__name__)}: {esc(str(err)[:120])}</div>'
+            f"<figcaption>{esc(label)}</figcaption></figure>"
+        )
+    return f'<figure class="thumb"><img src="{uri}" alt="{esc(label)}"><figcaption>{esc(label)}</figcaption></figure>'
+
+
+def pairs_section(files: RunFiles, config: ReportConfig) -> Section:
+    frames = [f for f in (_read_parquet(files.openve), _read_parquet(files.portraits)) if f is not None]
+    if not frames:
+        return Section("pairs", missing=f"not run: neither {files.openve} nor {files.portraits} exists")
+    pairs = pd.concat(frames, ignore_index=True)
+    if not len(pairs):
+        return Section("pairs", html="<p>No pairs were kept.</p>")
+    plan = _read_parquet(files.portrait_plan)
+    masks_of = dict(zip(plan["pair_id"], plan["masks_path"], strict=True)) if plan is not None else {}
+    rng = np.random.default_rng(config.seed)
+    rows = []
+    for (origin, category), group in pairs.sort_values("pair_id").groupby(["origin", "category"], sort=True):
+        chosen = group.iloc[np.sort(rng.permutation(len(group))[: config.pairs_per_category])]
+        for row in chosen.itertuples():
+            width = config.thumbnail_width
+            reference = (
+                row.reference_path if isinstance(row.reference_path, str) and row.reference_path else None
+            )
+            cells = [
+                _thumbnail("source (middle frame)", _middle_frame, row.source_path, width),
+                _thumbnail("target (middle frame)", _middle_frame, row.target_path, width),
+                _thumbnail("reference", _image, reference, width)
+                if reference
+                else _thumbnail("reference = target frame 0", _first_frame, row.target_path, width),
+            ]
+            if origin == "portrait":
+                cells.append(_thumbnail("person mask (frame 0)", _mask, masks_of.get(row.pair_id), width))
+            score = "" if pd.isna(row.score) else f" · score {row.score:.2f}"
+            rows.append(
+                f'<div class="pair"><div class="caption"><b>{esc(category)}</b> ({esc(origin)}{esc(score)}) '
+                f"<code>{esc(row.pair_id)}</code><br>{esc(row.instruction)}</div>"
+                f'<div class="thumbs">{"".join(cells)}</div></div>'
+            )
+    return Section(
+        "pairs",
+        html=f"<p>{config.pairs_per_category} pair(s) per category, drawn with seed {config.seed}.</p>"
+        + "".join(rows),
+    )
+
+
+def shards_section(files: RunFiles) -> Section:
+    if not files.shards_index.exists():
+        return Section("shards", missing=f"not run: {files.shards_index} does not exist")
+    try:
+        from dataengine.shard_format import read_index
+
+        index = read_index(files.shards_index)
+    except ValueError as err:
+        return Section("shards", missing=f"unreadable: {err}")
+    shards = index.get("shards", [])
+    by_bucket: dict[str, dict[str, int]] = {}
+    for entry in shards:
+        stats = by_bucket.setdefault(entry["bucket"], {"shards": 0, "samples": 0, "bytes": 0})
+        stats["shards"] += 1
+        stats["samples"] += int(entry["num_samples"])
+        stats["bytes"] += int(entry["bytes"])
+    rows = []
+    for name, bucket in sorted(index.get("buckets", {}).items()):
+        stats = by_bucket.get(name, {"shards": 0, "samples": 0, "bytes": 0})
+        rows.append(
+            [
+                name,
+                "x".join(str(v) for v in bucket.get("latent_shape", [])),
+                stats["samples"],
+                stats["shards"],
+                f"{stats['bytes'] / 2**20:.2f}",
+                f"{stats['bytes'] / max(stats['samples'], 1) / 2**20:.3f}",
+            ]
+        )
+    total_bytes = sum(int(e["bytes"]) for e in shards)
+    rows.append(
+        ["total", "", int(index.get("num_samples", 0)), len(shards), f"{total_bytes / 2**20:.2f}", ""]
+    )
+    models = index.get("models", {})
+    return Section(
+        "shards",
+        html=table(
+            ["bucket", "latent T'xH'xW'", "samples", "shards", "MiB", "MiB / sample"], rows, numeric_from=2
+        )
+        + "<p>"
+        + " · ".join(f"{esc(k)}: <code>{esc(v)}</code>" for k, v in models.items())
+        + f" · latent channels {esc(index.get('latent_channels'))} · VLM width {esc(index.get('vlm_dim'))}</p>",
+    )
+
+
+def training_section(files: RunFiles) -> Section:
+    if files.metrics is None or not files.metrics.exists():
+        return Section("training", missing=f"not run: {files.metrics} does not exist")
+    rows = []
+    for number, line in enumerate(files.metrics.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                return Section("training", missing=f"unreadable: {files.metrics} line {number} is not JSON")
+    rows = [r for r in rows if isinstance(r.get("loss"), int | float) and "step" in r]
+    if not rows:
+        return Section("training", missing=f"no steps logged yet in {files.metrics}")
+    steps, losses = [r["step"] for r in rows], [float(r["loss"]) for r in rows]
+    last = rows[-1]
+    facts = [
+        f"{len(rows)} logged steps, last step {last['step']}",
+        f"loss {losses[0]:.4f} -> {losses[-1]:.4f}",
+    ]
+    for key, label, fmt in (
+        ("grad_norm", "grad norm", ".3f"),
+        ("samples_per_s", "samples/s", ".2f"),
+        ("tflops_per_device", "TFLOP/s per device", ".3g"),
+        ("peak_memory_gib", "peak memory GiB", ".2f"),
+    ):
+        if isinstance(last.get(key), int | float):
+            facts.append(f"{label} {last[key]:{fmt}}")
+    svg = line_svg(steps, losses, "flow-matching loss", "step", "loss")
+    return Section(
+        "training", html=svg + f"<p>{esc(' · '.join(facts))}. Source: <code>{esc(files.metrics)}</code></p>"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# The page
+# ---------------------------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#1d2330;background:#fff}
+h1{font-size:24px;margin:0 0 4px} h2{font-size:19px;margin:28px 0 8px;border-bottom:1px solid #d8dde6;padding-bottom:4px}
+h3{font-size:15px;margin:16px 0 6px} p,li{font-size:14px} code{font-size:12px;background:#f1f3f7;padding:1px 4px}
+table{border-collapse:collapse;font-size:13px;margin:6px 0} th,td{border:1px solid #d8dde6;padding:3px 8px;text-align:left}
+th{background:#eef1f6} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.notrun{color:#8a5a00;background:#fff6e0;border:1px solid #f0d9a0;padding:8px 12px;display:inline-block}
+.note{color:#8a5a00;font-size:13px} .pair{margin:10px 0 18px} .caption{font-size:13px;margin-bottom:4px}
+.thumbs{display:flex;gap:10px;flex-wrap:wrap} .thumb{margin:0} .thumb img{display:block;border:1px solid #c9ced8}
+.thumb figcaption{font-size:11px;color:#555} .thumb.missing div{width:160px;height:90px;font-size:11px;color:#a33;
+border:1px dashed #c9ced8;display:flex;align-items:center;justify-content:center;text-align:center}
+svg.chart{background:#fbfcfe;border:1px solid #e3e7ee} .bar{fill:#4a78c2} .axis{stroke:#555}
+.grid{stroke:#e3e7ee} .line{fill:none;stroke:#c2410c;stroke-width:2} .dot{fill:#c2410c}
+.threshold{stroke:#c2410c;stroke-dasharray:4 3;stroke-width:1.5} .tick{font-size:11px;fill:#444} .t{font-size:13px;fill:#1d2330}
+nav a{margin-right:12px;font-size:14px}
+"""
+
+
+def render(config: ReportConfig, sections: list[Section], files: RunFiles) -> str:
+    nav = "".join(f'<a href="#{s.key}">{esc(SECTION_TITLES[s.key])}</a>' for s in sections)
+    body = []
+    for section in sections:
+        body.append(f'<section id="{section.key}"><h2>{esc(SECTION_TITLES[section.key])}</h2>')
+        if section.missing:
+            body.append(f'<p class="notrun">{esc(section.missing)}</p>')
+        else:
+            body.append(section.html)
+        body.extend(f'<p class="note">{esc(n)}</p>' for n in section.notes)
+        body.append("</section>")
+    return (
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+        f"<title>MiVE data engine report: {esc(config.run)}</title><style>{CSS}</style></head><body>"
+        f"<h1>MiVE data engine report: {esc(config.run)}</h1>"
+        f"<p>Manifests <code>{esc(files.run_dir)}</code> · shards <code>{esc(files.shards_index)}</code> · "
+        f"training metrics <code>{esc(files.metrics)}</code></p><nav>{nav}</nav>"
+        + "".join(body)
+        + "</body></html>\n"
+    )
+
+
+def build_report(config: ReportConfig) -> tuple[str, list[Section]]:
+    """The page's HTML and its sections (each with ``missing`` set when its inputs are not there)."""
+    files = RunFiles.locate(config)
+    sections = [
+        counts_section(files),
+        rejections_section(files),
+        scores_section(files),
+        pairs_section(files, config),
+        shards_section(files),
+        training_section(files),
+    ]
+    return render(config, sections, files), sections
+
+
+def write_report(config: ReportConfig, out: str | Path | None = None) -> tuple[Path, list[Section]]:
+    """Write the page (atomically) to ``out`` (default ``<manifests_root>/<run>/report.html``)."""
+    page, sections = build_report(config)
+    path = Path(out) if out else Path(config.manifests_root) / config.run / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path, sections

@@ -1,0 +1,301 @@
+"""``dataengine report``: every section is there, every inlined image decodes, missing parts say "not run",
+and the page renders in a real headless Chromium (skipped when it is not installed)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from dataengine.manifest import make_pair_id, rejections_frame, write_pairs, write_rejections
+from dataengine.report import SECTION_TITLES, SECTIONS, ReportConfig, write_report
+from dataengine.segment import save_masks
+from dataengine.selection import SelectionConfig, summarize
+from dataengine.video import write_mp4
+from tests.shard_builder import build_shards
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+class PageParser(HTMLParser):
+    """Collects section ids, image sources, external references, and the text of the page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.section_ids: list[str] = []
+        self.images: list[str] = []
+        self.external: list[str] = []
+        self.svgs = 0
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attrs_dict = dict(attrs)
+        if tag == "section":
+            self.section_ids.append(attrs_dict.get("id") or "")
+        if tag == "img":
+            self.images.append(attrs_dict.get("src") or "")
+        if tag == "svg":
+            self.svgs += 1
+        for key in ("src", "href"):
+            value = attrs_dict.get(key) or ""
+            if value and not value.startswith(("data:", "#")):
+                self.external.append(value)
+        if tag == "link" or tag == "script":
+            self.external.append(f"<{tag}>")
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def parse(path: Path) -> PageParser:
+    parser = PageParser()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+def decode_data_uri(uri: str) -> Image.Image:
+    header, payload = uri.split(",", 1)
+    assert header == "data:image/png;base64", header
+    image = Image.open(io.BytesIO(base64.b64decode(payload)))
+    image.load()
+    return image
+
+
+def _clip(seed: int, frames: int = 9, height: int = 48, width: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, size=(1, height, width, 3), dtype=np.uint8)
+    shift = (np.arange(frames)[:, None, None, None] * 7) % 255
+    return ((base.astype(np.int32) + shift) % 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run with every part: filter outputs, portrait outputs (mask, reference PNG), shards, a training run."""
+    root = tmp_path_factory.mktemp("report")
+    videos = root / "videos"
+    run_dir = root / "manifests" / "tiny"
+    openve_rows, scores_rows = [], []
+    for i, category in enumerate(["local_add", "local_add", "local_add", "global_style", "global_style"]):
+        source, target = videos / f"src{i}.mp4", videos / f"tgt{i}.mp4"
+        write_mp4(source, _clip(i), fps=8)
+        write_mp4(target, _clip(100 + i), fps=8)
+        instruction = f"Add a red hat number {i}"
+        row = {
+            "pair_id": make_pair_id("openve", source.name, target.name, instruction),
+            "origin": "openve",
+            "category": category,
+            "instruction": instruction,
+            "source_path": str(source),
+            "target_path": str(target),
+            "reference_path": None,
+            "score": 8.0 + i * 0.3,
+            "num_frames": 9,
+            "fps": 8.0,
+            "width": 64,
+            "height": 48,
+        }
+        openve_rows.append(row)
+        scores_rows.append({"category": category, "score": row["score"]})
+    openve = pd.DataFrame(openve_rows)
+    write_pairs(openve, run_dir / "openve.parquet")
+    rejections = rejections_frame(
+        [
+            {
+                "pair_id": "a1",
+                "stage": "probe",
+                "reason": "missing_file",
+                "detail": "source video missing: x.mp4",
+            },
+            {"pair_id": "a2", "stage": "select", "reason": "below_threshold", "detail": "score 3.1 < 7.0"},
+            {"pair_id": "a3", "stage": "select", "reason": "below_threshold", "detail": "score 2.2 < 7.0"},
+        ]
+    )
+    write_rejections(rejections, run_dir / "rejections.parquet")
+    scores = pd.DataFrame(
+        scores_rows + [{"category": "local_add", "score": 3.1}, {"category": "local_add", "score": 2.2}]
+    )
+    rejected = rejections.assign(category=["local_add"] * 3)
+    summary = summarize(
+        {"local_add": 6, "global_style": 2},
+        scores,
+        openve,
+        rejected,
+        SelectionConfig(threshold=7.0, max_per_category=4),
+    )
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+    # portraits: one pair with a reference PNG and masks
+    source, target = videos / "p_src.mp4", videos / "p_tgt.mp4"
+    write_mp4(source, _clip(7), fps=8)
+    write_mp4(target, _clip(8), fps=8)
+    reference = root / "pairs" / "ref.png"
+    reference.parent.mkdir(parents=True)
+    Image.fromarray(_clip(9)[0]).save(reference)
+    masks = np.zeros((9, 48, 64), dtype=bool)
+    masks[:, 10:40, 20:44] = True
+    save_masks(root / "pairs" / "p.masks.npz", masks)
+    pair_id = make_pair_id("portrait", source.name, target.name, "Remove the person.")
+    portraits = pd.DataFrame(
+        [
+            {
+                "pair_id": pair_id,
+                "origin": "portrait",
+                "category": "portrait_removal",
+                "instruction": "Remove the person.",
+                "source_path": str(source),
+                "target_path": str(target),
+                "reference_path": str(reference),
+                "score": None,
+                "num_frames": 9,
+                "fps": 8.0,
+                "width": 64,
+                "height": 48,
+            }
+        ]
+    )
+    write_pairs(portraits, run_dir / "portraits.parquet")
+    write_rejections(
+        rejections_frame(
+            [{"pair_id": "c1", "stage": "segment", "reason": "empty_mask", "detail": "frame 3"}]
+        ),
+        run_dir / "portrait_rejections.parquet",
+    )
+    pd.DataFrame([{"pair_id": pair_id, "masks_path": str(root / "pairs" / "p.masks.npz")}]).to_parquet(
+        run_dir / "portrait_plan.parquet"
+    )
+
+    build_shards(root / "shards" / "tiny", {(3, 6, 8): 4, (3, 12, 20): 2}, samples_per_shard=2)
+    train = root / "runs" / "debug"
+    train.mkdir(parents=True)
+    (train / "recipe.resolved.json").write_text(
+        json.dumps({"train": {"data": {"shards": str(root / "shards" / "tiny")}}})
+    )
+    with (train / "metrics.jsonl").open("w") as handle:
+        for step in range(1, 21):
+            handle.write(
+                json.dumps({"step": step, "loss": 1.5 / step**0.5, "grad_norm": 0.4, "samples_per_s": 2.0})
+                + "\n"
+            )
+    return root
+
+
+def _config(root: Path, run: str = "tiny") -> ReportConfig:
+    return ReportConfig(
+        run=run,
+        manifests_root=str(root / "manifests"),
+        shards_root=str(root / "shards"),
+        runs_root=str(root / "runs"),
+    )
+
+
+def test_full_report_has_every_section_and_its_images_load(full_run: Path) -> None:
+    path, sections = write_report(_config(full_run))
+    assert [s.key for s in sections] == list(SECTIONS)
+    assert all(s.missing is None for s in sections), [s.missing for s in sections]
+    page = parse(path)
+    assert page.section_ids == list(SECTIONS)
+    assert page.external == []  # self-contained: no external asset
+    assert page.svgs == 2  # score histogram and loss curve
+    text = " ".join(page.text)
+    for title in SECTION_TITLES.values():
+        assert title in text
+    assert "not run" not in text
+    # 3 categories: local_add and global_style 2 pairs each (3 cells), the portrait pair 4 cells (with its mask)
+    assert len(page.images) == 2 * 3 + 2 * 3 + 4
+    for uri in page.images:
+        image = decode_data_uri(uri)
+        assert image.width == 160 and image.height == 120  # 64x48 clips scaled to 160 wide
+    # the mask thumbnail really is the mask: white inside the box, black outside
+    html = path.read_text()
+    mask_uri = html.split('alt="person mask (frame 0)"')[0].rsplit('src="', 1)[1].split('"')[0]
+    mask = np.asarray(decode_data_uri(mask_uri).convert("L"))
+    assert mask[60, 80] > 200 and mask[5, 5] < 50
+    # counts, reasons and shard numbers come from the inputs
+    assert "below_threshold" in text and "missing_file" in text and "empty_mask" in text
+    assert "portrait_removal" in text
+    assert "t3_h6_w8" in text and "t3_h12_w20" in text
+    assert "loss 1.5000 -> 0.3354" in text
+
+
+def test_missing_parts_say_not_run(tmp_path: Path, full_run: Path) -> None:
+    # only the training run exists: every data section says "not run", the loss curve is drawn
+    path, sections = write_report(
+        ReportConfig(
+            run="absent",
+            manifests_root=str(tmp_path),
+            shards_root=str(tmp_path),
+            train_run=str(full_run / "runs" / "debug"),
+        )
+    )
+    status = {s.key: s.missing for s in sections}
+    assert status["training"] is None
+    for key in ("counts", "rejections", "scores", "pairs", "shards"):
+        assert status[key] and status[key].startswith("not run"), status
+    text = " ".join(parse(path).text)
+    assert text.count("not run") == 5
+
+
+def test_broken_video_shows_in_place_of_its_thumbnail(tmp_path: Path, full_run: Path) -> None:
+    run_dir = tmp_path / "manifests" / "broken"
+    pairs = pd.read_parquet(full_run / "manifests" / "tiny" / "openve.parquet").head(1)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    pairs["source_path"] = str(broken)
+    write_pairs(pairs, run_dir / "openve.parquet")
+    path, sections = write_report(
+        ReportConfig(run="broken", manifests_root=str(tmp_path / "manifests"), shards_root=str(tmp_path))
+    )
+    page = parse(path)
+    assert len(page.images) == 2  # target and reference still load
+    assert "VideoError" in " ".join(page.text)
+
+
+def test_report_command(full_run: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    out = tmp_path / "page.html"
+    result = CliRunner().invoke(
+        app,
+        [
+            "report",
+            "tiny",
+            "--out",
+            str(out),
+            "--manifests-root",
+            str(full_run / "manifests"),
+            "--shards-root",
+            str(full_run / "shards"),
+            "--runs-root",
+            str(full_run / "runs"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert out.exists() and "wrote" in result.output and "not run" not in result.output
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed")
+def test_page_renders_in_headless_chromium(full_run: Path, tmp_path: Path) -> None:
+    path, _ = write_report(_config(full_run), tmp_path / "report.html")
+    shot = tmp_path / "shot.png"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "screenshot_report.py"), str(path), str(shot)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    image = np.asarray(Image.open(shot).convert("RGB"))
+    assert image.shape[1] == 1280
+    assert image.std() > 10  # not blank: text, charts and thumbnails are drawn
