@@ -64,6 +64,18 @@ def original_folder(tmp_path_factory: pytest.TempPathFactory, wan_state: dict[st
     return folder
 
 
+def test_single_file_export_with_prefix(tmp_path: Path, wan_state: dict[str, torch.Tensor]) -> None:
+    """One unsharded file with the ``model.diffusion_model.`` prefix (ComfyUI-style export) loads too."""
+    original = {
+        "model.diffusion_model." + k: v.contiguous() for k, v in diffusers_to_original(wan_state).items()
+    }
+    save_file(original, str(tmp_path / "wan2.1_t2v.safetensors"))
+    model = MiVETransformer(CONFIG)
+    report = load_wan_weights(model, tmp_path)
+    assert report.layout == "original" and report.shards == ["wan2.1_t2v.safetensors"]
+    _check_loaded(model, wan_state)
+
+
 def test_original_names_agree_with_diffusers_converter(wan_state: dict[str, torch.Tensor]) -> None:
     """The test's original-layout checkpoint is what diffusers' own converter maps back to the diffusers names."""
     original = diffusers_to_original(wan_state)
