@@ -75,10 +75,18 @@ def test_ranks_cover_every_sample_exactly_once_with_one_bucket_per_batch(even_sh
         assert b0["target_latents"].shape == b1["target_latents"].shape
 
 
-def test_worker_split_keeps_the_order(even_shards):
-    single, _ = epoch_of(even_shards, rank=1, world=2, workers=0)
-    multi, _ = epoch_of(even_shards, rank=1, world=2, workers=2)
-    assert [b["keys"] for b in single] == [b["keys"] for b in multi]
+def test_worker_split_keeps_the_order_across_epochs(even_shards):
+    def keys(rank: int, workers: int) -> list[list[str]]:
+        config = DataConfig(shards=str(even_shards), batch_size=2, num_workers=workers)
+        return take(
+            ShardLoader(config, seed=0, rank=rank, world_size=2), 7
+        )  # 3 batches per epoch: 2 epochs + 1
+
+    per_rank = [keys(rank, workers=2) for rank in range(2)]
+    assert per_rank[1] == keys(1, workers=0)
+    for epoch in range(2):  # with workers, every epoch still covers every sample exactly once over the ranks
+        seen = [key for batches in per_rank for batch in batches[3 * epoch : 3 * epoch + 3] for key in batch]
+        assert sorted(seen) == sorted(all_keys(even_shards))
 
 
 def test_padding_repeats_only_what_the_report_says(odd_shards):

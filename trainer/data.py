@@ -17,7 +17,7 @@ What it guarantees, and how:
   torch's ``DataLoader`` hands iterable-dataset outputs back round-robin over workers, so the order the
   trainer sees does not depend on ``num_workers``.
 - **A checkpointable cursor** ``(epoch, position)``: ``position`` counts the micro-batches this rank has
-  handed to the trainer in the epoch. :meth:`ShardLoader.load_state_dict` restores it and the next batch is
+  handed to the trainer in the epoch (one ``DataLoader`` serves all epochs: workers never restart). :meth:`ShardLoader.load_state_dict` restores it and the next batch is
   exactly the one an uninterrupted run would have seen; skipped batches are never read.
 
 Samples are read by member offset: each tar is scanned once (headers only) with ``tarfile`` and its members
@@ -262,7 +262,7 @@ def collate(
 
 
 class ShardBatches(IterableDataset):
-    """One rank's micro-batches of one epoch, from ``start`` on, split over the loader's workers."""
+    """One rank's micro-batches, from (``epoch``, ``start``) on, split over the loader's workers."""
 
     def __init__(
         self, catalogue: ShardCatalogue, config: DataConfig, seed: int, rank: int, world_size: int
@@ -284,14 +284,24 @@ class ShardBatches(IterableDataset):
         ]
 
     def __iter__(self):
+        """Endless: epoch ``self.epoch`` from batch ``self.start`` on, then the following epochs from 0.
+
+        Worker ``w`` of ``W`` yields the batches ``w, w + W, ...`` of that one concatenated stream, so the
+        ``DataLoader`` (round-robin over workers) returns it in order and never restarts between epochs.
+        """
         worker = get_worker_info()
         worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
         if self._reader is None:
             self._reader = ShardReader(self.catalogue)
-        plan = self.rank_batches(self.epoch)
-        for position in range(self.start + worker_id, len(plan), num_workers):
-            samples = [self._reader.read(ref) for ref in plan[position]]
-            yield collate(samples, where=f"{position} of epoch {self.epoch}")
+        epoch, position, counter = self.epoch, self.start, 0
+        while True:
+            plan = self.rank_batches(epoch)
+            for index in range(position, len(plan)):
+                if counter % num_workers == worker_id:
+                    samples = [self._reader.read(ref) for ref in plan[index]]
+                    yield collate(samples, where=f"{index} of epoch {epoch}")
+                counter += 1
+            epoch, position = epoch + 1, 0
 
 
 class ShardLoader:
@@ -356,26 +366,25 @@ class ShardLoader:
             )
         self.epoch, self.position = epoch, position
 
-    def _epochs(self):
-        while True:
-            self.dataset.epoch, self.dataset.start = self.epoch, self.position
-            num_workers = self.config.num_workers
-            loader = DataLoader(
-                self.dataset,
-                batch_size=None,
-                num_workers=num_workers,
-                pin_memory=self.config.pin_memory and torch.cuda.is_available(),
-                persistent_workers=False,
-            )
-            for batch in loader:
-                self.position += 1
-                yield batch
-            self.epoch, self.position = self.epoch + 1, 0
+    def _batches(self):
+        self.dataset.epoch, self.dataset.start = self.epoch, self.position
+        loader = DataLoader(
+            self.dataset,
+            batch_size=None,
+            num_workers=self.config.num_workers,
+            pin_memory=self.config.pin_memory and torch.cuda.is_available(),
+        )
+        steps_per_epoch = self.steps_per_epoch
+        for batch in loader:
+            self.position += 1
+            if self.position == steps_per_epoch:
+                self.epoch, self.position = self.epoch + 1, 0
+            yield batch
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict[str, Any]:
         if self._iterator is None:
-            self._iterator = self._epochs()
+            self._iterator = self._batches()
         return next(self._iterator)
