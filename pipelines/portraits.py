@@ -72,15 +72,17 @@ def composite_batch(batch: Any, config: Any) -> Any:
 class _Recorder:
     """Appends result rows to a PartStore in small parts, as they arrive."""
 
-    def __init__(self, store: Any, progress: Any):
+    def __init__(self, store: Any, progress: Any, num_items: int):
         self.store, self.progress = store, progress
+        # about ten parts per stage on small runs, parts of STORE_FLUSH_ROWS rows on big ones
+        self.flush_rows = max(1, min(STORE_FLUSH_ROWS, num_items // 10))
         self.buffer: list[dict[str, Any]] = []
         self.last = time.monotonic()
 
     def add(self, row: dict[str, Any]) -> None:
         self.buffer.append(row)
         self.progress.update(1)
-        if len(self.buffer) >= STORE_FLUSH_ROWS or time.monotonic() - self.last > STORE_FLUSH_SECONDS:
+        if len(self.buffer) >= self.flush_rows or time.monotonic() - self.last > STORE_FLUSH_SECONDS:
             self.flush()
 
     def flush(self) -> None:
@@ -99,7 +101,7 @@ def _collect_tasks(futures: list[Any], store: Any, description: str, unit: str) 
 
     done = len(store.completed_ids())
     progress = Progress(done + len(futures), unit=unit, description=description, initial=done)
-    recorder = _Recorder(store, progress)
+    recorder = _Recorder(store, progress, len(futures))
     try:
         while futures:
             ready, futures = ray.wait(futures, num_returns=1)
@@ -117,7 +119,7 @@ def _run_stage(items: list[dict[str, Any]], store: Any, description: str, unit: 
 
     done = len(store.completed_ids())
     progress = Progress(done + len(items), unit=unit, description=description, initial=done)
-    recorder = _Recorder(store, progress)
+    recorder = _Recorder(store, progress, len(items))
     if items:
         ds = build(ray.data.from_items(items, override_num_blocks=max(1, len(items))))
         try:
