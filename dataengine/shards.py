@@ -215,7 +215,8 @@ def write_shard(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as handle:
-        with wds.TarWriter(handle, encoder=False, mtime=0.0, user="", group="", mode=0o444) as writer:
+        hashing = _HashingWriter(handle)  # the checksum of the bytes as they are written: no re-read
+        with wds.TarWriter(hashing, encoder=False, mtime=0.0, user="", group="", mode=0o444) as writer:
             for pair_id, tensors, meta in ordered:
                 writer.write(encode_sample(pair_id, dict(tensors), meta))
         handle.flush()
@@ -225,10 +226,27 @@ def write_shard(
         "path": relative_path,
         "bucket": relative_path.split("/")[0],
         "num_samples": len(ordered),
-        "bytes": path.stat().st_size,
-        "sha256": _sha256_file(path),
+        "bytes": hashing.num_bytes,
+        "sha256": hashing.digest.hexdigest(),
         "keys_sha256": keys_sha256([s[0] for s in ordered]),
     }
+
+
+class _HashingWriter:
+    """A write-only file object that passes bytes through and keeps their sha256 and count."""
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+        self.digest = hashlib.sha256()
+        self.num_bytes = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.num_bytes += len(data)
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def write_index(

@@ -309,8 +309,9 @@ class ShardAssembler:
 
 
 def _fingerprint(plan: Any, resolved: dict[str, Any]) -> str:
-    """What a resumable run must share with the run it resumes: the plan and the recipe."""
-    digest = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode())
+    """What a resumable run must share with the run it resumes: the plan and the recipe (resources may change)."""
+    settings = {k: v for k, v in resolved.items() if k not in ("resources", "output")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for shard, pair_id in zip(plan["shard"], plan["pair_id"], strict=True):
         digest.update(f"{shard}\t{pair_id}\n".encode())
     return digest.hexdigest()
