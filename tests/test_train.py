@@ -75,6 +75,16 @@ def _losses(run_dir: Path) -> dict[int, float]:
     return {row["step"]: row["loss"] for row in rows}
 
 
+@pytest.fixture
+def one_thread():
+    """In-process runs use one intra-op thread, as the subprocess runs do (OMP_NUM_THREADS=1): tiny matmuls
+    gain nothing from two, and spinning threads slow everything when other tests share the two cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     """Two buckets of 4 samples (multiples of the global batch 2), the debug model's VLM width 64."""
@@ -189,7 +199,7 @@ def test_fit_without_resume_refuses_an_existing_run(shards, reference_run):
         fit(train_config_from_recipe(recipe), recipe=recipe)
 
 
-def test_loss_falls_when_overfitting_two_samples(tmp_path):
+def test_loss_falls_when_overfitting_two_samples(tmp_path, one_thread):
     shards = build_shards(tmp_path / "two", {(2, 4, 4): 2}, vlm_dim=64, seed=3)
     recipe = load_recipe(
         RECIPE,
@@ -231,7 +241,7 @@ def test_lr_schedules_against_their_formulas():
         assert lr_factor(110, config, 110) == pytest.approx(1.0 if schedule == "constant" else 0.2)
 
 
-def test_init_from_a_wan_checkpoint_through_the_meta_device_path(tmp_path):
+def test_init_from_a_wan_checkpoint_through_the_meta_device_path(tmp_path, one_thread):
     """``train.init`` = a tiny diffusers Wan2.1 DiT: the first checkpoint (lr 0) holds Wan's tensors."""
     import torch.distributed.checkpoint as dcp
     from diffusers import WanTransformer3DModel
