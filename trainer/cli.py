@@ -78,8 +78,11 @@ def fit_command(
 
 
 from trainer.plan import plan_command  # noqa: E402
+from trainer.sample import export_command, sample_command  # noqa: E402
 
 app.command("plan")(plan_command)
+app.command("sample")(sample_command)
+app.command("export")(export_command)
 
 if __name__ == "__main__":
     app()

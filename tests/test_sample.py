@@ -1,0 +1,170 @@
+"""``trainer sample`` and ``trainer export`` on a real (tiny) training run: the debug DiT trained two steps by
+``trainer fit`` on shards whose index names the tiny Wan VAE and the tiny Qwen3-VL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dataengine.clips import resize_and_crop
+from dataengine.synthetic.qwen3vl import build_tiny_qwen3vl
+from dataengine.synthetic.wan_vae import build_tiny_wan_vae
+from dataengine.video import probe, read_frames, write_mp4
+from tests.shard_builder import build_shards
+from trainer.sample import (
+    Conditioning,
+    SampleConfig,
+    euler_sample,
+    export_checkpoint,
+    load_checkpoint,
+    resolve_checkpoint,
+    sample_video,
+    shifted_sigmas,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_FRAMES, HEIGHT, WIDTH, FPS = 9, 32, 64, 12.0
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sample")
+    vae = build_tiny_wan_vae(root / "wan_vae")
+    vlm = build_tiny_qwen3vl(root / "qwen3vl")
+    shards = build_shards(root / "shards", {(3, HEIGHT // 8, WIDTH // 8): 2}, vlm_dim=64)
+    index = json.loads((shards / "index.json").read_text())
+    index["models"] = {"vae": str(vae), "vlm": str(vlm)}
+    index["recipe"] = {  # the resolved [shards] table, as the shards step writes it
+        "clip": {"num_frames": NUM_FRAMES, "fps": 0.0, "buckets": [[HEIGHT, WIDTH]], "max_upscale": 1.0},
+        "vae": {"model_id": str(vae), "subfolder": "vae", "dtype": "float32", "device": "cpu"},
+        "vlm": {
+            "model_id": str(vlm),
+            "image_min_pixels": 1024,
+            "image_max_pixels": 4096,
+            "video_min_pixels": 2048,
+            "video_max_pixels": 16384,
+            "video_fps": 4.0,
+            "dtype": "float32",
+            "device": "cpu",
+        },
+    }
+    (shards / "index.json").write_text(json.dumps(index))
+    command = [
+        sys.executable, "-m", "trainer.cli", "fit", str(REPO / "manifests" / "train_debug.toml"),
+        f"train.data.shards='{shards}'", f"train.runs_dir='{root / 'runs'}'", "train.name=tiny",
+        "train.steps=2", "train.checkpoint.every_steps=0", "train.data.verify_checksums=false",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    # smooth frames (H.264 keeps them): gradients and a moving square, taller than the bucket's aspect
+    yy, xx = np.mgrid[0 : HEIGHT + 16, 0 : WIDTH + 16]
+    frames = np.zeros((NUM_FRAMES + 3, HEIGHT + 16, WIDTH + 16, 3), dtype=np.uint8)
+    for t in range(len(frames)):
+        frames[t, ..., 0] = (xx * 3) % 256
+        frames[t, ..., 1] = (yy * 4) % 256
+        frames[t, 10:22, 4 + 3 * t : 16 + 3 * t, 2] = 255
+    write_mp4(
+        root / "source.mp4", frames, FPS
+    )  # larger than the bucket and longer than the clip: resized, cut
+    Image.fromarray(frames[0, ::-1]).save(root / "reference.png")
+    return root
+
+
+def test_shifted_schedule_is_wan_formula() -> None:
+    sigmas = shifted_sigmas(4, 5.0)
+    u = np.array([1.0, 0.75, 0.5, 0.25, 0.0])
+    np.testing.assert_allclose(sigmas.numpy(), 5 * u / (1 + 4 * u), rtol=1e-12)
+    assert sigmas[0] == 1.0 and sigmas[-1] == 0.0
+
+
+def test_euler_recovers_x0_from_the_exact_velocity() -> None:
+    """With the true velocity of the training path (x_t - x0) / sigma = noise - x0, Euler lands on x0."""
+    x0 = torch.randn(1, 16, 3, 4, 6)
+
+    class Oracle(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, source, reference, timestep, first, last):  # noqa: ANN001
+            return (x - x0) / (timestep.view(-1, 1, 1, 1, 1) / 1000)
+
+    cond = Conditioning(
+        torch.zeros_like(x0), torch.zeros(1, 16, 1, 4, 6), torch.zeros(1, 2, 8), torch.zeros(1, 2, 8)
+    )
+    out = euler_sample(Oracle(), cond, num_steps=7, shift=5.0, seed=3)
+    torch.testing.assert_close(out, x0, rtol=1e-5, atol=1e-5)
+
+
+def test_sample_writes_edited_and_comparison_videos(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "edited.mp4"
+    result = sample_video(
+        trained_run / "runs" / "tiny",
+        trained_run / "source.mp4",
+        "Add a red hat.",
+        trained_run / "reference.png",
+        out,
+        compare=True,
+        config=SampleConfig(num_steps=3),
+    )
+    info = probe(out)
+    assert (info.num_frames, info.width, info.height) == (NUM_FRAMES, WIDTH, HEIGHT)
+    assert info.fps == pytest.approx(
+        FPS, rel=1e-3
+    )  # the source's rate (the demo recipe keeps it: clip.fps = 0)
+    assert result.num_condition_tokens > 0 and result.steps == 3 and result.shift == 5.0  # train.flow.shift
+    compare = probe(result.compare)
+    assert (compare.num_frames, compare.width, compare.height) == (NUM_FRAMES, 3 * WIDTH, HEIGHT)
+    # the left third of the comparison is the source prepared as the shards step does (cover-resize + crop)
+    source = resize_and_crop(read_frames(trained_run / "source.mp4", [4]), (HEIGHT, WIDTH))[0].astype(float)
+    left = read_frames(result.compare, [4])[0][:, :WIDTH].astype(float)
+    assert np.abs(left - source).mean() < 6  # two H.264 encodes (crf 18) of smooth frames
+
+
+def test_export_round_trips(trained_run: Path, tmp_path: Path) -> None:
+    kind, step_dir = resolve_checkpoint(trained_run / "runs" / "tiny")
+    assert kind == "dcp" and step_dir.name == "step-00000002"
+    exported = export_checkpoint(step_dir, tmp_path / "exported")
+    assert sorted(p.name for p in exported.iterdir()) == ["config.json", "model.safetensors", "sampling.json"]
+    dcp_model, _ = load_checkpoint(step_dir)
+    export_model, _ = load_checkpoint(exported)
+    assert resolve_checkpoint(exported)[0] == "export"
+    for (name, a), (_, b) in zip(
+        dcp_model.state_dict().items(), export_model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    # the trained weights, not a fresh init: training moved them away from the seeded initialisation
+    fresh = type(dcp_model)(dcp_model.config)
+    assert not torch.equal(fresh.proj_out.weight, dcp_model.proj_out.weight)
+    generator = torch.Generator().manual_seed(0)
+    cond = Conditioning(
+        torch.randn(1, 16, 3, 4, 6, generator=generator),
+        torch.randn(1, 16, 1, 4, 6, generator=generator),
+        torch.randn(1, 5, 64, generator=generator),
+        torch.randn(1, 5, 64, generator=generator),
+    )
+    assert torch.equal(euler_sample(dcp_model, cond, 2, 5.0, 0), euler_sample(export_model, cond, 2, 5.0, 0))
+
+
+def test_sample_command_errors_name_the_file(trained_run: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from trainer.cli import app
+
+    missing = tmp_path / "nope.mp4"
+    result = CliRunner().invoke(
+        app,
+        ["sample", str(trained_run / "runs" / "tiny"), "--source", str(missing), "--instruction", "x",
+         "--reference", str(trained_run / "reference.png"), "--out", str(tmp_path / "o.mp4")],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "nope.mp4" in result.output

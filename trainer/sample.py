@@ -1,0 +1,505 @@
+"""``trainer sample`` (edit a video with a checkpoint) and ``trainer export`` (DCP -> one safetensors folder).
+
+    trainer sample runs/debug --source clip.mp4 --instruction "Add a red hat." --reference first_frame_edited.png \\
+        --out edited.mp4 --compare
+    trainer export runs/debug/checkpoints/step-00000020 exported/debug
+    trainer sample exported/debug --source clip.mp4 --instruction "..." --reference ref.png --out edited.mp4
+
+What sampling does, in order, with the same code the shards step uses:
+
+1. the source clip is prepared like a training clip (``dataengine.clips``: the recipe's frame count and fps,
+   resized to cover the nearest bucket and centre-cropped); the reference image is fitted to the same bucket;
+2. the Wan VAE (``dataengine.vae.WanVaeEncoder``) encodes the source and the reference into normalised
+   latents; Qwen3-VL (``dataengine.vlm.Qwen3VLEncoder``) encodes (reference, source frames, instruction) into
+   the first- and last-layer tokens;
+3. the flow-matching sampler: Euler steps over Wan's shifted schedule from pure noise (sigma = 1) to the clean
+   latents (sigma = 0), ``sigma(u) = shift u / (1 + (shift - 1) u)`` on ``u = 1 - i / steps``; the model
+   predicts the velocity ``noise - x0`` (the trainer's target), so ``x <- x + (sigma_next - sigma) v``;
+4. the VAE decodes the latents; the edited clip is written as an mp4 at the prepared clip's frame rate (the
+   source's own rate when the recipe keeps the native rate, ``clip.fps = 0``).
+
+No classifier-free guidance: ``trainer/train.py`` never drops the VLM condition during training, so the model
+has no unconditional mode to guide against (``guidance_scale`` is not offered rather than silently wrong).
+
+Where the settings come from: the model config and the flow shift from the training run's
+``recipe.resolved.json``; the clip preparation and the two encoders from the shard set it trained on
+(``index.json``'s resolved ``[shards]`` recipe); ``--steps``, ``--vae``, ``--vlm`` override. ``trainer export``
+copies all of it into the exported folder (``config.json``, ``sampling.json``) so that folder samples alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from trainer.model import MiVETransformer
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+SAMPLING_NAME = "sampling.json"
+
+
+@dataclass
+class SampleConfig:
+    """How to sample (the optional ``[sample]`` table of a training recipe; the CLI overrides it)."""
+
+    num_steps: int = 50
+    """Euler steps from noise to the clean latents (Wan's default is 50)."""
+    shift: float | None = None
+    """Timestep shift of the schedule; None takes the training recipe's ``train.flow.shift``."""
+    seed: int = 0
+    """Seed of the initial noise."""
+    dtype: str = "auto"
+    """Compute dtype of the DiT: ``auto`` (bfloat16 on CUDA, float32 on the CPU), ``float32``, ``bfloat16``."""
+    device: str = "auto"
+    """``auto`` (CUDA if available, else CPU), ``cpu`` or ``cuda:N``."""
+
+
+@dataclass
+class SamplingContext:
+    """Everything besides the weights that sampling needs, as read from a run or an exported folder."""
+
+    model_name: str
+    model: dict[str, Any]  # MiVEConfig fields
+    flow_shift: float
+    shards_recipe: dict[str, Any]  # the resolved [shards] table: clip, vae, vlm
+    sample: dict[str, Any] = field(default_factory=dict)  # the recipe's [sample] table, if any
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints: run folder, DCP step folder, exported folder
+# ---------------------------------------------------------------------------------------------------
+
+
+def _find_run_dir(path: Path) -> Path:
+    for folder in (path, *path.parents):
+        if (folder / "recipe.resolved.json").exists():
+            return folder
+    raise FileNotFoundError(
+        f"{path}: no recipe.resolved.json in it or above it: is this a trainer run's checkpoint?"
+    )
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[str, Path]:
+    """``("export", folder)`` or ``("dcp", step folder)``; a run folder resolves to its latest complete checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if (path / WEIGHTS_NAME).exists() and (path / CONFIG_NAME).exists():
+        return "export", path
+    if (path / ".metadata").exists():
+        return "dcp", path
+    if (path / "recipe.resolved.json").exists():
+        resolved = json.loads((path / "recipe.resolved.json").read_text())
+        folder = path / resolved.get("train", {}).get("checkpoint", {}).get("folder", "checkpoints")
+        steps = (
+            sorted(p for p in folder.glob("step-*") if (p / ".metadata").exists()) if folder.is_dir() else []
+        )
+        if not steps:
+            raise FileNotFoundError(f"run {path} has no complete checkpoint in {folder}")
+        return "dcp", steps[-1]
+    raise ValueError(
+        f"{path} is neither an exported folder ({WEIGHTS_NAME} + {CONFIG_NAME}), a DCP checkpoint (.metadata) "
+        "nor a training run folder (recipe.resolved.json)"
+    )
+
+
+def context_from_run(run_dir: Path) -> SamplingContext:
+    """The sampling context of a training run: its resolved recipe and the index of the shards it read."""
+    from dataengine.shard_format import read_index
+    from trainer.model import get_config
+
+    resolved = json.loads((run_dir / "recipe.resolved.json").read_text())
+    train = resolved["train"]
+    shards = Path(train["data"]["shards"])
+    if not shards.is_absolute() and not shards.exists():
+        # a relative shard path is relative to where ``fit`` ran; try beside the runs folder too
+        candidate = run_dir.parent.parent / shards
+        shards = candidate if candidate.exists() else shards
+    try:
+        index = read_index(shards)
+        shards_recipe = index.get("recipe") or {}
+    except FileNotFoundError:
+        shards_recipe = {}
+    return SamplingContext(
+        model_name=train["model"],
+        model=asdict(get_config(train["model"])),
+        flow_shift=float(train.get("flow", {}).get("shift", 5.0)),
+        shards_recipe=shards_recipe,
+        sample=(resolved.get("recipe") or {}).get("sample", {}),
+    )
+
+
+def context_from_export(folder: Path) -> SamplingContext:
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    sampling = json.loads((folder / SAMPLING_NAME).read_text()) if (folder / SAMPLING_NAME).exists() else {}
+    return SamplingContext(
+        model_name=config["model_name"],
+        model=config["model"],
+        flow_shift=float(sampling.get("flow_shift", 5.0)),
+        shards_recipe=sampling.get("shards_recipe", {}),
+        sample=sampling.get("sample", {}),
+    )
+
+
+def build_model(context: SamplingContext) -> MiVETransformer:
+    from trainer.model import MiVEConfig, MiVETransformer
+
+    return MiVETransformer(MiVEConfig(**context.model))
+
+
+def load_dcp_model(step_dir: Path) -> tuple[MiVETransformer, SamplingContext]:
+    """The model of a DCP checkpoint, read into a plain (unsharded) model on the CPU.
+
+    Only the ``model.*`` entries are read (``torch.distributed.checkpoint.load`` with the trainer's data-only
+    reader and planner: nothing is unpickled), whatever number of ranks wrote them.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    from trainer.checkpoint import DataOnlyLoadPlanner, DataOnlyReader
+
+    context = context_from_run(_find_run_dir(step_dir))
+    model = build_model(context)
+    reader = DataOnlyReader(str(step_dir))
+    saved = {
+        k.removeprefix("model.") for k in reader.read_metadata().state_dict_metadata if k.startswith("model.")
+    }
+    state = model.state_dict()
+    missing = sorted(set(state) - saved)
+    if missing:
+        raise ValueError(
+            f"{step_dir}: checkpoint lacks model entries {missing[:5]} (of {len(missing)}): another model?"
+        )
+    wrapped = {"model": state}
+    dcp.load(wrapped, storage_reader=reader, planner=DataOnlyLoadPlanner(), no_dist=True)
+    model.load_state_dict(wrapped["model"])
+    return model, context
+
+
+def load_exported_model(folder: Path) -> tuple[MiVETransformer, SamplingContext]:
+    from safetensors.torch import load_file
+
+    context = context_from_export(folder)
+    model = build_model(context)
+    model.load_state_dict(load_file(folder / WEIGHTS_NAME))
+    return model, context
+
+
+def load_checkpoint(path: str | Path) -> tuple[MiVETransformer, SamplingContext]:
+    """A DCP checkpoint (or a run folder: its latest) or an exported folder -> (model on CPU, context)."""
+    kind, folder = resolve_checkpoint(path)
+    model, context = load_exported_model(folder) if kind == "export" else load_dcp_model(folder)
+    return model.eval().requires_grad_(False), context
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Write ``out_dir/model.safetensors`` (consolidated weights), ``config.json`` and ``sampling.json``."""
+    from safetensors.torch import save_file
+
+    model, context = load_checkpoint(checkpoint)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    tmp = out / f".{WEIGHTS_NAME}.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt", "model_name": context.model_name})
+    tmp.replace(out / WEIGHTS_NAME)
+    (out / CONFIG_NAME).write_text(
+        json.dumps({"model_name": context.model_name, "model": context.model}, indent=2)
+    )
+    sampling = {
+        "flow_shift": context.flow_shift,
+        "shards_recipe": context.shards_recipe,
+        "sample": context.sample,
+    }
+    (out / SAMPLING_NAME).write_text(json.dumps(sampling, indent=2))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The sampler
+# ---------------------------------------------------------------------------------------------------
+
+
+def shifted_sigmas(num_steps: int, shift: float) -> torch.Tensor:
+    """``num_steps + 1`` noise levels from 1 to 0 (float64): ``sigma(u) = shift u / (1 + (shift - 1) u)``,
+    ``u = 1 - i / num_steps``, the schedule the trainer draws its noise levels from (``train.flow.shift``)."""
+    import torch
+
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    u = 1.0 - torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+    return shift * u / (1 + (shift - 1) * u)
+
+
+@dataclass
+class Conditioning:
+    """One sample's model inputs besides the noisy latents (batch of 1)."""
+
+    source_latents: torch.Tensor  # (1, 16, T', H', W')
+    reference_latents: torch.Tensor  # (1, 16, 1, H', W')
+    vlm_first: torch.Tensor  # (1, S, D_vlm)
+    vlm_last: torch.Tensor  # (1, S, D_vlm)
+
+
+def euler_sample(
+    model: MiVETransformer, cond: Conditioning, num_steps: int, shift: float, seed: int
+) -> torch.Tensor:
+    """Integrate dx/dsigma = v from x(1) = noise to x(0): ``x <- x + (sigma_next - sigma) v(x, sigma)``.
+
+    Training's x_t = (1 - sigma) x0 + sigma noise has velocity d x_t / d sigma = noise - x0, the model's
+    target, so every Euler step moves along the predicted velocity. Returns the latents (1, 16, T', H', W')
+    in float32.
+    """
+    import torch
+
+    with torch.no_grad():
+        param = next(model.parameters())
+        device, dtype = param.device, param.dtype
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn(cond.source_latents.shape, generator=generator, dtype=torch.float32).to(device)
+        inputs = {
+            "source_latents": cond.source_latents.to(device, dtype),
+            "reference_latents": cond.reference_latents.to(device, dtype),
+            "vlm_first": cond.vlm_first.to(device, dtype),
+            "vlm_last": cond.vlm_last.to(device, dtype),
+        }
+        sigmas = shifted_sigmas(num_steps, shift)
+        for sigma, sigma_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist(), strict=True):
+            timestep = torch.full((1,), sigma * 1000.0, device=device, dtype=torch.float32)
+            velocity = model(
+                x.to(dtype),
+                inputs["source_latents"],
+                inputs["reference_latents"],
+                timestep,
+                inputs["vlm_first"],
+                inputs["vlm_last"],
+            ).float()
+            x = x + (sigma_next - sigma) * velocity
+        return x.cpu()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs and outputs: the same clip preparation and encoders as the shards step
+# ---------------------------------------------------------------------------------------------------
+
+
+def prepare_source(
+    source: str | Path, reference: str | Path, clip_config: Any
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(source frames (T, H, W, 3), reference (H, W, 3), fps) prepared as ``dataengine.clips.prepare_pair`` does."""
+    from dataengine.clips import (
+        ClipRejection,
+        choose_bucket,
+        clip_indices,
+        cover_size,
+        load_reference,
+        resize_and_crop,
+    )
+    from dataengine.video import VideoError, probe, read_frames
+
+    try:
+        info = probe(source)
+        indices = clip_indices(info, clip_config)
+        reference_image = load_reference(reference)
+        frames = read_frames(source, indices)
+    except (VideoError, ClipRejection) as err:
+        raise ValueError(f"cannot sample from {source}: {err}") from err
+    bucket = choose_bucket(info.height, info.width, clip_config.buckets)
+    scale = cover_size(info.height, info.width, bucket)[2]
+    if scale > clip_config.max_upscale:
+        raise ValueError(
+            f"source {source} is {info.width}x{info.height}: bucket {bucket[1]}x{bucket[0]} needs a {scale:.2f}x "
+            f"upscale (clip.max_upscale={clip_config.max_upscale})"
+        )
+    fps = float(clip_config.fps) if clip_config.fps else info.fps
+    return resize_and_crop(frames, bucket), resize_and_crop(reference_image[None], bucket)[0], fps
+
+
+def side_by_side(source: np.ndarray, reference: np.ndarray, edited: np.ndarray) -> np.ndarray:
+    """(T, H, 3W, 3): source | reference (held) | edited, frame by frame."""
+    import numpy as np
+
+    held = np.broadcast_to(reference[None], edited.shape)
+    return np.concatenate([source[: len(edited)], held, edited], axis=2)
+
+
+@dataclass
+class SampleResult:
+    out: Path
+    compare: Path | None
+    num_frames: int
+    width: int
+    height: int
+    fps: float
+    num_condition_tokens: int
+    steps: int
+    shift: float
+
+
+def sample_video(
+    checkpoint: str | Path,
+    source: str | Path,
+    instruction: str,
+    reference: str | Path,
+    out: str | Path,
+    compare: bool = False,
+    config: SampleConfig | None = None,
+    vae_model: str | None = None,
+    vlm_model: str | None = None,
+) -> SampleResult:
+    """Edit ``source`` per ``instruction`` and ``reference`` with a checkpoint; write the mp4 (and the comparison)."""
+    import torch
+
+    from dataengine.clips import ClipConfig
+    from dataengine.recipe import build_config
+    from dataengine.vae import WanVaeConfig, WanVaeEncoder, resolve_device, resolve_dtype
+    from dataengine.video import write_mp4
+    from dataengine.vlm import Qwen3VLEncoder, Qwen3VLEncoderConfig
+
+    model, context = load_checkpoint(checkpoint)
+    sample = build_config(
+        SampleConfig, {**context.sample, **({} if config is None else _explicit(config))}, "sample"
+    )
+    shift = sample.shift if sample.shift is not None else context.flow_shift
+    recipe = context.shards_recipe
+    clip_config = build_config(ClipConfig, recipe.get("clip"), "shards.clip")
+    vae_table = dict(recipe.get("vae") or {})
+    vlm_table = dict(recipe.get("vlm") or {})
+    if vae_model:
+        vae_table["model_id"] = vae_model
+    if vlm_model:
+        vlm_table["model_id"] = vlm_model
+    vae_config = build_config(WanVaeConfig, vae_table, "shards.vae")
+    vlm_config = build_config(Qwen3VLEncoderConfig, vlm_table, "shards.vlm")
+
+    # 1-2. the clip and its encodings, exactly as the shards step computes them
+    frames, reference_image, fps = prepare_source(source, reference, clip_config)
+    vae = WanVaeEncoder(vae_config)
+    source_latents = vae.encode(frames)  # (16, T', H', W') bf16
+    reference_latents = vae.encode(reference_image[None])  # (16, 1, H', W') bf16
+    vlm = Qwen3VLEncoder(vlm_config)
+    vlm_indices = vlm.select_frames(len(frames), fps)
+    states = vlm.encode(
+        instruction, reference_image, frames[vlm_indices], fps, frame_indices=vlm_indices.tolist()
+    )
+    del vlm
+    if states.first.shape[-1] != model.config.vlm_dim:
+        raise ValueError(
+            f"the VLM {vlm_config.model_id} gives width {states.first.shape[-1]}, the model expects {model.config.vlm_dim}"
+        )
+
+    # 3. the flow-matching sampler
+    device = resolve_device(sample.device)
+    dtype_name = (
+        sample.dtype if sample.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    )
+    model.to(device, resolve_dtype(dtype_name))
+    cond = Conditioning(source_latents[None], reference_latents[None], states.first[None], states.last[None])
+    latents = euler_sample(model, cond, sample.num_steps, shift, sample.seed)
+
+    # 4. decode and write
+    edited = vae.decode(latents[0].to(torch.float32))  # (T, H, W, 3) uint8
+    out = Path(out)
+    write_mp4(out, edited, fps)
+    compare_path = None
+    if compare:
+        compare_path = out.with_name(f"{out.stem}.compare{out.suffix}")
+        write_mp4(compare_path, side_by_side(frames, reference_image, edited), fps)
+    return SampleResult(
+        out=out,
+        compare=compare_path,
+        num_frames=int(edited.shape[0]),
+        width=int(edited.shape[2]),
+        height=int(edited.shape[1]),
+        fps=fps,
+        num_condition_tokens=int(states.first.shape[0]),
+        steps=sample.num_steps,
+        shift=float(shift),
+    )
+
+
+def _explicit(config: SampleConfig) -> dict[str, Any]:
+    """The fields of ``config`` that differ from the defaults (so a recipe's [sample] table still applies)."""
+    default = SampleConfig()
+    return {k: v for k, v in asdict(config).items() if v != getattr(default, k)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------------
+
+
+def sample_command(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="Run folder (latest checkpoint), DCP step folder or exported folder")
+    ],
+    source: Annotated[Path, typer.Option("--source", help="Source video to edit")],
+    instruction: Annotated[str, typer.Option("--instruction", help="Editing instruction")],
+    reference: Annotated[
+        Path, typer.Option("--reference", help="Reference image: the source's first frame, edited")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Output mp4")],
+    compare: Annotated[
+        bool, typer.Option("--compare", help="Also write <out>.compare.mp4: source | reference | edited")
+    ] = False,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="Euler steps (default: recipe [sample] or 50)")
+    ] = None,
+    shift: Annotated[
+        float | None, typer.Option("--shift", help="Schedule shift (default: train.flow.shift)")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the initial noise")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda:N")] = None,
+    vae: Annotated[str | None, typer.Option("--vae", help="Override the Wan VAE (hub id or folder)")] = None,
+    vlm: Annotated[
+        str | None, typer.Option("--vlm", help="Override the Qwen3-VL encoder (hub id or folder)")
+    ] = None,
+) -> None:
+    """Edit a video with a MiVE checkpoint: VLM tokens + VAE latents, Euler flow-matching sampler, VAE decode."""
+    config = SampleConfig()
+    if steps is not None:
+        config.num_steps = steps
+    if shift is not None:
+        config.shift = shift
+    if seed is not None:
+        config.seed = seed
+    if device is not None:
+        config.device = device
+    try:
+        result = sample_video(checkpoint, source, instruction, reference, out, compare, config, vae, vlm)
+    except (ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=2) from err
+    typer.echo(
+        f"wrote {result.out}: {result.num_frames} frames {result.width}x{result.height} at {result.fps:g} fps "
+        f"({result.steps} Euler steps, shift {result.shift:g}, {result.num_condition_tokens} VLM tokens, no CFG: "
+        "training never drops the condition)"
+    )
+    if result.compare:
+        typer.echo(f"wrote {result.compare}: source | reference | edited")
+
+
+def export_command(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="DCP step folder, or a run folder (its latest checkpoint)")
+    ],
+    out_dir: Annotated[
+        Path, typer.Argument(help="Output folder: model.safetensors, config.json, sampling.json")
+    ],
+) -> None:
+    """Consolidate a DCP checkpoint into one safetensors file with the model config (no optimizer state)."""
+    try:
+        out = export_checkpoint(checkpoint, out_dir)
+    except (ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=2) from err
+    size = (out / WEIGHTS_NAME).stat().st_size
+    typer.echo(f"wrote {out}/{WEIGHTS_NAME} ({size / 2**20:,.1f} MiB), {CONFIG_NAME}, {SAMPLING_NAME}")
