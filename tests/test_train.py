@@ -364,3 +364,31 @@ def test_paper_recipe_resolves_to_the_papers_numbers():
     assert config.parallel.activation_checkpointing
     model = get_config(config.model)
     assert (model.dim, model.num_layers, model.num_heads, model.ffn_dim) == (5120, 40, 40, 13824)
+
+
+def test_paper_model_takes_the_fsdp2_plan_on_the_meta_device():
+    """The 14B model as `trainer fit` builds it with train.init set: on meta, 40 block units + the root."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    from trainer.model import MiVETransformer, count_parameters, get_config
+    from trainer.parallel import (
+        MIVE_PLAN,
+        ParallelConfig,
+        apply_parallel,
+        init_distributed,
+        shutdown_distributed,
+    )
+
+    config = ParallelConfig()  # the paper recipe's: bf16 params, fp32 reduce, activation checkpointing
+    runtime = init_distributed(config)
+    try:
+        with torch.device("meta"):
+            model = MiVETransformer(get_config("mive_14b"))
+        apply_parallel(model, MIVE_PLAN, config, runtime)
+        units = [name for name, module in model.named_modules() if isinstance(module, FSDPModule)]
+        assert units == ["", *[f"blocks.{i}" for i in range(40)]]
+        assert all(isinstance(p, DTensor) for p in model.parameters())
+        assert sum(p.numel() for p in model.parameters()) == count_parameters(get_config("mive_14b")).total
+    finally:
+        shutdown_distributed()
