@@ -235,9 +235,7 @@ def run_portraits(
     # 3. composite + encode (tasks); a recorded pair whose files went missing is redone
     pair_store = PartStore(state / "pairs", id_column="pair_id")
     recorded = _with_columns(pair_store.read_all(), [*PAIR_COLUMNS, "reason", "stage", "detail"])
-    if len(recorded):
-        recorded = recorded[[_rejected(r) or _exists(r) for r in recorded.to_dict("records")]]
-    done = set(recorded["pair_id"]) if len(recorded) else set()
+    done = set(_still_valid(recorded)["pair_id"])
     todo = [row for row in plan_frame.to_dict("records") if row["pair_id"] not in done]
     print(
         f"synth-portraits: {len(plan_frame)} pairs planned, {len(done & set(plan_frame['pair_id']))} already done"
@@ -259,7 +257,7 @@ def run_portraits(
     # 4. outputs
     results = _with_columns(pair_store.read_all(), [*PAIR_COLUMNS, "reason", "stage", "detail"])
     results = results[results["pair_id"].isin(set(plan_frame["pair_id"]))]
-    results = results[[_rejected(r) or _exists(r) for r in results.to_dict("records")]]
+    results = _still_valid(results)
     missing = set(plan_frame["pair_id"]) - set(results["pair_id"])
     if missing:
         raise RuntimeError(f"synth-portraits: {len(missing)} planned pairs have no result; rerun to resume")
@@ -325,6 +323,14 @@ def _with_columns(frame: Any, columns: list[str]) -> Any:
         if column not in frame.columns:
             frame[column] = None
     return frame
+
+
+def _still_valid(results: Any) -> Any:
+    """Recorded pair results that still hold: rejections, and written pairs whose files are all on disk."""
+    import pandas as pd
+
+    keep = [_rejected(r) or _exists(r) for r in results.to_dict("records")]
+    return results[pd.Series(keep, index=results.index, dtype=bool)]
 
 
 def _rejected(row: dict[str, Any]) -> bool:

@@ -269,3 +269,17 @@ def test_kill_then_resume_gives_the_same_output(tmp_path, uninterrupted, portrai
         for column, want in (("source_path", want_source), ("target_path", want_target)):
             frames_a, frames_b = read_frames(row_a[column]), read_frames(row_b[column])
             assert psnr(frames_a, frames_b) > 32 and psnr(frames_b, want) > 32, (row_b["category"], column)
+
+
+def test_recorded_pairs_are_redone_when_their_files_are_gone(tmp_path):
+    from pipelines.portraits import _still_valid
+
+    empty = pd.DataFrame(columns=[*PAIR_COLUMNS, "reason", "stage", "detail"])
+    assert _still_valid(empty).empty and list(_still_valid(empty).columns) == list(empty.columns)
+    files = {k: tmp_path / f"{k}.bin" for k in ("source_path", "target_path", "reference_path")}
+    for path in files.values():
+        path.write_bytes(b"x")
+    written = {"pair_id": "a", "reason": None, **{k: str(v) for k, v in files.items()}}
+    gone = {**written, "pair_id": "b", "target_path": str(tmp_path / "missing.mp4")}
+    rejected = {**gone, "pair_id": "c", "reason": "undecodable"}
+    assert list(_still_valid(pd.DataFrame([written, gone, rejected]))["pair_id"]) == ["a", "c"]
