@@ -81,12 +81,18 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def table(header: list[str], rows: list[list[Any]], numeric_from: int = 1) -> str:
-    """An HTML table; columns from ``numeric_from`` on are right-aligned."""
+def table(
+    header: list[str], rows: list[list[Any]], numeric_from: int = 1, numeric_to: int | None = None
+) -> str:
+    """An HTML table; columns ``numeric_from`` to ``numeric_to`` (exclusive; None: the last) are right-aligned."""
+    numeric_to = len(header) if numeric_to is None else numeric_to
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "".join(
         "<tr>"
-        + "".join(f"<td{' class=num' if i >= numeric_from else ''}>{esc(v)}</td>" for i, v in enumerate(row))
+        + "".join(
+            f"<td{' class=num' if numeric_from <= i < numeric_to else ''}>{esc(v)}</td>"
+            for i, v in enumerate(row)
+        )
         + "</tr>"
         for row in rows
     )
@@ -339,7 +345,7 @@ def rejections_section(files: RunFiles) -> Section:
     ]
     return Section(
         "rejections",
-        html=table(["step", "stage", "reason", "count", "example"], rows, numeric_from=3)
+        html=table(["step", "stage", "reason", "count", "example"], rows, numeric_from=3, numeric_to=4)
         + f"<p>{len(rejections)} rejections in total.</p>",
     )
 
