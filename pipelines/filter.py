@@ -322,7 +322,7 @@ def run_filter(config: FilterConfig, run: str, ray_address: str | None = None) -
     manifest["num_frames"] = manifest["num_frames"].astype("int32")
     manifest["width"] = manifest["width"].astype("int32")
     manifest["height"] = manifest["height"].astype("int32")
-    manifest = manifest.rename(columns={})[PAIR_COLUMNS]
+    manifest = manifest[PAIR_COLUMNS]
     rejections = pd.concat(
         [
             read.rejections,

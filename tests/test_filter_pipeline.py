@@ -25,7 +25,7 @@ from dataengine.synthetic.qwen3vl import build_tiny_qwen3vl
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-CAP = 3
+CAP = 7  # 9 good pairs per category (one a near-copy): both over_cap and duplicate happen
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def setup(tmp_path_factory):
     data = generate_openve(
         tmp_path_factory.mktemp("openve"),
         SyntheticOpenVEConfig(
-            pairs_per_category=4, near_duplicates_per_category=1, broken=tuple(BROKEN_KINDS)
+            pairs_per_category=8, near_duplicates_per_category=1, broken=tuple(BROKEN_KINDS)
         ),
     )
     out = tmp_path_factory.mktemp("manifests")
@@ -179,7 +179,7 @@ def test_a_killed_then_resumed_run_equals_an_uninterrupted_one(setup, uninterrup
         while not list((run / "scores").glob("part-*.parquet")):
             assert proc.poll() is None, "the run ended before writing a score part"
             assert time.monotonic() < deadline, "no score part appeared"
-            time.sleep(0.02)
+            time.sleep(0.01)
     finally:
         _kill_session(proc)
     killed_parts = _parts(run / "scores")
@@ -214,3 +214,19 @@ def test_a_killed_then_resumed_run_equals_an_uninterrupted_one(setup, uninterrup
     for category, entry in theirs_sum["categories"].items():
         for field in ("read", "scored", "kept", "rejected"):
             assert ours_sum["categories"][category][field] == entry[field]
+
+
+def test_resuming_with_another_judge_is_refused(tmp_path):
+    from pipelines.filter import FilterConfig, _check_scorer
+
+    config = FilterConfig(csv_dir="c", video_root="v")
+    results = pd.DataFrame(
+        {
+            "stage": [None, "probe", "score"],
+            "scorer_model": [config.judge.model, "anything", "other/model"],
+            "rubric_version": ["v1", "v1", "v1"],
+        }
+    )
+    _check_scorer(results.iloc[:2], config, tmp_path)  # probe rejections do not count
+    with pytest.raises(ValueError, match="other/model.*new run name"):
+        _check_scorer(results, config, tmp_path)
