@@ -10,6 +10,9 @@ DEMO_DIR=${DEMO_DIR:-demo_data}
 start=$(date +%s)
 step() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
 
+# A demo run starts from scratch: earlier demo outputs are removed (a real run would --resume instead).
+rm -rf manifests/demo manifests/demo_sam2 shards/demo runs/debug
+
 step "1/7 generate the demo inputs (OpenVE-style data, portrait clips, tiny random models) into $DEMO_DIR/"
 $BIN/dataengine demo-data --out "$DEMO_DIR"
 
@@ -18,18 +21,24 @@ $BIN/dataengine filter manifests/demo.toml
 
 step "3/7 dataengine synth-portraits: person masks, compositing, three edit types"
 $BIN/dataengine synth-portraits manifests/demo.toml
+# The same job through the tiny random SAM2 (transformers' Sam2VideoModel, loaded with from_pretrained) in
+# the segmentation actor pool. Random weights give empty masks, so the quality gate rejects every clip
+# (reason empty_mask): this shows the real segmentation path. The pairs above use the generated clips'
+# exact masks (backend mask_files); a real run uses SAM2 with real weights.
+$BIN/dataengine synth-portraits manifests/demo.toml run=demo_sam2 portraits.segmenter.backend=transformers \
+  portraits.output_dir="$DEMO_DIR/portrait_pairs_sam2"
 
 step "4/7 dataengine shards: Wan VAE latents + Qwen3-VL first/last-layer tokens into WebDataset shards"
 $BIN/dataengine shards manifests/demo.toml
 $BIN/dataengine verify shards/demo
 
 step "5/7 trainer fit: the debug MiVE DiT, initialised from the tiny Wan DiT, flow matching on the shards"
-$BIN/trainer fit manifests/train_debug.toml
+$BIN/trainer fit manifests/train_debug.toml train.init="$DEMO_DIR/models/wan"
 
 step "6/7 trainer sample: edit a source video with the trained checkpoint"
-SOURCE=$(ls "$DEMO_DIR"/portraits/people/*.mp4 | head -n 1)
-$BIN/trainer sample runs/debug --source "$SOURCE" --instruction "Replace the background with a beach at sunset." \
-  --reference "$(ls "$DEMO_DIR"/portrait_pairs/*/*.png 2>/dev/null | head -n 1)" --out runs/debug/samples/edited.mp4 --compare
+PAIR=$(ls -d "$DEMO_DIR"/portrait_pairs/portrait_background/*/ | head -n 1)
+$BIN/trainer sample runs/debug --source "${PAIR}source.mp4" --reference "${PAIR}reference.png" \
+  --instruction "Replace the background with a beach at sunset." --out runs/debug/samples/edited.mp4 --compare
 
 step "7/7 dataengine report: one HTML page with counts, rejections, scores, thumbnails, shards and the loss curve"
 $BIN/dataengine report demo
