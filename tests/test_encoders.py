@@ -7,6 +7,7 @@ The references are the libraries' own models loaded directly (``AutoencoderKLWan
 
 from __future__ import annotations
 
+import functools
 import json
 
 import decord
@@ -49,11 +50,24 @@ def _vlm_config(folder) -> Qwen3VLEncoderConfig:
     )
 
 
-def _direct_latents(folder, frames: np.ndarray) -> torch.Tensor:
-    """Direct AutoencoderKLWan encode; mean of the posterior; float64 normalisation from config.json."""
+@functools.cache
+def _direct_vae(folder):
     from diffusers import AutoencoderKLWan
 
-    vae = AutoencoderKLWan.from_pretrained(folder, subfolder="vae").eval()
+    return AutoencoderKLWan.from_pretrained(folder, subfolder="vae").eval()
+
+
+@functools.cache
+def _direct_qwen(folder):
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(folder)
+    return processor, Qwen3VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def _direct_latents(folder, frames: np.ndarray) -> torch.Tensor:
+    """Direct AutoencoderKLWan encode; mean of the posterior; float64 normalisation from config.json."""
+    vae = _direct_vae(folder)
     raw_config = json.loads((folder / "vae" / "config.json").read_text())
     mean = torch.tensor(raw_config["latents_mean"], dtype=torch.float64).view(1, -1, 1, 1, 1)
     std = torch.tensor(raw_config["latents_std"], dtype=torch.float64).view(1, -1, 1, 1, 1)
@@ -89,13 +103,11 @@ def test_wan_latents_equal_direct_encode_and_normalisation(tiny_vae):
 
 
 def test_wan_decode_inverts_the_normalisation(tiny_vae):
-    from diffusers import AutoencoderKLWan
-
     encoder = WanVaeEncoder(WanVaeConfig(model_id=str(tiny_vae), dtype="float32", device="cpu"))
     latents = torch.randn(16, 2, 4, 4).to(torch.bfloat16)
     frames = encoder.decode(latents)
     assert frames.shape == (5, 32, 32, 3) and frames.dtype == np.uint8
-    vae = AutoencoderKLWan.from_pretrained(tiny_vae, subfolder="vae").eval()
+    vae = _direct_vae(tiny_vae)
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
     with torch.no_grad():
@@ -114,10 +126,7 @@ def _direct_vlm(
     folder, instruction: str, reference: np.ndarray, video: np.ndarray, indices: list[int], fps: float
 ):
     """A direct Qwen3VLForConditionalGeneration forward on processor inputs built here."""
-    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
-
-    processor = AutoProcessor.from_pretrained(folder)
-    model = Qwen3VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    processor, model = _direct_qwen(folder)
     messages = [
         {
             "role": "user",
