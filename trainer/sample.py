@@ -305,6 +305,10 @@ def prepare_source(
     )
     from dataengine.video import VideoError, probe, read_frames
 
+    if not Path(reference).is_file():
+        raise ValueError(
+            f"reference image {reference!s:.200} is not a file (give the edited first frame, a PNG)"
+        )
     try:
         info = probe(source)
         indices = clip_indices(info, clip_config)
