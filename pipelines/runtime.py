@@ -36,15 +36,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     if address:
         ray.init(address=address, **common)
     else:
-        kwargs = {"num_cpus": num_cpus, "num_gpus": num_gpus}
-        # Keep the object store modest on small machines: stages pass paths and small rows, not pixels.
-        store = int(os.environ.get("MIVE_RAY_OBJECT_STORE_BYTES", 512 * 1024 * 1024))
-        ray.init(
-            address="local",
-            object_store_memory=store,
-            **{k: v for k, v in kwargs.items() if v is not None},
-            **common,
-        )
+        # Ray sizes the object store itself (30% of RAM); MIVE_RAY_OBJECT_STORE_BYTES caps it (the tests do).
+        store = os.environ.get("MIVE_RAY_OBJECT_STORE_BYTES")
+        kwargs = {
+            "num_cpus": num_cpus,
+            "num_gpus": num_gpus,
+            "object_store_memory": int(store) if store else None,
+        }
+        ray.init(address="local", **{k: v for k, v in kwargs.items() if v is not None}, **common)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
