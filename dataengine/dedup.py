@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from dataengine.devices import resolve_device
 from dataengine.video import read_frames
 
 DEDUP_STAGE = "dedup"
@@ -55,13 +56,10 @@ class ClipEmbedder:
 
     def __init__(self, config: DedupConfig):
         import open_clip
-        import torch
 
         if config.model_config:
             open_clip.add_model_config(config.model_config)
-        self.device = (
-            ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
-        )
+        self.device = resolve_device(config.device)
         self.config = config
         model, _, preprocess = open_clip.create_model_and_transforms(
             config.model, pretrained=config.pretrained or None, device=self.device

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dataengine.devices import resolve_device, resolve_dtype
 from dataengine.video import probe, read_frames
 
 AXES = ("instruction_compliance", "preservation", "quality")
@@ -132,31 +133,17 @@ def sample_frame_indices(num_frames: int, src_fps: float, fps: float, max_frames
     return np.linspace(0, num_frames - 1, count).round().astype(np.int64)
 
 
-def _resolve_dtype(name: str, device: str):
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    choices = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-    if name not in choices:
-        raise ValueError(f"judge dtype {name!r} is not one of {['auto', *choices]}")
-    return choices[name]
-
-
 class Judge:
     """Qwen3-VL judge. Build it where it runs (in the Ray actor): it loads the model in ``__init__``."""
 
     def __init__(self, config: JudgeConfig):
-        import torch
         from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
         if config.rubric_version not in RUBRICS:
             raise ValueError(f"unknown rubric_version {config.rubric_version!r}; known: {sorted(RUBRICS)}")
         self.config = config
-        self.device = (
-            ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
-        )
-        self.dtype = _resolve_dtype(config.dtype, self.device)
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
         self.processor = AutoProcessor.from_pretrained(config.model)
         self.processor.tokenizer.padding_side = "left"  # answers are appended at the end of every row
         self.model = Qwen3VLForConditionalGeneration.from_pretrained(

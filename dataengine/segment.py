@@ -28,6 +28,8 @@ from typing import Protocol
 
 import numpy as np
 
+from dataengine.devices import resolve_device, resolve_dtype
+
 GATE_REASONS = ("empty_mask", "mask_too_small", "mask_too_large", "mask_unstable")
 MASKS_SUFFIX = ".masks.npz"
 BACKENDS = ("transformers", "mask_files")
@@ -193,25 +195,6 @@ class PersonSegmenter(Protocol):
         ...
 
 
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def _resolve_dtype(dtype: str, device: str):
-    import torch
-
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in names:
-        raise ValueError(f"segmenter.dtype must be auto or one of {sorted(names)}, got {dtype!r}")
-    return names[dtype]
-
-
 class Sam2VideoSegmenter:
     """SAM2 via transformers: prompt frame 0 (box or points from the config), propagate to every frame.
 
@@ -224,8 +207,8 @@ class Sam2VideoSegmenter:
         from transformers import Sam2VideoModel, Sam2VideoProcessor
 
         self.config = config
-        self.device = _resolve_device(config.device)
-        self.dtype = _resolve_dtype(config.dtype, self.device)
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
         try:
             self.processor = Sam2VideoProcessor.from_pretrained(config.model)
             self.model = Sam2VideoModel.from_pretrained(config.model, dtype=self.dtype)

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dataengine.devices import resolve_device, resolve_dtype
+
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI imports this module for its config
     import torch
 
@@ -34,25 +36,6 @@ def latent_shape(num_frames: int, height: int, width: int) -> tuple[int, int, in
             "and height and width multiples of 8"
         )
     return 1 + (num_frames - 1) // TEMPORAL_STRIDE, height // SPATIAL_STRIDE, width // SPATIAL_STRIDE
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` is the first CUDA device when there is one, else the CPU."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    """A torch dtype from its recipe name (``float32``, ``bfloat16``, ``float16``)."""
-    import torch
-
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(dtypes)}")
-    return dtypes[name]
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dataengine.vae import resolve_device, resolve_dtype
+from dataengine.devices import resolve_device, resolve_dtype
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI imports this module for its config
     import torch

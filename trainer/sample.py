@@ -363,8 +363,9 @@ def sample_video(
     import torch
 
     from dataengine.clips import ClipConfig
+    from dataengine.devices import resolve_device, resolve_dtype
     from dataengine.recipe import build_config
-    from dataengine.vae import WanVaeConfig, WanVaeEncoder, resolve_device, resolve_dtype
+    from dataengine.vae import WanVaeConfig, WanVaeEncoder
     from dataengine.video import write_mp4
     from dataengine.vlm import Qwen3VLEncoder, Qwen3VLEncoderConfig
 
