@@ -33,6 +33,26 @@ class VideoError(Exception):
         self.detail = detail
 
 
+def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
+    """One (H, W, 3) uint8 RGB frame as a planar yuv420p array ((H * 3 / 2), W), BT.601 limited range.
+
+    Done here rather than by PyAV's swscale conversion, whose output was seen to differ between worker
+    processes for identical frames: with this, the same frames always give the same mp4 bytes.
+    """
+    rgb = frame.astype(np.float32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 16.0 + (65.738 * r + 129.057 * g + 25.064 * b) / 256.0
+    cb = 128.0 + (-37.945 * r - 74.494 * g + 112.439 * b) / 256.0
+    cr = 128.0 + (112.439 * r - 94.154 * g - 18.285 * b) / 256.0
+    height, width = y.shape
+
+    def subsample(plane: np.ndarray) -> np.ndarray:  # 2x2 mean, (H/2, W/2)
+        return plane.reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3))
+
+    planes = np.concatenate([y.ravel(), subsample(cb).ravel(), subsample(cr).ravel()])  # Y, then U, then V
+    return np.clip(np.rint(planes), 0, 255).astype(np.uint8).reshape(height * 3 // 2, width)
+
+
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int = 18) -> None:
     """Write ``frames`` (T, H, W, 3) uint8 RGB as an H.264 mp4 (yuv420p), atomically.
 
@@ -59,7 +79,8 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int 
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"crf": str(crf), "preset": "veryfast"}
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            yuv = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")
+            for packet in stream.encode(yuv):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

@@ -150,3 +150,23 @@ def test_sample_indices_resamples_by_time():
     assert sample_indices(32, 16, 8).tolist() == list(range(0, 32, 2))
     assert sample_indices(10, 10, 20).tolist() == [i // 2 for i in range(20)]
     assert sample_indices(100, 25, 5, max_frames=3).tolist() == [0, 5, 10]
+
+
+def test_yuv_conversion_matches_ffmpeg_and_encoding_is_byte_stable(tmp_path):
+    import av
+
+    from dataengine.video import rgb_to_yuv420p
+
+    # A smooth frame (chroma is subsampled, and swscale's chroma filter differs from our 2x2 mean on noise).
+    yy, xx = np.mgrid[0:34, 0:50]
+    frame = np.stack([xx * 5, yy * 7, 255 - xx * 3 - yy * 2], axis=-1).astype(np.uint8)
+    ours = rgb_to_yuv420p(frame)
+    # FFmpeg's own conversion (swscale, BT.601 limited range) is the independent reference.
+    theirs = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p").to_ndarray()
+    assert ours.shape == theirs.shape == (51, 50)
+    assert np.abs(ours[:34].astype(int) - theirs[:34].astype(int)).max() <= 1  # luma
+    assert np.abs(ours[34:].astype(int) - theirs[34:].astype(int)).mean() < 1.0  # chroma
+    frames = _moving_square(9)
+    write_mp4(tmp_path / "a.mp4", frames, fps=8)
+    write_mp4(tmp_path / "b.mp4", frames, fps=8)
+    assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
