@@ -23,15 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dataengine.synthetic.openve import CATEGORIES
+
 OPENVE_ROWS = 2_450_000
-CATEGORIES = (
-    "global_style",
-    "background_change",
-    "local_change",
-    "local_remove",
-    "local_add",
-    "subtitle_edit",
-)
 
 
 def bench_selection(num_rows: int) -> list[dict]:
