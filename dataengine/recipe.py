@@ -87,6 +87,15 @@ def build_config(cls: type[T], table: dict[str, Any] | None, where: str = "") ->
     return cls(**kwargs)
 
 
+def load_step_config(
+    cls: type[T], recipe_path: str | Path, section: str, overrides: list[str] | None = None
+) -> tuple[T, str]:
+    """The config of one step's table (``[section]``) and the run name: the recipe's ``run``, else its file name."""
+    recipe = load_recipe(recipe_path, overrides)
+    config = build_config(cls, recipe.get(section), section)
+    return config, str(recipe.get("run", Path(recipe_path).stem))
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     """A dataclass config as plain data (for writing the resolved recipe into a run folder)."""
     return dataclasses.asdict(config)

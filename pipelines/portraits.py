@@ -359,16 +359,6 @@ def _print_summary(summary: dict, num_rejections: int) -> None:
     print("\n".join(lines))
 
 
-def load_portraits_config(recipe_path: str | Path, overrides: list[str] | None = None) -> tuple[Any, str]:
-    """The ``[portraits]`` config and the run name of a recipe, ``portraits.key=value`` overrides applied."""
-    from dataengine.portraits import PortraitsConfig
-    from dataengine.recipe import build_config, load_recipe
-
-    recipe = load_recipe(recipe_path, overrides)
-    config = build_config(PortraitsConfig, recipe.get("portraits"), "portraits")
-    return config, str(recipe.get("run", Path(recipe_path).stem))
-
-
 def synth_portraits_command(
     recipe: Annotated[
         Path, typer.Argument(help="Recipe TOML with a [portraits] table, e.g. manifests/demo.toml")
@@ -381,5 +371,8 @@ def synth_portraits_command(
     ] = None,
 ) -> None:
     """Synthesise portrait edit pairs (person removal, addition, background replacement); resumes after a kill."""
-    config, run = load_portraits_config(recipe, overrides)
+    from dataengine.portraits import PortraitsConfig
+    from dataengine.recipe import load_step_config
+
+    config, run = load_step_config(PortraitsConfig, recipe, "portraits", overrides)
     run_portraits(config, run, ray_address)

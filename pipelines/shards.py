@@ -443,17 +443,6 @@ def _encode(todo: Any, config: ShardsConfig, ray_address: str | None):
     yield from ds.iter_rows()
 
 
-def load_shards_config(
-    recipe_path: str | Path, overrides: list[str] | None = None
-) -> tuple[ShardsConfig, str]:
-    """The ``[shards]`` config and the run name of a recipe, with ``shards.key=value`` overrides applied."""
-    from dataengine.recipe import build_config, load_recipe
-
-    recipe = load_recipe(recipe_path, overrides)
-    config = build_config(ShardsConfig, recipe.get("shards"), "shards")
-    return config, str(recipe.get("run", Path(recipe_path).stem))
-
-
 def shards_command(
     recipe: Annotated[
         Path, typer.Argument(help="Recipe TOML with a [shards] table, e.g. manifests/demo.toml")
@@ -467,7 +456,9 @@ def shards_command(
     ] = None,
 ) -> None:
     """Encode pair manifests into WebDataset shards (Wan VAE latents + Qwen3-VL tokens); resumes after a kill."""
-    config, run = load_shards_config(recipe, overrides)
+    from dataengine.recipe import load_step_config
+
+    config, run = load_step_config(ShardsConfig, recipe, "shards", overrides)
     run_shards(config, run, ray_address)
 
 

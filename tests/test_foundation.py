@@ -17,7 +17,7 @@ from dataengine.manifest import (
     write_pairs,
     write_rejections,
 )
-from dataengine.recipe import apply_overrides, build_config, load_recipe
+from dataengine.recipe import apply_overrides, build_config, load_recipe, load_step_config
 from dataengine.video import VideoError, probe, read_frames, sample_indices, write_mp4
 
 
@@ -106,6 +106,10 @@ def test_recipe_overrides_and_unknown_keys(tmp_path):
         build_config(_Config, {"treshold": 9.0}, "filter")
     with pytest.raises(ValueError, match="section.key=value"):
         apply_overrides({}, ["nonsense"])
+    config, run = load_step_config(_Config, path, "filter", ["filter.threshold=7"])
+    assert (config.threshold, config.inner, run) == (7.0, _Inner(2), "x")
+    path.write_text("[filter]\nthreshold = 9\n")  # no `run`: the recipe's file name
+    assert load_step_config(_Config, path, "filter")[1] == "r"
 
 
 def _moving_square(num_frames: int, size: int = 64) -> np.ndarray:
