@@ -15,6 +15,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 from trainer.model import MiVETransformer, get_config
+from trainer.parallel import shutdown_distributed
 from trainer.wan_weights import load_wan_weights
 
 
@@ -37,7 +38,7 @@ def main(checkpoint: str, expected_file: str) -> None:
         assert torch.equal(full, expected[name]), f"rank {os.environ['RANK']}: {name} differs"
     assert model.context_adapter.fusion.weight.full_tensor().abs().max() == 0
     print(f"rank {dist.get_rank()} ok", flush=True)
-    dist.destroy_process_group()
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

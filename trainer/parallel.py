@@ -97,8 +97,16 @@ def init_distributed(config: ParallelConfig) -> Runtime:
     return Runtime(rank=rank, local_rank=local_rank, world_size=world_size, device=device, mesh=mesh)
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(synchronize: bool = True) -> None:
+    """Leave the process group.
+
+    With ``synchronize`` the ranks first wait for each other, so that no rank tears down its gloo/NCCL
+    connections while a peer still uses them (a rank then aborts: "terminate called without an active
+    exception"). After an error pass ``synchronize=False``: a failed peer may never reach the barrier.
+    """
     if dist.is_initialized():
+        if synchronize and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -213,8 +213,10 @@ def fit(config: TrainConfig, resume: bool = False, recipe: dict[str, Any] | None
     runtime = init_distributed(config.parallel)
     try:
         train(config, runtime, run_dir, resume, recipe or {})
-    finally:
-        shutdown_distributed()
+    except BaseException:
+        shutdown_distributed(synchronize=False)  # a failed peer may never reach a barrier
+        raise
+    shutdown_distributed()
     return run_dir
 
 
