@@ -37,7 +37,8 @@ def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
     """One (H, W, 3) uint8 RGB frame as a planar yuv420p array ((H * 3 / 2), W), BT.601 limited range.
 
     Done here rather than by PyAV's swscale conversion, whose output was seen to differ between worker
-    processes for identical frames: with this, the same frames always give the same mp4 bytes.
+    processes for identical frames. With it, repeated runs wrote identical mp4 bytes in most trials, not
+    all: another source of difference between processes remains, not found yet.
     """
     rgb = frame.astype(np.float32)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
