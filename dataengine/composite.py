@@ -4,8 +4,8 @@ Shapes: frames ``(T, H, W, 3)`` uint8 RGB, masks ``(T, H, W)`` bool, alpha ``(T,
 
 - :func:`feather_alpha`: a soft edge: the mask averaged over a ``(2r+1) x (2r+1)`` window (integer counts,
   so alpha is exactly 1 where the whole window is person and exactly 0 where none of it is).
-- :func:`fit_frames` / :func:`fit_masks`: resize to cover ``(height, width)`` then centre crop (no
-  resampling when the size already matches).
+- :func:`fit_frames` / :func:`fit_masks` / :func:`fit_box`: resize to cover ``(height, width)`` then centre
+  crop (no resampling when the size already matches); a detector's box follows its frame.
 - :func:`loop_indices`: a background shorter than the portrait is looped back and forth (no jump cut);
   a longer one is trimmed.
 - :func:`blend`: ``round(alpha * foreground + (1 - alpha) * background)``.
@@ -94,6 +94,25 @@ def fit_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
         torch.from_numpy(masks[:, None].astype(np.uint8)), size=size, mode="nearest-exact"
     )
     return _centre_crop(resized[:, 0].numpy().astype(bool), height, width)
+
+
+def fit_box(
+    box: tuple[float, float, float, float], height: int, width: int, out_height: int, out_width: int
+) -> tuple[float, float, float, float]:
+    """A box ``(x0, y0, x1, y1)`` in pixels of a ``height x width`` frame, mapped the way :func:`fit_frames`
+    maps the frame (resize to cover, centre crop) and clipped to the ``out_height x out_width`` result."""
+    if (height, width) == (out_height, out_width):
+        return tuple(float(v) for v in box)
+    size_h, size_w = _cover_size(height, width, out_height, out_width)
+    top, left = (size_h - out_height) // 2, (size_w - out_width) // 2
+    x0, y0, x1, y1 = box
+    sx, sy = size_w / width, size_h / height
+    return (
+        min(max(x0 * sx - left, 0.0), out_width),
+        min(max(y0 * sy - top, 0.0), out_height),
+        min(max(x1 * sx - left, 0.0), out_width),
+        min(max(y1 * sy - top, 0.0), out_height),
+    )
 
 
 def loop_indices(num_available: int, num_frames: int) -> np.ndarray:

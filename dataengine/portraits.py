@@ -3,8 +3,14 @@
 MiVE's 6K portrait pairs (three edit types, 2000 each) come from portrait clips (a person in frame) and
 background clips (no person). The blocks here know nothing of Ray (``pipelines/portraits.py`` wires them):
 
-1. :func:`segment_portrait`: decode a portrait at the recipe's fps / frame count / resolution, segment
-   the person (SAM2, or precomputed masks), keep the masks (bit-packed ``.npz``) and apply the gate.
+0. :func:`harvest_clip` (``dataengine harvest-portraits``): a person detector on a few sampled frames of
+   any video finds a *portrait window* (one person, large enough, in every sampled frame) or a
+   *background window* (nobody in any), or says why there is neither (``dataengine.detect.find_window``).
+1. :func:`segment_portrait`: find the prompt (``prompt = "detector"``: the first sampled frame with a
+   person, which starts the clip window; else the window starts at the given frame and the prompt is a fixed
+   box or points), decode the window at the recipe's fps / frame count / resolution, segment the person
+   (SAM2, or precomputed masks), keep the masks (bit-packed ``.npz``) and the prompt frame (PNG), and apply
+   the gate.
 2. :func:`check_background`: a background clip decodes and has at least one frame.
 3. :func:`plan_pairs`: which portrait, which background, which instruction phrasing for each pair of each
    type, all drawn with the seed from the sorted accepted clips, so the same recipe and seed give the
@@ -13,7 +19,9 @@ background clips (no person). The blocks here know nothing of Ray (``pipelines/p
    the reference PNG (the target's first frame, lossless) and return the pair-manifest row.
 
 Failures are values, not crashes: each step returns a row with ``reason`` set (one of the video reasons
-``missing_file``, ``undecodable``, ``too_short`` or the gate's reasons) and a ``detail`` naming the file.
+``missing_file``, ``undecodable``, ``too_short``, the detector's ``no_person``, ``multiple_people``,
+``person_too_small``, the harvest's ``no_window`` or the gate's reasons) and a ``detail`` naming the file
+and the frame.
 """
 
 from __future__ import annotations
@@ -27,7 +35,24 @@ from typing import Any
 
 import numpy as np
 
-from dataengine.composite import EDIT_TYPES, compose_pair, feather_alpha, fit_frames, fit_masks, loop_indices
+from dataengine.composite import (
+    EDIT_TYPES,
+    compose_pair,
+    feather_alpha,
+    fit_box,
+    fit_frames,
+    fit_masks,
+    loop_indices,
+)
+from dataengine.detect import (
+    ClipDetector,
+    DetectorConfig,
+    choose_prompt,
+    detect_sampled,
+    find_window,
+    last_window_start,
+    window_indices,
+)
 from dataengine.manifest import make_pair_id
 from dataengine.segment import (
     GateConfig,
@@ -38,7 +63,7 @@ from dataengine.segment import (
     load_masks,
     save_masks,
 )
-from dataengine.video import VideoError, probe, read_frames, sample_indices, write_mp4
+from dataengine.video import VideoError, VideoInfo, probe, read_frames, sample_indices, write_mp4
 
 CATEGORIES = {
     "removal": "portrait_removal",
@@ -113,6 +138,35 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
+class HarvestConfig:
+    """Where ``dataengine harvest-portraits`` finds videos to scan (the ``[portraits.harvest]`` table): one source."""
+
+    videos_dir: str = ""
+    """A folder of videos, searched recursively (``extensions``)."""
+    manifest: str = ""
+    """A pair manifest (Parquet, e.g. ``manifests/<run>/openve.parquet``): its distinct ``source_path`` videos."""
+    openve_csv_dir: str = ""
+    """OpenVE-3M's per-category CSVs: the distinct source videos (``original_video``) of every row."""
+    openve_video_root: str = ""
+    """The extracted OpenVE-3M video root the CSV paths are relative to (with ``openve_csv_dir``)."""
+    max_clips: int = 0
+    """Scan at most this many videos (the first in sorted order); 0: all."""
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("videos_dir", "manifest", "openve_csv_dir") if getattr(self, k)]
+        if len(given) > 1:
+            raise ValueError(
+                f"portraits.harvest: give one of videos_dir, manifest, openve_csv_dir; got {given}"
+            )
+        if self.openve_csv_dir and not self.openve_video_root:
+            raise ValueError(
+                "portraits.harvest.openve_csv_dir needs openve_video_root (where the videos are)"
+            )
+        if self.max_clips < 0:
+            raise ValueError(f"portraits.harvest.max_clips must be >= 0, got {self.max_clips}")
+
+
+@dataclass(frozen=True)
 class PortraitsConfig:
     """The ``[portraits]`` recipe table: inputs, counts, output clip format, segmenter, gate, compositing."""
 
@@ -144,6 +198,10 @@ class PortraitsConfig:
     """Instruction phrasings per edit type."""
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     """The segmentation backend and its first-frame prompt."""
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    """The person detector (``segmenter.prompt = "detector"`` and the harvest) and its multi-person policy."""
+    harvest: HarvestConfig = field(default_factory=HarvestConfig)
+    """The videos ``dataengine harvest-portraits`` scans for portrait and background windows."""
     gate: GateConfig = field(default_factory=GateConfig)
     """The masks' quality gate."""
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
@@ -186,34 +244,68 @@ def list_videos(folder: str | os.PathLike, extensions: tuple[str, ...] = VIDEO_E
     return sorted(found)
 
 
+def harvest_inputs(
+    harvest: HarvestConfig, extensions: tuple[str, ...] = VIDEO_EXTENSIONS
+) -> list[tuple[str, str]]:
+    """``(key, path)`` of every video the harvest scans, sorted by key, at most ``max_clips``.
+
+    The key is the path as the source lists it: relative to ``videos_dir``, the manifest's ``source_path``,
+    or OpenVE's ``original_video``; a video listed by several rows is scanned once.
+    """
+    if harvest.videos_dir:
+        folder = Path(harvest.videos_dir)
+        found = [(rel, str(folder / rel)) for rel in list_videos(folder, extensions)]
+    elif harvest.manifest:
+        from dataengine.manifest import read_pairs
+
+        sources = read_pairs(harvest.manifest)["source_path"].dropna().unique()
+        found = [(str(p), str(p)) for p in sources]
+    elif harvest.openve_csv_dir:
+        from dataengine.openve import read_openve
+
+        pairs = read_openve(harvest.openve_csv_dir, harvest.openve_video_root).pairs
+        found = list(dict(zip(pairs["source_rel"], pairs["source_path"], strict=True)).items())
+    else:
+        raise ValueError(
+            "portraits.harvest: set videos_dir (a folder of videos), manifest (a pair manifest) or "
+            "openve_csv_dir + openve_video_root (OpenVE-3M) to say what to scan"
+        )
+    found.sort()
+    return found[: harvest.max_clips] if harvest.max_clips else found
+
+
 def clip_id(kind: str, rel_path: str) -> str:
     """Stable id of an input clip (``portrait`` or ``background``) from its path relative to its folder."""
     return hashlib.sha256(f"{kind}\x1f{rel_path}".encode()).hexdigest()[:20]
 
 
-def _portrait_indices(path: str | os.PathLike, config: PortraitsConfig) -> tuple[np.ndarray, Any]:
-    info = probe(path)
-    indices = sample_indices(info.num_frames, info.fps, config.fps, max_frames=config.num_frames)
-    if len(indices) < config.num_frames:
+def _window(path: str | os.PathLike, info: VideoInfo, start: int, config: PortraitsConfig) -> np.ndarray:
+    """The ``num_frames`` frame indices at ``fps`` from frame ``start``, or ``too_short``."""
+    indices = window_indices(info.num_frames, info.fps, start, config.num_frames, config.fps)
+    if indices is None:
         raise VideoError(
             path,
             "too_short",
-            f"{info.num_frames} frames at {info.fps:g} fps give {len(indices)} frames at {config.fps:g} fps, "
-            f"need {config.num_frames}",
+            f"{info.num_frames} frames at {info.fps:g} fps cannot give {config.num_frames} frames at "
+            f"{config.fps:g} fps from frame {start}",
         )
-    return indices, info
+    return indices
 
 
-def load_portrait(path: str | os.PathLike, config: PortraitsConfig) -> np.ndarray:
-    """The portrait's first ``num_frames`` frames at ``fps``, fitted to ``height x width``: (T, H, W, 3) uint8."""
-    indices, _ = _portrait_indices(path, config)
+def load_portrait(path: str | os.PathLike, config: PortraitsConfig, start_frame: int = 0) -> np.ndarray:
+    """The portrait's ``num_frames`` frames at ``fps`` from ``start_frame``, fitted to ``height x width``:
+    (T, H, W, 3) uint8."""
+    indices = _window(path, probe(path), start_frame, config)
     return fit_frames(read_frames(path, indices), config.height, config.width)
 
 
-def load_background(path: str | os.PathLike, config: PortraitsConfig) -> np.ndarray:
-    """The background at ``fps``, looped back and forth or trimmed to ``num_frames``, fitted to the frame."""
+def load_background(path: str | os.PathLike, config: PortraitsConfig, start_frame: int = 0) -> np.ndarray:
+    """The background at ``fps`` from ``start_frame``, looped back and forth or trimmed to ``num_frames``,
+    fitted to the frame."""
     info = probe(path)
-    available = sample_indices(info.num_frames, info.fps, config.fps)
+    if not 0 <= start_frame < info.num_frames:
+        raise VideoError(path, "too_short", f"starts at frame {start_frame} of {info.num_frames}")
+    available = start_frame + sample_indices(info.num_frames - start_frame, info.fps, config.fps)
     wanted = available[loop_indices(len(available), config.num_frames)]
     unique, inverse = np.unique(wanted, return_inverse=True)
     return fit_frames(read_frames(path, unique)[inverse], config.height, config.width)
@@ -228,12 +320,20 @@ def segment_portrait(
     config: PortraitsConfig,
     masks_dir: str | os.PathLike,
     segmenter: PersonSegmenter | MaskFileReader,
+    detector: ClipDetector | None = None,
+    start_frame: int = 0,
 ) -> dict[str, Any]:
-    """Segment one portrait clip and gate its masks; the row says accepted (``reason`` None) or why not.
+    """Prompt, segment and gate one portrait clip; the row says accepted (``reason`` None) or why not.
 
-    The masks (at the output's frames and size) are written to ``masks_dir/<clip_id>.masks.npz`` also for a
-    rejected clip, for inspection.
+    ``start_frame`` is where the clip's window may start (a harvested window's start; 0 for a whole clip).
+    With ``segmenter.prompt = "detector"`` the ``detector`` looks at the frames sampled from there on whose
+    window still fits, and the prompt frame it picks starts the window; otherwise the window starts at
+    ``start_frame``. The masks (at the output's frames and size) go to ``masks_dir/<clip_id>.masks.npz`` and
+    the prompt frame to ``<clip_id>.prompt.png``, also for a clip the gate rejects, for inspection; the row
+    holds the prompt boxes in output pixels (``prompt_boxes``, JSON ``[[x0, y0, x1, y1, score], ...]``).
     """
+    from PIL import Image
+
     cid = clip_id("portrait", rel_path)
     row: dict[str, Any] = {
         "clip_id": cid,
@@ -244,30 +344,128 @@ def segment_portrait(
         "masks_path": None,
         "mean_area": float("nan"),
         "min_iou": float("nan"),
+        "start_frame": start_frame,
+        "start_s": float("nan"),
+        "prompt_boxes": "[]",
+        "prompt_image": None,
     }
+    height, width = config.height, config.width
     try:
-        indices, info = _portrait_indices(path, config)
+        info = probe(path)
+        boxes = None
+        prompt_detail = ""
+        start = start_frame
+        if config.segmenter.prompt == "detector":
+            if detector is None:
+                raise ValueError('segmenter.prompt = "detector" but no detector was built')
+            last = last_window_start(info.num_frames, info.fps, config.num_frames, config.fps)
+            if last is None or last < start_frame:
+                _window(path, info, start_frame, config)  # raises too_short with the numbers
+            sampled = detect_sampled(detector, path, info, config.detector.sample_fps, start_frame, last)
+            prompt = choose_prompt(sampled, config.detector, info.height, info.width)
+            if prompt.reason is not None:
+                return {
+                    **row,
+                    "stage": "detect",
+                    "reason": prompt.reason,
+                    "detail": f"portrait {path}: {prompt.detail}",
+                }
+            start, prompt_detail = prompt.frame, f"; {prompt.detail}"
+            boxes = [
+                (*fit_box(b.xyxy(), info.height, info.width, height, width), b.score) for b in prompt.boxes
+            ]
+        elif config.segmenter.prompt == "box" and config.segmenter.backend == "transformers":
+            x0, y0, x1, y1 = config.segmenter.prompt_box
+            boxes = [(x0 * width, y0 * height, x1 * width, y1 * height, float("nan"))]
+        indices = _window(path, info, start, config)
         if isinstance(segmenter, MaskFileReader):
             raw = segmenter.read(path, info.num_frames, info.height, info.width)
-            masks = fit_masks(raw[indices], config.height, config.width)
+            masks = fit_masks(raw[indices], height, width)
+            first = fit_frames(read_frames(path, indices[:1]), height, width)[0]
         else:
-            frames = fit_frames(read_frames(path, indices), config.height, config.width)
-            masks = segmenter.segment(frames)
+            frames = fit_frames(read_frames(path, indices), height, width)
+            prompt_boxes = [b[:4] for b in boxes] if config.segmenter.prompt == "detector" else None
+            masks = segmenter.segment(frames, prompt_boxes)
+            first = frames[0]
     except VideoError as err:
         return {**row, "stage": "probe", "reason": err.reason, "detail": f"portrait {path}: {err.detail}"}
-    except (FileNotFoundError, ValueError) as err:  # precomputed masks missing or of the wrong shape
+    except (FileNotFoundError, ValueError) as err:  # precomputed masks or boxes missing or of the wrong shape
         return {**row, "reason": "missing_file", "detail": f"portrait {path}: {err}"}
     masks_path = Path(masks_dir) / f"{cid}.masks.npz"
     save_masks(masks_path, masks)
+    image_path = Path(masks_dir) / f"{cid}.prompt.png"
+    tmp = image_path.with_name(f".{image_path.stem}.tmp.png")
+    Image.fromarray(first).save(tmp)
+    os.replace(tmp, image_path)
     verdict = check_masks(masks, config.gate)
-    detail = f"portrait {path}: {verdict.detail}"
     return {
         **row,
         "reason": verdict.reason,
-        "detail": detail,
+        "detail": f"portrait {path}: {verdict.detail}{prompt_detail}",
         "masks_path": str(masks_path.resolve()),
         "mean_area": verdict.mean_area,
         "min_iou": verdict.min_iou,
+        "start_frame": int(start),
+        "start_s": start / info.fps,
+        "prompt_boxes": json.dumps(
+            [
+                [round(float(v), 2) for v in b[:4]] + [None if b[4] != b[4] else round(b[4], 3)]
+                for b in boxes or []
+            ]
+        ),
+        "prompt_image": str(image_path.resolve()),
+    }
+
+
+def harvest_clip(
+    path: str | os.PathLike, key: str, config: PortraitsConfig, detector: ClipDetector
+) -> dict[str, Any]:
+    """Scan one video for a portrait or background window (``HARVEST_COLUMNS``; ``kind`` None and ``reason``
+    set when there is neither). ``key`` names the clip as its source lists it (its id is a hash of it)."""
+    row: dict[str, Any] = {
+        "clip_id": clip_id("pool", key),
+        "clip": key,
+        "path": str(Path(path).resolve()),
+        "kind": None,
+        "reason": None,
+        "stage": "harvest",
+        "detail": "",
+        "start_frame": -1,
+        "start_s": float("nan"),
+        "end_s": float("nan"),
+        "num_sampled": 0,
+        "video_frames": -1,
+        "video_fps": float("nan"),
+        "width": -1,
+        "height": -1,
+    }
+    try:
+        info = probe(path)
+        row.update(video_frames=info.num_frames, video_fps=info.fps, width=info.width, height=info.height)
+        sampled = detect_sampled(detector, path, info, config.detector.sample_fps)
+    except VideoError as err:
+        return {**row, "stage": "probe", "reason": err.reason, "detail": f"{path}: {err.detail}"}
+    except (FileNotFoundError, ValueError) as err:  # precomputed boxes missing or of the wrong shape
+        return {**row, "reason": "missing_file", "detail": f"{path}: {err}"}
+    window = find_window(
+        sampled,
+        config.detector,
+        info.height,
+        info.width,
+        info.num_frames,
+        info.fps,
+        config.num_frames,
+        config.fps,
+    )
+    return {
+        **row,
+        "kind": window.kind,
+        "reason": window.reason,
+        "detail": f"{path}: {window.detail}",
+        "start_frame": window.start_frame,
+        "start_s": window.start_s,
+        "end_s": window.end_s,
+        "num_sampled": len(sampled),
     }
 
 

@@ -5,8 +5,9 @@ returns one boolean mask per frame ``(T, H, W)``. Backends:
 
 - ``transformers`` (default): SAM2 through transformers' official port (``Sam2VideoModel`` +
   ``Sam2VideoProcessor``), loaded with ``from_pretrained`` from a hub id (``facebook/sam2.1-hiera-large``)
-  or a folder. The first frame is prompted automatically (see :class:`SegmenterConfig`), the model
-  propagates the object through the clip frame by frame.
+  or a folder. The first frame is prompted (see :class:`SegmenterConfig`): with a fixed box or points, or
+  with the person boxes of a detector (``prompt = "detector"``, one SAM2 object per box, the mask is their
+  union; ``dataengine.detect`` finds them); the model propagates the objects through the clip.
 - ``mask_files``: masks computed elsewhere (another segmenter, a matting model, hand annotation, the
   ground truth of generated clips), read from ``<clip stem>.masks.npz`` beside each clip by
   :class:`MaskFileReader`. It needs the clip's path, so it is not a ``PersonSegmenter``.
@@ -22,6 +23,7 @@ between consecutive frames (``mask_unstable``: IoU under the recipe's ``min_iou`
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,7 +35,7 @@ from dataengine.devices import resolve_device, resolve_dtype
 GATE_REASONS = ("empty_mask", "mask_too_small", "mask_too_large", "mask_unstable")
 MASKS_SUFFIX = ".masks.npz"
 BACKENDS = ("transformers", "mask_files")
-PROMPTS = ("box", "points")
+PROMPTS = ("box", "points", "detector")
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -52,7 +54,8 @@ class SegmenterConfig:
     dtype: str = "auto"
     """Inference dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``bfloat16`` or ``float16``."""
     prompt: str = "box"
-    """First-frame prompt: ``box`` (``prompt_box``) or ``points`` (``prompt_points``, all positive)."""
+    """First-frame prompt: ``box`` (``prompt_box``), ``points`` (``prompt_points``, all positive) or ``detector``
+    (the person boxes of the ``[portraits.detector]``, whose prompt frame starts the clip window)."""
     prompt_box: tuple[float, float, float, float] = (0.2, 0.05, 0.8, 1.0)
     """The person prior as a box ``(x0, y0, x1, y1)`` in fractions of the frame: a centred, standing subject."""
     prompt_points: tuple[tuple[float, float], ...] = ((0.5, 0.35), (0.5, 0.7))
@@ -187,16 +190,19 @@ def check_masks(masks: np.ndarray, gate: GateConfig) -> MaskVerdict:
 # ---------------------------------------------------------------------------------------------- backends
 
 
+Box = tuple[float, float, float, float]
+
+
 class PersonSegmenter(Protocol):
     """Frames in, one person mask per frame out."""
 
-    def segment(self, frames: np.ndarray) -> np.ndarray:
-        """``frames`` (T, H, W, 3) uint8 RGB -> masks (T, H, W) bool."""
+    def segment(self, frames: np.ndarray, boxes: Sequence[Box] | None = None) -> np.ndarray:
+        """``frames`` (T, H, W, 3) uint8 RGB -> masks (T, H, W) bool; ``boxes`` prompt frame 0 in pixels."""
         ...
 
 
 class Sam2VideoSegmenter:
-    """SAM2 via transformers: prompt frame 0 (box or points from the config), propagate to every frame.
+    """SAM2 via transformers: prompt frame 0 (the config's box or points, or given person boxes), propagate.
 
     The model and processor load once, in the constructor: build it inside the worker (a Ray actor),
     never in the driver.
@@ -220,34 +226,47 @@ class Sam2VideoSegmenter:
         self.model.to(self.device).eval()
         self._torch = torch
 
-    def prompt_for(self, height: int, width: int) -> dict:
-        """The first-frame prompt in pixels, as ``add_inputs_to_inference_session`` keywords."""
+    def prompt_for(self, height: int, width: int, boxes: Sequence[Box] | None = None) -> dict:
+        """Frame 0's prompt in pixels, as ``add_inputs_to_inference_session`` keywords (``obj_ids`` included).
+
+        ``boxes`` (pixels ``(x0, y0, x1, y1)``, from a detector) prompt one object each; without them the
+        config's fixed box or points prompt one object.
+        """
+        if boxes is not None:
+            if not boxes:
+                raise ValueError("segment: an empty list of prompt boxes (the detector found no person)")
+            return {
+                "obj_ids": list(range(1, len(boxes) + 1)),
+                "input_boxes": [[[float(v) for v in box] for box in boxes]],
+            }
+        if self.config.prompt == "detector":
+            raise ValueError('segmenter.prompt = "detector" needs the detector\'s boxes; none were given')
         if self.config.prompt == "box":
             x0, y0, x1, y1 = self.config.prompt_box
-            return {"input_boxes": [[[x0 * width, y0 * height, x1 * width, y1 * height]]]}
+            return {"obj_ids": 1, "input_boxes": [[[x0 * width, y0 * height, x1 * width, y1 * height]]]}
         points = [[x * width, y * height] for x, y in self.config.prompt_points]
-        return {"input_points": [[points]], "input_labels": [[[1] * len(points)]]}
+        return {"obj_ids": 1, "input_points": [[points]], "input_labels": [[[1] * len(points)]]}
 
-    def segment(self, frames: np.ndarray) -> np.ndarray:
+    def segment(self, frames: np.ndarray, boxes: Sequence[Box] | None = None) -> np.ndarray:
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"segment: expected (T, H, W, 3) frames, got {frames.shape}")
         num_frames, height, width, _ = frames.shape
+        prompt = self.prompt_for(height, width, boxes)
         masks = np.zeros((num_frames, height, width), dtype=bool)
         with self._torch.inference_mode():
             session = self.processor.init_video_session(
                 video=list(frames), inference_device=self.device, dtype=self.dtype
             )
-            self.processor.add_inputs_to_inference_session(
-                inference_session=session, frame_idx=0, obj_ids=1, **self.prompt_for(height, width)
-            )
+            self.processor.add_inputs_to_inference_session(inference_session=session, frame_idx=0, **prompt)
             for output in self.model.propagate_in_video_iterator(
                 inference_session=session, start_frame_idx=0
             ):
                 logits = self.processor.post_process_masks(
                     [output.pred_masks.float()], original_sizes=[[height, width]], binarize=False
-                )[0]  # (num_objects=1, 1, H, W)
-                masks[output.frame_idx] = (logits[0, 0] > self.config.mask_threshold).cpu().numpy()
+                )[0]  # (num_objects, 1, H, W)
+                person = (logits[:, 0] > self.config.mask_threshold).any(dim=0)  # union of the objects
+                masks[output.frame_idx] = person.cpu().numpy()
         return masks
 
 

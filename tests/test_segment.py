@@ -45,36 +45,59 @@ def test_tiny_sam2_gives_one_mask_per_frame_of_the_frame_size(tiny_sam2, clip, p
     assert masks.shape == frames.shape[:3] and masks.dtype == bool
 
 
-def test_tiny_sam2_masks_equal_a_direct_transformers_run(tiny_sam2, clip):
-    """Our wrapper against transformers' own documented video loop, with the box computed here."""
+def direct_sam2_logits(model_dir, frames: np.ndarray, boxes: list[list[float]]) -> np.ndarray:
+    """transformers' own documented video loop, one object per box: logits (T, objects, H, W)."""
     import torch
     from transformers import Sam2VideoModel, Sam2VideoProcessor
 
-    frames, _ = clip
-    config = SegmenterConfig(
-        model=str(tiny_sam2), prompt="box", prompt_box=(0.1, 0.2, 0.6, 0.9), mask_threshold=0.0
-    )
-    ours = build_segmenter(config).segment(frames)
-
-    model = Sam2VideoModel.from_pretrained(tiny_sam2).eval()
-    processor = Sam2VideoProcessor.from_pretrained(tiny_sam2)
+    model = Sam2VideoModel.from_pretrained(model_dir).eval()
+    processor = Sam2VideoProcessor.from_pretrained(model_dir)
     height, width = frames.shape[1:3]
-    box = [0.1 * width, 0.2 * height, 0.6 * width, 0.9 * height]
     logits = []
     with torch.inference_mode():
         session = processor.init_video_session(video=list(frames), inference_device="cpu")
         processor.add_inputs_to_inference_session(
-            inference_session=session, frame_idx=0, obj_ids=7, input_boxes=[[box]]
+            inference_session=session,
+            frame_idx=0,
+            obj_ids=list(range(7, 7 + len(boxes))),
+            input_boxes=[boxes],
         )
         for out in model.propagate_in_video_iterator(inference_session=session, start_frame_idx=0):
             logits.append(
-                processor.post_process_masks([out.pred_masks], [[height, width]], binarize=False)[0][0, 0]
+                processor.post_process_masks([out.pred_masks], [[height, width]], binarize=False)[0][:, 0]
             )
-    reference = torch.stack(logits).numpy()
-    assert reference.shape == ours.shape
+    return torch.stack(logits).numpy()
+
+
+def test_tiny_sam2_masks_equal_a_direct_transformers_run(tiny_sam2, clip):
+    """Our wrapper against the direct loop: the config's fixed box, and two detector boxes (mask = union)."""
+    frames, _ = clip
+    height, width = frames.shape[1:3]
+    config = SegmenterConfig(
+        model=str(tiny_sam2), prompt="box", prompt_box=(0.1, 0.2, 0.6, 0.9), mask_threshold=0.0
+    )
+    ours = build_segmenter(config).segment(frames)
+    reference = direct_sam2_logits(
+        tiny_sam2, frames, [[0.1 * width, 0.2 * height, 0.6 * width, 0.9 * height]]
+    )
+    assert reference.shape == (*ours.shape[:1], 1, *ours.shape[1:])
     # a random model's logits can sit near 0: compare where the reference is clearly decided
-    decided = np.abs(reference) > 1e-3
-    np.testing.assert_array_equal(ours[decided], reference[decided] > 0)
+    decided = np.abs(reference[:, 0]) > 1e-3
+    np.testing.assert_array_equal(ours[decided], reference[:, 0][decided] > 0)
+
+    boxes = [[4.0, 10.0, 40.0, 70.0], [55.0, 6.0, 100.0, 72.0]]
+    detector_config = SegmenterConfig(model=str(tiny_sam2), prompt="detector", mask_threshold=0.0)
+    segmenter = build_segmenter(detector_config)
+    ours = segmenter.segment(frames, boxes)
+    reference = direct_sam2_logits(tiny_sam2, frames, boxes)
+    assert reference.shape[1] == 2
+    decided = (np.abs(reference) > 1e-3).all(axis=1)
+    union = (reference > 0).any(axis=1)
+    np.testing.assert_array_equal(ours[decided], union[decided])
+    # the union differs from either object alone somewhere (else the check above could not fail)
+    assert (union != (reference[:, 0] > 0)).any() or (union != (reference[:, 1] > 0)).any()
+    with pytest.raises(ValueError, match="needs the detector's boxes"):
+        segmenter.segment(frames)
 
 
 def test_masks_round_trip_bit_packed(tmp_path):

@@ -7,13 +7,20 @@ background clip is a textured scene that pans, with no figure. Everything is det
 
 Variants that a quality gate must reject: ``scale`` shrinks or grows the figure (``mask_too_small``,
 ``mask_too_large``), ``teleport`` makes it jump every frame (``mask_unstable``), ``vanish_from`` removes
-it from that frame on (``empty_mask``).
+it from that frame on (``empty_mask``). Variants a person detector must sort out (:func:`render_people`
+also returns each frame's true person boxes): ``enter_at`` (the person enters late), ``centre_x`` (off
+centre), ``num_people`` 0 (absent) or 2.
 
 :func:`generate_portraits` writes a dataset in the layout the ``[portraits]`` recipe reads::
 
-    <root>/people/person_000.mp4          portrait clip (H.264)
-    <root>/people/person_000.masks.npz    its ground-truth masks (bit-packed, see dataengine.segment)
-    <root>/backgrounds/background_000.mp4 background clip
+    <root>/people/person_000.mp4            portrait clip (H.264)
+    <root>/people/person_000.masks.npz      its ground-truth masks (bit-packed, see dataengine.segment)
+    <root>/people/person_000.boxes.json     its true person boxes per frame (see dataengine.detect)
+    <root>/backgrounds/background_000.mp4   background clip (and its .boxes.json: no box)
+    <root>/pool/pool_000_late.mp4           a mixed pool for ``dataengine harvest-portraits`` (masks, boxes)
+
+The pool holds the cases of ``POOL_KINDS``: a person throughout, entering late, off centre, absent,
+leaving, passing through, two people, a small person, a clip too short for a window.
 
 :func:`build_tiny_sam2` saves a tiny randomly initialised ``Sam2VideoModel`` with its
 ``Sam2VideoProcessor`` so ``from_pretrained(folder)`` loads both, offline. Usage::
@@ -30,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dataengine.detect import boxes_path, save_boxes
 from dataengine.segment import MASKS_SUFFIX, save_masks
 from dataengine.video import write_mp4
 
@@ -56,6 +64,29 @@ class SyntheticPortraitsConfig:
     """Seed of the whole dataset."""
     bad_people: tuple[str, ...] = field(default_factory=tuple)
     """Extra portrait clips the gate must reject, by kind: ``empty``, ``small``, ``large``, ``unstable``."""
+    pool: tuple[str, ...] = (
+        "centred",
+        "late",
+        "off_centre",
+        "absent",
+        "absent",
+        "leaves",
+        "passing",
+        "two_people",
+        "small",
+        "short",
+    )
+    """Clips of the harvest pool (``<root>/pool``), by kind (``POOL_KINDS``); empty for none."""
+    pool_frames: int = 33
+    """Frames per pool clip (``short`` ones have ``pool_short_frames``)."""
+    pool_short_frames: int = 12
+    """Frames of a ``short`` pool clip."""
+    pool_enter_at: int = 8
+    """Frame at which the person of a ``late`` clip enters."""
+    pool_leave_at: int = 12
+    """Frame at which the person of a ``leaves`` clip is gone."""
+    pool_pass: tuple[int, int] = (6, 19)
+    """Frames [first, last) in which the person of a ``passing`` clip is in view."""
 
 
 # kind of bad portrait -> (render_portrait keyword arguments, the gate's rejection reason)
@@ -65,6 +96,26 @@ BAD_PORTRAITS = {
     "large": ({"scale": 4.0}, "mask_too_large"),
     "unstable": ({"teleport": True}, "mask_unstable"),
 }
+
+
+# kind of pool clip -> render_people keyword arguments (filled from the config in generate_portraits)
+POOL_KINDS = ("centred", "late", "off_centre", "absent", "leaves", "passing", "two_people", "small", "short")
+
+
+def _pool_kwargs(kind: str, config: SyntheticPortraitsConfig) -> dict:
+    if kind not in POOL_KINDS:
+        raise ValueError(f"unknown pool kind {kind!r}; expected one of {POOL_KINDS}")
+    return {
+        "centred": {},
+        "late": {"enter_at": config.pool_enter_at},
+        "off_centre": {"centre_x": 0.16},
+        "absent": {"num_people": 0},
+        "leaves": {"vanish_from": config.pool_leave_at},
+        "passing": {"enter_at": config.pool_pass[0], "vanish_from": config.pool_pass[1]},
+        "two_people": {"num_people": 2},
+        "small": {"scale": 0.15},
+        "short": {"num_frames": config.pool_short_frames},
+    }[kind]
 
 
 def _texture(rng: np.random.Generator, num_frames: int, height: int, width: int, pan: float) -> np.ndarray:
@@ -99,41 +150,84 @@ def render_portrait(
     scale: float = 1.0,
     teleport: bool = False,
     vanish_from: int | None = None,
+    enter_at: int | None = None,
+    centre_x: float | None = None,
+    num_people: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A figure swaying over a textured background: frames (T, H, W, 3) uint8 and masks (T, H, W) bool.
+    """Figures swaying over a textured background: frames (T, H, W, 3) uint8 and masks (T, H, W) bool.
 
-    The mask is exactly the set of pixels painted with the figure's colours.
+    The mask is exactly the set of pixels painted with the figures' colours. See :func:`render_people`.
     """
+    frames, masks, _ = render_people(
+        seed, num_frames, height, width, scale, teleport, vanish_from, enter_at, centre_x, num_people
+    )
+    return frames, masks
+
+
+def render_people(
+    seed: int,
+    num_frames: int,
+    height: int,
+    width: int,
+    scale: float = 1.0,
+    teleport: bool = False,
+    vanish_from: int | None = None,
+    enter_at: int | None = None,
+    centre_x: float | None = None,
+    num_people: int = 1,
+) -> tuple[np.ndarray, np.ndarray, list[list[tuple[int, int, int, int]]]]:
+    """Frames, masks, and each frame's true person boxes ``(x0, y0, x1, y1)`` (pixels, x1 and y1 exclusive).
+
+    The figures are present from frame ``enter_at`` (default 0) until before ``vanish_from`` (default: the
+    end). One figure sways around ``centre_x`` (a fraction of the width; default the centre); two stand at
+    0.28 and 0.72 of the width. A box is the bounding box of its figure's pixels.
+    """
+    if num_people not in (0, 1, 2):
+        raise ValueError(f"render_people: num_people must be 0, 1 or 2, got {num_people}")
     rng = np.random.default_rng(seed)
     frames = _texture(rng, num_frames, height, width, pan=rng.uniform(-1.5, 1.5))
-    skin = rng.uniform([150, 100, 80], [230, 180, 150])
-    shirt = rng.uniform(20, 235, size=3)
-    stripe = rng.uniform(0.3, 0.6)
-    sway_amp, sway_freq, phase = rng.uniform(0.05, 0.12), rng.uniform(0.015, 0.04), rng.uniform(0, 2 * np.pi)
+    looks = []
+    for person in range(num_people):
+        skin = rng.uniform([150, 100, 80], [230, 180, 150])
+        shirt = rng.uniform(20, 235, size=3)
+        stripe = rng.uniform(0.3, 0.6)
+        sway = rng.uniform(0.05, 0.12), rng.uniform(0.015, 0.04), rng.uniform(0, 2 * np.pi)
+        if num_people == 2:
+            centre = (0.28, 0.72)[person]
+            sway = (sway[0] / 3, *sway[1:])  # stay apart
+        else:
+            centre = 0.5 if centre_x is None else centre_x
+        looks.append((skin, shirt, stripe, sway, centre))
     head_ry = 0.16 * height * scale
     head_rx = 0.75 * head_ry
     torso_ry = 0.45 * height * scale
     torso_rx = 1.6 * head_rx
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
     masks = np.zeros((num_frames, height, width), dtype=bool)
+    boxes: list[list[tuple[int, int, int, int]]] = [[] for _ in range(num_frames)]
     for t in range(num_frames):
-        if vanish_from is not None and t >= vanish_from:
+        if (vanish_from is not None and t >= vanish_from) or (enter_at is not None and t < enter_at):
             continue
-        if teleport:  # a new place every frame: consecutive masks barely overlap
-            cx = width * (0.2 if t % 2 == 0 else 0.8)
-        else:
-            cx = width * (0.5 + sway_amp * np.sin(sway_freq * 2 * np.pi * t + phase))
-        head_cy = height - 2 * torso_ry * 0.8 - head_ry * 0.6
-        head = _ellipse(yy, xx, head_cy, cx, head_ry, head_rx)
-        torso = _ellipse(yy, xx, height - torso_ry * 0.6, cx, torso_ry, torso_rx)
-        torso &= ~head
         frame = frames[t].astype(np.float64)
-        frame[head] = skin
-        stripes = (np.sin(yy * stripe) > 0)[..., None]
-        frame[torso] = np.where(stripes[torso], shirt, 0.6 * shirt)
+        for skin, shirt, stripe, (sway_amp, sway_freq, phase), centre in looks:
+            if teleport:  # a new place every frame: consecutive masks barely overlap
+                cx = width * (0.2 if t % 2 == 0 else 0.8)
+            else:
+                cx = width * (centre + sway_amp * np.sin(sway_freq * 2 * np.pi * t + phase))
+            head_cy = height - 2 * torso_ry * 0.8 - head_ry * 0.6
+            head = _ellipse(yy, xx, head_cy, cx, head_ry, head_rx)
+            torso = _ellipse(yy, xx, height - torso_ry * 0.6, cx, torso_ry, torso_rx)
+            person = head | torso
+            torso &= ~head
+            frame[head] = skin
+            stripes = (np.sin(yy * stripe) > 0)[..., None]
+            frame[torso] = np.where(stripes[torso], shirt, 0.6 * shirt)
+            masks[t] |= person
+            rows, cols = np.flatnonzero(person.any(axis=1)), np.flatnonzero(person.any(axis=0))
+            if rows.size:
+                boxes[t].append((int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1))
         frames[t] = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
-        masks[t] = head | torso
-    return frames, masks
+    return frames, masks, boxes
 
 
 def render_background(seed: int, num_frames: int, height: int, width: int) -> np.ndarray:
@@ -144,47 +238,60 @@ def render_background(seed: int, num_frames: int, height: int, width: int) -> np
 
 @dataclass
 class SyntheticPortraits:
-    """Paths written by :func:`generate_portraits` (ground-truth masks sit beside each portrait)."""
+    """Paths written by :func:`generate_portraits` (ground-truth masks and boxes sit beside each clip)."""
 
     root: Path
     people: list[Path]
     backgrounds: list[Path]
     expected_rejections: dict[str, str]
     """Portrait file name -> the gate's reason, for the ``bad_people`` clips."""
+    pool: dict[str, str] = field(default_factory=dict)
+    """Pool clip file name -> its kind (``POOL_KINDS``)."""
+
+
+def _write_clip(path: Path, frames: np.ndarray, masks: np.ndarray | None, boxes: list, fps: float) -> None:
+    """The clip, its masks (unless None) and its true boxes (score 1)."""
+    write_mp4(path, frames, fps)
+    if masks is not None:
+        save_masks(path.with_name(path.stem + MASKS_SUFFIX), masks)
+    save_boxes(boxes_path(path), [[[*b, 1.0] for b in frame] for frame in boxes], *frames.shape[1:3])
 
 
 def generate_portraits(
     root: str | Path, config: SyntheticPortraitsConfig | None = None
 ) -> SyntheticPortraits:
-    """Write portrait clips (with ``.masks.npz`` ground truth) and background clips under ``root``."""
+    """Write portrait clips, background clips and the harvest pool under ``root``, with their masks and boxes."""
     config = config or SyntheticPortraitsConfig()
     root = Path(root)
     people_dir, backgrounds_dir = root / "people", root / "backgrounds"
     people, backgrounds, expected = [], [], {}
     kinds: list[tuple[str, dict]] = [("good", {})] * config.num_people
     kinds += [(kind, BAD_PORTRAITS[kind][0]) for kind in config.bad_people]
+    size = {"height": config.height, "width": config.width}
     for i, (kind, kwargs) in enumerate(kinds):
-        frames, masks = render_portrait(
-            seed=config.seed * 10_000 + i,
-            num_frames=config.num_frames,
-            height=config.height,
-            width=config.width,
-            **kwargs,
-        )
+        clip = render_people(seed=config.seed * 10_000 + i, num_frames=config.num_frames, **size, **kwargs)
         name = f"person_{i:03d}" if kind == "good" else f"person_{i:03d}_{kind}"
         path = people_dir / f"{name}.mp4"
-        write_mp4(path, frames, config.fps)
-        save_masks(people_dir / f"{name}{MASKS_SUFFIX}", masks)
+        _write_clip(path, *clip, config.fps)
         people.append(path)
         if kind != "good":
             expected[path.name] = BAD_PORTRAITS[kind][1]
     for i in range(config.num_backgrounds):
         num_frames = config.background_frames[i % len(config.background_frames)]
-        frames = render_background(config.seed * 10_000 + 5_000 + i, num_frames, config.height, config.width)
+        frames = render_background(config.seed * 10_000 + 5_000 + i, num_frames, **size)
         path = backgrounds_dir / f"background_{i:03d}.mp4"
-        write_mp4(path, frames, config.fps)
+        _write_clip(path, frames, None, [[]] * num_frames, config.fps)
         backgrounds.append(path)
-    return SyntheticPortraits(root=root, people=people, backgrounds=backgrounds, expected_rejections=expected)
+    pool = {}
+    for i, kind in enumerate(config.pool):
+        kwargs = {"num_frames": config.pool_frames, **_pool_kwargs(kind, config)}
+        clip = render_people(seed=config.seed * 10_000 + 7_000 + i, **size, **kwargs)
+        path = root / "pool" / f"pool_{i:03d}_{kind}.mp4"
+        _write_clip(path, *clip, config.fps)
+        pool[path.name] = kind
+    return SyntheticPortraits(
+        root=root, people=people, backgrounds=backgrounds, expected_rejections=expected, pool=pool
+    )
 
 
 def build_tiny_sam2(out_dir: str | Path, seed: int = 0, image_size: int = 128) -> Path:
