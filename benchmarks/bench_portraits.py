@@ -1,4 +1,4 @@
-"""Portrait pairs: compositing + H.264 encoding frames/s on one core, and segmentation frames/s.
+"""Portrait pairs: compositing + H.264 encoding frames/s on one core, segmentation and person-detection frames/s.
 
     python -m benchmarks.bench_portraits          # 720P compositing, 33 frames; tiny SAM2 on the CPU
     python -m benchmarks.bench_portraits --quick  # 17 frames
@@ -6,7 +6,8 @@
 Compositing is measured the way a composite task runs it: feathered alpha, the blend, then both clips of
 a pair encoded (source and target), on one thread. Segmentation uses the tiny random SAM2 (the real
 checkpoint cannot be downloaded here), at the demo's 96x160 and at 720P input (the processor resizes to
-the model's input size, so the frame size mostly costs preprocessing and mask upsampling).
+the model's input size, so the frame size mostly costs preprocessing and mask upsampling). Detection uses
+the tiny random RT-DETRv2 the same way (the processor resizes every frame to the model's input).
 """
 
 from __future__ import annotations
@@ -92,6 +93,33 @@ def _segment_rows(num_frames: int) -> list[dict]:
     return rows
 
 
+def _detect_rows(num_frames: int) -> list[dict]:
+    from dataengine.detect import DetectorConfig, TransformersPersonDetector
+    from dataengine.synthetic.detector import build_tiny_detector
+    from dataengine.synthetic.portraits import render_portrait
+
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        model = build_tiny_detector(Path(folder) / "detector")
+        detector = TransformersPersonDetector(DetectorConfig(model=str(model), device="cpu", batch_size=8))
+        for height, width in ((96, 160), (720, 1280)):
+            frames, _ = render_portrait(seed=0, num_frames=num_frames, height=height, width=width)
+            detector.detect(frames[:2])  # warm-up
+            start = time.perf_counter()
+            detector.detect(frames)
+            seconds = time.perf_counter() - start
+            rows.append(
+                {
+                    "benchmark": "portraits detect (tiny random RT-DETRv2, CPU)",
+                    "metric": f"{height}p frames/s",
+                    "value": round(num_frames / seconds, 1),
+                    "unit": "frames/s",
+                    "note": f"{num_frames} frames in batches of 8, model input 64x64, preprocessing + post-processing",
+                }
+            )
+    return rows
+
+
 def run(quick: bool = False) -> list[dict]:
     import torch
 
@@ -99,6 +127,7 @@ def run(quick: bool = False) -> list[dict]:
     num_frames = 17 if quick else 33
     rows = _composite_rows(num_frames, 720, 1280, radius=4)
     rows += _segment_rows(num_frames)
+    rows += _detect_rows(num_frames)
     return rows
 
 

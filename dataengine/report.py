@@ -6,7 +6,8 @@ SVG charts, thumbnails as base64 PNG data URIs: no external asset, it opens from
 1. per-category counts (pairs kept by the filter and the portrait step; read / scored / kept when the
    filter's ``summary.json`` is there) and rejections by stage and reason;
 2. the score histogram of the judge's scores (inline SVG), with the selection threshold;
-3. thumbnails of a seeded sample of pairs: source, target, reference, and for portraits the person mask;
+3. thumbnails of a seeded sample of pairs: source, target, reference, and for portraits the prompt frame
+   with SAM2's prompt box(es) drawn on it (the detector's, or the fixed prior) next to the person mask;
 4. shard statistics from ``index.json`` (buckets, samples, shards, bytes, models);
 5. the loss curve of the training run from ``metrics.jsonl`` (inline SVG).
 
@@ -396,7 +397,21 @@ def _mask(path: str) -> np.ndarray:
     return mask.astype(np.uint8) * 255
 
 
-def _thumbnail(label: str, load, path: str | None, width: int) -> str:
+def _prompt_frame(path_and_boxes: tuple[str, str]) -> np.ndarray:
+    """The saved prompt frame with its prompt boxes (JSON ``[[x0, y0, x1, y1, score], ...]``) drawn in red."""
+    from PIL import Image, ImageDraw
+
+    path, boxes = path_and_boxes
+    with Image.open(path) as image:
+        picture = image.convert("RGB")
+    draw = ImageDraw.Draw(picture)
+    line = max(1, round(picture.width / 160))  # about one pixel wide in the thumbnail
+    for x0, y0, x1, y1, *_ in json.loads(boxes or "[]"):
+        draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=(255, 32, 32), width=line)
+    return np.asarray(picture)
+
+
+def _thumbnail(label: str, load, path: Any, width: int) -> str:
     if path is None or (isinstance(path, float) and math.isnan(path)):
         return f'<figure class="thumb missing"><div>none</div><figcaption>{esc(label)}</figcaption></figure>'
     try:
@@ -417,7 +432,7 @@ def pairs_section(files: RunFiles, config: ReportConfig) -> Section:
     if not len(pairs):
         return Section("pairs", html="<p>No pairs were kept.</p>")
     plan = _read_parquet(files.portrait_plan)
-    masks_of = dict(zip(plan["pair_id"], plan["masks_path"], strict=True)) if plan is not None else {}
+    plan_of = plan.set_index("pair_id").to_dict("index") if plan is not None else {}
     rng = np.random.default_rng(config.seed)
     rows = []
     for (origin, category), group in pairs.sort_values("pair_id").groupby(["origin", "category"], sort=True):
@@ -435,7 +450,18 @@ def pairs_section(files: RunFiles, config: ReportConfig) -> Section:
                 else _thumbnail("reference = target frame 0", _first_frame, row.target_path, width),
             ]
             if origin == "portrait":
-                cells.append(_thumbnail("person mask (frame 0)", _mask, masks_of.get(row.pair_id), width))
+                planned = plan_of.get(row.pair_id, {})
+                image = planned.get("prompt_image")
+                prompt = (image, planned.get("prompt_boxes")) if isinstance(image, str) and image else None
+                start, start_s = planned.get("start_frame"), planned.get("start_s")
+                where = "prompt frame + box"
+                if isinstance(start, int | float) and start == start and start >= 0:
+                    seconds = (
+                        f" ({start_s:.2f} s)" if isinstance(start_s, float) and start_s == start_s else ""
+                    )
+                    where = f"prompt frame {int(start)}{seconds} + box"
+                cells.append(_thumbnail(where, _prompt_frame, prompt, width))
+                cells.append(_thumbnail("person mask (frame 0)", _mask, planned.get("masks_path"), width))
             score = "" if pd.isna(row.score) else f" · score {row.score:.2f}"
             rows.append(
                 f'<div class="pair"><div class="caption"><b>{esc(category)}</b> ({esc(origin)}{esc(score)}) '

@@ -170,9 +170,17 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
         run_dir / "portrait_rejections.parquet",
     )
-    pd.DataFrame([{"pair_id": pair_id, "masks_path": str(root / "pairs" / "p.masks.npz")}]).to_parquet(
-        run_dir / "portrait_plan.parquet"
-    )
+    prompt_image = root / "pairs" / "p.prompt.png"
+    Image.fromarray(np.full((48, 64, 3), 90, dtype=np.uint8)).save(prompt_image)
+    plan = {
+        "pair_id": pair_id,
+        "masks_path": str(root / "pairs" / "p.masks.npz"),
+        "prompt_image": str(prompt_image),
+        "prompt_boxes": "[[20, 10, 44, 40, 0.93]]",
+        "start_frame": 12,
+        "start_s": 0.75,
+    }
+    pd.DataFrame([plan]).to_parquet(run_dir / "portrait_plan.parquet")
 
     build_shards(root / "shards" / "tiny", {(3, 6, 8): 4, (3, 12, 20): 2}, samples_per_shard=2)
     train = root / "runs" / "debug"
@@ -210,8 +218,9 @@ def test_full_report_has_every_section_and_its_images_load(full_run: Path) -> No
     for title in SECTION_TITLES.values():
         assert title in text
     assert "not run" not in text
-    # 3 categories: local_add and global_style 2 pairs each (3 cells), the portrait pair 4 cells (with its mask)
-    assert len(page.images) == 2 * 3 + 2 * 3 + 4
+    # 3 categories: local_add and global_style 2 pairs each (3 cells), the portrait pair 5 cells (with its
+    # prompt frame and mask)
+    assert len(page.images) == 2 * 3 + 2 * 3 + 5
     for uri in page.images:
         image = decode_data_uri(uri)
         assert image.width == 160 and image.height == 120  # 64x48 clips scaled to 160 wide
@@ -220,6 +229,13 @@ def test_full_report_has_every_section_and_its_images_load(full_run: Path) -> No
     mask_uri = html.split('alt="person mask (frame 0)"')[0].rsplit('src="', 1)[1].split('"')[0]
     mask = np.asarray(decode_data_uri(mask_uri).convert("L"))
     assert mask[60, 80] > 200 and mask[5, 5] < 50
+    # the prompt frame shows its box in red along the mask's edges (x 20..43, y 10..39 at 64x48: x2.5 here)
+    label = "prompt frame 12 (0.75 s) + box"
+    prompt_uri = html.split(f'alt="{label}"')[0].rsplit('src="', 1)[1].split('"')[0]
+    prompt = np.asarray(decode_data_uri(prompt_uri).convert("RGB")).astype(int)
+    on_edge, inside, outside = prompt[50, 51], prompt[60, 80], prompt[5, 5]
+    assert on_edge[0] > 180 and on_edge[1] < 120, on_edge
+    assert abs(inside - 90).max() < 5 and abs(outside - 90).max() < 5
     # counts, reasons and shard numbers come from the inputs
     assert "below_threshold" in text and "missing_file" in text and "empty_mask" in text
     assert "portrait_removal" in text
