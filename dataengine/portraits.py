@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from dataengine.composite import EDIT_TYPES, compose_pair, feather_alpha, fit_frames, fit_masks, loop_indices
+from dataengine.clips import resize_and_crop, resize_and_crop_masks
+from dataengine.composite import EDIT_TYPES, compose_pair, feather_alpha, loop_indices
 from dataengine.manifest import make_pair_id
 from dataengine.segment import (
     GateConfig,
@@ -207,7 +208,7 @@ def _portrait_indices(path: str | os.PathLike, config: PortraitsConfig) -> tuple
 def load_portrait(path: str | os.PathLike, config: PortraitsConfig) -> np.ndarray:
     """The portrait's first ``num_frames`` frames at ``fps``, fitted to ``height x width``: (T, H, W, 3) uint8."""
     indices, _ = _portrait_indices(path, config)
-    return fit_frames(read_frames(path, indices), config.height, config.width)
+    return resize_and_crop(read_frames(path, indices), (config.height, config.width))
 
 
 def load_background(path: str | os.PathLike, config: PortraitsConfig) -> np.ndarray:
@@ -216,7 +217,7 @@ def load_background(path: str | os.PathLike, config: PortraitsConfig) -> np.ndar
     available = sample_indices(info.num_frames, info.fps, config.fps)
     wanted = available[loop_indices(len(available), config.num_frames)]
     unique, inverse = np.unique(wanted, return_inverse=True)
-    return fit_frames(read_frames(path, unique)[inverse], config.height, config.width)
+    return resize_and_crop(read_frames(path, unique)[inverse], (config.height, config.width))
 
 
 # ---------------------------------------------------------------------------------------------- step 1, 2
@@ -249,9 +250,9 @@ def segment_portrait(
         indices, info = _portrait_indices(path, config)
         if isinstance(segmenter, MaskFileReader):
             raw = segmenter.read(path, info.num_frames, info.height, info.width)
-            masks = fit_masks(raw[indices], config.height, config.width)
+            masks = resize_and_crop_masks(raw[indices], (config.height, config.width))
         else:
-            frames = fit_frames(read_frames(path, indices), config.height, config.width)
+            frames = resize_and_crop(read_frames(path, indices), (config.height, config.width))
             masks = segmenter.segment(frames)
     except VideoError as err:
         return {**row, "stage": "probe", "reason": err.reason, "detail": f"portrait {path}: {err.detail}"}
