@@ -24,11 +24,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
-from dataengine.devices import resolve_device, resolve_dtype
+from dataengine.devices import DType, resolve_device, resolve_dtype
 
 GATE_REASONS = ("empty_mask", "mask_too_small", "mask_too_large", "mask_unstable")
 MASKS_SUFFIX = ".masks.npz"
@@ -43,15 +43,15 @@ PROMPTS = ("box", "points")
 class SegmenterConfig:
     """Which segmenter runs and how its first frame is prompted (the ``[portraits.segmenter]`` table)."""
 
-    backend: str = "transformers"
+    backend: Literal["transformers", "mask_files"] = "transformers"
     """``transformers`` (SAM2 via ``Sam2VideoModel``) or ``mask_files`` (``<clip>.masks.npz`` beside each clip)."""
     model: str = "facebook/sam2.1-hiera-large"
     """Hub id or local folder of a transformers SAM2 video checkpoint (``Sam2VideoModel``)."""
     device: str = "auto"
     """``auto`` (CUDA when the actor has a GPU, else CPU), ``cuda``, ``cuda:1`` or ``cpu``."""
-    dtype: str = "auto"
+    dtype: DType = "auto"
     """Inference dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``bfloat16`` or ``float16``."""
-    prompt: str = "box"
+    prompt: Literal["box", "points"] = "box"
     """First-frame prompt: ``box`` (``prompt_box``) or ``points`` (``prompt_points``, all positive)."""
     prompt_box: tuple[float, float, float, float] = (0.2, 0.05, 0.8, 1.0)
     """The person prior as a box ``(x0, y0, x1, y1)`` in fractions of the frame: a centred, standing subject."""

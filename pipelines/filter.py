@@ -74,7 +74,7 @@ def build_filter_config(recipe: dict[str, Any]) -> tuple[FilterConfig, str]:
     """The filter config and the run name from a loaded recipe; local paths made absolute."""
     from dataengine.recipe import build_config
 
-    config = build_config(FilterConfig, recipe.get("filter"), "filter")
+    config = build_config(FilterConfig, recipe.get("filter"), "filter", recipe.get("recipe_path", ""))
     run = str(recipe.get("run") or "")
     if not run:
         raise ValueError(f"recipe {recipe.get('recipe_path', '')} has no top-level `run` name")
