@@ -103,24 +103,66 @@ def cover_size(height: int, width: int, bucket: tuple[int, int]) -> tuple[int, i
     return max(bucket[0], round(height * scale)), max(bucket[1], round(width * scale)), scale
 
 
+def centre_crop(array: np.ndarray, bucket: tuple[int, int]) -> np.ndarray:
+    """The centre ``bucket`` (height, width) of ``array`` (T, H, W, ...); the extra row or column goes right/down."""
+    height, width = array.shape[1:3]
+    top, left = (height - bucket[0]) // 2, (width - bucket[1]) // 2
+    return array[:, top : top + bucket[0], left : left + bucket[1]]
+
+
 def resize_and_crop(frames: np.ndarray, bucket: tuple[int, int], chunk: int = 16) -> np.ndarray:
-    """Resize ``frames`` (T, H, W, 3) uint8 to cover ``bucket`` (antialiased bilinear), then centre crop."""
+    """Resize ``frames`` (T, H, W, 3) uint8 to cover ``bucket`` (antialiased bilinear), then centre crop.
+
+    The one resize of the project: clips for the shards, portrait and background clips for compositing,
+    the source of ``trainer sample``. No resampling when the frames already have the bucket's size.
+    """
     import torch
     import torch.nn.functional as F
 
+    frames = np.asarray(frames)
     num_frames, height, width, _ = frames.shape
-    out_h, out_w = bucket
     new_h, new_w, _ = cover_size(height, width, bucket)
-    top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
     if (new_h, new_w) == (height, width):
-        return np.ascontiguousarray(frames[:, top : top + out_h, left : left + out_w])
-    out = np.empty((num_frames, out_h, out_w, 3), np.uint8)
+        return np.ascontiguousarray(centre_crop(frames, bucket))
+    out = np.empty((num_frames, *bucket, 3), np.uint8)
     for start in range(0, num_frames, chunk):  # chunks bound the float32 copy at 720P
         x = torch.from_numpy(np.ascontiguousarray(frames[start : start + chunk])).permute(0, 3, 1, 2).float()
         x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-        x = x[:, :, top : top + out_h, left : left + out_w]
-        out[start : start + chunk] = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        x = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        out[start : start + chunk] = centre_crop(x, bucket)
     return out
+
+
+def resize_and_crop_masks(masks: np.ndarray, bucket: tuple[int, int]) -> np.ndarray:
+    """Masks (T, H, W) bool resized (nearest) and cropped exactly as :func:`resize_and_crop` does frames."""
+    import torch
+    import torch.nn.functional as F
+
+    masks = np.asarray(masks).astype(bool)
+    new_h, new_w, _ = cover_size(masks.shape[1], masks.shape[2], bucket)
+    if (new_h, new_w) == masks.shape[1:3]:
+        return np.ascontiguousarray(centre_crop(masks, bucket))
+    resized = F.interpolate(
+        torch.from_numpy(masks[:, None].astype(np.uint8)), size=(new_h, new_w), mode="nearest-exact"
+    )
+    return np.ascontiguousarray(centre_crop(resized[:, 0].numpy().astype(bool), bucket))
+
+
+def resize_and_crop_box(
+    box: tuple[float, float, float, float], height: int, width: int, bucket: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """A box ``(x0, y0, x1, y1)`` in pixels of a ``height x width`` frame, moved the way :func:`resize_and_crop`
+    moves the frame's pixels (resize to cover, centre crop) and clipped to the ``bucket`` (height, width)."""
+    new_h, new_w, _ = cover_size(height, width, bucket)
+    top, left = (new_h - bucket[0]) // 2, (new_w - bucket[1]) // 2
+    sx, sy = new_w / width, new_h / height
+    x0, y0, x1, y1 = box
+    return (
+        min(max(x0 * sx - left, 0.0), bucket[1]),
+        min(max(y0 * sy - top, 0.0), bucket[0]),
+        min(max(x1 * sx - left, 0.0), bucket[1]),
+        min(max(y1 * sy - top, 0.0), bucket[0]),
+    )
 
 
 def clip_indices(info: VideoInfo, config: ClipConfig) -> np.ndarray:
@@ -229,3 +271,26 @@ def prepare_pair(
         reference = target[0].copy()
     fps = float(config.fps) if config.fps else source_info.fps
     return PreparedPair(source, target, reference, bucket, fps, indices)
+
+
+def prepare_frames(
+    source_path: str | os.PathLike,
+    target_path: str | os.PathLike,
+    reference_path: str | os.PathLike | None,
+    frame_indices: np.ndarray | list[int],
+    positions: np.ndarray | list[int],
+    bucket: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Some frames of a pair :func:`prepare_pair` accepted, decoding only those: the prepared source frames at
+    ``positions`` (indices into the prepared clip, whose video indices are ``frame_indices``) and the
+    reference. Equal to ``pair.source[positions]`` and ``pair.reference``, for a stage that needs a few frames."""
+    indices = np.asarray(frame_indices)[np.asarray(positions)]
+    try:
+        source = resize_and_crop(read_frames(source_path, indices), bucket)
+        if reference_path is not None and str(reference_path) != "":
+            reference = resize_and_crop(load_reference(reference_path)[None], bucket)[0]
+        else:
+            reference = resize_and_crop(read_frames(target_path, [int(frame_indices[0])]), bucket)[0]
+    except VideoError as err:
+        raise ClipRejection(err.reason, f"{err.path}: {err.detail}") from err
+    return source, reference

@@ -4,8 +4,8 @@ Shapes: frames ``(T, H, W, 3)`` uint8 RGB, masks ``(T, H, W)`` bool, alpha ``(T,
 
 - :func:`feather_alpha`: a soft edge: the mask averaged over a ``(2r+1) x (2r+1)`` window (integer counts,
   so alpha is exactly 1 where the whole window is person and exactly 0 where none of it is).
-- :func:`fit_frames` / :func:`fit_masks` / :func:`fit_box`: resize to cover ``(height, width)`` then centre
-  crop (no resampling when the size already matches); a detector's box follows its frame.
+- resizing to cover ``(height, width)`` then centre cropping is :func:`dataengine.clips.resize_and_crop`
+  (frames) and :func:`dataengine.clips.resize_and_crop_masks` (masks), shared with the shards step.
 - :func:`loop_indices`: a background shorter than the portrait is looped back and forth (no jump cut);
   a longer one is trimmed.
 - :func:`blend`: ``round(alpha * foreground + (1 - alpha) * background)``.
@@ -25,7 +25,6 @@ from __future__ import annotations
 import numpy as np
 
 EDIT_TYPES = ("removal", "addition", "background")
-_CHUNK = 8  # frames per resize call: bounds the float32 working memory at 720P
 
 
 def feather_alpha(masks: np.ndarray, radius: int) -> np.ndarray:
@@ -50,71 +49,6 @@ def feather_alpha(masks: np.ndarray, radius: int) -> np.ndarray:
     return (counts / np.float32(k * k)).astype(np.float32)
 
 
-def _cover_size(height: int, width: int, out_height: int, out_width: int) -> tuple[int, int]:
-    scale = max(out_height / height, out_width / width)
-    return max(out_height, round(height * scale)), max(out_width, round(width * scale))
-
-
-def _centre_crop(array: np.ndarray, out_height: int, out_width: int) -> np.ndarray:
-    height, width = array.shape[1:3]
-    top, left = (height - out_height) // 2, (width - out_width) // 2
-    return array[:, top : top + out_height, left : left + out_width]
-
-
-def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize (bilinear, antialiased) so the frames cover ``height x width``, then centre crop."""
-    import torch
-    import torch.nn.functional as F
-
-    frames = np.asarray(frames)
-    if frames.shape[1:3] == (height, width):
-        return frames
-    size = _cover_size(frames.shape[1], frames.shape[2], height, width)
-    out = np.empty((frames.shape[0], height, width, 3), dtype=np.uint8)
-    for start in range(0, frames.shape[0], _CHUNK):
-        chunk = (
-            torch.from_numpy(np.ascontiguousarray(frames[start : start + _CHUNK])).permute(0, 3, 1, 2).float()
-        )
-        resized = F.interpolate(chunk, size=size, mode="bilinear", antialias=True, align_corners=False)
-        resized = resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        out[start : start + _CHUNK] = _centre_crop(resized, height, width)
-    return out
-
-
-def fit_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Masks resized (nearest) and cropped exactly like :func:`fit_frames` does the frames."""
-    import torch
-    import torch.nn.functional as F
-
-    masks = np.asarray(masks).astype(bool)
-    if masks.shape[1:3] == (height, width):
-        return masks
-    size = _cover_size(masks.shape[1], masks.shape[2], height, width)
-    resized = F.interpolate(
-        torch.from_numpy(masks[:, None].astype(np.uint8)), size=size, mode="nearest-exact"
-    )
-    return _centre_crop(resized[:, 0].numpy().astype(bool), height, width)
-
-
-def fit_box(
-    box: tuple[float, float, float, float], height: int, width: int, out_height: int, out_width: int
-) -> tuple[float, float, float, float]:
-    """A box ``(x0, y0, x1, y1)`` in pixels of a ``height x width`` frame, mapped the way :func:`fit_frames`
-    maps the frame (resize to cover, centre crop) and clipped to the ``out_height x out_width`` result."""
-    if (height, width) == (out_height, out_width):
-        return tuple(float(v) for v in box)
-    size_h, size_w = _cover_size(height, width, out_height, out_width)
-    top, left = (size_h - out_height) // 2, (size_w - out_width) // 2
-    x0, y0, x1, y1 = box
-    sx, sy = size_w / width, size_h / height
-    return (
-        min(max(x0 * sx - left, 0.0), out_width),
-        min(max(y0 * sy - top, 0.0), out_height),
-        min(max(x1 * sx - left, 0.0), out_width),
-        min(max(y1 * sy - top, 0.0), out_height),
-    )
-
-
 def loop_indices(num_available: int, num_frames: int) -> np.ndarray:
     """Indices of ``num_frames`` frames from a ``num_available``-frame clip: trimmed, or looped back and forth.
 
@@ -134,7 +68,9 @@ def loop_indices(num_available: int, num_frames: int) -> np.ndarray:
 def fit_background(background: np.ndarray, num_frames: int, height: int, width: int) -> np.ndarray:
     """A background clip looped or trimmed to ``num_frames`` and fitted to ``height x width``."""
     background = np.asarray(background)
-    return fit_frames(background[loop_indices(background.shape[0], num_frames)], height, width)
+    from dataengine.clips import resize_and_crop
+
+    return resize_and_crop(background[loop_indices(background.shape[0], num_frames)], (height, width))
 
 
 def blend(foreground: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> np.ndarray:

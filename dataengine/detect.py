@@ -36,11 +36,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
-from dataengine.devices import resolve_device, resolve_dtype
+from dataengine.devices import DType, resolve_device, resolve_dtype
 from dataengine.video import VideoInfo, read_frames, sample_indices
 
 BACKENDS = ("transformers", "boxes_file")
@@ -58,7 +58,7 @@ BOXES_SUFFIX = ".boxes.json"
 class DetectorConfig:
     """The person detector, how its boxes are read, and the prompt policy (the ``[portraits.detector]`` table)."""
 
-    backend: str = "transformers"
+    backend: Literal["transformers", "boxes_file"] = "transformers"
     """``transformers`` (a COCO detector via ``AutoModelForObjectDetection``) or ``boxes_file``
     (``<clip>.boxes.json`` beside each clip)."""
     model: str = "PekingU/rtdetr_v2_r50vd"
@@ -71,7 +71,7 @@ class DetectorConfig:
     """A frame is empty (background) only when no person box scores this much or more."""
     min_box_area: float = 0.02
     """Smallest fraction of the frame a person's box may cover (else ``person_too_small``)."""
-    policy: str = "largest"
+    policy: Literal["largest", "union", "reject"] = "largest"
     """Several people at the prompt frame: ``largest`` (prompt the largest), ``union`` (one SAM2 object per
     person, the mask is their union) or ``reject`` (``multiple_people``)."""
     sample_fps: float = 2.0
@@ -80,7 +80,7 @@ class DetectorConfig:
     """Frames per detector forward."""
     device: str = "auto"
     """``auto`` (CUDA when the actor has a GPU, else CPU), ``cuda``, ``cuda:1`` or ``cpu``."""
-    dtype: str = "auto"
+    dtype: DType = "auto"
     """Inference dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``bfloat16`` or ``float16``."""
 
     def __post_init__(self) -> None:
@@ -534,7 +534,9 @@ def detect_sampled(
     """Detections on the frames sampled at ``sample_fps`` (nearest frames, from frame 0) that lie between
     frame ``start`` and frame ``last`` (inclusive; default the end)."""
     last = info.num_frames - 1 if last is None else last
-    sampled = np.unique(sample_indices(info.num_frames, info.fps, sample_fps))  # sample_fps > fps repeats frames
+    sampled = np.unique(
+        sample_indices(info.num_frames, info.fps, sample_fps)
+    )  # sample_fps > fps repeats frames
     indices = [int(i) for i in sampled if start <= i <= last]
     if not indices:
         return []

@@ -5,12 +5,14 @@ torch is imported inside the functions so that importing a block stays cheap (CL
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     import torch
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+"""A recipe's dtype value (checked by ``dataengine.recipe.build_config``)."""
 
 
 def resolve_device(device: str) -> torch.device:

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dataengine.devices import resolve_device, resolve_dtype
+from dataengine.devices import DType, resolve_device, resolve_dtype
 from dataengine.video import probe, read_frames
 
 AXES = ("instruction_compliance", "preservation", "quality")
@@ -91,7 +91,7 @@ class JudgeConfig:
     """Pixel budget per frame (the processor resizes to a multiple of 32 within it); 32x32 px = 1 token."""
     batch_size: int = 8
     """Pairs per prefill."""
-    dtype: str = "auto"
+    dtype: DType = "auto"
     """"auto" (bf16 on GPU, fp32 on CPU), "bfloat16", "float16" or "float32"."""
     device: str = "auto"
     """"auto" (cuda when available, else cpu) or a torch device string."""

@@ -9,6 +9,13 @@ survives all of that; a row it cannot use becomes a rejection naming the file an
 - ``malformed_row``: a required column is missing or empty, or the row has more fields than the header;
 - ``duplicate_row``: the same (source, target, instruction) as an earlier row (the first one is kept).
 
+Bytes that are not UTF-8 (crawled CSVs hold a few, e.g. a Windows-1252 "é" in a prompt) are read as
+Windows-1252, byte by byte, and only those bytes: the rest of the field keeps its UTF-8 reading. The
+fallback is lossless (each such byte maps to one character, and back) and recorded: every row that used it
+is listed in :attr:`OpenVEReadResult.notes` (the filter prints them and keeps them in ``summary.json``).
+A byte Windows-1252 does not define either (0x81, 0x8D, 0x8F, 0x90, 0x9D) makes the row a
+``malformed_row``. Either way the rest of the file is read.
+
 The probe opens both videos with decord (:func:`dataengine.video.probe`) and rejects a pair as
 ``missing_file``, ``undecodable`` (zero bytes, garbage, truncated) or ``too_short`` (fewer frames than the
 recipe's minimum).
@@ -21,7 +28,7 @@ Rows that cannot be pairs get an id derived from their file and row.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -62,6 +69,8 @@ class OpenVEReadResult:
     """Rows that are not pairs: the contract's pair_id, stage, reason, detail, and their category."""
     rows_per_category: dict[str, int]
     """Data rows read per category (pairs + rejections)."""
+    notes: list[str] = field(default_factory=list)
+    """Rows read with the Windows-1252 fallback: file, row, the bytes and what they were read as."""
 
 
 def find_csvs(csv_dir: str | Path, categories: list[str] | tuple[str, ...] | None = None) -> dict[str, Path]:
@@ -113,9 +122,34 @@ def _row_id(category: str, row: int) -> str:
     return make_pair_id(ORIGIN, f"{category}.csv", f"row {row}", "")
 
 
-def read_category_csv(path: Path, category: str, video_root: Path) -> tuple[list[dict], list[dict]]:
-    """Read one category CSV into pair rows and rejection rows."""
-    with open(path, encoding="utf-8-sig", newline="") as handle:  # utf-8-sig drops a BOM
+def _undo_escapes(text: str) -> tuple[str, bytes]:
+    """``text`` read with ``surrogateescape``: its non-UTF-8 bytes decoded as Windows-1252 instead, and those
+    bytes (raises ``UnicodeDecodeError`` for a byte Windows-1252 does not define)."""
+    try:
+        text.encode("utf-8")  # the common case: nothing escaped
+        return text, b""
+    except UnicodeEncodeError:
+        pass
+    out, raw, escaped = [], bytearray(), bytearray()
+    for char in text + "\0":  # a sentinel flushes the last run
+        if "\udc80" <= char <= "\udcff":
+            escaped.append(ord(char) - 0xDC00)
+            continue
+        if escaped:
+            out.append(bytes(escaped).decode("cp1252"))
+            raw += escaped
+            escaped = bytearray()
+        out.append(char)
+    return "".join(out)[:-1], bytes(raw)
+
+
+def read_category_csv(
+    path: Path, category: str, video_root: Path, notes: list[str] | None = None
+) -> tuple[list[dict], list[dict]]:
+    """Read one category CSV into pair rows and rejection rows (fallback decodings appended to ``notes``)."""
+    notes = notes if notes is not None else []
+    # utf-8-sig drops a BOM; surrogateescape keeps a non-UTF-8 byte as a marker, resolved per row below
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         header_line = handle.readline()
         delimiter = sniff_delimiter(header_line, path)
         handle.seek(0)
@@ -131,9 +165,21 @@ def read_category_csv(path: Path, category: str, video_root: Path) -> tuple[list
             row += 1
             position = f"row {row} (line {reader.line_num}) of {path.name}"
             values = {c: fields[i].strip() if i < len(fields) else "" for c, i in where.items()}
+            problem, row_notes = None, []
+            try:
+                for column, value in values.items():
+                    text, raw = _undo_escapes(value)
+                    if raw:
+                        values[column] = text
+                        row_notes.append(
+                            f"{position}: {column} has bytes {raw.hex(' ')} that are not UTF-8, "
+                            f"read as Windows-1252: {text!r}"
+                        )
+            except UnicodeDecodeError as err:
+                problem = f"{column} is neither UTF-8 nor Windows-1252 ({err.reason} at byte 0x{err.object[err.start]:02x})"
             empty = [c for c, v in values.items() if not v]
-            if empty or len(fields) > len(header):
-                problem = (
+            if problem or empty or len(fields) > len(header):
+                problem = problem or (
                     f"{len(fields)} fields but the header has {len(header)} (unquoted delimiter?)"
                     if len(fields) > len(header)
                     else f"no value for {empty}"
@@ -148,6 +194,7 @@ def read_category_csv(path: Path, category: str, video_root: Path) -> tuple[list
                     }
                 )
                 continue
+            notes.extend(row_notes)
             instruction = values[PROMPT_COLUMN].replace("\r\n", "\n")
             source_rel, target_rel = values[SOURCE_COLUMN], values[TARGET_COLUMN]
             pairs.append(
@@ -174,8 +221,9 @@ def read_openve(
     all_pairs: list[dict] = []
     all_rejections: list[dict] = []
     rows_per_category: dict[str, int] = {}
+    notes: list[str] = []
     for category, path in find_csvs(csv_dir, categories).items():
-        pairs, rejections = read_category_csv(path, category, video_root)
+        pairs, rejections = read_category_csv(path, category, video_root, notes)
         rows_per_category[category] = len(pairs) + len(rejections)
         all_pairs.extend(pairs)
         all_rejections.extend(rejections)
@@ -201,7 +249,9 @@ def read_openve(
             )
         frame = frame[~repeated].reset_index(drop=True)
     rejections = pd.DataFrame(all_rejections, columns=[*REJECTION_COLUMNS, "category"])
-    return OpenVEReadResult(pairs=frame, rejections=rejections, rows_per_category=rows_per_category)
+    return OpenVEReadResult(
+        pairs=frame, rejections=rejections, rows_per_category=rows_per_category, notes=notes
+    )
 
 
 def probe_pair(source_path: str, target_path: str, min_frames: int, where: str = "") -> dict[str, object]:

@@ -35,15 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from dataengine.composite import (
-    EDIT_TYPES,
-    compose_pair,
-    feather_alpha,
-    fit_box,
-    fit_frames,
-    fit_masks,
-    loop_indices,
-)
+from dataengine.clips import resize_and_crop, resize_and_crop_box, resize_and_crop_masks
+from dataengine.composite import EDIT_TYPES, compose_pair, feather_alpha, loop_indices
 from dataengine.detect import (
     ClipDetector,
     DetectorConfig,
@@ -296,7 +289,7 @@ def load_portrait(path: str | os.PathLike, config: PortraitsConfig, start_frame:
     """The portrait's ``num_frames`` frames at ``fps`` from ``start_frame``, fitted to ``height x width``:
     (T, H, W, 3) uint8."""
     indices = _window(path, probe(path), start_frame, config)
-    return fit_frames(read_frames(path, indices), config.height, config.width)
+    return resize_and_crop(read_frames(path, indices), (config.height, config.width))
 
 
 def load_background(path: str | os.PathLike, config: PortraitsConfig, start_frame: int = 0) -> np.ndarray:
@@ -308,7 +301,7 @@ def load_background(path: str | os.PathLike, config: PortraitsConfig, start_fram
     available = start_frame + sample_indices(info.num_frames - start_frame, info.fps, config.fps)
     wanted = available[loop_indices(len(available), config.num_frames)]
     unique, inverse = np.unique(wanted, return_inverse=True)
-    return fit_frames(read_frames(path, unique)[inverse], config.height, config.width)
+    return resize_and_crop(read_frames(path, unique)[inverse], (config.height, config.width))
 
 
 # ---------------------------------------------------------------------------------------------- step 1, 2
@@ -372,7 +365,8 @@ def segment_portrait(
                 }
             start, prompt_detail = prompt.frame, f"; {prompt.detail}"
             boxes = [
-                (*fit_box(b.xyxy(), info.height, info.width, height, width), b.score) for b in prompt.boxes
+                (*resize_and_crop_box(b.xyxy(), info.height, info.width, (height, width)), b.score)
+                for b in prompt.boxes
             ]
         elif config.segmenter.prompt == "box" and config.segmenter.backend == "transformers":
             x0, y0, x1, y1 = config.segmenter.prompt_box
@@ -380,10 +374,10 @@ def segment_portrait(
         indices = _window(path, info, start, config)
         if isinstance(segmenter, MaskFileReader):
             raw = segmenter.read(path, info.num_frames, info.height, info.width)
-            masks = fit_masks(raw[indices], height, width)
-            first = fit_frames(read_frames(path, indices[:1]), height, width)[0]
+            masks = resize_and_crop_masks(raw[indices], (height, width))
+            first = resize_and_crop(read_frames(path, indices[:1]), (height, width))[0]
         else:
-            frames = fit_frames(read_frames(path, indices), height, width)
+            frames = resize_and_crop(read_frames(path, indices), (height, width))
             prompt_boxes = [b[:4] for b in boxes] if config.segmenter.prompt == "detector" else None
             masks = segmenter.segment(frames, prompt_boxes)
             first = frames[0]

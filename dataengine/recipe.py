@@ -1,8 +1,9 @@
 """Recipes: TOML files in ``manifests/`` that fill the components' config dataclasses.
 
 A recipe has one table per step (``[filter]``, ``[portraits]``, ``[shards]``, ...). Each component
-owns a small dataclass and builds it with :func:`build_config` from its table; unknown keys are an
-error (a typo must not be silently ignored). The CLI takes the recipe plus ``key=value`` overrides,
+owns a small dataclass and builds it with :func:`build_config` from its table, which checks every value
+against its field's type: unknown keys and values of the wrong type are errors (a typo or ``lr = "1e-4"``
+must not pass silently and fail deep in a run), all reported at once as one :class:`RecipeError`. The CLI takes the recipe plus ``key=value`` overrides,
 e.g. ``filter.threshold=9.0``, applied with :func:`apply_overrides`.
 """
 
@@ -10,9 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sys
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,34 +61,153 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
     return recipe
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    origin = typing.get_origin(annotation)
-    if dataclasses.is_dataclass(annotation) and isinstance(value, dict):
-        return build_config(annotation, value, where)
+class RecipeError(ValueError):
+    """Every invalid value of a recipe, found at once; ``str()`` is one line naming the file and each key."""
+
+    def __init__(self, errors: list[str], recipe_path: str = ""):
+        super().__init__(errors)
+        self.errors = errors
+        self.recipe_path = recipe_path
+        """The recipe file; a CLI that knows it fills it in when the builder did not."""
+
+    def __str__(self) -> str:
+        where = f"recipe {self.recipe_path}" if self.recipe_path else "recipe"
+        count = len(self.errors)
+        return f"{where}: {count} invalid value{'s' if count > 1 else ''}: " + "; ".join(self.errors)
+
+
+_INVALID = object()  # what a check returns for a value it rejected (the error is recorded)
+
+
+def _describe(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(json.dumps(a) for a in args)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value is None:
+        return " or ".join("nothing" if a is type(None) else _describe(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_plural(args[0])}"
+        return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
+    if origin is list:
+        return f"a list of {_plural(args[0])}" if args else "a list"
+    if origin is dict or dataclasses.is_dataclass(annotation):
+        return "a table"
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", Path: "a path"}
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _plural(annotation: Any) -> str:
+    described = _describe(annotation)
+    for article in ("an ", "a "):
+        if described.startswith(article):
+            return described[len(article) :] + "s"
+    return described
+
+
+def _bad(errors: list[str], key: str, annotation: Any, value: Any) -> object:
+    shown = json.dumps(value, default=str)
+    errors.append(f"{key} = {shown}: expected {_describe(annotation)}")
+    return _INVALID
+
+
+def _check(value: Any, annotation: Any, key: str, errors: list[str]) -> Any:
+    """``value`` converted to ``annotation`` (int -> float, list -> tuple, str -> Path), or ``_INVALID``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            return _bad(errors, key, annotation, value)
+        return _build(annotation, value, key, errors)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
             return None
-        return _coerce(value, args[0], where) if len(args) == 1 else value
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if origin is tuple and isinstance(value, list):
-        return tuple(value)
-    return value
-
-
-def build_config(cls: type[T], table: dict[str, Any] | None, where: str = "") -> T:
-    """Build the dataclass ``cls`` from a recipe table, rejecting unknown keys with a clear error."""
-    table = dict(table or {})
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(table) - names)
-    if unknown:
-        raise ValueError(
-            f"unknown key(s) {unknown} in recipe table [{where or cls.__name__}]; known: {sorted(names)}"
+        options = [a for a in args if a is not type(None)]
+        for option in options:
+            found: list[str] = []
+            out = _check(value, option, key, found)
+            if not found:
+                return out
+        if len(options) == 1:
+            errors.extend(found)
+            return _INVALID
+        return _bad(errors, key, annotation, value)
+    if origin is typing.Literal:
+        if any(value == a and type(value) is type(a) for a in args):
+            return value
+        return _bad(errors, key, annotation, value)
+    if annotation is bool or annotation is str:
+        return value if isinstance(value, annotation) else _bad(errors, key, annotation, value)
+    if annotation is int:
+        return (
+            value if isinstance(value, int) and not isinstance(value, bool) else _bad(errors, key, int, value)
         )
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in table.items()}
-    return cls(**kwargs)
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        return _bad(errors, key, float, value)
+    if annotation is Path:
+        return Path(value) if isinstance(value, (str, Path)) else _bad(errors, key, Path, value)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return _bad(errors, key, annotation, value)
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                return _bad(errors, key, annotation, value)
+            kinds = args
+        else:
+            kinds = [args[0] if args else Any] * len(value)
+        before = len(errors)
+        items = [
+            _check(v, kind, f"{key}[{i}]", errors)
+            for i, (v, kind) in enumerate(zip(value, kinds, strict=True))
+        ]
+        if len(errors) > before:
+            return _INVALID
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            return _bad(errors, key, annotation, value)
+        before = len(errors)
+        kind = args[1] if args else Any
+        out = {k: _check(v, kind, f"{key}.{k}", errors) for k, v in value.items()}
+        return out if len(errors) == before else _INVALID
+    return value  # Any, object, and types a recipe does not fill
+
+
+def _build(cls: type[T], table: dict[str, Any], where: str, errors: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    before = len(errors)
+    unknown = sorted(set(table) - set(names))
+    if unknown:
+        errors.append(f"unknown key(s) {unknown} in [{where or cls.__name__}]; known: {sorted(names)}")
+    kwargs = {}
+    for key, value in table.items():
+        if key in names:
+            out = _check(value, hints[key], f"{where}.{key}" if where else key, errors)
+            if out is not _INVALID:
+                kwargs[key] = out
+    try:  # the valid values (defaults for the others): the dataclass's own checks may find more
+        config = cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        errors.append(f"[{where or cls.__name__}] {err}")
+        return _INVALID
+    return config if len(errors) == before else _INVALID
+
+
+def build_config(cls: type[T], table: dict[str, Any] | None, where: str = "", recipe_path: str = "") -> T:
+    """Build the dataclass ``cls`` from a recipe table, checking every value against its field's type.
+
+    Unknown keys, values of the wrong type (int, float (an int is accepted), bool, str, paths, optional
+    values, tuples of fixed length or of any length, lists, ``Literal`` choices, nested tables) and the
+    dataclasses' own checks are all collected and raised together as one :class:`RecipeError`, naming
+    each key (``where`` is the table's dotted name) and the recipe file, before any work starts.
+    """
+    errors: list[str] = []
+    config = _build(cls, dict(table or {}), where, errors)
+    if errors:
+        raise RecipeError(errors, recipe_path)
+    return config
 
 
 def load_step_config(
@@ -92,8 +215,23 @@ def load_step_config(
 ) -> tuple[T, str]:
     """The config of one step's table (``[section]``) and the run name: the recipe's ``run``, else its file name."""
     recipe = load_recipe(recipe_path, overrides)
-    config = build_config(cls, recipe.get(section), section)
+    config = build_config(cls, recipe.get(section), section, str(recipe_path))
     return config, str(recipe.get("run", Path(recipe_path).stem))
+
+
+def run_cli(app: Callable[[], Any]) -> None:
+    """Run a command-line app (``dataengine``, ``trainer``); a user error is one line on stderr and exit code 2.
+
+    User errors are ``ValueError`` (a bad recipe value, a refused resume, a malformed input: the message
+    names the file and what to do) and ``FileNotFoundError``. ``MIVE_TRACEBACK=1`` shows the traceback.
+    """
+    try:
+        app()
+    except (ValueError, FileNotFoundError) as err:
+        if os.environ.get("MIVE_TRACEBACK"):
+            raise
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dataengine.layout import INDEX_NAME, RunLayout, TrainRunLayout
+
 SECTIONS = ("counts", "rejections", "scores", "pairs", "shards", "training")
 SECTION_TITLES = {
     "counts": "Pairs per category",
@@ -227,54 +229,41 @@ def line_svg(xs: list[float], ys: list[float], title: str, x_label: str, y_label
 
 @dataclass
 class RunFiles:
-    """The files a run's steps write (each may be missing)."""
+    """What the page reads: the data run's files (``dataengine.layout.RunLayout``) and the training metrics."""
 
-    run_dir: Path
-    openve: Path
-    rejections: Path
-    summary: Path
-    portraits: Path
-    portrait_rejections: Path
-    portrait_plan: Path
-    shards_index: Path
+    data: RunLayout
     metrics: Path | None
 
     @classmethod
     def locate(cls, config: ReportConfig) -> RunFiles:
-        run_dir = Path(config.manifests_root) / config.run
-        return cls(
-            run_dir=run_dir,
-            openve=run_dir / "openve.parquet",
-            rejections=run_dir / "rejections.parquet",
-            summary=run_dir / "summary.json",
-            portraits=run_dir / "portraits.parquet",
-            portrait_rejections=run_dir / "portrait_rejections.parquet",
-            portrait_plan=run_dir / "portrait_plan.parquet",
-            shards_index=Path(config.shards_root) / config.run / "index.json",
-            metrics=find_metrics(config),
+        data = RunLayout(
+            config.run,
+            manifests_root=Path(config.manifests_root),
+            shards_dir=Path(config.shards_root) / config.run,
         )
+        return cls(data=data, metrics=find_metrics(config))
 
 
 def find_metrics(config: ReportConfig) -> Path | None:
     """``metrics.jsonl`` of the training run: the given folder, else a run trained on ``shards/<run>``,
     else ``runs/<run>``. None when there is none."""
     if config.train_run:
-        return Path(config.train_run) / "metrics.jsonl"
+        return TrainRunLayout(Path(config.train_run)).metrics
     runs = Path(config.runs_root)
     shards = (Path(config.shards_root) / config.run).resolve()
     if runs.is_dir():
-        for resolved in sorted(runs.glob("*/recipe.resolved.json")):
+        for folder in sorted(p for p in runs.iterdir() if p.is_dir()):
+            train_run = TrainRunLayout(folder)
             try:
-                data_shards = json.loads(resolved.read_text())["train"]["data"]["shards"]
-            except (ValueError, KeyError, TypeError):
+                data_shards = json.loads(train_run.resolved_recipe.read_text())["train"]["data"]["shards"]
+            except (OSError, ValueError, KeyError, TypeError):
                 continue
             path = Path(data_shards)
-            if path.name == "index.json":
+            if path.name == INDEX_NAME:
                 path = path.parent
-            if path.resolve() == shards and (resolved.parent / "metrics.jsonl").exists():
-                return resolved.parent / "metrics.jsonl"
-    fallback = runs / config.run / "metrics.jsonl"
-    return fallback
+            if path.resolve() == shards and train_run.metrics.exists():
+                return train_run.metrics
+    return TrainRunLayout(runs / config.run).metrics
 
 
 def _read_parquet(path: Path) -> pd.DataFrame | None:
@@ -287,10 +276,12 @@ def _read_parquet(path: Path) -> pd.DataFrame | None:
 
 
 def counts_section(files: RunFiles) -> Section:
-    openve, portraits = _read_parquet(files.openve), _read_parquet(files.portraits)
-    summary = json.loads(files.summary.read_text()) if files.summary.exists() else None
+    openve, portraits = _read_parquet(files.data.openve), _read_parquet(files.data.portraits)
+    summary = json.loads(files.data.summary.read_text()) if files.data.summary.exists() else None
     if openve is None and portraits is None:
-        return Section("counts", missing=f"not run: neither {files.openve} nor {files.portraits} exists")
+        return Section(
+            "counts", missing=f"not run: neither {files.data.openve} nor {files.data.portraits} exists"
+        )
     parts = []
     frames = [f for f in (openve, portraits) if f is not None]
     pairs = pd.concat(frames, ignore_index=True)
@@ -318,22 +309,25 @@ def counts_section(files: RunFiles) -> Section:
         parts.append(table(["category", "read", "scored", "kept", *reasons, "mean score"], rows))
     notes = []
     if openve is None:
-        notes.append(f"filter not run: {files.openve} missing")
+        notes.append(f"filter not run: {files.data.openve} missing")
     if portraits is None:
-        notes.append(f"synth-portraits not run: {files.portraits} missing")
+        notes.append(f"synth-portraits not run: {files.data.portraits} missing")
     return Section("counts", html="".join(parts), notes=notes)
 
 
 def rejections_section(files: RunFiles) -> Section:
     frames = [
         frame.assign(step=step)
-        for step, path in (("filter", files.rejections), ("synth-portraits", files.portrait_rejections))
+        for step, path in (
+            ("filter", files.data.rejections),
+            ("synth-portraits", files.data.portrait_rejections),
+        )
         if (frame := _read_parquet(path)) is not None
     ]
     if not frames:
         return Section(
             "rejections",
-            missing=f"not run: neither {files.rejections} nor {files.portrait_rejections} exists",
+            missing=f"not run: neither {files.data.rejections} nor {files.data.portrait_rejections} exists",
         )
     rejections = pd.concat(frames, ignore_index=True)
     if not len(rejections):
@@ -352,13 +346,15 @@ def rejections_section(files: RunFiles) -> Section:
 
 
 def scores_section(files: RunFiles) -> Section:
-    summary = json.loads(files.summary.read_text()) if files.summary.exists() else None
+    summary = json.loads(files.data.summary.read_text()) if files.data.summary.exists() else None
     histogram = (summary or {}).get("total", {}).get("score_histogram")
     threshold = (summary or {}).get("threshold")
     if histogram is None:
-        openve = _read_parquet(files.openve)
+        openve = _read_parquet(files.data.openve)
         if openve is None or openve["score"].isna().all():
-            return Section("scores", missing=f"not run: no {files.summary} and no scores in {files.openve}")
+            return Section(
+                "scores", missing=f"not run: no {files.data.summary} and no scores in {files.data.openve}"
+            )
         counts, edges = np.histogram(openve["score"].dropna().to_numpy(float), bins=20, range=(0.0, 10.0))
         histogram = {"edges": edges.tolist(), "counts": counts.tolist()}
         note = "kept pairs only (summary.json missing)"
@@ -425,13 +421,17 @@ def _thumbnail(label: str, load, path: Any, width: int) -> str:
 
 
 def pairs_section(files: RunFiles, config: ReportConfig) -> Section:
-    frames = [f for f in (_read_parquet(files.openve), _read_parquet(files.portraits)) if f is not None]
+    frames = [
+        f for f in (_read_parquet(files.data.openve), _read_parquet(files.data.portraits)) if f is not None
+    ]
     if not frames:
-        return Section("pairs", missing=f"not run: neither {files.openve} nor {files.portraits} exists")
+        return Section(
+            "pairs", missing=f"not run: neither {files.data.openve} nor {files.data.portraits} exists"
+        )
     pairs = pd.concat(frames, ignore_index=True)
     if not len(pairs):
         return Section("pairs", html="<p>No pairs were kept.</p>")
-    plan = _read_parquet(files.portrait_plan)
+    plan = _read_parquet(files.data.portrait_plan)
     plan_of = plan.set_index("pair_id").to_dict("index") if plan is not None else {}
     rng = np.random.default_rng(config.seed)
     rows = []
@@ -476,12 +476,12 @@ def pairs_section(files: RunFiles, config: ReportConfig) -> Section:
 
 
 def shards_section(files: RunFiles) -> Section:
-    if not files.shards_index.exists():
-        return Section("shards", missing=f"not run: {files.shards_index} does not exist")
+    if not files.data.shards_index.exists():
+        return Section("shards", missing=f"not run: {files.data.shards_index} does not exist")
     try:
         from dataengine.shard_format import read_index
 
-        index = read_index(files.shards_index)
+        index = read_index(files.data.shards_index)
     except ValueError as err:
         return Section("shards", missing=f"unreadable: {err}")
     shards = index.get("shards", [])
@@ -590,7 +590,7 @@ def render(config: ReportConfig, sections: list[Section], files: RunFiles) -> st
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
         f"<title>MiVE data engine report: {esc(config.run)}</title><style>{CSS}</style></head><body>"
         f"<h1>MiVE data engine report: {esc(config.run)}</h1>"
-        f"<p>Manifests <code>{esc(files.run_dir)}</code> · shards <code>{esc(files.shards_index)}</code> · "
+        f"<p>Manifests <code>{esc(files.data.run_dir)}</code> · shards <code>{esc(files.data.shards_index)}</code> · "
         f"training metrics <code>{esc(files.metrics)}</code></p><nav>{nav}</nav>"
         + "".join(body)
         + "</body></html>\n"
@@ -614,7 +614,7 @@ def build_report(config: ReportConfig) -> tuple[str, list[Section]]:
 def write_report(config: ReportConfig, out: str | Path | None = None) -> tuple[Path, list[Section]]:
     """Write the page (atomically) to ``out`` (default ``<manifests_root>/<run>/report.html``)."""
     page, sections = build_report(config)
-    path = Path(out) if out else Path(config.manifests_root) / config.run / "report.html"
+    path = Path(out) if out else RunLayout(config.run, manifests_root=Path(config.manifests_root)).report
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(page, encoding="utf-8")

@@ -26,11 +26,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
-from dataengine.devices import resolve_device, resolve_dtype
+from dataengine.devices import DType, resolve_device, resolve_dtype
 
 GATE_REASONS = ("empty_mask", "mask_too_small", "mask_too_large", "mask_unstable")
 MASKS_SUFFIX = ".masks.npz"
@@ -45,15 +45,15 @@ PROMPTS = ("box", "points", "detector")
 class SegmenterConfig:
     """Which segmenter runs and how its first frame is prompted (the ``[portraits.segmenter]`` table)."""
 
-    backend: str = "transformers"
+    backend: Literal["transformers", "mask_files"] = "transformers"
     """``transformers`` (SAM2 via ``Sam2VideoModel``) or ``mask_files`` (``<clip>.masks.npz`` beside each clip)."""
     model: str = "facebook/sam2.1-hiera-large"
     """Hub id or local folder of a transformers SAM2 video checkpoint (``Sam2VideoModel``)."""
     device: str = "auto"
     """``auto`` (CUDA when the actor has a GPU, else CPU), ``cuda``, ``cuda:1`` or ``cpu``."""
-    dtype: str = "auto"
+    dtype: DType = "auto"
     """Inference dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``bfloat16`` or ``float16``."""
-    prompt: str = "box"
+    prompt: Literal["box", "points", "detector"] = "box"
     """First-frame prompt: ``box`` (``prompt_box``), ``points`` (``prompt_points``, all positive) or ``detector``
     (the person boxes of the ``[portraits.detector]``, whose prompt frame starts the clip window)."""
     prompt_box: tuple[float, float, float, float] = (0.2, 0.05, 0.8, 1.0)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,10 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from dataengine.layout import INDEX_NAME
+
 TENSORS_MEMBER = "tensors.safetensors"
 META_MEMBER = "meta.json"
-INDEX_NAME = "index.json"
 FORMAT_VERSION = 1
 
 LATENT_KEYS = ("source_latents", "target_latents", "reference_latents")
@@ -60,15 +62,21 @@ def keys_sha256(keys: list[str]) -> str:
     return hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest()
 
 
-def encode_sample(pair_id: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    """A WebDataset sample dict (``__key__`` plus member bytes) for ``webdataset.TarWriter``."""
+def encode_tensors(tensors: Mapping[str, torch.Tensor], key: str = "") -> bytes:
+    """The ``tensors.safetensors`` member of a sample: exactly ``TENSOR_KEYS``, contiguous, on the CPU."""
     missing = [k for k in TENSOR_KEYS if k not in tensors]
     if missing:
-        raise ValueError(f"sample {pair_id}: missing tensors {missing}")
-    payload = {k: tensors[k].contiguous().cpu() for k in TENSOR_KEYS}
+        raise ValueError(f"sample {key}: missing tensors {missing}")
+    return save_safetensors({k: tensors[k].contiguous().cpu() for k in TENSOR_KEYS})
+
+
+def encode_sample(
+    pair_id: str, tensors: Mapping[str, torch.Tensor] | bytes, meta: dict[str, Any]
+) -> dict[str, Any]:
+    """A WebDataset sample dict (``__key__`` plus member bytes); ``tensors`` may be :func:`encode_tensors`' bytes."""
     return {
         "__key__": pair_id,
-        TENSORS_MEMBER: save_safetensors(payload),
+        TENSORS_MEMBER: tensors if isinstance(tensors, bytes) else encode_tensors(tensors, pair_id),
         META_MEMBER: json.dumps(meta, sort_keys=True).encode("utf-8"),
     }
 

@@ -29,13 +29,13 @@ import numpy as np
 import pandas as pd
 
 from dataengine.clips import ClipConfig, ClipRejection, choose_bucket, clip_indices, cover_size
+from dataengine.layout import INDEX_NAME
 from dataengine.vae import LATENT_CHANNELS, latent_shape
 from dataengine.video import VideoInfo
 
 if TYPE_CHECKING:  # torch (and shard_format, which imports it) load where used: the CLI imports this module
     import torch
 
-INDEX_NAME = "index.json"  # as dataengine.shard_format.INDEX_NAME
 META_MEMBER = "meta.json"  # as dataengine.shard_format.META_MEMBER
 
 # Per-sample overhead in a tar beyond the tensors: 3 tar headers, safetensors header, meta.json.
@@ -197,14 +197,18 @@ def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 def write_shard(
     root: str | os.PathLike,
     relative_path: str,
-    samples: Iterable[tuple[str, Mapping[str, torch.Tensor], dict]],
+    samples: Iterable[tuple[str, Mapping[str, torch.Tensor] | bytes, dict]],
 ) -> dict[str, Any]:
     """Write ``samples`` (``(pair_id, tensors, meta)``, written sorted by ``pair_id``) to ``root/relative_path``.
 
-    The tar is written under a temporary name and renamed when complete; tar headers carry no time or
-    owner, so the same samples always give the same bytes. Returns the shard's ``index.json`` entry.
+    ``tensors`` is a mapping of tensors or its encoded member (``shard_format.encode_tensors``: the shards
+    job encodes in its actors, so the writer only moves bytes). The tar is written under a temporary name and
+    renamed when complete; tar headers carry no time or owner, so the same samples always give the same
+    bytes (those of ``webdataset.TarWriter``, which ``tests/test_shards.py`` checks). Each member goes to
+    the file in one write, and its sha256 is computed in a second thread as the next one is written.
+    Returns the shard's ``index.json`` entry.
     """
-    import webdataset as wds
+    from concurrent.futures import ThreadPoolExecutor
 
     from dataengine.shard_format import encode_sample, keys_sha256
 
@@ -214,11 +218,27 @@ def write_shard(
     path = Path(root) / relative_path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        hashing = _HashingWriter(handle)  # the checksum of the bytes as they are written: no re-read
-        with wds.TarWriter(hashing, encoder=False, mtime=0.0, user="", group="", mode=0o444) as writer:
-            for pair_id, tensors, meta in ordered:
-                writer.write(encode_sample(pair_id, dict(tensors), meta))
+    digest, num_bytes = hashlib.sha256(), 0
+    with open(tmp, "wb") as handle, ThreadPoolExecutor(1) as hasher:  # one thread: blocks hashed in order
+
+        def write(block: bytes) -> None:
+            nonlocal num_bytes
+            handle.write(block)  # file writes and sha256 of large blocks release the GIL: they overlap
+            hasher.submit(digest.update, block)
+            num_bytes += len(block)
+
+        for pair_id, tensors, meta in ordered:
+            sample = encode_sample(pair_id, tensors, meta)
+            for name in sorted(k for k in sample if k != "__key__"):
+                data = sample[name]
+                write(_tar_header(f"{pair_id}.{name}", len(data)))
+                write(data)
+                if len(data) % tarfile.BLOCKSIZE:
+                    write(tarfile.NUL * (tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE))
+        write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))  # end of archive, then pad to a whole record
+        if num_bytes % tarfile.RECORDSIZE:
+            write(tarfile.NUL * (tarfile.RECORDSIZE - num_bytes % tarfile.RECORDSIZE))
+        hasher.shutdown(wait=True)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
@@ -226,27 +246,17 @@ def write_shard(
         "path": relative_path,
         "bucket": relative_path.split("/")[0],
         "num_samples": len(ordered),
-        "bytes": hashing.num_bytes,
-        "sha256": hashing.digest.hexdigest(),
+        "bytes": num_bytes,
+        "sha256": digest.hexdigest(),
         "keys_sha256": keys_sha256([s[0] for s in ordered]),
     }
 
 
-class _HashingWriter:
-    """A write-only file object that passes bytes through and keeps their sha256 and count."""
-
-    def __init__(self, handle: Any):
-        self.handle = handle
-        self.digest = hashlib.sha256()
-        self.num_bytes = 0
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        self.num_bytes += len(data)
-        return self.handle.write(data)
-
-    def flush(self) -> None:
-        self.handle.flush()
+def _tar_header(name: str, size: int) -> bytes:
+    """A member's tar header as ``webdataset.TarWriter(mtime=0.0, user="", group="", mode=0o444)`` writes it."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uname, info.gname = size, 0.0, 0o444, "", ""
+    return info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
 
 
 def write_index(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dataengine.devices import resolve_device, resolve_dtype
+from dataengine.devices import DType, resolve_device, resolve_dtype
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI imports this module for its config
     import torch
@@ -46,7 +46,7 @@ class WanVaeConfig:
     """Hub id or local folder in the diffusers layout."""
     subfolder: str = "vae"
     """Subfolder of ``model_id`` holding the VAE ("" for a folder that is the VAE itself)."""
-    dtype: str = "float32"
+    dtype: DType = "float32"
     """Compute dtype (``float32``, ``bfloat16``); latents are always stored as bf16."""
     device: str = "auto"
     """``auto`` (CUDA if available, else CPU), ``cpu`` or ``cuda:N``."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dataengine.devices import resolve_device, resolve_dtype
+from dataengine.devices import DType, resolve_device, resolve_dtype
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI imports this module for its config
     import torch
@@ -47,7 +47,7 @@ class Qwen3VLEncoderConfig:
     """Fewest frames sampled from the clip (at least the temporal patch, 2)."""
     max_video_frames: int = 64
     """Most frames sampled from the clip."""
-    dtype: str = "bfloat16"
+    dtype: DType = "bfloat16"
     """Compute dtype; the states are stored as bf16 either way."""
     device: str = "auto"
     """``auto`` (CUDA if available, else CPU), ``cpu`` or ``cuda:N``."""

@@ -30,5 +30,13 @@ app.command("inspect")(inspect_command)
 app.command("verify")(verify_command)
 app.command("report")(report_command)
 
+
+def entry_point() -> None:
+    """The ``dataengine`` console script: the app, with user errors printed in one line (exit code 2)."""
+    from dataengine.recipe import run_cli
+
+    run_cli(app)
+
+
 if __name__ == "__main__":
-    app()
+    entry_point()

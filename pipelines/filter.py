@@ -30,14 +30,14 @@ import pandas as pd
 import typer
 
 from dataengine.dedup import DedupConfig
-from dataengine.judge import AXES, RESULT_COLUMNS, JudgeConfig
+from dataengine.judge import AXES, JudgeConfig
 from dataengine.selection import SelectionConfig
+from pipelines.runtime import PartStore
+from pipelines.stage import Stage, Worker, guard_resume, is_rejected, run_stages, stream_stages
 
-PROBE_FIELDS = ["num_frames", "fps", "width", "height"]
 # Memory a probe task reserves (decord holds one decoded frame at a time). Declaring it also keeps Ray
 # Data from fusing the probe tasks into the judge actors when both ask for the same CPUs.
 PROBE_MEMORY_BYTES = 256 * 1024 * 1024
-PART_COLUMNS = [*RESULT_COLUMNS, "stage", *PROBE_FIELDS]
 
 
 @dataclass
@@ -74,7 +74,7 @@ def build_filter_config(recipe: dict[str, Any]) -> tuple[FilterConfig, str]:
     """The filter config and the run name from a loaded recipe; local paths made absolute."""
     from dataengine.recipe import build_config
 
-    config = build_config(FilterConfig, recipe.get("filter"), "filter")
+    config = build_config(FilterConfig, recipe.get("filter"), "filter", recipe.get("recipe_path", ""))
     run = str(recipe.get("run") or "")
     if not run:
         raise ValueError(f"recipe {recipe.get('recipe_path', '')} has no top-level `run` name")
@@ -92,78 +92,78 @@ def build_filter_config(recipe: dict[str, Any]) -> tuple[FilterConfig, str]:
     return config, run
 
 
-# -- Ray stages: plain callables over pandas batches ----------------------------------------------------
+# -- the stages -------------------------------------------------------------------------------------------
 
 
-def probe_batch(batch: pd.DataFrame, min_frames: int) -> pd.DataFrame:
-    """Probe stage (CPU task): adds num_frames, fps, width, height, reason, detail."""
-    from dataengine.openve import probe_pairs
+def probe_row(row: dict[str, Any], min_frames: int) -> dict[str, Any]:
+    """Probe stage (CPU task): num_frames, fps, width, height of the pair, or its rejection."""
+    from dataengine.openve import probe_pair
 
-    return probe_pairs(batch, min_frames)
-
-
-def part_rows(probed: pd.DataFrame, scores: pd.DataFrame | None, scorer: JudgeConfig) -> pd.DataFrame:
-    """The score-part rows of a probed batch: probe rejections and judge results, with probe fields."""
-    rejected = probed[probed["reason"].notna()]
-    rows = [
-        pd.DataFrame(
-            {
-                "pair_id": rejected["pair_id"],
-                "reason": rejected["reason"],
-                "detail": rejected["detail"],
-                "stage": "probe",
-                "scorer_model": scorer.model,
-                "rubric_version": scorer.rubric_version,
-            }
-        )
-    ]
-    if scores is not None and len(scores):
-        rows.append(scores.assign(stage=scores["reason"].map(lambda r: None if pd.isna(r) else "score")))
-    out = pd.concat([r for r in rows if len(r)], ignore_index=True) if any(len(r) for r in rows) else None
-    if out is None:
-        return pd.DataFrame(columns=PART_COLUMNS)
-    out = out.merge(probed[["pair_id", *PROBE_FIELDS]], on="pair_id", how="left")
-    for column in PART_COLUMNS:
-        if column not in out.columns:
-            out[column] = None
-    return out[PART_COLUMNS]
+    return probe_pair(
+        row["source_path"], row["target_path"], min_frames, f"row {row['csv_row']} of {row['csv_file']}"
+    )
 
 
-class JudgeStage:
-    """Judge stage (Ray actor): loads the model once, in the actor, then scores probed batches."""
+class JudgeWorker(Worker):
+    """Judge stage (actor pool): the Qwen3-VL judge loads once per actor, then scores batches of pairs."""
 
     def __init__(self, config: JudgeConfig):
+        self.config = config
+
+    def setup(self) -> None:
         from dataengine.judge import Judge
 
-        self.config = config
-        self.judge = Judge(config)
+        self.judge = Judge(self.config)
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        usable = batch[batch["reason"].isna()]
-        scores = self.judge.score_pairs(usable) if len(usable) else None
-        return part_rows(batch, scores, self.config)
+    def process_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        scores = self.judge.score_pairs(pd.DataFrame(rows)).drop(columns="pair_id")
+        return scores.astype(object).where(scores.notna(), None).to_dict("records")
 
 
-class EmbedStage:
-    """Near-duplicate embedding stage (Ray actor): open_clip loads once, in the actor."""
+class EmbedWorker(Worker):
+    """Near-duplicate embedding stage (actor pool on GPUs): open_clip loads once per actor."""
 
     def __init__(self, config: DedupConfig):
+        self.config = config
+
+    def setup(self) -> None:
         from dataengine.dedup import ClipEmbedder
 
-        self.embedder = ClipEmbedder(config)
+        self.embedder = ClipEmbedder(self.config)
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        vectors = self.embedder.embed_pairs(batch)
-        return pd.DataFrame({"pair_id": batch["pair_id"].to_numpy(), "embedding": list(vectors)})
-
-
-# -- the job -------------------------------------------------------------------------------------------
+    def process_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        vectors = self.embedder.embed_pairs(pd.DataFrame(rows))
+        return [{"embedding": [float(v) for v in vector]} for vector in vectors]
 
 
-def _part_table(frame: pd.DataFrame):
+def scoring_stages(config: FilterConfig) -> list[Stage]:
+    """probe (CPU tasks) -> score (an actor pool of judges)."""
+    return [
+        Stage(
+            "probe",
+            probe_row,
+            kwargs={"min_frames": config.min_frames},
+            batch_size=config.probe_batch_size,
+            memory_bytes=PROBE_MEMORY_BYTES,
+        ),
+        Stage(
+            "score",
+            JudgeWorker,
+            kwargs={"config": config.judge},
+            actors=config.num_judges,
+            gpus=config.gpus_per_judge,
+            cpus=config.cpus_per_judge,
+            batch_size=config.judge.batch_size,
+            failure_reason="scorer_error",
+        ),
+    ]
+
+
+def part_schema():
+    """Columns of the score parts: the judge's results, the rejecting stage and the probe's fields."""
     import pyarrow as pa
 
-    schema = pa.schema(
+    return pa.schema(
         [
             ("pair_id", pa.string()),
             ("score", pa.float64()),
@@ -180,92 +180,62 @@ def _part_table(frame: pd.DataFrame):
             ("height", pa.int64()),
         ]
     )
-    frame = frame[PART_COLUMNS].astype(object).where(frame[PART_COLUMNS].notna(), None)
-    return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
 
 
-def score_pending(config: FilterConfig, pending: pd.DataFrame, store, progress) -> None:
-    """Probe and score ``pending`` pairs on Ray, appending each finished block to ``store``."""
-    import ray
+def scoring_settings(config: FilterConfig) -> dict[str, Any]:
+    """What a stored score depends on (the resume guard's settings): the probe and the judge, not the
+    batching, devices or selection (a rerun with another threshold reuses the scores)."""
+    from dataengine.recipe import config_to_dict
 
-    blocks = [
-        pending.iloc[i : i + config.probe_batch_size] for i in range(0, len(pending), config.probe_batch_size)
-    ]
-    dataset = ray.data.from_pandas(blocks)
-    dataset = dataset.map_batches(
-        probe_batch,
-        fn_kwargs={"min_frames": config.min_frames},
-        batch_size=config.probe_batch_size,
-        batch_format="pandas",
-        num_cpus=1,
-        memory=PROBE_MEMORY_BYTES,
-    )
-    dataset = dataset.map_batches(
-        JudgeStage,
-        fn_constructor_kwargs={"config": config.judge},
-        compute=ray.data.ActorPoolStrategy(size=config.num_judges),
-        batch_size=config.judge.batch_size,
-        batch_format="pandas",
-        num_gpus=config.gpus_per_judge,
-        num_cpus=config.cpus_per_judge,
-    )
-    for batch in dataset.iter_batches(batch_format="pandas", batch_size=None):
-        store.append(_part_table(batch))
-        progress.update(len(batch))
+    judge = {k: v for k, v in config_to_dict(config.judge).items() if k not in ("batch_size", "device")}
+    return {"video_root": config.video_root, "min_frames": config.min_frames, "judge": judge}
 
 
-def embed_candidates(config: FilterConfig, candidates: pd.DataFrame) -> Any:
+def embed_candidates(config: FilterConfig, candidates: pd.DataFrame, ray_address: str | None) -> Any:
     """open_clip pair embeddings of ``candidates`` (rows aligned).
 
     With ``dedup.num_gpus > 0`` they are computed in a Ray actor on a GPU; on CPU in this process: only
     the pairs above the threshold are embedded, and starting an actor would cost more than the work.
     """
     import numpy as np
-    import ray
 
     if config.dedup.num_gpus <= 0:
         from dataengine.dedup import ClipEmbedder
 
         return ClipEmbedder(config.dedup).embed_pairs(candidates)
-
-    dataset = ray.data.from_pandas(candidates[["pair_id", "source_path", "target_path"]])
-    dataset = dataset.map_batches(
-        EmbedStage,
-        fn_constructor_kwargs={"config": config.dedup},
-        compute=ray.data.ActorPoolStrategy(size=1),
+    stage = Stage(
+        "dedup",
+        EmbedWorker,
+        kwargs={"config": config.dedup},
+        actors=1,
+        gpus=config.dedup.num_gpus,
         batch_size=config.dedup.batch_size,
-        batch_format="pandas",
-        num_gpus=config.dedup.num_gpus,
     )
-    embedded = dataset.to_pandas().set_index("pair_id").loc[candidates["pair_id"]]
-    return np.stack([np.asarray(v, dtype=np.float32) for v in embedded["embedding"]])
+    items = candidates[["pair_id", "source_path", "target_path"]].to_dict("records")
+    rows = {r["pair_id"]: r for r in stream_stages(items, [stage], ray_address=ray_address)}
+    failed = [r for r in rows.values() if is_rejected(r)]
+    if failed:
+        raise RuntimeError(f"near-duplicate embedding failed for {len(failed)} pairs: {failed[0]['detail']}")
+    return np.stack([np.asarray(rows[p]["embedding"], dtype=np.float32) for p in candidates["pair_id"]])
 
 
-def _check_scorer(results: pd.DataFrame, config: FilterConfig, folder: Path) -> None:
-    scorers = results.loc[results["stage"].ne("probe"), ["scorer_model", "rubric_version"]].drop_duplicates()
-    expected = (config.judge.model, config.judge.rubric_version)
-    other = [tuple(r) for r in scorers.itertuples(index=False) if tuple(r) != expected]
-    if other:
-        raise ValueError(
-            f"{folder} holds scores from {other}, but the recipe asks for {expected}: "
-            "use a new run name, or delete that folder to rescore"
-        )
+# -- the job -------------------------------------------------------------------------------------------
 
 
 def run_filter(config: FilterConfig, run: str, ray_address: str | None = None) -> dict:
     """The whole job; returns the summary (also written to ``summary.json``)."""
     from dataengine.dedup import find_near_duplicates
+    from dataengine.layout import RunLayout
     from dataengine.manifest import PAIR_COLUMNS, write_pairs, write_rejections
     from dataengine.openve import ORIGIN, read_openve
     from dataengine.recipe import config_to_dict
     from dataengine.selection import render_summary, select, summarize
-    from pipelines.runtime import PartStore, Progress, init_ray
 
     started = time.monotonic()
-    out_dir = Path(config.output_root) / run
-    out_dir.mkdir(parents=True, exist_ok=True)
+    layout = RunLayout(run, manifests_root=Path(config.output_root))
+    layout.run_dir.mkdir(parents=True, exist_ok=True)
     resolved = config_to_dict(config)
-    (out_dir / "filter_config.json").write_text(json.dumps({"run": run, "filter": resolved}, indent=2))
+    layout.filter_config.write_text(json.dumps({"run": run, "filter": resolved}, indent=2))
 
     # 1. read
     read = read_openve(config.csv_dir, config.video_root, config.categories or None)
@@ -273,21 +243,26 @@ def run_filter(config: FilterConfig, run: str, ray_address: str | None = None) -
     print(
         f"read {len(pairs) + len(read.rejections)} rows from {len(read.rows_per_category)} CSVs in {config.csv_dir}"
     )
+    for note in read.notes:
+        print(f"read: {note}")
 
-    # 2. probe + score what is not done yet
-    store = PartStore(out_dir / "scores")
+    # 2. probe + score what is not done yet (scores are keyed by pair_id, a hash of the pair's content)
+    guard_resume(layout.scores_fingerprint, scoring_settings(config), start_over=str(layout.run_dir))
+    store = PartStore(layout.scores, schema=part_schema())
     done = store.completed_ids()
     pending = pairs[~pairs["pair_id"].isin(done)]
     if done:
         print(f"resuming: {len(done)} pairs already scored in {store.folder}, {len(pending)} to go")
-    if len(pending):
-        init_ray(ray_address)
-        with Progress(
-            len(pairs), unit="pairs", description="probe+judge", initial=len(pairs) - len(pending)
-        ) as bar:
-            score_pending(config, pending, store, bar)
+    run_stages(
+        pending.to_dict("records"),
+        scoring_stages(config),
+        store,
+        description="probe+judge",
+        unit="pairs",
+        num_done=len(pairs) - len(pending),
+        ray_address=ray_address,
+    )
     results = store.read_all()
-    _check_scorer(results, config, store.folder)
     missing = set(pairs["pair_id"]) - set(results["pair_id"])
     if missing:
         raise RuntimeError(
@@ -303,9 +278,7 @@ def run_filter(config: FilterConfig, run: str, ray_address: str | None = None) -
     if config.dedup.enabled:
         candidates = scored[scored["score"] >= config.selection.threshold].reset_index(drop=True)
         if len(candidates):
-            if config.dedup.num_gpus > 0:
-                init_ray(ray_address)
-            embeddings = embed_candidates(config, candidates)
+            embeddings = embed_candidates(config, candidates, ray_address)
             duplicates = find_near_duplicates(
                 candidates, embeddings, config.dedup.cosine_threshold, config.selection.max_per_category
             )
@@ -344,8 +317,8 @@ def run_filter(config: FilterConfig, run: str, ray_address: str | None = None) -
         },
         "rubric_version": config.judge.rubric_version,
     }
-    write_pairs(manifest.reset_index(drop=True), out_dir / "openve.parquet", metadata)
-    write_rejections(rejections.reset_index(drop=True), out_dir / "rejections.parquet", metadata)
+    write_pairs(manifest.reset_index(drop=True), layout.openve, metadata)
+    write_rejections(rejections.reset_index(drop=True), layout.rejections, metadata)
     summary = summarize(
         read.rows_per_category,
         scored[["category", "score"]],
@@ -354,12 +327,13 @@ def run_filter(config: FilterConfig, run: str, ray_address: str | None = None) -
         config.selection,
     )
     summary.update({"run": run, "judge": config.judge.model, "rubric_version": config.judge.rubric_version})
-    tmp = out_dir / ".summary.json.tmp"
+    summary["read_notes"] = read.notes
+    tmp = layout.summary.with_name(".summary.json.tmp")
     tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out_dir / "summary.json")
+    tmp.replace(layout.summary)
     render_summary(summary, title=f"dataengine filter [{run}]")
     print(
-        f"wrote {out_dir}/openve.parquet ({len(manifest)} pairs), rejections.parquet ({len(rejections)}), "
+        f"wrote {layout.openve} ({len(manifest)} pairs), rejections.parquet ({len(rejections)}), "
         f"summary.json in {time.monotonic() - started:.1f} s"
     )
     return summary

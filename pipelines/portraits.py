@@ -21,114 +21,55 @@ and the pair files under the recipe's ``output_dir``.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-STORE_FLUSH_ROWS = 16
-STORE_FLUSH_SECONDS = 5.0
+from pipelines.stage import Stage, Worker, guard_resume, run_stages
+
+CLIP_COLUMNS = ["clip_id", "portrait", "reason", "stage", "detail", "masks_path", "mean_area", "min_iou"]
+BACKGROUND_COLUMNS = ["clip_id", "background", "reason", "stage", "detail"]
 
 
-class SegmentStage:
-    """Ray Data callable class: loads the segmenter once per actor, then segments one portrait per row."""
-
-    def __init__(self, config: Any, masks_dir: str):
-        from dataengine.segment import MaskFileReader, build_segmenter
-
-        self.config = config
-        self.masks_dir = masks_dir
-        backend = config.segmenter.backend
-        self.segmenter = MaskFileReader() if backend == "mask_files" else build_segmenter(config.segmenter)
-
-    def __call__(self, batch: Any) -> Any:
-        import pandas as pd
-
-        from dataengine.portraits import segment_portrait
-
-        rows = [
-            segment_portrait(path, rel, self.config, self.masks_dir, self.segmenter)
-            for path, rel in zip(batch["path"], batch["rel"], strict=True)
-        ]
-        return pd.DataFrame(rows)
+# -- the stages -------------------------------------------------------------------------------------------
 
 
-def _check_background(path: str, rel: str) -> dict[str, Any]:
+def check_background_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Background stage (CPU task): the clip decodes to its last frame."""
     from dataengine.portraits import check_background
 
-    return check_background(path, rel)
+    return check_background(row["path"], row["background"])
 
 
-def composite_batch(batch: Any, config: Any) -> Any:
-    import pandas as pd
+class SegmentWorker(Worker):
+    """Segment stage (actor pool): the segmenter loads once per actor, then segments and gates one clip per row."""
 
+    def __init__(self, config: Any, masks_dir: str):
+        self.config, self.masks_dir = config, masks_dir
+
+    def setup(self) -> None:
+        from dataengine.segment import MaskFileReader, build_segmenter
+
+        backend = self.config.segmenter.backend
+        self.segmenter = (
+            MaskFileReader() if backend == "mask_files" else build_segmenter(self.config.segmenter)
+        )
+
+    def process(self, row: dict[str, Any]) -> dict[str, Any]:
+        from dataengine.portraits import segment_portrait
+
+        return segment_portrait(row["path"], row["portrait"], self.config, self.masks_dir, self.segmenter)
+
+
+def composite_row(row: dict[str, Any], config: Any) -> dict[str, Any]:
+    """Composite stage (CPU task): composite, encode and write one planned pair; its manifest row."""
     from dataengine.portraits import synthesize_pair
 
-    rows = [synthesize_pair(row, row["masks_path"], config) for row in batch.to_dict("records")]
-    return pd.DataFrame(rows)
+    return synthesize_pair(row, row["masks_path"], config)
 
 
-class _Recorder:
-    """Appends result rows to a PartStore in small parts, as they arrive."""
-
-    def __init__(self, store: Any, progress: Any, num_items: int):
-        self.store, self.progress = store, progress
-        # about ten parts per stage on small runs, parts of STORE_FLUSH_ROWS rows on big ones
-        self.flush_rows = max(1, min(STORE_FLUSH_ROWS, num_items // 10))
-        self.buffer: list[dict[str, Any]] = []
-        self.last = time.monotonic()
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.buffer.append(row)
-        self.progress.update(1)
-        if len(self.buffer) >= self.flush_rows or time.monotonic() - self.last > STORE_FLUSH_SECONDS:
-            self.flush()
-
-    def flush(self) -> None:
-        import pandas as pd
-
-        if self.buffer:
-            self.store.append(pd.DataFrame(self.buffer))
-        self.buffer, self.last = [], time.monotonic()
-
-
-def _collect_tasks(futures: list[Any], store: Any, description: str, unit: str) -> None:
-    """Record the results of Ray task ``futures`` into ``store`` as they finish."""
-    import ray
-
-    from pipelines.runtime import Progress
-
-    done = len(store.completed_ids())
-    progress = Progress(done + len(futures), unit=unit, description=description, initial=done)
-    recorder = _Recorder(store, progress, len(futures))
-    try:
-        while futures:
-            ready, futures = ray.wait(futures, num_returns=1)
-            recorder.add(ray.get(ready[0]))
-    finally:
-        recorder.flush()
-    progress.close()
-
-
-def _run_stage(items: list[dict[str, Any]], store: Any, description: str, unit: str, build) -> None:
-    """Stream ``build(dataset)``'s rows into ``store`` with live progress (items already done are not in ``items``)."""
-    import ray
-
-    from pipelines.runtime import Progress
-
-    done = len(store.completed_ids())
-    progress = Progress(done + len(items), unit=unit, description=description, initial=done)
-    recorder = _Recorder(store, progress, len(items))
-    if items:
-        ds = build(ray.data.from_items(items, override_num_blocks=max(1, len(items))))
-        try:
-            for batch in ds.iter_batches(batch_size=1, batch_format="pandas"):
-                for row in batch.to_dict("records"):
-                    recorder.add(row)
-        finally:
-            recorder.flush()
-    progress.close()
+# -- the job -------------------------------------------------------------------------------------------
 
 
 def run_portraits(
@@ -136,86 +77,81 @@ def run_portraits(
 ) -> dict:
     """Segment, plan, composite and write everything of one run; returns the summary (also written as JSON)."""
     import pandas as pd
-    import ray
 
+    from dataengine.layout import RunLayout
     from dataengine.manifest import PAIR_COLUMNS, rejections_frame, write_pairs, write_rejections
-    from dataengine.portraits import (
-        CATEGORIES,
-        PLAN_COLUMNS,
-        clip_id,
-        fingerprint,
-        list_videos,
-        plan_pairs,
-    )
+    from dataengine.portraits import CATEGORIES, PLAN_COLUMNS, clip_id, list_videos, plan_pairs
     from dataengine.recipe import config_to_dict
-    from pipelines.runtime import PartStore, init_ray
+    from pipelines.runtime import PartStore
 
-    run_dir = Path(manifests_root) / run
-    state = run_dir / ".portraits"
-    pairs_root = config.pairs_root(run)
+    layout = RunLayout(run, manifests_root=Path(manifests_root), pairs_dir=config.pairs_root(run))
     people_dir, backgrounds_dir = Path(config.people_dir), Path(config.backgrounds_dir)
     portraits = list_videos(people_dir, config.extensions)
     backgrounds = list_videos(backgrounds_dir, config.extensions)
     resolved = config_to_dict(config)
-    stamp = fingerprint(resolved, portraits, backgrounds)
-    stamp_file = state / "fingerprint.json"
-    if stamp_file.exists() and json.loads(stamp_file.read_text())["fingerprint"] != stamp:
-        raise ValueError(
-            f"{run_dir} holds a portraits run with another recipe or other input clips ({stamp_file}): "
-            "use another run name, or delete that folder and the pairs under "
-            f"{pairs_root} to start over"
-        )
-    state.mkdir(parents=True, exist_ok=True)
-    stamp_file.write_text(json.dumps({"fingerprint": stamp}) + "\n")
+    settings = {k: v for k, v in resolved.items() if k != "resources"}
+    inputs = [f"portrait {p}" for p in portraits] + [f"background {b}" for b in backgrounds]
+    guard_resume(
+        layout.portraits_fingerprint,
+        settings,
+        inputs,
+        start_over=f"{layout.run_dir} and the pairs under {layout.pairs_dir}",
+    )
     print(
         f"synth-portraits: {len(portraits)} portrait clips in {people_dir}, {len(backgrounds)} background clips in "
-        f"{backgrounds_dir}; {config.pairs_per_type} pairs per type -> {pairs_root}"
+        f"{backgrounds_dir}; {config.pairs_per_type} pairs per type -> {layout.pairs_dir}"
     )
-
     res = config.resources
-    init_ray(ray_address, num_cpus=res.num_cpus or None)
-    ray.data.DataContext.get_current().execution_options.preserve_order = False
+    ray_options = {"ray_address": ray_address, "num_cpus": res.num_cpus or None}
 
-    # 1. probe the backgrounds (tasks, submitted first so they overlap the segmentation) and segment the
-    #    portraits (actor pool)
-    background_store = PartStore(state / "backgrounds", id_column="clip_id")
+    # 1. probe the backgrounds (CPU tasks), segment and gate the portraits (actor pool)
+    background_store = PartStore(layout.portraits_state / "backgrounds", id_column="clip_id")
     done = background_store.completed_ids()
-    probe_task = ray.remote(num_cpus=1)(_check_background)
-    background_futures = [
-        probe_task.remote(str(backgrounds_dir / rel), rel)
+    items = [
+        {"clip_id": clip_id("background", rel), "background": rel, "path": str(backgrounds_dir / rel)}
         for rel in backgrounds
-        if clip_id("background", rel) not in done
     ]
-    clip_store = PartStore(state / "portraits", id_column="clip_id")
-    done = clip_store.completed_ids()
-    todo = [
-        {"path": str(people_dir / rel), "rel": rel}
-        for rel in portraits
-        if clip_id("portrait", rel) not in done
-    ]
-    masks_dir = str((pairs_root / "masks").resolve())
-    _run_stage(
+    todo = [item for item in items if item["clip_id"] not in done]
+    stages = [Stage("background", check_background_row, cpus=1.0)]
+    run_stages(
         todo,
+        stages,
+        background_store,
+        description="backgrounds",
+        unit="clips",
+        num_done=len(items) - len(todo),
+        **ray_options,
+    )
+
+    clip_store = PartStore(layout.portraits_state / "portraits", id_column="clip_id")
+    done = clip_store.completed_ids()
+    items = [
+        {"clip_id": clip_id("portrait", rel), "portrait": rel, "path": str(people_dir / rel)}
+        for rel in portraits
+    ]
+    todo = [item for item in items if item["clip_id"] not in done]
+    stages = [
+        Stage(
+            "segment",
+            SegmentWorker,
+            kwargs={"config": config, "masks_dir": str(layout.masks_dir.resolve())},
+            actors=res.segment_actors,
+            cpus=res.segment_cpus,
+            gpus=res.segment_gpus,
+        )
+    ]
+    run_stages(
+        todo,
+        stages,
         clip_store,
-        "segment",
-        "clips",
-        lambda ds: ds.map_batches(
-            SegmentStage,
-            batch_size=1,
-            batch_format="pandas",
-            compute=ray.data.ActorPoolStrategy(size=res.segment_actors),
-            num_cpus=res.segment_cpus,
-            num_gpus=res.segment_gpus,
-            fn_constructor_kwargs={"config": config, "masks_dir": masks_dir},
-        ),
+        description="segment",
+        unit="clips",
+        num_done=len(items) - len(todo),
+        **ray_options,
     )
-    _collect_tasks(background_futures, background_store, "backgrounds", "clips")
-    clip_columns = ["clip_id", "portrait", "reason", "stage", "detail", "masks_path", "mean_area", "min_iou"]
-    clips = _with_columns(clip_store.read_all(), clip_columns)
+    clips = _with_columns(clip_store.read_all(), CLIP_COLUMNS)
     clips = clips[clips["portrait"].isin(portraits)]
-    usable = _with_columns(
-        background_store.read_all(), ["clip_id", "background", "reason", "stage", "detail"]
-    )
+    usable = _with_columns(background_store.read_all(), BACKGROUND_COLUMNS)
     usable = usable[usable["background"].isin(backgrounds)]
     accepted = clips[clips["reason"].isna()]
     good_backgrounds = usable[usable["reason"].isna()]
@@ -232,27 +168,14 @@ def run_portraits(
     plan_frame = pd.DataFrame(plan, columns=PLAN_COLUMNS)
     plan_frame["masks_path"] = [masks_of[p] for p in plan_frame["portrait"]]
 
-    # 3. composite + encode (tasks); a recorded pair whose files went missing is redone
-    pair_store = PartStore(state / "pairs", id_column="pair_id")
+    # 3. composite + encode (CPU tasks); a recorded pair whose files went missing is redone
+    pair_store = PartStore(layout.portraits_state / "pairs", id_column="pair_id")
     recorded = _with_columns(pair_store.read_all(), [*PAIR_COLUMNS, "reason", "stage", "detail"])
-    done = set(_still_valid(recorded)["pair_id"])
+    done = set(_still_valid(recorded)["pair_id"]) & set(plan_frame["pair_id"])
     todo = [row for row in plan_frame.to_dict("records") if row["pair_id"] not in done]
-    print(
-        f"synth-portraits: {len(plan_frame)} pairs planned, {len(done & set(plan_frame['pair_id']))} already done"
-    )
-    _run_stage(
-        todo,
-        pair_store,
-        "pairs",
-        "pairs",
-        lambda ds: ds.map_batches(
-            composite_batch,
-            batch_size=1,
-            batch_format="pandas",
-            num_cpus=res.composite_cpus,
-            fn_kwargs={"config": config},
-        ),
-    )
+    print(f"synth-portraits: {len(plan_frame)} pairs planned, {len(done)} already done")
+    stages = [Stage("composite", composite_row, kwargs={"config": config}, cpus=res.composite_cpus)]
+    run_stages(todo, stages, pair_store, description="pairs", unit="pairs", num_done=len(done), **ray_options)
 
     # 4. outputs
     results = _with_columns(pair_store.read_all(), [*PAIR_COLUMNS, "reason", "stage", "detail"])
@@ -278,10 +201,10 @@ def run_portraits(
         "segmenter": config.segmenter.model if config.segmenter.backend == "transformers" else "mask_files"
     }
     metadata = {"run": run, "config": resolved, "models": models, "step": "synth-portraits"}
-    write_pairs(pairs[PAIR_COLUMNS], run_dir / "portraits.parquet", metadata=metadata)
-    write_rejections(rejections, run_dir / "portrait_rejections.parquet", metadata=metadata)
+    write_pairs(pairs[PAIR_COLUMNS], layout.portraits, metadata=metadata)
+    write_rejections(rejections, layout.portrait_rejections, metadata=metadata)
     plan_out = plan_frame.sort_values(["category", "pair_id"], kind="stable").reset_index(drop=True)
-    plan_out.to_parquet(run_dir / "portrait_plan.parquet", index=False)
+    plan_out.to_parquet(layout.portrait_plan, index=False)
 
     summary = {
         "run": run,
@@ -297,10 +220,10 @@ def run_portraits(
         },
         "types": {},
         "outputs": {
-            "pairs": str(run_dir / "portraits.parquet"),
-            "rejections": str(run_dir / "portrait_rejections.parquet"),
-            "plan": str(run_dir / "portrait_plan.parquet"),
-            "pair_files": str(pairs_root),
+            "pairs": str(layout.portraits),
+            "rejections": str(layout.portrait_rejections),
+            "plan": str(layout.portrait_plan),
+            "pair_files": str(layout.pairs_dir),
         },
     }
     for edit_type, category in CATEGORIES.items():
@@ -312,7 +235,7 @@ def run_portraits(
             "written": int(of_type["reason"].isna().sum()),
             "rejected": int(of_type["reason"].notna().sum()),
         }
-    (run_dir / "portraits_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    layout.portraits_summary.write_text(json.dumps(summary, indent=1) + "\n")
     _print_summary(summary, len(rejections))
     return summary
 

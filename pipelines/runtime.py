@@ -56,9 +56,13 @@ class PartStore:
     from a killed run are ignored and removed. Rows are identified by ``id_column``.
     """
 
-    def __init__(self, folder: str | os.PathLike, id_column: str = "pair_id"):
+    def __init__(
+        self, folder: str | os.PathLike, id_column: str = "pair_id", schema: pa.Schema | None = None
+    ):
         self.folder = Path(folder)
         self.id_column = id_column
+        self.schema = schema
+        """The parts' columns and types; None infers them from each part's rows."""
         self.folder.mkdir(parents=True, exist_ok=True)
         for leftover in self.folder.glob(".*.tmp"):
             leftover.unlink(missing_ok=True)
@@ -76,6 +80,14 @@ class PartStore:
         pq.write_table(table, tmp)
         os.replace(tmp, self.folder / name)
         return self.folder / name
+
+    def append_rows(self, rows: list[dict]) -> Path | None:
+        """Write ``rows`` as one part (only the schema's columns when the store has one)."""
+        if not rows:
+            return None
+        if self.schema is not None:
+            return self.append(pa.Table.from_pylist(rows, schema=self.schema))
+        return self.append(pd.DataFrame(rows))
 
     def completed_ids(self) -> set[str]:
         """Ids of every row in a complete part."""

@@ -22,8 +22,8 @@ Outputs: ``shards/<run>/<bucket>/shard-NNNNNN.tar``, ``index.json`` (written las
 
 from __future__ import annotations
 
-import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,9 +34,11 @@ import typer
 from dataengine.clips import ClipConfig
 from dataengine.shards import INDEX_NAME, ShardWriterConfig
 from dataengine.vae import WanVaeConfig
-from dataengine.vlm import Qwen3VLEncoderConfig
+from dataengine.vlm import Qwen3VLEncoderConfig, select_frames
+from pipelines.stage import Rejected, Stage, Worker, guard_resume, is_rejected, run_stages
 
 STAGES = ("plan", "decode", "vae", "vlm", "validate")
+"""The ``stage`` values of the shard step's rejections."""
 
 
 @dataclass(frozen=True)
@@ -81,145 +83,85 @@ class ShardsConfig:
     """Ray resources per stage."""
 
 
-def _one(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
+# -- the stages -------------------------------------------------------------------------------------------
 
 
-def _rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    count = len(next(iter(batch.values())))
-    return [{k: _one(v[i]) for k, v in batch.items()} for i in range(count)]
+class VaeWorker(Worker):
+    """VAE stage (actor pool): decodes and fits the pair (``dataengine.clips``) and encodes source + target
+    (one batch) and the reference with the Wan VAE, loaded once per actor. A pair that cannot be prepared is
+    a ``decode`` rejection."""
 
+    def __init__(self, clip: ClipConfig, vae: WanVaeConfig):
+        self.clip, self.vae = clip, vae
 
-def _batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    keys = ("pair_id", "shard", "reason", "detail", "fps", "payload")
-    out = {k: np.array([r[k] for r in rows], dtype=object) for k in keys}
-    out["fps"] = np.array([float(r["fps"]) for r in rows], dtype=np.float64)
-    return out
+    def setup(self) -> None:
+        from dataengine.vae import WanVaeEncoder
 
+        self.encoder = WanVaeEncoder(self.vae)
 
-def _rejected(row: dict[str, Any], stage: str, reason: str, detail: str) -> dict[str, Any]:
-    return {
-        "pair_id": row["pair_id"],
-        "shard": row["shard"],
-        "reason": f"{stage}:{reason}",
-        "detail": detail,
-        "fps": 0.0,
-        "payload": b"",
-    }
+    def process(self, row: dict[str, Any]) -> dict[str, Any]:
+        from dataengine.clips import ClipRejection, prepare_pair
+        from dataengine.shards import tensors_to_bytes
 
-
-def decode_batch(
-    batch: dict[str, np.ndarray], clip: ClipConfig, vlm: Qwen3VLEncoderConfig
-) -> dict[str, np.ndarray]:
-    """Decode stage (a CPU task): prepared source, target and reference, plus the frames the VLM sees."""
-    from safetensors.numpy import save
-
-    from dataengine.clips import ClipRejection, prepare_pair
-    from dataengine.vlm import select_frames
-
-    out = []
-    for row in _rows(batch):
         try:
             pair = prepare_pair(
                 row["source_path"],
                 row["target_path"],
                 row["reference_path"] or None,
-                clip,
+                self.clip,
                 expected_bucket=(row["clip_height"], row["clip_width"]),
             )
         except ClipRejection as err:
-            out.append(_rejected(row, "decode", err.reason, err.detail))
-            continue
-        vlm_indices = select_frames(len(pair.source), pair.fps, vlm)
-        payload = save(
-            {
-                "source": pair.source,
-                "target": pair.target,
-                "reference": pair.reference,
-                "vlm_video": np.ascontiguousarray(pair.source[vlm_indices]),
-                "vlm_indices": vlm_indices,
-            }
-        )
-        out.append({**row, "reason": "", "detail": "", "fps": pair.fps, "payload": payload})
-    return _batch(out)
+            raise Rejected(err.reason, err.detail, stage="decode") from err
+        both = self.encoder.encode(np.stack([pair.source, pair.target]))  # (2, 16, T', H', W')
+        reference = self.encoder.encode(pair.reference[None])  # (16, 1, H', W')
+        latents = {"source_latents": both[0], "target_latents": both[1], "reference_latents": reference}
+        return {
+            "fps": pair.fps,
+            "frame_indices": pair.frame_indices.tolist(),
+            "latents": tensors_to_bytes(latents),
+        }
 
 
-class VaeStage:
-    """VAE stage (an actor): loads the Wan VAE once, encodes source + target (one batch) and the reference."""
+class VlmWorker(Worker):
+    """VLM stage (actor pool): decodes the frames Qwen3-VL sees and the reference, runs one forward, then
+    validates the whole sample and encodes it as the shard member (so the writer only moves bytes)."""
 
-    def __init__(self, config: WanVaeConfig):
-        from dataengine.vae import WanVaeEncoder
+    def __init__(self, config: ShardsConfig, vlm_dim: int):
+        self.config, self.vlm_dim = config, vlm_dim
 
-        self.encoder = WanVaeEncoder(config)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-        from safetensors.numpy import load
-        from safetensors.torch import save
-
-        out = []
-        for row in _rows(batch):
-            if row["reason"]:
-                out.append(row)
-                continue
-            arrays = load(row["payload"])
-            try:
-                both = self.encoder.encode(
-                    np.stack([arrays["source"], arrays["target"]])
-                )  # (2, 16, T', H', W')
-                reference = self.encoder.encode(arrays["reference"][None])  # (16, 1, H', W')
-            except torch.OutOfMemoryError:
-                raise
-            except (RuntimeError, ValueError) as err:
-                out.append(_rejected(row, "vae", "encode_failed", f"{type(err).__name__}: {str(err)[:300]}"))
-                continue
-            tensors = {
-                "source_latents": both[0],
-                "target_latents": both[1],
-                "reference_latents": reference,
-                "reference": torch.from_numpy(arrays["reference"]),
-                "vlm_video": torch.from_numpy(arrays["vlm_video"]),
-                "vlm_indices": torch.from_numpy(arrays["vlm_indices"]),
-            }
-            out.append({**row, "payload": save({k: v.contiguous() for k, v in tensors.items()})})
-        return _batch(out)
-
-
-class VlmStage:
-    """VLM stage (an actor): loads Qwen3-VL once; one forward per sample over reference, video and instruction."""
-
-    def __init__(self, config: Qwen3VLEncoderConfig, instructions: dict[str, str]):
+    def setup(self) -> None:
         from dataengine.vlm import Qwen3VLEncoder
 
-        self.encoder = Qwen3VLEncoder(config)
-        self.instructions = instructions
+        self.encoder = Qwen3VLEncoder(self.config.vlm)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-        from safetensors.torch import load, save
+    def process(self, row: dict[str, Any]) -> dict[str, Any]:
+        from dataengine.clips import ClipRejection, prepare_frames
+        from dataengine.shard_format import encode_tensors
+        from dataengine.shards import tensors_from_bytes, validate_sample
 
-        out = []
-        for row in _rows(batch):
-            if row["reason"]:
-                out.append(row)
-                continue
-            tensors = load(row["payload"])
-            try:
-                states = self.encoder.encode(
-                    self.instructions[row["pair_id"]],
-                    tensors.pop("reference").numpy(),
-                    tensors.pop("vlm_video").numpy(),
-                    row["fps"],
-                    frame_indices=tensors.pop("vlm_indices").tolist(),
-                )
-            except torch.OutOfMemoryError:
-                raise
-            except (RuntimeError, ValueError) as err:
-                out.append(_rejected(row, "vlm", "encode_failed", f"{type(err).__name__}: {str(err)[:300]}"))
-                continue
-            tensors.update(vlm_first=states.first, vlm_last=states.last, vlm_token_types=states.token_types)
-            out.append({**row, "payload": save({k: v.contiguous() for k, v in tensors.items()})})
-        return _batch(out)
+        positions = select_frames(self.config.clip.num_frames, row["fps"], self.config.vlm)
+        try:
+            video, reference = prepare_frames(
+                row["source_path"],
+                row["target_path"],
+                row["reference_path"] or None,
+                row["frame_indices"],
+                positions,
+                (row["clip_height"], row["clip_width"]),
+            )
+        except ClipRejection as err:
+            raise Rejected(err.reason, err.detail, stage="decode") from err
+        states = self.encoder.encode(
+            row["instruction"], reference, video, row["fps"], frame_indices=positions.tolist()
+        )
+        tensors = tensors_from_bytes(row["latents"])
+        tensors.update(vlm_first=states.first, vlm_last=states.last, vlm_token_types=states.token_types)
+        invalid = validate_sample(tensors, tuple(int(v) for v in row["latent_shape"]), self.vlm_dim)
+        if invalid is not None:
+            raise Rejected(*invalid, stage="validate")
+        meta = _sample_meta(row, tensors, self.config)
+        return {"latents": None, "tensors": encode_tensors(tensors, row["pair_id"]), "meta": json.dumps(meta)}
 
 
 def _reference_path(value: Any) -> str:
@@ -234,21 +176,19 @@ def _vlm_dim(model_id: str) -> int:
     return int(getattr(config, "text_config", config).hidden_size)
 
 
-def _sample_meta(
-    row: Any, fps: float, tensors: dict, config: ShardsConfig, states_types: Any
-) -> dict[str, Any]:
-    counts = np.bincount(states_types.numpy(), minlength=3)
+def _sample_meta(row: dict[str, Any], tensors: dict, config: ShardsConfig) -> dict[str, Any]:
+    counts = np.bincount(tensors["vlm_token_types"].numpy(), minlength=3)
     return {
-        "pair_id": row.pair_id,
-        "instruction": row.instruction,
-        "category": row.category,
-        "origin": row.origin,
-        "score": None if row.score is None or row.score != row.score else float(row.score),
-        "reference": "manifest" if _reference_path(row.reference_path) else "target_first_frame",
+        "pair_id": row["pair_id"],
+        "instruction": row["instruction"],
+        "category": row["category"],
+        "origin": row["origin"],
+        "score": row["score"],
+        "reference": "manifest" if row["reference_path"] else "target_first_frame",
         "num_frames": config.clip.num_frames,
-        "fps": fps,
-        "resolution": [int(row.clip_height), int(row.clip_width)],
-        "latent_shape": list(row.latent_shape),
+        "fps": row["fps"],
+        "resolution": [row["clip_height"], row["clip_width"]],
+        "latent_shape": [int(v) for v in row["latent_shape"]],
         "vlm_tokens": int(tensors["vlm_first"].shape[0]),
         "vlm_dim": int(tensors["vlm_first"].shape[1]),
         "vlm_token_counts": {"text": int(counts[0]), "image": int(counts[1]), "video": int(counts[2])},
@@ -257,64 +197,92 @@ def _sample_meta(
     }
 
 
-class ShardAssembler:
-    """The writer (in the driver): gathers each shard's results and writes it when its last sample arrives."""
+def shard_items(plan: Any) -> list[dict[str, Any]]:
+    """The rows the stages start from: ids, paths, the planned bucket and what the sample's meta needs."""
+    return [
+        {
+            "pair_id": row.pair_id,
+            "shard": row.shard,
+            "source_path": row.source_path,
+            "target_path": row.target_path,
+            "reference_path": _reference_path(row.reference_path),
+            "clip_height": int(row.clip_height),
+            "clip_width": int(row.clip_width),
+            "latent_shape": [int(v) for v in row.latent_shape],
+            "instruction": row.instruction,
+            "category": row.category,
+            "origin": row.origin,
+            "score": None if row.score is None or row.score != row.score else float(row.score),
+        }
+        for row in plan.itertuples(index=False)
+    ]
 
-    def __init__(self, root: Path, plan: Any, config: ShardsConfig, vlm_dim: int, store: Any, progress: Any):
-        self.root, self.config, self.vlm_dim, self.store, self.progress = (
-            root,
-            config,
-            vlm_dim,
-            store,
-            progress,
-        )
-        self.rows = {row.pair_id: row for row in plan.itertuples(index=False)}
+
+def shard_stages(config: ShardsConfig, vlm_dim: int) -> list[Stage]:
+    """VAE (actor pool: decode + encode) -> VLM (actor pool: decode its frames + encode + validate)."""
+    res = config.resources
+    return [
+        Stage(
+            "vae",
+            VaeWorker,
+            kwargs={"clip": config.clip, "vae": config.vae},
+            actors=res.vae_actors,
+            gpus=res.vae_gpus,
+            cpus=res.vae_cpus,
+            failure_reason="encode_failed",
+        ),
+        Stage(
+            "vlm",
+            VlmWorker,
+            kwargs={"config": config, "vlm_dim": vlm_dim},
+            actors=res.vlm_actors,
+            gpus=res.vlm_gpus,
+            cpus=res.vlm_cpus,
+            failure_reason="encode_failed",
+        ),
+    ]
+
+
+# -- the writer ---------------------------------------------------------------------------------------------
+
+
+class ShardAssembler:
+    """The writer (in the driver): gathers each shard's samples and writes it when its last one arrives.
+
+    :meth:`records` turns the stream of result rows into one record per written shard (its ``index.json``
+    entry and its rejections), which :func:`~pipelines.stage.run_stages` stores as the unit of resume.
+    """
+
+    def __init__(self, root: Path, plan: Any):
+        self.root = root
         self.expected = plan.groupby("shard").size().to_dict()
         self.pending: dict[str, list[dict[str, Any]]] = {}
 
-    def add(self, result: dict[str, Any]) -> None:
-        shard = result["shard"]
-        self.pending.setdefault(shard, []).append(result)
-        if len(self.pending[shard]) == self.expected[shard]:
-            self._finish(shard, self.pending.pop(shard))
+    def records(self, rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for row in rows:
+            shard = row["shard"]
+            self.pending.setdefault(shard, []).append(row)
+            if len(self.pending[shard]) == self.expected[shard]:
+                yield self.finish(shard, self.pending.pop(shard))
+        if self.pending:
+            raise RuntimeError(f"shards left incomplete: {sorted(self.pending)}")
 
-    def _finish(self, shard: str, results: list[dict[str, Any]]) -> None:
-        import pandas as pd
-
-        from dataengine.shards import rejection, tensors_from_bytes, validate_sample, write_shard
+    def finish(self, shard: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Write one shard; its record (``entry`` "" when every sample was rejected)."""
+        from dataengine.shards import rejection, write_shard
 
         samples, rejections = [], []
-        for result in sorted(results, key=lambda r: r["pair_id"]):
-            pair_id = result["pair_id"]
-            if result["reason"]:
-                stage, reason = result["reason"].split(":", 1)
-                rejections.append(rejection(pair_id, stage, reason, result["detail"]))
-                continue
-            row = self.rows[pair_id]
-            tensors = tensors_from_bytes(result["payload"])
-            invalid = validate_sample(tensors, tuple(row.latent_shape), self.vlm_dim)
-            if invalid is not None:
-                rejections.append(rejection(pair_id, "validate", *invalid))
-                continue
-            meta = _sample_meta(row, float(result["fps"]), tensors, self.config, tensors["vlm_token_types"])
-            samples.append((pair_id, tensors, meta))
+        for row in sorted(rows, key=lambda r: r["pair_id"]):
+            if is_rejected(row):
+                rejections.append(rejection(row["pair_id"], row["stage"], row["reason"], row["detail"]))
+            else:
+                samples.append((row["pair_id"], row["tensors"], json.loads(row["meta"])))
         entry = write_shard(self.root, shard, samples) if samples else None
-        record = {
+        return {
             "shard": shard,
             "entry": json.dumps(entry, sort_keys=True) if entry else "",
             "rejections": json.dumps(rejections, sort_keys=True),
         }
-        self.store.append(pd.DataFrame([record]))
-        self.progress.update(len(results))
-
-
-def _fingerprint(plan: Any, resolved: dict[str, Any]) -> str:
-    """What a resumable run must share with the run it resumes: the plan and the recipe (resources may change)."""
-    settings = {k: v for k, v in resolved.items() if k not in ("resources", "output")}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for shard, pair_id in zip(plan["shard"], plan["pair_id"], strict=True):
-        digest.update(f"{shard}\t{pair_id}\n".encode())
-    return digest.hexdigest()
 
 
 def _completed_records(root: Path, store: Any) -> dict[str, dict[str, Any]]:
@@ -330,50 +298,61 @@ def _completed_records(root: Path, store: Any) -> dict[str, dict[str, Any]]:
     return done
 
 
+# -- the job -------------------------------------------------------------------------------------------
+
+
 def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -> dict[str, Any]:
     """Plan, encode and write the shard set of ``config``; returns the index (also in ``<output>/index.json``)."""
     import pandas as pd
 
+    from dataengine.layout import RunLayout
     from dataengine.manifest import read_pairs, rejections_frame, write_rejections
     from dataengine.recipe import config_to_dict
     from dataengine.shards import plan_shards, write_index
-    from pipelines.runtime import PartStore, Progress
+    from pipelines.runtime import PartStore
 
     if not config.inputs:
         raise ValueError("[shards] inputs is empty: list the pair manifests to shard")
-    root = Path(config.output or f"shards/{run}")
+    layout = RunLayout(run, shards_dir=Path(config.output) if config.output else None)
+    root = layout.shards_dir
     root.mkdir(parents=True, exist_ok=True)
     resolved = config_to_dict(config)
+
+    # 1. read and plan (from the manifests alone)
     pairs = pd.concat([read_pairs(path) for path in config.inputs], ignore_index=True)
     vlm_dim = _vlm_dim(config.vlm.model_id)
     plan, plan_rejections = plan_shards(pairs, config.clip, config.writer, vlm_dim)
-
-    fingerprint = _fingerprint(plan, resolved)
-    plan_file = root / "plan.json"
-    if plan_file.exists() and json.loads(plan_file.read_text())["fingerprint"] != fingerprint:
-        raise ValueError(
-            f"{root} holds a run with another recipe or other inputs ({plan_file}): "
-            "use another run name or output folder, or delete it to start over"
-        )
-    plan_file.write_text(json.dumps({"fingerprint": fingerprint, "num_planned": len(plan)}, indent=1) + "\n")
-    (root / INDEX_NAME).unlink(missing_ok=True)  # an index only ever describes a finished run
-
-    store = PartStore(root / ".parts", id_column="shard")
+    settings = {k: v for k, v in resolved.items() if k not in ("resources", "output")}
+    guard_resume(
+        layout.shards_fingerprint,
+        settings,
+        (f"{shard}\t{pair_id}" for shard, pair_id in zip(plan["shard"], plan["pair_id"], strict=True)),
+        start_over=str(root),
+    )
+    layout.shards_index.unlink(missing_ok=True)  # an index only ever describes a finished run
+    store = PartStore(layout.shards_state, id_column="shard")
     done = _completed_records(root, store)
     todo = plan[~plan["shard"].isin(done)].reset_index(drop=True)
     print(
         f"shards: {len(pairs)} pairs -> {len(plan)} planned in {plan['shard'].nunique()} shards "
         f"({len(plan_rejections)} rejected by the plan); {len(done)} shards already done, {len(todo)} samples to encode"
     )
-    progress = Progress(len(plan), unit="samples", description="shards", initial=len(plan) - len(todo))
-    if len(todo):
-        assembler = ShardAssembler(root, todo, config, vlm_dim, store, progress)
-        for result in _encode(todo, config, ray_address):
-            assembler.add(result)
-        if assembler.pending:
-            raise RuntimeError(f"shards left incomplete: {sorted(assembler.pending)}")
-    progress.close()
 
+    # 2. encode (VAE, VLM) and write each shard as its last sample arrives, in the plan's order
+    run_stages(
+        shard_items(todo),
+        shard_stages(config, vlm_dim),
+        store,
+        description="shards",
+        unit="samples",
+        num_done=len(plan) - len(todo),
+        collect=ShardAssembler(root, todo).records,
+        ordered=True,  # shards complete one after another: the driver holds one shard's samples at a time
+        ray_address=ray_address,
+        num_cpus=config.resources.num_cpus or None,
+    )
+
+    # 3. outputs: rejections, then index.json last
     done = _completed_records(root, store)
     missing = sorted(set(plan["shard"]) - set(done))
     if missing:
@@ -382,65 +361,14 @@ def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -
     rejected = plan_rejections + [r for d in done.values() for r in d["rejections"]]
     rejections = rejections_frame(sorted(rejected, key=lambda r: (r["pair_id"], r["stage"])))
     models = {"vae": config.vae.model_id, "vlm": config.vlm.model_id}
-    write_rejections(rejections, root / "rejections.parquet", metadata={"models": models, "run": run})
+    write_rejections(rejections, layout.shard_rejections, metadata={"models": models, "run": run})
     shapes = dict(zip(plan["bucket"], plan["latent_shape"], strict=True))
     index = write_index(root, entries, shapes, vlm_dim, models, resolved)
     print(
         f"shards: wrote {index['num_samples']} samples in {len(entries)} shards to {root}; "
-        f"{len(rejections)} rejections ({root / 'rejections.parquet'})"
+        f"{len(rejections)} rejections ({layout.shard_rejections})"
     )
     return index
-
-
-def _encode(todo: Any, config: ShardsConfig, ray_address: str | None):
-    """Stream the results of decode -> VAE -> VLM for the ``todo`` rows, in the plan's order."""
-    import ray
-
-    from pipelines.runtime import init_ray
-
-    res = config.resources
-    init_ray(ray_address, num_cpus=res.num_cpus or None)
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    items = [
-        {
-            "pair_id": row.pair_id,
-            "shard": row.shard,
-            "source_path": row.source_path,
-            "target_path": row.target_path,
-            "reference_path": _reference_path(row.reference_path),
-            "clip_height": int(row.clip_height),
-            "clip_width": int(row.clip_width),
-        }
-        for row in todo.itertuples(index=False)
-    ]
-    instructions = dict(zip(todo["pair_id"], todo["instruction"], strict=True))
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.map_batches(
-        decode_batch,
-        batch_size=1,
-        batch_format="numpy",
-        num_cpus=res.decode_cpus,
-        fn_kwargs={"clip": config.clip, "vlm": config.vlm},
-    )
-    ds = ds.map_batches(
-        VaeStage,
-        batch_size=1,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=res.vae_actors),
-        num_cpus=res.vae_cpus,
-        num_gpus=res.vae_gpus,
-        fn_constructor_kwargs={"config": config.vae},
-    )
-    ds = ds.map_batches(
-        VlmStage,
-        batch_size=1,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=res.vlm_actors),
-        num_cpus=res.vlm_cpus,
-        num_gpus=res.vlm_gpus,
-        fn_constructor_kwargs={"config": config.vlm, "instructions": instructions},
-    )
-    yield from ds.iter_rows()
 
 
 def shards_command(

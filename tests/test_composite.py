@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dataengine.clips import resize_and_crop, resize_and_crop_masks
 from dataengine.composite import (
     EDIT_TYPES,
     blend,
     compose_pair,
     feather_alpha,
     fit_background,
-    fit_frames,
-    fit_masks,
     loop_indices,
 )
 from dataengine.synthetic.portraits import render_background, render_portrait
@@ -120,13 +119,13 @@ def test_fit_background_loops_and_covers_the_frame():
     np.testing.assert_array_equal(fitted[0], want)
 
 
-def test_fit_masks_follow_fit_frames():
+def test_masks_are_resized_and_cropped_like_frames():
     masks = np.zeros((2, 30, 40), dtype=bool)
     masks[:, 10:20, 15:25] = True
-    fitted = fit_masks(masks, 48, 48)
+    fitted = resize_and_crop_masks(masks, (48, 48))
     assert fitted.shape == (2, 48, 48)
     # scale 1.6, then 8 columns cropped on the left: rows 16..32, columns 16..32
     ys, xs = np.nonzero(fitted[0])
     assert (ys.min(), ys.max(), xs.min(), xs.max()) == (16, 31, 16, 31)
     frames = np.zeros((1, 30, 40, 3), dtype=np.uint8)
-    assert fit_frames(frames, 48, 48).shape == (1, 48, 48, 3)
+    assert resize_and_crop(frames, (48, 48)).shape == (1, 48, 48, 3)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dataengine.composite import fit_box, fit_masks
+from dataengine.clips import resize_and_crop_box, resize_and_crop_masks
 from dataengine.detect import (
     BoxFileReader,
     DetectorConfig,
@@ -225,9 +225,9 @@ def test_generated_boxes_are_the_masks_bounding_boxes(tmp_path):
     assert boxes_path(data.backgrounds[0]).exists()
 
 
-def test_fit_box_follows_fit_masks():
+def test_box_follows_its_frame_through_resize_and_crop():
     _, masks, boxes = render_people(seed=2, num_frames=1, height=120, width=200, centre_x=0.3)
-    fitted = fit_masks(masks, 96, 96)[0]  # cover 96x96: scale 0.8, then crop 16 columns each side
+    fitted = resize_and_crop_masks(masks, (96, 96))[0]  # cover 96x96: scale 0.8, crop 32 columns each side
     ys, xs = np.nonzero(fitted)
-    got = fit_box(boxes[0][0], 120, 200, 96, 96)
+    got = resize_and_crop_box(boxes[0][0], 120, 200, (96, 96))
     np.testing.assert_allclose(got, (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), atol=1.5)

@@ -180,8 +180,8 @@ def test_vlm_states_equal_a_direct_forward(tiny_qwen):
 
 def test_a_shard_holds_the_direct_computations(tmp_path, tiny_vae, tiny_qwen):
     """The pipeline's stages (without Ray) write a shard whose tensors equal direct computations on frames read here."""
-    from pipelines.runtime import PartStore, Progress
-    from pipelines.shards import ShardAssembler, ShardsConfig, VaeStage, VlmStage, decode_batch
+    from pipelines.shards import ShardAssembler, ShardsConfig, shard_items, shard_stages
+    from pipelines.stage import apply_stage
 
     openve, _portraits, _ = write_demo_manifests(tmp_path / "in", num_openve=2, num_portrait=0)
     pairs = pd.read_parquet(openve)
@@ -195,23 +195,13 @@ def test_a_shard_holds_the_direct_computations(tmp_path, tiny_vae, tiny_qwen):
     )
     plan, rejected = plan_shards(pairs, clip, config.writer, vlm_dim=64)
     assert not rejected and plan["shard"].nunique() == 1
-    batch = {
-        "pair_id": plan["pair_id"].to_numpy(object),
-        "shard": plan["shard"].to_numpy(object),
-        "source_path": plan["source_path"].to_numpy(object),
-        "target_path": plan["target_path"].to_numpy(object),
-        "reference_path": np.array(["", ""], dtype=object),
-        "clip_height": plan["clip_height"].to_numpy(),
-        "clip_width": plan["clip_width"].to_numpy(),
-    }
-    vae_stage = VaeStage(config.vae)
-    vlm_stage = VlmStage(config.vlm, dict(zip(plan["pair_id"], plan["instruction"], strict=True)))
-    results = vlm_stage(vae_stage(decode_batch(batch, config.clip, config.vlm)))
-    store = PartStore(tmp_path / "out" / ".parts", id_column="shard")
-    assembler = ShardAssembler(tmp_path / "out", plan, config, 64, store, Progress(len(plan)))
-    for i in range(len(plan)):
-        assembler.add({k: v[i] for k, v in results.items()})
-    assert not assembler.pending
+    rows = shard_items(plan)
+    for stage in shard_stages(config, vlm_dim=64):
+        worker = stage.worker()
+        worker.setup()  # the models load here, once per actor
+        rows = apply_stage(stage, worker, rows)
+    records = list(ShardAssembler(tmp_path / "out", plan).records(iter(rows)))
+    assert len(records) == 1 and records[0]["entry"] and records[0]["rejections"] == "[]"
 
     samples = read_shard_samples(tmp_path / "out" / plan["shard"].iloc[0])
     assert [key for key, _, _ in samples] == sorted(plan["pair_id"])

@@ -217,16 +217,16 @@ def test_a_killed_then_resumed_run_equals_an_uninterrupted_one(setup, uninterrup
 
 
 def test_resuming_with_another_judge_is_refused(tmp_path):
-    from pipelines.filter import FilterConfig, _check_scorer
+    from dataclasses import replace
+
+    from pipelines.filter import FilterConfig, scoring_settings
+    from pipelines.stage import guard_resume
 
     config = FilterConfig(csv_dir="c", video_root="v")
-    results = pd.DataFrame(
-        {
-            "stage": [None, "probe", "score"],
-            "scorer_model": [config.judge.model, "anything", "other/model"],
-            "rubric_version": ["v1", "v1", "v1"],
-        }
-    )
-    _check_scorer(results.iloc[:2], config, tmp_path)  # probe rejections do not count
+    guard_resume(tmp_path / "f.json", scoring_settings(config), start_over="x")
+    # resources, batching and selection do not change a stored score: resuming with them is allowed
+    again = replace(config, num_judges=8, judge=replace(config.judge, batch_size=3))
+    guard_resume(tmp_path / "f.json", scoring_settings(again), start_over="x")
+    other = replace(config, judge=replace(config.judge, model="other/model"))
     with pytest.raises(ValueError, match="other/model.*new run name"):
-        _check_scorer(results, config, tmp_path)
+        guard_resume(tmp_path / "f.json", scoring_settings(other), start_over="x")

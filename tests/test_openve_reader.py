@@ -175,3 +175,40 @@ def test_min_frames_is_the_recipe_value(read):
     head = read.pairs.head(1)
     assert probe_pairs(head, min_frames=17)["reason"].isna().all()
     assert probe_pairs(head, min_frames=18)["reason"].tolist() == ["too_short"]
+
+
+def test_a_byte_that_is_not_utf8_does_not_stop_the_read(tmp_path):
+    """A Windows-1252 "é" in one prompt (as crawled CSVs have) is read as "é" and recorded; a byte that is
+    neither UTF-8 nor Windows-1252 makes its row a malformed_row naming file and row; the rest is read."""
+    csv_dir = tmp_path / "csv"
+    csv_dir.mkdir()
+    lines = [
+        "original_video,video,prompt",
+        "a.mp4,b.mp4,Add a caf\u00e9 sign",  # written as Windows-1252 below: one byte 0xE9
+        "c.mp4,d.mp4,Make it \u2019snowy\u2019",  # written as UTF-8 (a multi-byte character)
+        "e.mp4,f.mp4,BROKEN",
+        "g.mp4,h.mp4,Remove the dog",
+    ]
+    raw = "\n".join(lines).encode("utf-8").replace("caf\u00e9".encode(), "caf\u00e9".encode("cp1252"))
+    raw = raw.replace(b"BROKEN", b"bad \x81 byte")  # 0x81: undefined in Windows-1252
+    (csv_dir / "local_add.csv").write_bytes(raw)
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode("utf-8")  # the file really is not UTF-8
+
+    read = read_openve(csv_dir, tmp_path)
+    assert read.pairs["instruction"].tolist() == [
+        "Add a caf\u00e9 sign",
+        "Make it \u2019snowy\u2019",
+        "Remove the dog",
+    ]
+    assert read.pairs["pair_id"].iloc[0] == make_pair_id("openve", "a.mp4", "b.mp4", "Add a caf\u00e9 sign")
+    assert len(read.notes) == 1 and "row 1" in read.notes[0] and "local_add.csv" in read.notes[0]
+    assert "e9" in read.notes[0]
+    (rejection,) = read.rejections.to_dict("records")
+    assert rejection["reason"] == "malformed_row" and rejection["stage"] == "read"
+    assert (
+        "row 3" in rejection["detail"]
+        and "local_add.csv" in rejection["detail"]
+        and "0x81" in rejection["detail"]
+    )
+    assert read.rows_per_category == {"local_add": 4}

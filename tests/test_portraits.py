@@ -119,16 +119,16 @@ def test_config_rejects_bad_frame_counts_and_unknown_keys(tmp_path, portrait_dat
 
 
 def test_segment_stage_runs_a_tiny_sam2_from_its_folder(tmp_path, portrait_data):
-    from pipelines.portraits import SegmentStage
+    from pipelines.portraits import SegmentWorker
 
     model = build_tiny_sam2(tmp_path / "sam2")
     config = PortraitsConfig(
         num_frames=17, width=160, height=96, segmenter=SegmenterConfig(model=str(model), device="cpu")
     )
-    stage = SegmentStage(config, str(tmp_path / "masks"))  # the model loads here, once per actor
+    worker = SegmentWorker(config, str(tmp_path / "masks"))
+    worker.setup()  # the model loads here, once per actor
     path = portrait_data.people[0]
-    out = stage(pd.DataFrame({"path": [str(path)], "rel": [path.name]}))
-    row = out.iloc[0]
+    row = worker.process({"path": str(path), "portrait": path.name})
     masks = load_masks(row["masks_path"])
     assert masks.shape == (17, 96, 160)
     assert row["reason"] is None or row["reason"] in GATE_REASONS

@@ -92,6 +92,26 @@ def test_same_samples_give_the_same_bytes(tmp_path):
     assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
 
 
+def test_the_writer_writes_the_bytes_of_webdatasets_tar_writer(tmp_path):
+    """Our tar writing (one write per member, sha256 in a thread) against webdataset's own TarWriter."""
+    import hashlib
+    import io
+
+    from dataengine.shard_format import encode_sample, encode_tensors
+
+    samples = [(f"{i:04d}pair", make_tensors(i), {"i": i}) for i in range(3)]
+    # tensors given as tensors for one sample and as their encoded member for the others
+    given = [samples[0], *[(key, encode_tensors(t), meta) for key, t, meta in samples[1:]]]
+    entry = write_shard(tmp_path, "b/shard-000000.tar", given[::-1])
+    reference = io.BytesIO()
+    with wds.TarWriter(reference, encoder=False, mtime=0.0, user="", group="", mode=0o444) as writer:
+        for sample in samples:
+            writer.write(encode_sample(*sample))
+    ours = (tmp_path / "b/shard-000000.tar").read_bytes()
+    assert ours == reference.getvalue()
+    assert entry["bytes"] == len(ours) and entry["sha256"] == hashlib.sha256(ours).hexdigest()
+
+
 def test_verify_passes_on_a_whole_set(tmp_path):
     make_shard_set(tmp_path)
     report = verify_shards(tmp_path)

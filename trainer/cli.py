@@ -62,16 +62,16 @@ def fit_command(
     ] = False,
 ) -> None:
     """Train the MiVE DiT from shards: one log line per step, metrics.jsonl and checkpoints in runs/<name>/."""
-    from dataengine.recipe import load_recipe
+    from dataengine.recipe import RecipeError, load_recipe
     from trainer.train import configure_logging, fit, train_config_from_recipe
 
     configure_logging()
     try:
         recipe_data = load_recipe(recipe, overrides)
         config = train_config_from_recipe(recipe_data)
-    except (ValueError, FileNotFoundError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from err
+    except RecipeError as err:
+        err.recipe_path = err.recipe_path or str(recipe)
+        raise
     run_dir = fit(config, resume=resume, recipe=recipe_data)
     if os.environ.get("RANK", "0") == "0":
         typer.echo(f"done: {run_dir}")
@@ -84,5 +84,13 @@ app.command("plan")(plan_command)
 app.command("sample")(sample_command)
 app.command("export")(export_command)
 
+
+def entry_point() -> None:
+    """The ``trainer`` console script: the app, with user errors printed in one line (exit code 2)."""
+    from dataengine.recipe import run_cli
+
+    run_cli(app)
+
+
 if __name__ == "__main__":
-    app()
+    entry_point()

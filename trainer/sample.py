@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from dataengine.layout import TrainRunLayout
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -80,9 +82,8 @@ class SamplingContext:
 
 
 def _find_run_dir(path: Path) -> Path:
-    for folder in (path, *path.parents):
-        if (folder / "recipe.resolved.json").exists():
-            return folder
+    if (run := TrainRunLayout.containing(path)) is not None:
+        return run.folder
     raise FileNotFoundError(
         f"{path}: no recipe.resolved.json in it or above it: is this a trainer run's checkpoint?"
     )
@@ -97,9 +98,9 @@ def resolve_checkpoint(path: str | Path) -> tuple[str, Path]:
         return "export", path
     if (path / ".metadata").exists():
         return "dcp", path
-    if (path / "recipe.resolved.json").exists():
-        resolved = json.loads((path / "recipe.resolved.json").read_text())
-        folder = path / resolved.get("train", {}).get("checkpoint", {}).get("folder", "checkpoints")
+    if (run := TrainRunLayout(path)).resolved_recipe.exists():
+        resolved = json.loads(run.resolved_recipe.read_text())
+        folder = run.checkpoints(resolved.get("train", {}).get("checkpoint", {}).get("folder", "checkpoints"))
         steps = (
             sorted(p for p in folder.glob("step-*") if (p / ".metadata").exists()) if folder.is_dir() else []
         )
@@ -117,7 +118,7 @@ def context_from_run(run_dir: Path) -> SamplingContext:
     from dataengine.shard_format import read_index
     from trainer.model import get_config
 
-    resolved = json.loads((run_dir / "recipe.resolved.json").read_text())
+    resolved = json.loads(TrainRunLayout(run_dir).resolved_recipe.read_text())
     train = resolved["train"]
     shards = Path(train["data"]["shards"])
     if not shards.is_absolute() and not shards.exists():

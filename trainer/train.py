@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from dataengine.layout import TrainRunLayout
 from dataengine.recipe import build_config, config_to_dict
 from trainer.checkpoint import CheckpointConfig, Checkpointer
 from trainer.data import DataConfig, ShardLoader
@@ -231,7 +232,7 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         resolved = {"train": config_to_dict(config), "recipe": recipe, "world_size": runtime.world_size}
-        (run_dir / "recipe.resolved.json").write_text(json.dumps(resolved, indent=2, default=str))
+        TrainRunLayout(run_dir).resolved_recipe.write_text(json.dumps(resolved, indent=2, default=str))
     dist.barrier()
     torch.manual_seed(config.seed)
 
@@ -276,7 +277,7 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
 
     # 5. Resume ----------------------------------------------------------------------------------------------
     step = 0
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = TrainRunLayout(run_dir).metrics
     if resume:
         if latest is None:
             if runtime.is_main:
@@ -305,7 +306,7 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(run_dir / "tensorboard"))
+            writer = SummaryWriter(str(TrainRunLayout(run_dir).tensorboard))
         except ImportError:
             logger.warning(
                 "train.tensorboard is on but the tensorboard package is missing: metrics.jsonl only"

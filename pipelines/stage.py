@@ -1,0 +1,354 @@
+"""One way to write a pipeline stage, run a list of them on Ray Data, and guard a resume.
+
+Every job reads the same way: read inputs, plan, ``run_stages(items, [Stage(...), ...], store)``, write
+outputs. Items are rows (dicts) of small columns: ids, paths, numbers, short strings. A stage that needs
+pixels decodes them itself from the paths; nothing big travels between stages except a stage's product.
+
+- :class:`Stage`: the declaration: a name (also the ``stage`` column of its rejections), what runs (a
+  function ``fn(row, **kwargs) -> dict`` or a :class:`Worker` class), task or actor pool (``actors``),
+  resources (``cpus``, ``gpus``, ``memory_bytes``) and ``batch_size``.
+- :class:`Worker`: a class stage. The constructor only stores small configs (they are pickled to every
+  actor); :meth:`Worker.setup` loads models, once per actor, in the actor; :meth:`Worker.process` (one row)
+  or :meth:`Worker.process_batch` (a batch, for batched models) returns each row's new columns.
+- :class:`Rejected`: raise it to reject the current item. Any exception with ``reason`` and ``detail``
+  attributes (``VideoError``, ``ClipRejection``) counts as one; any other exception becomes the stage's
+  ``failure_reason``. A row returned with ``reason`` set is a rejection too.
+- :func:`apply_stage`: the one wrapper. A failure on one item becomes that row's ``stage``, ``reason``,
+  ``detail``; out-of-memory is re-raised (the job should stop, not reject everything after it); a failed
+  batch is retried item by item so one bad item does not reject its neighbours; rows already rejected
+  by an earlier stage pass through untouched.
+- :func:`run_stages`: the one runner: builds the Ray Data pipeline, streams the results into a
+  :class:`~pipelines.runtime.PartStore` in small parts as they arrive, and shows progress.
+- :func:`guard_resume`: the one resume check: a run remembers the settings and inputs its stored results
+  were made from (its fingerprint file); a rerun with others is refused, naming what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipelines.runtime import PartStore, Progress
+
+Row = dict[str, Any]
+
+FLUSH_ROWS = 256
+"""Most rows per part written to a store (fewer on small runs: about ten parts per run)."""
+FLUSH_SECONDS = 5.0
+"""A part is written at least this often while results arrive: a kill loses at most this much work."""
+
+
+class Rejected(Exception):
+    """Raised by a stage to reject the current item.
+
+    ``reason`` is the rejections' ``reason`` column (a short snake_case word a test can assert), ``detail``
+    says what was wrong and names the file. ``stage`` overrides the name of the stage that raised it (a
+    decode failure inside the VAE stage is still a ``decode`` rejection).
+    """
+
+    def __init__(self, reason: str, detail: str, stage: str | None = None):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.stage = stage
+
+
+class Worker:
+    """Base of a class stage. Keep ``__init__`` to storing small configs; load models in :meth:`setup`."""
+
+    def setup(self) -> None:
+        """Load models and other heavy state: called once per actor (or per task), in that process."""
+
+    def process(self, row: Row) -> Row:
+        """The new columns of one row (raise :class:`Rejected` to reject it)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither process nor process_batch")
+
+    def process_batch(self, rows: list[Row]) -> list[Row]:
+        """The new columns of each row of a batch, in order (override for batched models)."""
+        return [self.process(row) for row in rows]
+
+
+class _FunctionWorker(Worker):
+    def __init__(self, fn: Callable[..., Row], kwargs: Mapping[str, Any]):
+        self.fn, self.kwargs = fn, dict(kwargs)
+
+    def process(self, row: Row) -> Row:
+        return self.fn(row, **self.kwargs)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a job: what runs, where (tasks or an actor pool), with which resources."""
+
+    name: str
+    """The stage's name: the ``stage`` column of the rejections it produces."""
+    run: Callable[..., Row] | type[Worker]
+    """A function ``fn(row, **kwargs) -> new columns``, or a :class:`Worker` class built with ``kwargs``."""
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """Small, picklable arguments (configs) of the function or the worker's constructor."""
+    actors: int = 0
+    """0: Ray tasks (stateless CPU work); n > 0: a pool of n actors, each running ``setup`` once."""
+    cpus: float = 1.0
+    """CPUs reserved per task or actor (also torch's thread count there)."""
+    gpus: float = 0.0
+    """GPUs reserved per task or actor."""
+    memory_bytes: int = 0
+    """Memory reserved per task or actor (0: not declared)."""
+    batch_size: int = 1
+    """Rows per call."""
+    failure_reason: str = "error"
+    """The ``reason`` of an item whose processing raised an exception that names none."""
+
+    def __post_init__(self) -> None:
+        if self.actors < 0 or self.batch_size < 1 or self.cpus < 0 or self.gpus < 0:
+            raise ValueError(f"stage {self.name}: invalid resources {self}")
+        if self.gpus > 0 and not self.actors:
+            raise ValueError(f"stage {self.name}: a GPU stage must be an actor pool (actors > 0)")
+
+    def worker(self) -> Worker:
+        """The stage's worker, not set up yet."""
+        if isinstance(self.run, type) and issubclass(self.run, Worker):
+            return self.run(**self.kwargs)
+        return _FunctionWorker(self.run, self.kwargs)
+
+
+# -- the wrapper -------------------------------------------------------------------------------------
+
+
+def is_rejected(row: Mapping[str, Any]) -> bool:
+    """A row rejected by some stage: its ``reason`` is a non-empty string."""
+    reason = row.get("reason")
+    return isinstance(reason, str) and bool(reason)
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    return isinstance(err, MemoryError) or (torch is not None and isinstance(err, torch.OutOfMemoryError))
+
+
+def _rejection(stage: Stage, err: Exception) -> Row:
+    reason = getattr(err, "reason", None)
+    detail = getattr(err, "detail", None)
+    if not (isinstance(reason, str) and reason):
+        reason, detail = stage.failure_reason, f"{type(err).__name__}: {err}"
+    return {
+        "stage": getattr(err, "stage", None) or stage.name,
+        "reason": reason,
+        "detail": str(detail)[:1000],
+    }
+
+
+def _merge(stage: Stage, row: Row, out: Row | None) -> Row:
+    merged = {**row, **(out or {})}
+    if is_rejected(merged) and not merged.get("stage"):
+        merged["stage"] = stage.name
+    return merged
+
+
+def apply_stage(stage: Stage, worker: Worker, rows: list[Row]) -> list[Row]:
+    """Run ``worker`` (set up) over ``rows``: each result merged into its row, each failure a rejection."""
+    todo = [i for i, row in enumerate(rows) if not is_rejected(row)]
+    out = list(rows)
+    if not todo:
+        return out
+    try:
+        results = worker.process_batch([rows[i] for i in todo])
+        if len(results) != len(todo):
+            raise RuntimeError(f"stage {stage.name} returned {len(results)} rows for {len(todo)}")
+        for i, result in zip(todo, results, strict=True):
+            out[i] = _merge(stage, rows[i], result)
+        return out
+    except Exception as err:
+        if _out_of_memory(err):
+            raise
+        if len(todo) == 1:
+            out[todo[0]] = {**rows[todo[0]], **_rejection(stage, err)}
+            return out
+    for i in todo:  # the batch failed: find the item(s) that did, one at a time
+        out[i] = apply_stage(stage, worker, [rows[i]])[0]
+    return out
+
+
+# -- Ray glue -------------------------------------------------------------------------------------------
+
+
+def _scalar(value: Any) -> Any:
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()  # numpy scalar -> Python
+    if value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value
+
+
+def frame_rows(frame: pd.DataFrame) -> list[Row]:
+    """A pandas batch as rows of plain Python values (missing values as None)."""
+    return [{k: _scalar(v) for k, v in row.items()} for row in frame.to_dict("records")]
+
+
+class _ActorStage:
+    """Ray Data's callable class for an actor-pool stage: builds and sets up the worker once, in the actor."""
+
+    def __init__(self, stage: Stage):
+        self.stage = stage
+        self.worker = stage.worker()
+        self.worker.setup()
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame(apply_stage(self.stage, self.worker, frame_rows(batch)))
+
+
+def _task_stage(batch: pd.DataFrame, stage: Stage) -> pd.DataFrame:
+    worker = stage.worker()
+    worker.setup()
+    return pd.DataFrame(apply_stage(stage, worker, frame_rows(batch)))
+
+
+def _pipeline(items: list[Row], stages: Sequence[Stage]) -> Any:
+    import ray
+
+    first = stages[0].batch_size if stages else 1
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / first)))
+    for stage in stages:
+        resources = {"num_cpus": stage.cpus, "batch_size": stage.batch_size, "batch_format": "pandas"}
+        if stage.gpus:
+            resources["num_gpus"] = stage.gpus
+        if stage.memory_bytes:
+            resources["memory"] = stage.memory_bytes
+        if stage.actors:
+            dataset = dataset.map_batches(
+                _ActorStage,
+                fn_constructor_kwargs={"stage": stage},
+                compute=ray.data.ActorPoolStrategy(size=stage.actors),
+                **resources,
+            )
+        else:
+            dataset = dataset.map_batches(_task_stage, fn_kwargs={"stage": stage}, **resources)
+    return dataset
+
+
+def stream_stages(
+    items: list[Row],
+    stages: Sequence[Stage],
+    *,
+    ordered: bool = False,
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+) -> Iterator[Row]:
+    """The result rows of ``stages`` over ``items``, as they finish (in ``items``' order when ``ordered``)."""
+    if not items:
+        return
+    import ray
+
+    from pipelines.runtime import init_ray
+
+    init_ray(ray_address, num_cpus=num_cpus)
+    ray.data.DataContext.get_current().execution_options.preserve_order = ordered
+    for batch in _pipeline(items, stages).iter_batches(batch_format="pandas", batch_size=None):
+        yield from frame_rows(batch)
+
+
+def run_stages(
+    items: list[Row],
+    stages: Sequence[Stage],
+    store: PartStore,
+    *,
+    description: str,
+    unit: str = "items",
+    num_done: int = 0,
+    collect: Callable[[Iterator[Row]], Iterator[Row]] | None = None,
+    ordered: bool = False,
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+) -> None:
+    """Run ``stages`` over ``items`` on Ray Data and append the results to ``store`` as they arrive.
+
+    ``num_done`` items finished by an earlier run count towards the progress. ``collect`` turns the
+    stream of result rows into the records stored (default: the rows themselves); the shard writer uses
+    it to store one record per written shard. Parts are written every ``FLUSH_ROWS`` records (about a
+    tenth of the run on small runs) or ``FLUSH_SECONDS``, so a kill loses little and a rerun skips the rest.
+    """
+    progress = Progress(num_done + len(items), unit=unit, description=description, initial=num_done)
+
+    def counted() -> Iterator[Row]:
+        for row in stream_stages(items, stages, ordered=ordered, ray_address=ray_address, num_cpus=num_cpus):
+            progress.update(1)
+            yield row
+
+    records = collect(counted()) if collect is not None else counted()
+    flush_rows = max(1, min(FLUSH_ROWS, len(items) // 10))
+    buffer: list[Row] = []
+    last = time.monotonic()
+    try:
+        for record in records:
+            buffer.append(record)
+            if len(buffer) >= flush_rows or time.monotonic() - last > FLUSH_SECONDS:
+                store.append_rows(buffer)
+                buffer, last = [], time.monotonic()
+    finally:
+        store.append_rows(buffer)
+        progress.close()
+
+
+# -- resume ------------------------------------------------------------------------------------------------
+
+
+def fingerprint(settings: Mapping[str, Any], inputs: Iterable[str] = ()) -> str:
+    """sha256 of the settings (JSON, sorted keys) and the inputs (one per line, in the order given)."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for item in inputs:
+        digest.update(f"{item}\n".encode())
+    return digest.hexdigest()
+
+
+def _flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def guard_resume(
+    path: str | Path, settings: Mapping[str, Any], inputs: Iterable[str] = (), *, start_over: str
+) -> None:
+    """Record what a run's stored results are made from, or refuse to continue them with something else.
+
+    ``path`` is the run's fingerprint file (a ``RunLayout`` ``*_fingerprint``); ``settings`` the parts of
+    the resolved recipe the stored results depend on (not resources, not output paths); ``inputs`` the
+    items they were computed over (the input files, or the plan) when results are not keyed by their
+    content. The first call writes the file; a later one with a different fingerprint raises ``ValueError``
+    naming the settings that differ and saying to delete ``start_over`` to begin again.
+    """
+    path = Path(path)
+    settings = json.loads(json.dumps(settings, default=str))  # plain data: tuples become lists
+    stamp = fingerprint(settings, inputs)
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        if recorded.get("fingerprint") != stamp:
+            old, new = _flatten(recorded.get("settings", {})), _flatten(settings)
+            changed = [
+                f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+                for k in sorted({*old, *new})
+                if old.get(k) != new.get(k)
+            ]
+            what = "; ".join(changed[:5]) if changed else "the inputs differ"
+            raise ValueError(
+                f"{path.parent} holds results made with other settings or inputs ({what}): use a new run "
+                f"name, or delete {start_over} to start over"
+            )
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"fingerprint": stamp, "settings": settings}, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,149 @@
+"""The shared stage code without Ray: the wrapper's rejections, the runner's parts, the resume guard."""
+
+from __future__ import annotations
+
+import pickle
+
+import pandas as pd
+import pytest
+import torch
+
+from dataengine.clips import ClipRejection
+from pipelines import stage as stage_module
+from pipelines.runtime import PartStore
+from pipelines.stage import Rejected, Stage, Worker, apply_stage, guard_resume, is_rejected, run_stages
+
+
+def halve(row: dict, divisor: int) -> dict:
+    if row["x"] < 0:
+        raise ValueError(f"negative x {row['x']}")
+    if row["x"] == 3:
+        raise Rejected("odd_three", f"x is three in {row['name']}")
+    if row["x"] == 5:
+        raise ClipRejection("too_short", f"{row['name']} has 5 frames")  # a block's own exception
+    return {"half": row["x"] / divisor}
+
+
+class BatchWorker(Worker):
+    """A batched model: the whole batch fails when one item is bad."""
+
+    def __init__(self, scale: float):
+        self.scale = scale
+        self.calls: list[int] = []
+
+    def setup(self) -> None:
+        self.model = torch.nn.Linear(1, 1)  # what a real stage would load here, never in __init__
+
+    def process_batch(self, rows: list[dict]) -> list[dict]:
+        self.calls.append(len(rows))
+        if any(row["x"] < 0 for row in rows):
+            raise RuntimeError("shape mismatch in the batch")
+        return [{"y": row["x"] * self.scale} for row in rows]
+
+
+def rows_of(*values: int) -> list[dict]:
+    return [{"pair_id": f"p{i}", "name": f"clip{i}.mp4", "x": x} for i, x in enumerate(values)]
+
+
+def test_one_bad_item_is_a_rejection_row_and_the_others_go_on():
+    stage = Stage("halve", halve, kwargs={"divisor": 2})
+    out = apply_stage(stage, stage.worker(), rows_of(4, -1, 3, 5, 8))
+    assert [r.get("half") for r in out] == [2.0, None, None, None, 4.0]
+    rejections = {r["pair_id"]: (r["stage"], r["reason"], r["detail"]) for r in out if is_rejected(r)}
+    assert rejections == {
+        "p1": ("halve", "error", "ValueError: negative x -1"),
+        "p2": ("halve", "odd_three", "x is three in clip2.mp4"),
+        "p3": ("halve", "too_short", "clip3.mp4 has 5 frames"),
+    }
+    assert all(r["name"] == f"clip{i}.mp4" for i, r in enumerate(out))  # input columns are kept
+
+
+def test_a_failed_batch_is_retried_item_by_item_and_rejected_rows_pass_through():
+    stage = Stage("scale", BatchWorker, kwargs={"scale": 10.0}, batch_size=4, failure_reason="encode_failed")
+    worker = stage.worker()
+    worker.setup()
+    earlier = {"pair_id": "gone", "x": 1, "stage": "decode", "reason": "missing_file", "detail": "a.mp4"}
+    out = apply_stage(stage, worker, [*rows_of(1, -2, 3), earlier])
+    assert worker.calls == [3, 1, 1, 1]  # the batch of three usable rows, then each alone
+    assert [r.get("y") for r in out[:3]] == [10.0, None, 30.0]
+    assert (out[1]["stage"], out[1]["reason"]) == ("scale", "encode_failed")
+    assert "shape mismatch" in out[1]["detail"]
+    assert out[3] == earlier  # an earlier stage's rejection is not given to this one
+
+
+def test_out_of_memory_stops_the_job_and_a_stage_can_name_another_stage():
+    class Oom(Worker):
+        def process(self, row: dict) -> dict:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    stage = Stage("vae", Oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        apply_stage(stage, stage.worker(), rows_of(1, 2))
+
+    def decode_fails(row: dict) -> dict:
+        raise Rejected("undecodable", "decord and PyAV both failed", stage="decode")
+
+    out = apply_stage(Stage("vae", decode_fails), Stage("vae", decode_fails).worker(), rows_of(1))
+    assert (out[0]["stage"], out[0]["reason"]) == ("decode", "undecodable")
+
+
+def test_a_stage_declaration_carries_no_model_and_checks_its_resources():
+    stage = Stage("scale", BatchWorker, kwargs={"scale": 2.0}, actors=2, gpus=1.0, batch_size=8)
+    worker = pickle.loads(pickle.dumps(stage)).worker()  # what each actor receives and builds
+    assert not hasattr(worker, "model")  # loaded by setup(), in the actor
+    with pytest.raises(ValueError, match="actor pool"):
+        Stage("gpu task", halve, gpus=1.0)
+
+
+def test_the_runner_streams_records_into_parts(tmp_path, monkeypatch):
+    """run_stages without Ray: Ray's part (stream_stages) replaced by the wrapper run in this process."""
+    stage = Stage("halve", halve, kwargs={"divisor": 2})
+
+    def in_process(items, stages, **_):
+        yield from apply_stage(stages[0], stages[0].worker(), items)
+
+    monkeypatch.setattr(stage_module, "stream_stages", in_process)
+    store = PartStore(tmp_path / "parts")
+    items = rows_of(*range(6, 36))  # 30 items: parts of 3 rows (a tenth of the run)
+    run_stages(items, [stage], store, description="test")
+    assert len(store.parts()) == 10 and store.completed_ids() == {r["pair_id"] for r in items}
+    frame = store.read_all()
+    assert frame.set_index("pair_id")["half"].to_dict() == {r["pair_id"]: r["x"] / 2 for r in items}
+
+    # collect: one stored record per group of rows (what the shard writer does per shard)
+    def per_ten(rows):
+        group = []
+        for row in rows:
+            group.append(row["pair_id"])
+            if len(group) == 10:
+                yield {"pair_id": ",".join(group)}
+                group = []
+
+    grouped = PartStore(tmp_path / "grouped")
+    run_stages(items, [stage], grouped, description="test", collect=per_ten)
+    assert len(grouped.read_all()) == 3
+
+
+def test_resume_guard_refuses_other_settings_or_inputs_and_names_what_changed(tmp_path):
+    path = tmp_path / "run" / "fingerprint.json"
+    settings = {"judge": {"model": "a", "fps": 2.0}, "buckets": ((720, 1280),)}
+    guard_resume(path, settings, ["x.mp4", "y.mp4"], start_over="the run folder")
+    guard_resume(path, {"buckets": [[720, 1280]], "judge": {"fps": 2.0, "model": "a"}}, ["x.mp4", "y.mp4"],
+                 start_over="-")  # fmt: skip
+    with pytest.raises(ValueError, match=r"judge\.model: 'a' -> 'b'.*delete the run folder"):
+        guard_resume(path, {**settings, "judge": {"model": "b", "fps": 2.0}}, ["x.mp4", "y.mp4"],
+                     start_over="the run folder")  # fmt: skip
+    with pytest.raises(ValueError, match="the inputs differ"):
+        guard_resume(path, settings, ["x.mp4"], start_over="-")
+
+
+def test_part_store_with_a_schema_keeps_its_columns_and_types(tmp_path):
+    import pyarrow as pa
+
+    schema = pa.schema([("pair_id", pa.string()), ("score", pa.float64()), ("reason", pa.string())])
+    store = PartStore(tmp_path, schema=schema)
+    store.append_rows([{"pair_id": "a", "score": None, "reason": "missing_file", "extra": [1]}])
+    store.append_rows([{"pair_id": "b", "score": 3, "reason": None}])
+    frame = store.read_all()
+    assert list(frame.columns) == ["pair_id", "score", "reason"]
+    pd.testing.assert_series_equal(frame["score"], pd.Series([None, 3.0], name="score", dtype="float64"))
