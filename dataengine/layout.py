@@ -75,6 +75,36 @@ class RunLayout:
         """What the scores were computed with (the probe and judge settings): a rerun must match it."""
         return self.run_dir / "scores.fingerprint.json"
 
+    # dataengine harvest-portraits
+    @property
+    def portrait_windows(self) -> Path:
+        """The harvest's portrait windows (one person in every sampled frame): what synth-portraits reads."""
+        return self.run_dir / "portrait_windows.parquet"
+
+    @property
+    def background_windows(self) -> Path:
+        """The harvest's background windows (nobody in any sampled frame)."""
+        return self.run_dir / "background_windows.parquet"
+
+    @property
+    def harvest_rejections(self) -> Path:
+        """Every scanned video in neither list, with its reason."""
+        return self.run_dir / "harvest_rejections.parquet"
+
+    @property
+    def harvest_summary(self) -> Path:
+        return self.run_dir / "harvest_summary.json"
+
+    @property
+    def harvest_state(self) -> Path:
+        """The harvest's resumable parts: one row per scanned video."""
+        return self.run_dir / ".harvest"
+
+    @property
+    def harvest_fingerprint(self) -> Path:
+        """What the harvest's parts were made from (detector settings, window, video source)."""
+        return self.harvest_state / "fingerprint.json"
+
     # dataengine synth-portraits
     @property
     def portraits(self) -> Path:

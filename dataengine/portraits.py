@@ -124,6 +124,12 @@ class ResourcesConfig:
     """GPUs per segmentation actor (1 for SAM2-large on a GPU cluster, 0 on a CPU)."""
     segment_cpus: float = 1.0
     """CPUs per segmentation actor (decoding happens in the actor)."""
+    harvest_actors: int = 1
+    """Harvest actors (each loads the person detector once); one per GPU share on a GPU node."""
+    harvest_gpus: float = 0.0
+    """GPUs per harvest actor (a fraction: the detector is small, decoding dominates)."""
+    harvest_cpus: float = 1.0
+    """CPUs per harvest actor (decoding the sampled frames happens in the actor)."""
     composite_cpus: float = 1.0
     """CPUs per compositing + encoding task."""
     num_cpus: int = 0
@@ -164,9 +170,14 @@ class PortraitsConfig:
     """The ``[portraits]`` recipe table: inputs, counts, output clip format, segmenter, gate, compositing."""
 
     people_dir: str = "demo_data/portraits/people"
-    """Folder of portrait clips (a person in frame), searched recursively."""
+    """Folder of portrait clips (a person in frame), searched recursively (unless ``portrait_windows``)."""
     backgrounds_dir: str = "demo_data/portraits/backgrounds"
-    """Folder of background clips (no person), searched recursively."""
+    """Folder of background clips (no person), searched recursively (unless ``background_windows``)."""
+    portrait_windows: str = ""
+    """A harvest's portrait windows list (``manifests/<run>/portrait_windows.parquet``), read in place of
+    ``people_dir``: each clip's window starts at its listed frame."""
+    background_windows: str = ""
+    """A harvest's background windows list, read in place of ``backgrounds_dir``."""
     output_dir: str = ""
     """Where pair videos, reference PNGs and masks go; empty: ``portrait_pairs/<run>``."""
     pairs_per_type: int = 2000
@@ -265,6 +276,61 @@ def harvest_inputs(
         )
     found.sort()
     return found[: harvest.max_clips] if harvest.max_clips else found
+
+
+WINDOW_COLUMNS = [
+    "clip_id",
+    "clip",
+    "path",
+    "start_frame",
+    "start_s",
+    "end_s",
+    "num_sampled",
+    "video_frames",
+    "video_fps",
+    "width",
+    "height",
+    "detail",
+]
+"""Columns of the harvest's window lists: the clip as its source names it, its path, the window and why it
+qualified (``detail``)."""
+
+
+@dataclass(frozen=True)
+class InputClip:
+    """A portrait or background clip the job reads: from a folder (whole clip) or a harvest's window list."""
+
+    key: str
+    """Its name in the plan and the pair ids: the path relative to the folder, or the list's ``clip``."""
+    path: str
+    """Where the video is."""
+    start_frame: int = 0
+    """Where its window may start (a listed window's first frame)."""
+
+
+def read_windows(path: str | os.PathLike) -> list[InputClip]:
+    """The clips of a window list written by ``dataengine harvest-portraits``, sorted by key."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"window list not found: {path} (run dataengine harvest-portraits first)")
+    frame = pd.read_parquet(path)
+    missing = [c for c in ("clip", "path", "start_frame") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} is not a window list: columns {missing} are missing")
+    clips = [InputClip(str(r.clip), str(r.path), int(r.start_frame)) for r in frame.itertuples(index=False)]
+    return sorted(clips, key=lambda c: c.key)
+
+
+def input_clips(config: PortraitsConfig, kind: str) -> list[InputClip]:
+    """The ``portrait`` or ``background`` clips of a run: the harvest's window list if the recipe names one,
+    else every video of the folder (whole clips)."""
+    windows = config.portrait_windows if kind == "portrait" else config.background_windows
+    if windows:
+        return read_windows(windows)
+    folder = Path(config.people_dir if kind == "portrait" else config.backgrounds_dir)
+    return [InputClip(rel, str(folder / rel)) for rel in list_videos(folder, config.extensions)]
 
 
 def clip_id(kind: str, rel_path: str) -> str:
@@ -529,11 +595,14 @@ def plan_pairs(
 
 
 def synthesize_pair(plan_row: dict[str, Any], masks_path: str, config: PortraitsConfig) -> dict[str, Any]:
-    """Composite one planned pair and write its files; returns its manifest row, or a rejection (``reason`` set)."""
+    """Composite one planned pair and write its files; returns its manifest row, or a rejection (``reason`` set).
+
+    Beside ``PLAN_COLUMNS`` the row names the clips' files and windows: ``portrait_path``, ``portrait_start``
+    (the segmented window's first frame), ``background_path``, ``background_start``.
+    """
     from PIL import Image
 
-    portrait_path = Path(config.people_dir) / plan_row["portrait"]
-    background_path = Path(config.backgrounds_dir) / plan_row["background"]
+    portrait_path, background_path = plan_row["portrait_path"], plan_row["background_path"]
     row = {
         "pair_id": plan_row["pair_id"],
         "origin": "portrait",
@@ -552,8 +621,8 @@ def synthesize_pair(plan_row: dict[str, Any], masks_path: str, config: Portraits
         "detail": "",
     }
     try:
-        portrait = load_portrait(portrait_path, config)
-        background = load_background(background_path, config)
+        portrait = load_portrait(portrait_path, config, int(plan_row["portrait_start"]))
+        background = load_background(background_path, config, int(plan_row["background_start"]))
     except VideoError as err:
         return {**row, "reason": err.reason, "detail": f"{err.path}: {err.detail}"}
     masks = load_masks(masks_path)

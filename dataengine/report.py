@@ -453,7 +453,7 @@ def pairs_section(files: RunFiles, config: ReportConfig) -> Section:
                 planned = plan_of.get(row.pair_id, {})
                 image = planned.get("prompt_image")
                 prompt = (image, planned.get("prompt_boxes")) if isinstance(image, str) and image else None
-                start, start_s = planned.get("start_frame"), planned.get("start_s")
+                start, start_s = planned.get("portrait_start"), planned.get("prompt_s")
                 where = "prompt frame + box"
                 if isinstance(start, int | float) and start == start and start >= 0:
                     seconds = (

@@ -1,4 +1,4 @@
-"""The ``dataengine`` command: the data-engine jobs (filter, synth-portraits, shards) and their tools.
+"""The ``dataengine`` command: the data-engine jobs (filter, harvest-portraits, synth-portraits, shards) and their tools.
 
 Each job module in ``pipelines/`` defines its typer command function with light module-level imports
 (torch, ray and transformers are imported inside the function), and is registered here.
@@ -18,12 +18,14 @@ app = typer.Typer(
 # Job registrations (one line each, kept in pipeline order).
 from pipelines.demo_data import demo_data_command  # noqa: E402
 from pipelines.filter import filter_command  # noqa: E402
+from pipelines.harvest import harvest_portraits_command  # noqa: E402
 from pipelines.portraits import synth_portraits_command  # noqa: E402
 from pipelines.report import report_command  # noqa: E402
 from pipelines.shards import inspect_command, shards_command, verify_command  # noqa: E402
 
 app.command("demo-data")(demo_data_command)
 app.command("filter")(filter_command)
+app.command("harvest-portraits")(harvest_portraits_command)
 app.command("synth-portraits")(synth_portraits_command)
 app.command("shards")(shards_command)
 app.command("inspect")(inspect_command)

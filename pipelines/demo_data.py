@@ -2,9 +2,9 @@
 
 Writes under ``--out`` (``demo_data`` by default):
 ``openve/`` (OpenVE-style CSVs and clips, some rows broken on purpose), ``portraits/people`` and
-``portraits/backgrounds`` (generated clips with their ground-truth masks), and ``models/``: tiny random
-Qwen3-VL (``qwen3vl``), open_clip (``open_clip``), SAM2 (``sam2``), Wan2.1 VAE (``wan_vae``) and Wan2.1 DiT
-(``wan``), each saved in its library's own format and loaded back through ``from_pretrained`` by the jobs.
+``portraits/backgrounds`` and the harvest pool ``portraits/pool`` (generated clips with their ground-truth
+masks and person boxes), and ``models/``: tiny random Qwen3-VL (``qwen3vl``), open_clip (``open_clip``), SAM2
+(``sam2``), RT-DETRv2 person detector (``detector``), Wan2.1 VAE (``wan_vae``) and Wan2.1 DiT (``wan``), each saved in its library's own format and loaded back through ``from_pretrained`` by the jobs.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ def demo_data_command(
     out: Path = typer.Option(Path("demo_data"), "--out", help="Folder to write the demo inputs into."),
 ) -> None:
     """Generate the demo's inputs: OpenVE-style data, portrait and background clips, tiny random models."""
+    from dataengine.synthetic.detector import build_tiny_detector
     from dataengine.synthetic.openve import build_filter_demo
     from dataengine.synthetic.portraits import build_tiny_sam2, generate_portraits
     from dataengine.synthetic.wan_dit import build_tiny_wan_dit
@@ -28,8 +29,9 @@ def demo_data_command(
     models = out / "models"
     steps = [
         ("OpenVE-style dataset, tiny Qwen3-VL and open_clip", lambda: build_filter_demo(out)),
-        ("portrait and background clips", lambda: generate_portraits(out / "portraits")),
+        ("portrait, background and pool clips", lambda: generate_portraits(out / "portraits")),
         ("tiny SAM2", lambda: build_tiny_sam2(models / "sam2")),
+        ("tiny RT-DETRv2 person detector", lambda: build_tiny_detector(models / "detector")),
         ("tiny Wan2.1 VAE", lambda: build_tiny_wan_vae(models / "wan_vae")),
         ("tiny Wan2.1 DiT", lambda: build_tiny_wan_dit(models / "wan")),
     ]

@@ -6,8 +6,10 @@
 Stages (Ray Data; paths travel between stages, pixels are decoded where they are needed):
 
 1. segment: an actor pool (``resources.segment_actors`` actors with ``resources.segment_gpus`` GPUs each,
-   the model loaded once per actor, in the actor) segments every portrait clip and gates its masks;
-   backgrounds are probed by CPU tasks.
+   the models loaded once per actor, in the actor: SAM2, and the person detector when ``segmenter.prompt =
+   "detector"``) prompts, segments and gates every portrait clip; backgrounds are probed by CPU tasks.
+   The clips come from ``people_dir`` / ``backgrounds_dir``, or from the window lists of ``dataengine
+   harvest-portraits`` (``portrait_windows`` / ``background_windows``).
 2. plan (driver): pairs drawn with the seed from the accepted clips (``dataengine.portraits.plan_pairs``).
 3. composite: CPU tasks composite, encode (H.264) and write each pair.
 
@@ -28,8 +30,22 @@ import typer
 
 from pipelines.stage import Stage, Worker, guard_resume, run_stages
 
-CLIP_COLUMNS = ["clip_id", "portrait", "reason", "stage", "detail", "masks_path", "mean_area", "min_iou"]
-BACKGROUND_COLUMNS = ["clip_id", "background", "reason", "stage", "detail"]
+CLIP_COLUMNS = [
+    "clip_id",
+    "portrait",
+    "path",
+    "reason",
+    "stage",
+    "detail",
+    "masks_path",
+    "mean_area",
+    "min_iou",
+    "start_frame",
+    "start_s",
+    "prompt_boxes",
+    "prompt_image",
+]
+BACKGROUND_COLUMNS = ["clip_id", "background", "path", "start_frame", "reason", "stage", "detail"]
 
 
 # -- the stages -------------------------------------------------------------------------------------------
@@ -43,23 +59,35 @@ def check_background_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class SegmentWorker(Worker):
-    """Segment stage (actor pool): the segmenter loads once per actor, then segments and gates one clip per row."""
+    """Segment stage (actor pool): the segmenter and the person detector load once per actor, then each row's
+    clip is prompted, segmented and gated."""
 
     def __init__(self, config: Any, masks_dir: str):
         self.config, self.masks_dir = config, masks_dir
 
     def setup(self) -> None:
+        from dataengine.detect import build_detector
         from dataengine.segment import MaskFileReader, build_segmenter
 
         backend = self.config.segmenter.backend
         self.segmenter = (
             MaskFileReader() if backend == "mask_files" else build_segmenter(self.config.segmenter)
         )
+        prompted = self.config.segmenter.prompt == "detector"
+        self.detector = build_detector(self.config.detector) if prompted else None
 
     def process(self, row: dict[str, Any]) -> dict[str, Any]:
         from dataengine.portraits import segment_portrait
 
-        return segment_portrait(row["path"], row["portrait"], self.config, self.masks_dir, self.segmenter)
+        return segment_portrait(
+            row["path"],
+            row["portrait"],
+            self.config,
+            self.masks_dir,
+            self.segmenter,
+            self.detector,
+            int(row.get("start_frame") or 0),
+        )
 
 
 def composite_row(row: dict[str, Any], config: Any) -> dict[str, Any]:
@@ -80,26 +108,30 @@ def run_portraits(
 
     from dataengine.layout import RunLayout
     from dataengine.manifest import PAIR_COLUMNS, rejections_frame, write_pairs, write_rejections
-    from dataengine.portraits import CATEGORIES, PLAN_COLUMNS, clip_id, list_videos, plan_pairs
+    from dataengine.portraits import CATEGORIES, PLAN_COLUMNS, clip_id, input_clips, plan_pairs
     from dataengine.recipe import config_to_dict
     from pipelines.runtime import PartStore
 
     layout = RunLayout(run, manifests_root=Path(manifests_root), pairs_dir=config.pairs_root(run))
-    people_dir, backgrounds_dir = Path(config.people_dir), Path(config.backgrounds_dir)
-    portraits = list_videos(people_dir, config.extensions)
-    backgrounds = list_videos(backgrounds_dir, config.extensions)
+    portrait_clips, background_clips = input_clips(config, "portrait"), input_clips(config, "background")
+    portraits, backgrounds = [c.key for c in portrait_clips], [c.key for c in background_clips]
     resolved = config_to_dict(config)
-    settings = {k: v for k, v in resolved.items() if k != "resources"}
-    inputs = [f"portrait {p}" for p in portraits] + [f"background {b}" for b in backgrounds]
+    settings = {k: v for k, v in resolved.items() if k not in ("resources", "harvest")}
+    inputs = [f"portrait {c.key} {c.path} {c.start_frame}" for c in portrait_clips]
+    inputs += [f"background {c.key} {c.path} {c.start_frame}" for c in background_clips]
     guard_resume(
         layout.portraits_fingerprint,
         settings,
         inputs,
         start_over=f"{layout.run_dir} and the pairs under {layout.pairs_dir}",
     )
+    sources = (
+        config.portrait_windows or config.people_dir,
+        config.background_windows or config.backgrounds_dir,
+    )
     print(
-        f"synth-portraits: {len(portraits)} portrait clips in {people_dir}, {len(backgrounds)} background clips in "
-        f"{backgrounds_dir}; {config.pairs_per_type} pairs per type -> {layout.pairs_dir}"
+        f"synth-portraits: {len(portraits)} portrait clips from {sources[0]}, {len(backgrounds)} background clips "
+        f"from {sources[1]}; {config.pairs_per_type} pairs per type -> {layout.pairs_dir}"
     )
     res = config.resources
     ray_options = {"ray_address": ray_address, "num_cpus": res.num_cpus or None}
@@ -108,8 +140,13 @@ def run_portraits(
     background_store = PartStore(layout.portraits_state / "backgrounds", id_column="clip_id")
     done = background_store.completed_ids()
     items = [
-        {"clip_id": clip_id("background", rel), "background": rel, "path": str(backgrounds_dir / rel)}
-        for rel in backgrounds
+        {
+            "clip_id": clip_id("background", c.key),
+            "background": c.key,
+            "path": c.path,
+            "start_frame": c.start_frame,
+        }
+        for c in background_clips
     ]
     todo = [item for item in items if item["clip_id"] not in done]
     stages = [Stage("background", check_background_row, cpus=1.0)]
@@ -126,8 +163,13 @@ def run_portraits(
     clip_store = PartStore(layout.portraits_state / "portraits", id_column="clip_id")
     done = clip_store.completed_ids()
     items = [
-        {"clip_id": clip_id("portrait", rel), "portrait": rel, "path": str(people_dir / rel)}
-        for rel in portraits
+        {
+            "clip_id": clip_id("portrait", c.key),
+            "portrait": c.key,
+            "path": c.path,
+            "start_frame": c.start_frame,
+        }
+        for c in portrait_clips
     ]
     todo = [item for item in items if item["clip_id"] not in done]
     stages = [
@@ -164,9 +206,22 @@ def run_portraits(
                 f"synth-portraits: WARNING only {count} distinct (portrait, background) combinations for "
                 f"{edit_type}; {config.pairs_per_type} requested: add clips to reach it"
             )
-    masks_of = dict(zip(accepted["portrait"], accepted["masks_path"], strict=True))
     plan_frame = pd.DataFrame(plan, columns=PLAN_COLUMNS)
-    plan_frame["masks_path"] = [masks_of[p] for p in plan_frame["portrait"]]
+    portrait_of = accepted.set_index("portrait")
+    background_of = good_backgrounds.set_index("background")
+    for column, source in (
+        ("portrait_path", "path"),
+        ("portrait_start", "start_frame"),
+        ("masks_path", "masks_path"),
+        ("prompt_image", "prompt_image"),
+        ("prompt_boxes", "prompt_boxes"),
+        ("prompt_s", "start_s"),
+    ):
+        plan_frame[column] = portrait_of[source].reindex(plan_frame["portrait"]).to_list()
+    plan_frame["background_path"] = background_of["path"].reindex(plan_frame["background"]).to_list()
+    plan_frame["background_start"] = (
+        background_of["start_frame"].fillna(0).reindex(plan_frame["background"]).astype(int).to_list()
+    )
 
     # 3. composite + encode (CPU tasks); a recorded pair whose files went missing is redone
     pair_store = PartStore(layout.portraits_state / "pairs", id_column="pair_id")
@@ -200,6 +255,9 @@ def run_portraits(
     models = {
         "segmenter": config.segmenter.model if config.segmenter.backend == "transformers" else "mask_files"
     }
+    if config.segmenter.prompt == "detector":
+        backend = config.detector.backend
+        models["detector"] = config.detector.model if backend == "transformers" else "boxes_file"
     metadata = {"run": run, "config": resolved, "models": models, "step": "synth-portraits"}
     write_pairs(pairs[PAIR_COLUMNS], layout.portraits, metadata=metadata)
     write_rejections(rejections, layout.portrait_rejections, metadata=metadata)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make demo`: the whole MiVE chain on tiny random models and generated videos, on the CPU.
-#   demo-data -> filter -> synth-portraits -> shards -> trainer fit -> trainer sample -> report
+#   demo-data -> filter -> harvest-portraits -> synth-portraits -> shards -> trainer fit -> trainer sample -> report
 # Every step is the command a real run uses, with the demo recipes (manifests/demo.toml, train_debug.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,39 +13,45 @@ step() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
 # A demo run starts from scratch: earlier demo outputs are removed (a real run would --resume instead).
 rm -rf manifests/demo manifests/demo_sam2 shards/demo runs/debug
 
-step "1/7 generate the demo inputs (OpenVE-style data, portrait clips, tiny random models) into $DEMO_DIR/"
+step "1/8 generate the demo inputs (OpenVE-style data, portrait clips, tiny random models) into $DEMO_DIR/"
 $BIN/dataengine demo-data --out "$DEMO_DIR"
 
-step "2/7 dataengine filter: score every pair with the (tiny) Qwen3-VL judge, select, dedup"
+step "2/8 dataengine filter: score every pair with the (tiny) Qwen3-VL judge, select, dedup"
 $BIN/dataengine filter manifests/demo.toml
 
-step "3/7 dataengine synth-portraits: person masks, compositing, three edit types"
+step "3/8 dataengine harvest-portraits: portrait and background windows found by a person detector in a pool of videos"
+# The pool's clips carry their true person boxes (detector backend boxes_file): a person throughout, entering
+# late, off centre, absent, leaving, passing through, two people, too small, too short.
+$BIN/dataengine harvest-portraits manifests/demo.toml
+
+step "4/8 dataengine synth-portraits: SAM2 prompted where the detector finds the person, compositing, three edit types"
 $BIN/dataengine synth-portraits manifests/demo.toml
 # The same job through the tiny random SAM2 (transformers' Sam2VideoModel, loaded with from_pretrained) in
-# the segmentation actor pool. Random weights give empty masks, so the quality gate rejects every clip
-# (reason empty_mask): this shows the real segmentation path. The pairs above use the generated clips'
-# exact masks (backend mask_files); a real run uses SAM2 with real weights.
+# the segmentation actor pool, prompted with the detector's boxes at the prompt frame. Random weights give
+# noise masks, so the quality gate rejects every clip: this shows the real segmentation path. The pairs above
+# use the generated clips' exact masks (backend mask_files); a real run uses SAM2 with real weights.
 $BIN/dataengine synth-portraits manifests/demo.toml run=demo_sam2 portraits.segmenter.backend=transformers \
   portraits.output_dir="$DEMO_DIR/portrait_pairs_sam2"
 
-step "4/7 dataengine shards: Wan VAE latents + Qwen3-VL first/last-layer tokens into WebDataset shards"
+step "5/8 dataengine shards: Wan VAE latents + Qwen3-VL first/last-layer tokens into WebDataset shards"
 $BIN/dataengine shards manifests/demo.toml
 $BIN/dataengine verify shards/demo
 
-step "5/7 trainer fit: the debug MiVE DiT, initialised from the tiny Wan DiT, flow matching on the shards"
+step "6/8 trainer fit: the debug MiVE DiT, initialised from the tiny Wan DiT, flow matching on the shards"
 $BIN/trainer fit manifests/train_debug.toml train.init="$DEMO_DIR/models/wan"
 
-step "6/7 trainer sample: edit a source video with the trained checkpoint"
+step "7/8 trainer sample: edit a source video with the trained checkpoint"
 PAIR=$(ls -d "$DEMO_DIR"/portrait_pairs/portrait_background/*/ | head -n 1)
 $BIN/trainer sample runs/debug --source "${PAIR}source.mp4" --reference "${PAIR}reference.png" \
   --instruction "Replace the background with a beach at sunset." --out runs/debug/samples/edited.mp4 --compare
 
-step "7/7 dataengine report: one HTML page with counts, rejections, scores, thumbnails, shards and the loss curve"
+step "8/8 dataengine report: one HTML page with counts, rejections, scores, thumbnails, shards and the loss curve"
 $BIN/dataengine report demo
 
 echo
 echo "Demo finished in $(( $(date +%s) - start )) s. Outputs:"
-echo "  manifests/demo/            pair manifests (openve.parquet, portraits.parquet), rejections, summaries"
+echo "  manifests/demo/            pair manifests (openve.parquet, portraits.parquet), rejections, summaries,"
+echo "                             the harvest's portrait_windows.parquet and background_windows.parquet"
 echo "  $DEMO_DIR/portrait_pairs/  synthesised portrait pairs (source/target mp4, reference png, masks)"
 echo "  shards/demo/               WebDataset shards + index.json"
 echo "  runs/debug/                checkpoints, metrics.jsonl, samples/edited.mp4 and samples/*compare*.mp4"

@@ -177,8 +177,8 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "masks_path": str(root / "pairs" / "p.masks.npz"),
         "prompt_image": str(prompt_image),
         "prompt_boxes": "[[20, 10, 44, 40, 0.93]]",
-        "start_frame": 12,
-        "start_s": 0.75,
+        "portrait_start": 12,
+        "prompt_s": 0.75,
     }
     pd.DataFrame([plan]).to_parquet(run_dir / "portrait_plan.parquet")
 
