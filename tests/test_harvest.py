@@ -1,5 +1,6 @@
-"""Harvesting portrait and background windows from a pool of generated clips, and segmenting a portrait from
-the detector's prompt (true boxes, true masks: no model, no Ray).
+"""Harvesting portrait and background windows from a pool of generated clips, segmenting a portrait from the
+detector's prompt (true boxes and masks; then the tiny random detector and SAM2 in one stage worker), and the
+harvest job on Ray killed and resumed.
 
 The expectations follow from how the pool is generated (a person entering at frame 10, leaving at frame 12,
 in view during frames 6-18 ...) with windows of 17 frames at 16 fps and the detector sampling 4 frames a
@@ -10,6 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +25,7 @@ from dataengine.detect import BoxFileReader, DetectorConfig
 from dataengine.portraits import (
     HarvestConfig,
     PortraitsConfig,
+    clip_id,
     harvest_clip,
     harvest_inputs,
     segment_portrait,
@@ -25,6 +33,7 @@ from dataengine.portraits import (
 from dataengine.segment import MaskFileReader, SegmenterConfig, load_masks
 from dataengine.synthetic.portraits import SyntheticPortraitsConfig, generate_portraits
 
+REPO = Path(__file__).resolve().parents[1]
 ENTER_AT = 10  # the late person enters between sampled frames 8 and 12
 EXPECTED = {  # kind -> (list or rejection reason, first frame of the window)
     "centred": ("portrait", 0),
@@ -41,9 +50,10 @@ EXPECTED = {  # kind -> (list or rejection reason, first frame of the window)
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
+    """Every kind three times (distinct seeds): 27 clips, enough for a kill to land mid-harvest."""
     root = tmp_path_factory.mktemp("pool")
     config = SyntheticPortraitsConfig(
-        num_people=0, num_backgrounds=0, pool=tuple(EXPECTED), pool_enter_at=ENTER_AT
+        num_people=0, num_backgrounds=0, pool=tuple(EXPECTED) * 3, pool_enter_at=ENTER_AT
     )
     return generate_portraits(root, config)
 
@@ -126,3 +136,121 @@ def test_detector_rejections_of_portraits(pool, tmp_path, kind, policy, reason):
         assert row["stage"] == "detect" and name in row["detail"] and "frame" in row["detail"]
     if kind == "two_people" and reason is None:
         assert len(json.loads(row["prompt_boxes"])) == 2
+
+
+def test_one_segment_worker_holds_the_detector_and_sam2(pool, tmp_path):
+    """The real loading path: a tiny random RT-DETRv2 and SAM2 in one stage worker. The prompt frame is the
+    first sampled frame where a direct transformers call finds a person above the threshold chosen here."""
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForObjectDetection
+
+    from dataengine.detect import TransformersPersonDetector
+    from dataengine.segment import Sam2VideoSegmenter
+    from dataengine.synthetic.detector import build_tiny_detector
+    from dataengine.synthetic.portraits import build_tiny_sam2
+    from dataengine.video import read_frames
+    from pipelines.portraits import SegmentWorker
+
+    detector_dir, sam2_dir = build_tiny_detector(tmp_path / "detector"), build_tiny_sam2(tmp_path / "sam2")
+    name = next(n for n, k in pool.pool.items() if k == "centred")
+    path = pool.root / "pool" / name
+    sampled = list(range(0, 17, 4))  # the window must fit: starts 0..16 of 33 frames, every 4th sampled
+    model = AutoModelForObjectDetection.from_pretrained(detector_dir).eval()
+    processor = AutoImageProcessor.from_pretrained(detector_dir)
+    with torch.inference_mode():
+        outputs = model(**processor(images=list(read_frames(path, sampled)), return_tensors="pt"))
+    results = processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=[(96, 160)] * 5)
+    best = [float(r["scores"][r["labels"] == 0].max()) for r in results]  # best person score per frame
+    later = int(np.argmax(best[1:])) + 1
+    assert best[later] > best[0], best  # the tiny model's seed gives a later frame a better person
+    threshold = (best[0] + best[later]) / 2
+    first = next(i for i, score in enumerate(best) if score >= threshold)
+
+    config = dataclasses.replace(
+        portraits_config(pool),
+        detector=DetectorConfig(
+            model=str(detector_dir),
+            device="cpu",
+            sample_fps=4.0,
+            threshold=threshold,
+            background_threshold=0.0,
+            min_box_area=0.0,
+        ),
+        segmenter=SegmenterConfig(model=str(sam2_dir), prompt="detector", device="cpu"),
+    )
+    worker = SegmentWorker(config, str(tmp_path / "masks"))
+    worker.setup()
+    assert isinstance(worker.detector, TransformersPersonDetector)
+    assert isinstance(worker.segmenter, Sam2VideoSegmenter)
+    row = worker.process({"path": str(path), "portrait": name, "start_frame": 0})
+    assert row["start_frame"] == sampled[first] > 0, row["detail"]
+    assert load_masks(row["masks_path"]).shape == (17, 96, 160)
+    assert len(json.loads(row["prompt_boxes"])) == 1  # policy largest
+
+
+def harvest_cli(folder: Path, recipe: Path, **popen) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "pipelines.cli", "harvest-portraits", str(recipe)]
+    return subprocess.Popen(
+        command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
+    )
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_harvest_job_killed_then_resumed_sorts_every_clip(pool, tmp_path):
+    import pandas as pd
+
+    recipe = tmp_path / "harvest.toml"
+    recipe.write_text(
+        "\n".join(
+            [
+                'run = "h"',
+                "[portraits]",
+                "num_frames = 17",
+                "fps = 16.0",
+                "[portraits.detector]",
+                'backend = "boxes_file"',
+                "sample_fps = 4.0",
+                "[portraits.harvest]",
+                f'videos_dir = "{pool.root / "pool"}"',
+                "[portraits.resources]",
+                "num_cpus = 2",
+            ]
+        )
+        + "\n"
+    )
+    run_dir = tmp_path / "manifests" / "h"
+    process = harvest_cli(tmp_path, recipe, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list((run_dir / ".harvest").glob("part-*.parquet")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no part written in 300 s"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    process.communicate(timeout=60)
+    assert not (run_dir / "portrait_windows.parquet").exists(), "the run finished before the kill"
+    num_done = len(pd.concat(pd.read_parquet(p) for p in (run_dir / ".harvest").glob("part-*.parquet")))
+    assert 0 < num_done < len(pool.pool)
+
+    process = harvest_cli(tmp_path, recipe)
+    out, _ = process.communicate(timeout=400)
+    assert process.returncode == 0, out
+    assert f"{num_done} videos already scanned" in out and "clips/s" in out and "ETA" in out
+    lists = {
+        kind: pd.read_parquet(run_dir / f"{kind}_windows.parquet").set_index("clip")
+        for kind in ("portrait", "background")
+    }
+    rejections = pd.read_parquet(run_dir / "harvest_rejections.parquet")
+    reason_of = dict(zip(rejections["pair_id"], rejections["reason"], strict=True))  # pair_id: the clip's id
+    for name, kind in pool.pool.items():  # every clip in exactly one list or the rejections
+        outcome, start = EXPECTED[kind]
+        cid = clip_id("pool", name)
+        found = [k for k in lists if name in lists[k].index] + ([reason_of[cid]] if cid in reason_of else [])
+        assert found == [outcome], (name, found)
+        if outcome in lists:
+            assert lists[outcome].loc[name, "start_frame"] == start
+    assert len(rejections) + sum(len(v) for v in lists.values()) == len(pool.pool)
+    summary = json.loads((run_dir / "harvest_summary.json").read_text())
+    assert (
+        summary["scanned"] == 27 and summary["portrait_windows"] == 9 and summary["background_windows"] == 6
+    )
