@@ -34,7 +34,12 @@ PAIRS_PER_TYPE = 3
 def portrait_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("portrait_inputs")
     config = SyntheticPortraitsConfig(
-        num_people=3, num_backgrounds=3, background_frames=(9, 25, 17), bad_people=("unstable",), seed=1
+        num_people=3,
+        num_backgrounds=3,
+        background_frames=(9, 25, 17),
+        bad_people=("unstable",),
+        seed=1,
+        pool=(),
     )
     return generate_portraits(root, config)
 

@@ -144,7 +144,7 @@ def test_gate_accepts_a_good_clip_and_follows_its_thresholds():
 
 def test_generated_clips_ship_their_masks_and_the_reader_checks_them(tmp_path):
     data = generate_portraits(
-        tmp_path, SyntheticPortraitsConfig(num_people=1, num_backgrounds=1, bad_people=("small",))
+        tmp_path, SyntheticPortraitsConfig(num_people=1, num_backgrounds=1, bad_people=("small",), pool=())
     )
     reader = MaskFileReader()
     for path in data.people:
