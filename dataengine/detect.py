@@ -235,10 +235,8 @@ def window_indices(
 
 def last_window_start(num_video_frames: int, video_fps: float, num_frames: int, fps: float) -> int | None:
     """The last frame a window of ``num_frames`` at ``fps`` can start at; None when the video is too short."""
-    low, high = (
-        0,
-        num_video_frames - 1,
-    )  # the window fits from ``low`` when it fits at all (fewer frames later)
+    # a window that fits from some frame fits from every earlier one: bisect for the last such frame
+    low, high = 0, num_video_frames - 1
     if window_indices(num_video_frames, video_fps, low, num_frames, fps) is None:
         return None
     while low < high:
