@@ -103,6 +103,7 @@ def _check_exists(path: str | os.PathLike) -> None:
 def _open(path: str | os.PathLike):
     import decord
 
+    decord.logging.set_level(decord.logging.QUIET)  # FFmpeg's per-file messages: the error below says it
     try:
         return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     except Exception as err:  # decord raises DECORDError / RuntimeError for corrupt files

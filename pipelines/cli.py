@@ -34,7 +34,9 @@ app.command("report")(report_command)
 def entry_point() -> None:
     """The ``dataengine`` console script: the app, with user errors printed in one line (exit code 2)."""
     from dataengine.recipe import run_cli
+    from pipelines.runtime import quiet_native_stderr
 
+    quiet_native_stderr()
     run_cli(app)
 
 
