@@ -61,6 +61,8 @@ class ShardsResources:
     """CPUs per Qwen3-VL actor."""
     num_cpus: int = 0
     """CPUs of the local Ray instance (0: all); ignored when joining a cluster."""
+    writer_threads: int = 2
+    """Shards the driver writes at once (tar + sha256 release the GIL): the writer keeps up with many GPUs."""
 
 
 @dataclass(frozen=True)
@@ -250,20 +252,31 @@ class ShardAssembler:
     """The writer (in the driver): gathers each shard's samples and writes it when its last one arrives.
 
     :meth:`records` turns the stream of result rows into one record per written shard (its ``index.json``
-    entry and its rejections), which :func:`~pipelines.stage.run_stages` stores as the unit of resume.
+    entry and its rejections), which :func:`~pipelines.stage.run_stages` stores as the unit of resume. Up
+    to ``threads`` shards are written at once while the next ones fill; a record is only given out once
+    its tar is complete and renamed.
     """
 
-    def __init__(self, root: Path, plan: Any):
-        self.root = root
+    def __init__(self, root: Path, plan: Any, threads: int = 1):
+        self.root, self.threads = root, max(1, threads)
         self.expected = plan.groupby("shard").size().to_dict()
         self.pending: dict[str, list[dict[str, Any]]] = {}
 
     def records(self, rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for row in rows:
-            shard = row["shard"]
-            self.pending.setdefault(shard, []).append(row)
-            if len(self.pending[shard]) == self.expected[shard]:
-                yield self.finish(shard, self.pending.pop(shard))
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="shard-writer") as pool:
+            writing: deque = deque()
+            for row in rows:
+                shard = row["shard"]
+                self.pending.setdefault(shard, []).append(row)
+                if len(self.pending[shard]) == self.expected[shard]:
+                    writing.append(pool.submit(self.finish, shard, self.pending.pop(shard)))
+                while len(writing) > self.threads or (writing and writing[0].done()):
+                    yield writing.popleft().result()  # at most `threads` finished shards held in memory
+            while writing:
+                yield writing.popleft().result()
         if self.pending:
             raise RuntimeError(f"shards left incomplete: {sorted(self.pending)}")
 
@@ -346,7 +359,7 @@ def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -
         description="shards",
         unit="samples",
         num_done=len(plan) - len(todo),
-        collect=ShardAssembler(root, todo).records,
+        collect=ShardAssembler(root, todo, config.resources.writer_threads).records,
         ordered=True,  # shards complete one after another: the driver holds one shard's samples at a time
         ray_address=ray_address,
         num_cpus=config.resources.num_cpus or None,
