@@ -5,15 +5,19 @@
     dataengine inspect shards/demo        # or a pair manifest: manifests/demo/openve.parquet
     dataengine verify shards/demo
 
-Stages (Ray Data, streaming, in the plan's order):
+Stages (``pipelines.stage``; Ray Data, streaming, in the plan's order); rows carry paths and small columns:
 
 1. plan (driver): every manifest row is assigned to a shard from the manifest alone (bucket by size,
    sorted by ``pair_id``, a fixed count per shard), see ``dataengine.shards.plan_shards``;
-2. decode (CPU tasks): decord decodes and fits source, target and reference (``dataengine.clips``);
-3. VAE (actor pool, GPUs from the recipe): source, target and reference latents (``dataengine.vae``);
-4. VLM (actor pool): one Qwen3-VL forward per sample (``dataengine.vlm``);
-5. write (driver): samples are validated and gathered per shard; a shard is written (temporary name,
-   then renamed) as soon as its last sample arrives, and recorded in ``.parts/``.
+2. ``vae`` (actor pool, ``VaeWorker``): decodes and fits source, target and reference
+   (``dataengine.clips.prepare_pair``; a failure is a ``decode`` rejection) and encodes them with the Wan
+   VAE; passes on the latents (safetensors bytes), the fps and the frame indices;
+3. ``vlm`` (actor pool, ``VlmWorker``): decodes only the frames Qwen3-VL sees and the reference
+   (``dataengine.clips.prepare_frames``), one forward, then validates the whole sample (``validate``
+   rejections) and encodes it as the shard member;
+4. write (driver, ``ShardAssembler``): samples are gathered per shard; a shard is written (temporary name,
+   then renamed) as soon as its last sample arrives, ``resources.writer_threads`` at a time, and recorded
+   in ``.parts/``.
 
 Resume: a rerun with the same recipe and inputs skips the recorded shards and redoes the others, so it
 ends with the same ``index.json`` as an uninterrupted run (apart from ``created_unix``).
@@ -45,20 +49,18 @@ STAGES = ("plan", "decode", "vae", "vlm", "validate")
 class ShardsResources:
     """Ray resources of the stages (the ``[shards.resources]`` recipe table)."""
 
-    decode_cpus: float = 1.0
-    """CPUs per decode task."""
     vae_actors: int = 1
     """Number of VAE actors (each loads the VAE once)."""
     vae_gpus: float = 0.0
     """GPUs per VAE actor (0 on a CPU-only machine)."""
     vae_cpus: float = 1.0
-    """CPUs per VAE actor."""
+    """CPUs per VAE actor (it decodes and resizes the pair's clips itself)."""
     vlm_actors: int = 1
     """Number of Qwen3-VL actors (each loads the model once)."""
     vlm_gpus: float = 0.0
     """GPUs per Qwen3-VL actor."""
     vlm_cpus: float = 1.0
-    """CPUs per Qwen3-VL actor."""
+    """CPUs per Qwen3-VL actor (it decodes the few frames the VLM sees)."""
     num_cpus: int = 0
     """CPUs of the local Ray instance (0: all); ignored when joining a cluster."""
     writer_threads: int = 2
