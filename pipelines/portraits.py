@@ -79,8 +79,8 @@ def run_portraits(
     import pandas as pd
 
     from dataengine.layout import RunLayout
-    from dataengine.manifest import PAIR_COLUMNS, rejections_frame, write_pairs, write_rejections
-    from dataengine.portraits import CATEGORIES, PLAN_COLUMNS, clip_id, list_videos, plan_pairs
+    from dataengine.manifest import PAIR_COLUMNS
+    from dataengine.portraits import PLAN_COLUMNS, list_videos, plan_pairs
     from dataengine.recipe import config_to_dict
     from pipelines.runtime import PartStore
 
@@ -104,51 +104,20 @@ def run_portraits(
     res = config.resources
     ray_options = {"ray_address": ray_address, "num_cpus": res.num_cpus or None}
 
-    # 1. probe the backgrounds (CPU tasks), segment and gate the portraits (actor pool)
+    # 1. probe the backgrounds (CPU tasks), then segment and gate the portraits (actor pool)
     background_store = PartStore(layout.portraits_state / "backgrounds", id_column="clip_id")
-    done = background_store.completed_ids()
-    items = [
-        {"clip_id": clip_id("background", rel), "background": rel, "path": str(backgrounds_dir / rel)}
-        for rel in backgrounds
-    ]
-    todo = [item for item in items if item["clip_id"] not in done]
-    stages = [Stage("background", check_background_row, cpus=1.0)]
-    run_stages(
-        todo,
-        stages,
-        background_store,
-        description="backgrounds",
-        unit="clips",
-        num_done=len(items) - len(todo),
-        **ray_options,
-    )
-
+    background_stage = Stage("background", check_background_row, cpus=1.0)
+    _run_clips("background", backgrounds, backgrounds_dir, background_stage, background_store, ray_options)
     clip_store = PartStore(layout.portraits_state / "portraits", id_column="clip_id")
-    done = clip_store.completed_ids()
-    items = [
-        {"clip_id": clip_id("portrait", rel), "portrait": rel, "path": str(people_dir / rel)}
-        for rel in portraits
-    ]
-    todo = [item for item in items if item["clip_id"] not in done]
-    stages = [
-        Stage(
-            "segment",
-            SegmentWorker,
-            kwargs={"config": config, "masks_dir": str(layout.masks_dir.resolve())},
-            actors=res.segment_actors,
-            cpus=res.segment_cpus,
-            gpus=res.segment_gpus,
-        )
-    ]
-    run_stages(
-        todo,
-        stages,
-        clip_store,
-        description="segment",
-        unit="clips",
-        num_done=len(items) - len(todo),
-        **ray_options,
+    segment_stage = Stage(
+        "segment",
+        SegmentWorker,
+        kwargs={"config": config, "masks_dir": str(layout.masks_dir.resolve())},
+        actors=res.segment_actors,
+        cpus=res.segment_cpus,
+        gpus=res.segment_gpus,
     )
+    _run_clips("portrait", portraits, people_dir, segment_stage, clip_store, ray_options)
     clips = _with_columns(clip_store.read_all(), CLIP_COLUMNS)
     clips = clips[clips["portrait"].isin(portraits)]
     usable = _with_columns(background_store.read_all(), BACKGROUND_COLUMNS)
@@ -184,6 +153,46 @@ def run_portraits(
     missing = set(plan_frame["pair_id"]) - set(results["pair_id"])
     if missing:
         raise RuntimeError(f"synth-portraits: {len(missing)} planned pairs have no result; rerun to resume")
+    summary = write_outputs(
+        layout, config, resolved, portraits, backgrounds, clips, usable, plan_frame, planned, results
+    )
+    _print_summary(summary)
+    return summary
+
+
+def _run_clips(
+    kind: str, rels: list[str], folder: Path, stage: Stage, store: Any, ray_options: dict[str, Any]
+) -> None:
+    """Run ``stage`` over the input clips of one kind (``portrait`` or ``background``) not in ``store`` yet."""
+    from dataengine.portraits import clip_id
+
+    done = store.completed_ids()
+    items = [{"clip_id": clip_id(kind, rel), kind: rel, "path": str(folder / rel)} for rel in rels]
+    todo = [item for item in items if item["clip_id"] not in done]
+    description = "segment" if kind == "portrait" else "backgrounds"
+    run_stages(todo, [stage], store, description=description, unit="clips", num_done=len(items) - len(todo),
+               **ray_options)  # fmt: skip
+
+
+def write_outputs(
+    layout: Any,
+    config: Any,
+    resolved: dict,
+    portraits: list[str],
+    backgrounds: list[str],
+    clips: Any,
+    usable: Any,
+    plan_frame: Any,
+    planned: dict[str, int],
+    results: Any,
+) -> dict:
+    """The pair manifest, the rejections (clips and pairs), the plan and the summary; returns the summary."""
+    from dataengine.manifest import PAIR_COLUMNS, rejections_frame, write_pairs, write_rejections
+    from dataengine.portraits import CATEGORIES
+
+    run = layout.run
+    accepted = clips[clips["reason"].isna()]
+    good_backgrounds = usable[usable["reason"].isna()]
     is_ok = results["reason"].isna()
     pairs = results[is_ok].sort_values(["category", "pair_id"], kind="stable").reset_index(drop=True)
     pairs["score"] = None
@@ -235,8 +244,8 @@ def run_portraits(
             "written": int(of_type["reason"].isna().sum()),
             "rejected": int(of_type["reason"].notna().sum()),
         }
+    summary["num_rejections"] = len(rejections)
     layout.portraits_summary.write_text(json.dumps(summary, indent=1) + "\n")
-    _print_summary(summary, len(rejections))
     return summary
 
 
@@ -266,7 +275,7 @@ def _exists(row: dict[str, Any]) -> bool:
     return pair_files_exist(row)
 
 
-def _print_summary(summary: dict, num_rejections: int) -> None:
+def _print_summary(summary: dict) -> None:
     lines = [f"{'type':<12} {'category':<22} {'requested':>9} {'planned':>8} {'written':>8} {'rejected':>9}"]
     for edit_type, row in summary["types"].items():
         lines.append(
@@ -277,7 +286,8 @@ def _print_summary(summary: dict, num_rejections: int) -> None:
     lines.append(f"portraits: {p['accepted']}/{p['seen']} accepted, rejected {p['rejected'] or '{}'}")
     lines.append(f"backgrounds: {b['usable']}/{b['seen']} usable, rejected {b['rejected'] or '{}'}")
     lines.append(
-        f"{num_rejections} rejections -> {summary['outputs']['rejections']}; pairs -> {summary['outputs']['pairs']}"
+        f"{summary['num_rejections']} rejections -> {summary['outputs']['rejections']}; "
+        f"pairs -> {summary['outputs']['pairs']}"
     )
     print("\n".join(lines))
 
