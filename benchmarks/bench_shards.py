@@ -2,8 +2,9 @@
 
     python -m benchmarks.bench_shards [--quick]
 
-1. **Write**: ``dataengine.shards.write_shard`` (safetensors + meta + tar + fsync + rename + sha256) of
-   samples with the paper's tensor shapes, against a raw sequential write (+ fsync) of the same bytes.
+1. **Write**: ``dataengine.shards.write_shard`` (tar + sha256 + fsync + rename) of encoded samples with the
+   paper's tensor shapes, as the shards job's writer gets them, against a raw sequential write (+ fsync) of
+   the same bytes; the safetensors encoding (done in the VLM actors) timed apart.
 2. **Bytes per sample** at the paper's settings (81 frames, 720P buckets of ``manifests/openve.toml``),
    from the shapes: latents ``16 x (2T' + 1) x H' x W'`` bf16 and two ``S x 4096`` bf16 VLM states, with
    S from Qwen3-VL's own processors at the recipe's pixel budgets (plus an estimate of the text tokens).
@@ -44,54 +45,89 @@ def _paper_tensors(
 
 
 def bench_write(quick: bool) -> list[dict]:
-    from dataengine.shard_format import encode_sample
+    """The shard writer against a raw sequential write of the same bytes, both ending in fsync.
+
+    The shards job encodes each sample's tensors (safetensors) in its VLM actors, beside validation, so the
+    writer in the driver gets bytes: ``write_shard`` of encoded samples is what the job's writer does;
+    encoding is timed apart. Best of three runs each (the page cache and other processes make single
+    runs noisy).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dataengine.shard_format import encode_sample, encode_tensors
     from dataengine.shards import write_shard
 
     num_samples = 3 if quick else 8
     shape, tokens = (21, 90, 160), 2100
-    samples = [(f"{i:020d}", _paper_tensors(i, shape, tokens), {"i": i}) for i in range(num_samples)]
+    tensors = [(f"{i:020d}", _paper_tensors(i, shape, tokens), {"i": i}) for i in range(num_samples)]
+    start = time.perf_counter()
+    samples = [(key, encode_tensors(t, key), meta) for key, t, meta in tensors]
+    encode_s = time.perf_counter() - start
     raw = [
         b
-        for key, tensors, meta in samples
-        for b in encode_sample(key, tensors, meta).values()
+        for key, data, meta in samples
+        for b in encode_sample(key, data, meta).values()
         if isinstance(b, bytes)
     ]
     total = sum(len(b) for b in raw)
+    raw_s, shard_s, pair_s = [], [], []
     with tempfile.TemporaryDirectory(dir=os.environ.get("MIVE_BENCH_DIR")) as folder:
         write_shard(folder, "warmup/shard-000000.tar", [("warmup", _paper_tensors(0, (1, 2, 2), 2, 8), {})])
-        start = time.perf_counter()
-        with open(Path(folder) / "raw.bin", "wb") as handle:
-            for block in raw:
-                handle.write(block)
-            handle.flush()
-            os.fsync(handle.fileno())
-        raw_s = time.perf_counter() - start
-        start = time.perf_counter()
-        entry = write_shard(folder, "t21_h90_w160/shard-000000.tar", samples)
-        shard_s = time.perf_counter() - start
+        for attempt in range(3):
+            start = time.perf_counter()
+            with open(Path(folder) / f"raw{attempt}.bin", "wb") as handle:
+                for block in raw:
+                    handle.write(block)
+                handle.flush()
+                os.fsync(handle.fileno())
+            raw_s.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            entry = write_shard(folder, f"t21_h90_w160/shard-{attempt:06d}.tar", samples)
+            shard_s.append(time.perf_counter() - start)
+            start = time.perf_counter()  # two shards at once, as the job's writer (writer_threads = 2)
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(lambda n: write_shard(folder, f"two/shard-{n:06d}.tar", samples), range(2)))
+            pair_s.append(time.perf_counter() - start)
+            for path in Path(folder).rglob("*"):  # keep the disk footprint at one shard
+                if path.is_file() and path.name != "shard-000000.tar":
+                    path.unlink()
     mib = total / 2**20
-    note = f"{num_samples} samples of {total / num_samples / 2**20:.1f} MiB (81 frames 720P, S={tokens})"
+    note = f"{num_samples} samples of {total / num_samples / 2**20:.1f} MiB (81 frames 720P, S={tokens}), best of 3"
     return [
         {
             "benchmark": "shards.write",
-            "metric": "write_shard",
-            "value": mib / shard_s,
+            "metric": "write_shard (encoded samples)",
+            "value": mib / min(shard_s),
             "unit": "MiB/s",
             "note": note,
         },
         {
             "benchmark": "shards.write",
             "metric": "raw sequential write",
-            "value": mib / raw_s,
+            "value": mib / min(raw_s),
             "unit": "MiB/s",
             "note": "same bytes, one file + fsync",
         },
         {
             "benchmark": "shards.write",
             "metric": "write_shard / raw",
-            "value": (mib / shard_s) / (mib / raw_s),
+            "value": min(raw_s) / min(shard_s),
             "unit": "ratio",
-            "note": "includes safetensors encode, tar, sha256",
+            "note": "tar headers + sha256 (in a second thread) + rename",
+        },
+        {
+            "benchmark": "shards.write",
+            "metric": "2 shards at once / raw",
+            "value": min(raw_s) / (min(pair_s) / 2),
+            "unit": "ratio",
+            "note": "the job's writer: writer_threads = 2 (more cores, more threads)",
+        },
+        {
+            "benchmark": "shards.write",
+            "metric": "safetensors encode (in the VLM actors)",
+            "value": mib / encode_s,
+            "unit": "MiB/s",
+            "note": "per actor, in parallel with the writer",
         },
         {
             "benchmark": "shards.write",

@@ -1,4 +1,4 @@
-"""Video I/O: PyAV writes H.264 mp4, decord probes and decodes.
+"""Video I/O: PyAV writes H.264 mp4, decord probes and decodes (PyAV when decord cannot).
 
 Frames are ``uint8`` arrays of shape ``(T, H, W, 3)`` in RGB order everywhere in the project.
 """
@@ -88,28 +88,29 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int 
     os.replace(tmp, path)
 
 
-def _open(path: str | os.PathLike):
-    import decord
+def _first_line(err: BaseException, limit: int = 200) -> str:
+    return (str(err).splitlines() or [type(err).__name__])[0][:limit]
 
+
+def _check_exists(path: str | os.PathLike) -> None:
     path = Path(path)
     if not path.exists():
         raise VideoError(path, "missing_file", "no such file")
     if path.stat().st_size == 0:
         raise VideoError(path, "undecodable", "file is empty (0 bytes)")
+
+
+def _open(path: str | os.PathLike):
+    import decord
+
+    decord.logging.set_level(decord.logging.QUIET)  # FFmpeg's per-file messages: the error below says it
     try:
         return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     except Exception as err:  # decord raises DECORDError / RuntimeError for corrupt files
-        raise VideoError(
-            path, "undecodable", f"decord cannot open it: {str(err).splitlines()[0][:200]}"
-        ) from err
+        raise VideoError(path, "undecodable", f"decord cannot open it: {_first_line(err)}") from err
 
 
-def probe(path: str | os.PathLike, check_last_frame: bool = True) -> VideoInfo:
-    """Frame count, fps and size of a video, read with decord.
-
-    With ``check_last_frame`` the last frame is decoded too, so a truncated file whose header promises
-    more frames than it holds is caught here rather than in a later stage.
-    """
+def _probe_decord(path: str | os.PathLike, check_last_frame: bool) -> VideoInfo:
     reader = _open(path)
     num_frames = len(reader)
     if num_frames == 0:
@@ -123,25 +124,109 @@ def probe(path: str | os.PathLike, check_last_frame: bool = True) -> VideoInfo:
             raise VideoError(
                 path,
                 "undecodable",
-                f"last frame ({num_frames - 1}) does not decode: truncated? {str(err).splitlines()[0][:160]}",
+                f"last frame ({num_frames - 1}) does not decode: truncated? {_first_line(err, 160)}",
             ) from err
     return VideoInfo(
         num_frames=num_frames, fps=float(reader.get_avg_fps()), width=int(width), height=int(height)
     )
 
 
-def read_frames(path: str | os.PathLike, indices: list[int] | np.ndarray | None = None) -> np.ndarray:
-    """Decode frames (all, or those at ``indices``) as (T, H, W, 3) uint8 RGB."""
+def _read_decord(path: str | os.PathLike, indices: list[int] | None) -> np.ndarray:
     reader = _open(path)
-    if indices is None:
-        indices = range(len(reader))
-    indices = [int(i) for i in indices]
+    indices = list(range(len(reader))) if indices is None else indices
     if indices and (min(indices) < 0 or max(indices) >= len(reader)):
         raise VideoError(path, "too_short", f"asked for frame {max(indices)} of a {len(reader)}-frame video")
     try:
-        return reader.get_batch(indices).asnumpy()
+        frames = reader.get_batch(indices).asnumpy()
     except Exception as err:
-        raise VideoError(path, "undecodable", f"decode failed: {str(err).splitlines()[0][:200]}") from err
+        raise VideoError(path, "undecodable", f"decode failed: {_first_line(err)}") from err
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise VideoError(path, "undecodable", f"decord returned frames of shape {frames.shape}")
+    return frames
+
+
+def _decode_av(
+    path: str | os.PathLike, wanted: set[int] | None, to_the_end: bool = False
+) -> tuple[dict[int, np.ndarray], int, float]:
+    """PyAV: the frames at ``wanted`` (all when None) as RGB arrays, the number of frames decoded (up to the
+    last wanted one, or all with ``to_the_end``: then fewer than the container declares is an error) and
+    the fps."""
+    import av
+
+    frames: dict[int, np.ndarray] = {}
+    count = 0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+        last = max(wanted) if wanted and not to_the_end else None
+        for count, frame in enumerate(container.decode(stream), start=1):
+            if wanted is None or count - 1 in wanted:
+                frames[count - 1] = frame.to_ndarray(format="rgb24")
+            if last is not None and count - 1 >= last:
+                break
+        declared = int(stream.frames or 0)
+        if (to_the_end or wanted is None) and declared and count < declared:
+            raise ValueError(f"{count} of the {declared} frames the container declares decode: truncated?")
+    return frames, count, fps
+
+
+def _fallback(path: str | os.PathLike, decord_error: VideoError, read):
+    """Try PyAV where decord failed (decord mis-decodes some frame sizes, e.g. 72x40: 4 channels); a
+    video both fail on is ``undecodable`` with both reasons."""
+    if decord_error.reason == "too_short":
+        raise decord_error
+    try:
+        return read()
+    except VideoError:
+        raise
+    except Exception as err:
+        raise VideoError(
+            path, "undecodable", f"decord: {decord_error.detail}; PyAV: {_first_line(err)}"
+        ) from err
+
+
+def probe(path: str | os.PathLike, check_last_frame: bool = True) -> VideoInfo:
+    """Frame count, fps and size of a video, read with decord (PyAV when decord fails).
+
+    With ``check_last_frame`` the last frame is decoded too, so a truncated file whose header promises
+    more frames than it holds is caught here rather than in a later stage.
+    """
+    _check_exists(path)
+    try:
+        return _probe_decord(path, check_last_frame)
+    except VideoError as err:
+        decord_error = err
+
+    def with_av() -> VideoInfo:  # decodes every frame: counts what really decodes, the last one included
+        frames, count, fps = _decode_av(path, {0}, to_the_end=True)
+        if count == 0:
+            raise ValueError("no decodable frames")
+        height, width = frames[0].shape[:2]
+        return VideoInfo(num_frames=count, fps=fps, width=int(width), height=int(height))
+
+    return _fallback(path, decord_error, with_av)
+
+
+def read_frames(path: str | os.PathLike, indices: list[int] | np.ndarray | None = None) -> np.ndarray:
+    """Decode frames (all, or those at ``indices``) as (T, H, W, 3) uint8 RGB, with decord (PyAV when it fails)."""
+    _check_exists(path)
+    indices = None if indices is None else [int(i) for i in indices]
+    try:
+        return _read_decord(path, indices)
+    except VideoError as err:
+        decord_error = err
+
+    def with_av() -> np.ndarray:
+        frames, count, _ = _decode_av(path, None if indices is None else set(indices))
+        order = list(range(count)) if indices is None else indices
+        missing = [i for i in order if i not in frames]
+        if missing:
+            raise VideoError(path, "too_short", f"asked for frame {max(missing)} of a {count}-frame video")
+        if not order:
+            raise ValueError("no decodable frames")
+        return np.stack([frames[i] for i in order])
+
+    return _fallback(path, decord_error, with_av)
 
 
 def sample_indices(

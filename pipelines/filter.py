@@ -226,10 +226,9 @@ def run_filter(config: FilterConfig, run: str, ray_address: str | None = None) -
     """The whole job; returns the summary (also written to ``summary.json``)."""
     from dataengine.dedup import find_near_duplicates
     from dataengine.layout import RunLayout
-    from dataengine.manifest import PAIR_COLUMNS, write_pairs, write_rejections
-    from dataengine.openve import ORIGIN, read_openve
+    from dataengine.openve import read_openve
     from dataengine.recipe import config_to_dict
-    from dataengine.selection import render_summary, select, summarize
+    from dataengine.selection import select
 
     started = time.monotonic()
     layout = RunLayout(run, manifests_root=Path(config.output_root))
@@ -288,6 +287,30 @@ def run_filter(config: FilterConfig, run: str, ray_address: str | None = None) -
         selection.rejections.loc[selection.rejections["reason"] == "duplicate", "stage"] = "dedup"
 
     # 4. outputs
+    summary = write_outputs(layout, config, run, read, scored, failed, selection)
+    print(
+        f"wrote {layout.openve} ({summary['total']['kept']} pairs), rejections.parquet "
+        f"({sum(summary['total']['rejected'].values())}), summary.json in {time.monotonic() - started:.1f} s"
+    )
+    return summary
+
+
+def write_outputs(
+    layout: Any,
+    config: FilterConfig,
+    run: str,
+    read: Any,
+    scored: pd.DataFrame,
+    failed: pd.DataFrame,
+    selection: Any,
+) -> dict:
+    """The pair manifest, the rejections (read, probe/score, selection) and the summary; returns the summary."""
+    from dataengine.manifest import PAIR_COLUMNS, write_pairs, write_rejections
+    from dataengine.openve import ORIGIN
+    from dataengine.recipe import config_to_dict
+    from dataengine.selection import render_summary, summarize
+
+    resolved = config_to_dict(config)
     manifest = selection.kept[["pair_id", "rank"]].merge(scored, on="pair_id", how="left")
     manifest = manifest.sort_values(["category", "rank"], kind="stable").assign(
         origin=ORIGIN, reference_path=None
@@ -332,10 +355,6 @@ def run_filter(config: FilterConfig, run: str, ray_address: str | None = None) -
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(layout.summary)
     render_summary(summary, title=f"dataengine filter [{run}]")
-    print(
-        f"wrote {layout.openve} ({len(manifest)} pairs), rejections.parquet ({len(rejections)}), "
-        f"summary.json in {time.monotonic() - started:.1f} s"
-    )
     return summary
 
 

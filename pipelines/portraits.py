@@ -107,8 +107,8 @@ def run_portraits(
     import pandas as pd
 
     from dataengine.layout import RunLayout
-    from dataengine.manifest import PAIR_COLUMNS, rejections_frame, write_pairs, write_rejections
-    from dataengine.portraits import CATEGORIES, PLAN_COLUMNS, clip_id, input_clips, plan_pairs
+    from dataengine.manifest import PAIR_COLUMNS
+    from dataengine.portraits import PLAN_COLUMNS, input_clips, plan_pairs
     from dataengine.recipe import config_to_dict
     from pipelines.runtime import PartStore
 
@@ -136,61 +136,20 @@ def run_portraits(
     res = config.resources
     ray_options = {"ray_address": ray_address, "num_cpus": res.num_cpus or None}
 
-    # 1. probe the backgrounds (CPU tasks), segment and gate the portraits (actor pool)
+    # 1. probe the backgrounds (CPU tasks), then segment and gate the portraits (actor pool)
     background_store = PartStore(layout.portraits_state / "backgrounds", id_column="clip_id")
-    done = background_store.completed_ids()
-    items = [
-        {
-            "clip_id": clip_id("background", c.key),
-            "background": c.key,
-            "path": c.path,
-            "start_frame": c.start_frame,
-        }
-        for c in background_clips
-    ]
-    todo = [item for item in items if item["clip_id"] not in done]
-    stages = [Stage("background", check_background_row, cpus=1.0)]
-    run_stages(
-        todo,
-        stages,
-        background_store,
-        description="backgrounds",
-        unit="clips",
-        num_done=len(items) - len(todo),
-        **ray_options,
-    )
-
+    background_stage = Stage("background", check_background_row, cpus=1.0)
+    _run_clips("background", background_clips, background_stage, background_store, ray_options)
     clip_store = PartStore(layout.portraits_state / "portraits", id_column="clip_id")
-    done = clip_store.completed_ids()
-    items = [
-        {
-            "clip_id": clip_id("portrait", c.key),
-            "portrait": c.key,
-            "path": c.path,
-            "start_frame": c.start_frame,
-        }
-        for c in portrait_clips
-    ]
-    todo = [item for item in items if item["clip_id"] not in done]
-    stages = [
-        Stage(
-            "segment",
-            SegmentWorker,
-            kwargs={"config": config, "masks_dir": str(layout.masks_dir.resolve())},
-            actors=res.segment_actors,
-            cpus=res.segment_cpus,
-            gpus=res.segment_gpus,
-        )
-    ]
-    run_stages(
-        todo,
-        stages,
-        clip_store,
-        description="segment",
-        unit="clips",
-        num_done=len(items) - len(todo),
-        **ray_options,
+    segment_stage = Stage(
+        "segment",
+        SegmentWorker,
+        kwargs={"config": config, "masks_dir": str(layout.masks_dir.resolve())},
+        actors=res.segment_actors,
+        cpus=res.segment_cpus,
+        gpus=res.segment_gpus,
     )
+    _run_clips("portrait", portrait_clips, segment_stage, clip_store, ray_options)
     clips = _with_columns(clip_store.read_all(), CLIP_COLUMNS)
     clips = clips[clips["portrait"].isin(portraits)]
     usable = _with_columns(background_store.read_all(), BACKGROUND_COLUMNS)
@@ -208,7 +167,6 @@ def run_portraits(
             )
     plan_frame = pd.DataFrame(plan, columns=PLAN_COLUMNS)
     portrait_of = accepted.set_index("portrait")
-    background_of = good_backgrounds.set_index("background")
     for column, source in (
         ("portrait_path", "path"),
         ("portrait_start", "start_frame"),
@@ -218,10 +176,10 @@ def run_portraits(
         ("prompt_s", "start_s"),
     ):
         plan_frame[column] = portrait_of[source].reindex(plan_frame["portrait"]).to_list()
+    background_of = good_backgrounds.set_index("background")
     plan_frame["background_path"] = background_of["path"].reindex(plan_frame["background"]).to_list()
-    plan_frame["background_start"] = (
-        background_of["start_frame"].fillna(0).reindex(plan_frame["background"]).astype(int).to_list()
-    )
+    starts = background_of["start_frame"].fillna(0).astype(int)
+    plan_frame["background_start"] = starts.reindex(plan_frame["background"]).to_list()
 
     # 3. composite + encode (CPU tasks); a recorded pair whose files went missing is redone
     pair_store = PartStore(layout.portraits_state / "pairs", id_column="pair_id")
@@ -239,6 +197,48 @@ def run_portraits(
     missing = set(plan_frame["pair_id"]) - set(results["pair_id"])
     if missing:
         raise RuntimeError(f"synth-portraits: {len(missing)} planned pairs have no result; rerun to resume")
+    summary = write_outputs(
+        layout, config, resolved, portraits, backgrounds, clips, usable, plan_frame, planned, results
+    )
+    _print_summary(summary)
+    return summary
+
+
+def _run_clips(kind: str, clips: list[Any], stage: Stage, store: Any, ray_options: dict[str, Any]) -> None:
+    """Run ``stage`` over the input clips (``InputClip``) of one kind (``portrait`` or ``background``) not in
+    ``store`` yet; a row carries the clip's name, path and window start."""
+    from dataengine.portraits import clip_id
+
+    done = store.completed_ids()
+    items = [
+        {"clip_id": clip_id(kind, c.key), kind: c.key, "path": c.path, "start_frame": c.start_frame}
+        for c in clips
+    ]
+    todo = [item for item in items if item["clip_id"] not in done]
+    description = "segment" if kind == "portrait" else "backgrounds"
+    run_stages(todo, [stage], store, description=description, unit="clips", num_done=len(items) - len(todo),
+               **ray_options)  # fmt: skip
+
+
+def write_outputs(
+    layout: Any,
+    config: Any,
+    resolved: dict,
+    portraits: list[str],
+    backgrounds: list[str],
+    clips: Any,
+    usable: Any,
+    plan_frame: Any,
+    planned: dict[str, int],
+    results: Any,
+) -> dict:
+    """The pair manifest, the rejections (clips and pairs), the plan and the summary; returns the summary."""
+    from dataengine.manifest import PAIR_COLUMNS, rejections_frame, write_pairs, write_rejections
+    from dataengine.portraits import CATEGORIES
+
+    run = layout.run
+    accepted = clips[clips["reason"].isna()]
+    good_backgrounds = usable[usable["reason"].isna()]
     is_ok = results["reason"].isna()
     pairs = results[is_ok].sort_values(["category", "pair_id"], kind="stable").reset_index(drop=True)
     pairs["score"] = None
@@ -293,8 +293,8 @@ def run_portraits(
             "written": int(of_type["reason"].isna().sum()),
             "rejected": int(of_type["reason"].notna().sum()),
         }
+    summary["num_rejections"] = len(rejections)
     layout.portraits_summary.write_text(json.dumps(summary, indent=1) + "\n")
-    _print_summary(summary, len(rejections))
     return summary
 
 
@@ -324,7 +324,7 @@ def _exists(row: dict[str, Any]) -> bool:
     return pair_files_exist(row)
 
 
-def _print_summary(summary: dict, num_rejections: int) -> None:
+def _print_summary(summary: dict) -> None:
     lines = [f"{'type':<12} {'category':<22} {'requested':>9} {'planned':>8} {'written':>8} {'rejected':>9}"]
     for edit_type, row in summary["types"].items():
         lines.append(
@@ -335,7 +335,8 @@ def _print_summary(summary: dict, num_rejections: int) -> None:
     lines.append(f"portraits: {p['accepted']}/{p['seen']} accepted, rejected {p['rejected'] or '{}'}")
     lines.append(f"backgrounds: {b['usable']}/{b['seen']} usable, rejected {b['rejected'] or '{}'}")
     lines.append(
-        f"{num_rejections} rejections -> {summary['outputs']['rejections']}; pairs -> {summary['outputs']['pairs']}"
+        f"{summary['num_rejections']} rejections -> {summary['outputs']['rejections']}; "
+        f"pairs -> {summary['outputs']['pairs']}"
     )
     print("\n".join(lines))
 

@@ -1,7 +1,12 @@
 """What every Ray pipeline shares: starting Ray, resumable result parts, and a live progress display.
 
 - :func:`init_ray` starts a local Ray instance by default, or joins a cluster given ``--ray-address``
-  or ``RAY_ADDRESS``. Ray Data's own progress bars are turned off: :class:`Progress` shows the job's.
+  or ``RAY_ADDRESS``. The console stays quiet: Ray Data's own progress bars and info lines are off
+  (:class:`Progress` shows the job's), the workers' output (FFmpeg's per-file messages, model-loading
+  bars, library warnings) goes to Ray's log files (``/tmp/ray/session_latest/logs``), not the terminal,
+  and a failure reaches the job as a rejection row or an exception, never as a printed line.
+- :func:`quiet_native_stderr` drops the few lines Ray's C++ core prints in the driver that say nothing
+  to a user of these jobs (``NATIVE_NOISE``); the ``dataengine`` command turns it on.
 - :class:`PartStore` appends result parts (Parquet) as they finish, each written under a temporary
   name and renamed when complete, so a part on disk is always whole. After a kill, a rerun asks
   :meth:`PartStore.completed_ids` what is done and skips it (datatrove's completion markers, per item).
@@ -10,7 +15,10 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -32,10 +40,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    common = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
+    # Worker output stays in Ray's log files: per-file FFmpeg messages and per-actor warnings are noise on a
+    # terminal, and every failure reaches the driver as a rejection row or an exception anyway.
+    common = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address:
         ray.init(address=address, **common)
     else:
+        # Ray turns token authentication on for a new local cluster (a secure default, kept) and says so
+        # in a warning each run: drop that one message.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+            lambda record: not record.getMessage().startswith("Token authentication is enabled")
+        )
         # Ray sizes the object store itself (30% of RAM); MIVE_RAY_OBJECT_STORE_BYTES caps it (the tests do).
         store = os.environ.get("MIVE_RAY_OBJECT_STORE_BYTES")
         kwargs = {
@@ -47,6 +62,51 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    for handler in logging.getLogger("ray.data").handlers:  # the console handler; the file ones keep all
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)  # "execution finished in ..." lines
+            handler.addFilter(lambda record: not record.getMessage().startswith("Progress bars disabled"))
+
+
+NATIVE_NOISE = (
+    # Ray Data creates every actor with its UDF in the object store and restarts enabled; Ray's core then
+    # logs an error per actor (ray-project/ray#57733) although Ray Data keeps that object alive.
+    r"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object store",
+)
+_PUMP = """
+import re, sys
+noise = [re.compile(p.encode()) for p in sys.argv[1:]]
+for line in iter(sys.stdin.buffer.readline, b""):
+    if not any(p.search(line) for p in noise):
+        sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+"""
+
+
+def quiet_native_stderr(patterns: tuple[str, ...] = NATIVE_NOISE) -> None:
+    """Drop lines matching ``patterns`` from what native code (Ray's C++ core) writes to this process's stderr.
+
+    File descriptor 2 becomes a pipe to a small child process that forwards every other line to the
+    real stderr; being a separate process, it still forwards the last lines of a process that crashes.
+    Python's own ``sys.stderr`` (progress lines, tables, tracebacks) writes to the real stderr directly.
+    Call it once, early, in a command-line entry point (not under pytest's output capture).
+    """
+    if getattr(quiet_native_stderr, "_on", False):
+        return
+    sys.stderr.flush()
+    real = os.dup(2)
+    pump = subprocess.Popen(
+        [sys.executable, "-c", _PUMP, *patterns], stdin=subprocess.PIPE, stdout=real, close_fds=True
+    )
+    os.dup2(pump.stdin.fileno(), 2)
+    pump.stdin.close()
+    sys.stderr = io.TextIOWrapper(
+        io.FileIO(real, "w", closefd=False),
+        encoding=sys.stderr.encoding,
+        errors="backslashreplace",
+        line_buffering=True,
+    )
+    quiet_native_stderr._on = True
 
 
 class PartStore:

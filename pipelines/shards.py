@@ -5,15 +5,19 @@
     dataengine inspect shards/demo        # or a pair manifest: manifests/demo/openve.parquet
     dataengine verify shards/demo
 
-Stages (Ray Data, streaming, in the plan's order):
+Stages (``pipelines.stage``; Ray Data, streaming, in the plan's order); rows carry paths and small columns:
 
 1. plan (driver): every manifest row is assigned to a shard from the manifest alone (bucket by size,
    sorted by ``pair_id``, a fixed count per shard), see ``dataengine.shards.plan_shards``;
-2. decode (CPU tasks): decord decodes and fits source, target and reference (``dataengine.clips``);
-3. VAE (actor pool, GPUs from the recipe): source, target and reference latents (``dataengine.vae``);
-4. VLM (actor pool): one Qwen3-VL forward per sample (``dataengine.vlm``);
-5. write (driver): samples are validated and gathered per shard; a shard is written (temporary name,
-   then renamed) as soon as its last sample arrives, and recorded in ``.parts/``.
+2. ``vae`` (actor pool, ``VaeWorker``): decodes and fits source, target and reference
+   (``dataengine.clips.prepare_pair``; a failure is a ``decode`` rejection) and encodes them with the Wan
+   VAE; passes on the latents (safetensors bytes), the fps and the frame indices;
+3. ``vlm`` (actor pool, ``VlmWorker``): decodes only the frames Qwen3-VL sees and the reference
+   (``dataengine.clips.prepare_frames``), one forward, then validates the whole sample (``validate``
+   rejections) and encodes it as the shard member;
+4. write (driver, ``ShardAssembler``): samples are gathered per shard; a shard is written (temporary name,
+   then renamed) as soon as its last sample arrives, ``resources.writer_threads`` at a time, and recorded
+   in ``.parts/``.
 
 Resume: a rerun with the same recipe and inputs skips the recorded shards and redoes the others, so it
 ends with the same ``index.json`` as an uninterrupted run (apart from ``created_unix``).
@@ -45,22 +49,22 @@ STAGES = ("plan", "decode", "vae", "vlm", "validate")
 class ShardsResources:
     """Ray resources of the stages (the ``[shards.resources]`` recipe table)."""
 
-    decode_cpus: float = 1.0
-    """CPUs per decode task."""
     vae_actors: int = 1
     """Number of VAE actors (each loads the VAE once)."""
     vae_gpus: float = 0.0
     """GPUs per VAE actor (0 on a CPU-only machine)."""
     vae_cpus: float = 1.0
-    """CPUs per VAE actor."""
+    """CPUs per VAE actor (it decodes and resizes the pair's clips itself)."""
     vlm_actors: int = 1
     """Number of Qwen3-VL actors (each loads the model once)."""
     vlm_gpus: float = 0.0
     """GPUs per Qwen3-VL actor."""
     vlm_cpus: float = 1.0
-    """CPUs per Qwen3-VL actor."""
+    """CPUs per Qwen3-VL actor (it decodes the few frames the VLM sees)."""
     num_cpus: int = 0
     """CPUs of the local Ray instance (0: all); ignored when joining a cluster."""
+    writer_threads: int = 2
+    """Shards the driver writes at once (tar + sha256 release the GIL): the writer keeps up with many GPUs."""
 
 
 @dataclass(frozen=True)
@@ -250,20 +254,31 @@ class ShardAssembler:
     """The writer (in the driver): gathers each shard's samples and writes it when its last one arrives.
 
     :meth:`records` turns the stream of result rows into one record per written shard (its ``index.json``
-    entry and its rejections), which :func:`~pipelines.stage.run_stages` stores as the unit of resume.
+    entry and its rejections), which :func:`~pipelines.stage.run_stages` stores as the unit of resume. Up
+    to ``threads`` shards are written at once while the next ones fill; a record is only given out once
+    its tar is complete and renamed.
     """
 
-    def __init__(self, root: Path, plan: Any):
-        self.root = root
+    def __init__(self, root: Path, plan: Any, threads: int = 1):
+        self.root, self.threads = root, max(1, threads)
         self.expected = plan.groupby("shard").size().to_dict()
         self.pending: dict[str, list[dict[str, Any]]] = {}
 
     def records(self, rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for row in rows:
-            shard = row["shard"]
-            self.pending.setdefault(shard, []).append(row)
-            if len(self.pending[shard]) == self.expected[shard]:
-                yield self.finish(shard, self.pending.pop(shard))
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="shard-writer") as pool:
+            writing: deque = deque()
+            for row in rows:
+                shard = row["shard"]
+                self.pending.setdefault(shard, []).append(row)
+                if len(self.pending[shard]) == self.expected[shard]:
+                    writing.append(pool.submit(self.finish, shard, self.pending.pop(shard)))
+                while len(writing) > self.threads or (writing and writing[0].done()):
+                    yield writing.popleft().result()  # at most `threads` finished shards held in memory
+            while writing:
+                yield writing.popleft().result()
         if self.pending:
             raise RuntimeError(f"shards left incomplete: {sorted(self.pending)}")
 
@@ -346,7 +361,7 @@ def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -
         description="shards",
         unit="samples",
         num_done=len(plan) - len(todo),
-        collect=ShardAssembler(root, todo).records,
+        collect=ShardAssembler(root, todo, config.resources.writer_threads).records,
         ordered=True,  # shards complete one after another: the driver holds one shard's samples at a time
         ray_address=ray_address,
         num_cpus=config.resources.num_cpus or None,

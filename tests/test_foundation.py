@@ -174,3 +174,31 @@ def test_yuv_conversion_matches_ffmpeg_and_encoding_is_byte_stable(tmp_path):
     write_mp4(tmp_path / "a.mp4", frames, fps=8)
     write_mp4(tmp_path / "b.mp4", frames, fps=8)
     assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
+
+
+def test_a_clip_decord_cannot_decode_is_read_with_pyav(tmp_path):
+    """decord returns 4-channel frames for some sizes (72x40 here) and fails; PyAV reads the same file."""
+    import av
+
+    ramp = np.linspace(0, 255, 72, dtype=np.float64)[None, :, None]
+    frames = np.stack([np.broadcast_to(ramp + 4 * t, (40, 72, 3)) for t in range(17)]).clip(0, 255)
+    frames = frames.astype(np.uint8)
+    path = tmp_path / "narrow.mp4"
+    write_mp4(path, frames, fps=16)
+    import decord
+
+    with pytest.raises(Exception, match="size must exactly match"):  # the decord failure this guards against
+        decord.VideoReader(str(path)).get_batch([16]).asnumpy()
+    info = probe(path)
+    assert (info.num_frames, info.width, info.height, info.fps) == (17, 72, 40, 16.0)
+    back = read_frames(path, [0, 16, 3])
+    with av.open(str(path)) as container:  # the reference: PyAV's own decode of the same frames
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    np.testing.assert_array_equal(back, np.stack([decoded[0], decoded[16], decoded[3]]))
+    assert np.abs(back.astype(int) - frames[[0, 16, 3]].astype(int)).mean() < 4  # and it is the clip
+
+    (tmp_path / "garbage.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    with pytest.raises(VideoError) as err:
+        probe(tmp_path / "garbage.mp4")
+    assert err.value.reason == "undecodable"
+    assert "decord:" in err.value.detail and "PyAV:" in err.value.detail  # both were tried

@@ -274,3 +274,22 @@ def test_load_into_fsdp2_sharded_model(diffusers_folder: Path, tmp_path: Path) -
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count(" ok") == 2
+
+
+def test_loading_works_in_a_fresh_process(diffusers_folder, wan_state):
+    """Nothing imports torch.distributed.tensor before the loader in a fresh process (as in `trainer fit`'s
+    first import): the loader must not rely on it being imported already."""
+    script = (
+        "import sys, torch\n"
+        "from trainer.model import MiVETransformer, get_config\n"
+        "from trainer.wan_weights import load_wan_weights\n"
+        "assert 'torch.distributed.tensor' not in sys.modules\n"
+        "model = MiVETransformer(get_config('debug'))\n"
+        f"load_wan_weights(model, {str(diffusers_folder)!r})\n"
+        "torch.save(model.proj_out.weight.detach(), sys.argv[1])\n"
+    )
+    out = diffusers_folder.parent / "fresh_proj_out.pt"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert torch.equal(torch.load(out, weights_only=True), wan_state["proj_out.weight"])

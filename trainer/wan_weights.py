@@ -254,6 +254,9 @@ def _set_tensor(
     model: nn.Module, name: str, tensor: torch.Tensor, device: torch.device | None, where: str = ""
 ) -> None:
     """Copy ``tensor`` into parameter ``name``; on a meta model, assign a new parameter instead."""
+    # imported, not reached as torch.distributed.tensor: that attribute exists only once something imported it
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
     module_name, _, attr = name.rpartition(".")
     module = model.get_submodule(module_name)
     param = getattr(module, attr)
@@ -266,9 +269,7 @@ def _set_tensor(
         if param.is_meta:
             value = tensor.to(device=device or "cpu", dtype=param.dtype, copy=True)
             setattr(module, attr, nn.Parameter(value, requires_grad=param.requires_grad))
-        elif isinstance(param.data, torch.distributed.tensor.DTensor):
-            from torch.distributed.tensor import distribute_tensor
-
+        elif isinstance(param.data, DTensor):
             full = tensor.to(device=param.device, dtype=param.dtype)
             # Every rank reads the checkpoint itself: no broadcast, each keeps its own shard.
             param.copy_(distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None))
