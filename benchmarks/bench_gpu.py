@@ -65,6 +65,7 @@ TOTAL_LIMIT_S = 480.0  # the whole run, model construction included, on one H100
 # The paper's data engine and training (MIVE.md): what the projection multiplies the measured rates by.
 OPENVE_PAIRS = 2_450_000
 TRAINING_SAMPLES = 30_000
+PAPER_TRAIN_GPU_HOURS = 8 * 65  # "8x H100, about 65 hours"
 INSTRUCTION = (
     "Replace the red car parked on the left side of the street with a blue bicycle leaning against the wall, "
     "keep the pedestrians, the shop windows, the lighting and the camera motion exactly as they are in the "
@@ -587,7 +588,8 @@ def bench_dit(bench: Bench) -> Iterator[dict]:
 
     # which SDPA kernel the block's attention dispatches to
     torch.manual_seed(0)
-    block = MiVEBlock(config).to(device, dtype)
+    with torch.device(device):
+        block = MiVEBlock(config).to(dtype)
     x = torch.randn(1, seq, config.dim, device=device, dtype=dtype)
     time_mod = torch.randn(1, 2, 6, config.dim, device=device) * 0.1
     rope = rope_cos_sin(config, profile.dit_grid, profile.dit_condition, device)
@@ -619,17 +621,23 @@ BENCHMARKS: dict[str, Callable[[Bench], Iterator[dict]]] = {
 
 def projection_rows(rows: list[dict], num_gpus: int) -> list[dict]:
     """GPU-hours of the paper's run from the measured rates (rows with a ``key``); a missing rate is a row saying so."""
-    from dataengine.recipe import load_recipe
-    from trainer.plan import REFERENCE_TFLOPS_PER_GPU, PlanConfig, plan_from_recipe
+    from dataengine.recipe import build_config
+    from trainer.parallel import ParallelConfig
+    from trainer.plan import REFERENCE_TFLOPS_PER_GPU, PlanConfig, make_plan
 
     rates = {
         row["key"]: row["value"] for row in rows if "key" in row and isinstance(row["value"], int | float)
     }
     portraits = _recipe_table(DATA_RECIPE, "portraits")
     clips = 3 * portraits["pairs_per_type"]  # at most one portrait clip per pair (clips may be reused)
-    train_recipe = load_recipe(TRAIN_RECIPE)
-    steps = train_recipe["train"]["steps"]
-    plan = plan_from_recipe(train_recipe, PlanConfig(num_gpus=8))  # the paper's 8 GPUs x 1 sample per step
+    train = _recipe_table(TRAIN_RECIPE, "train")
+    steps = train["steps"]
+    # trainer plan of the paper's run: 8 GPUs x the recipe's batch (read here, not through trainer.train,
+    # whose data loader needs webdataset, which GPU machines may lack)
+    parallel = build_config(ParallelConfig, train["parallel"], "train.parallel")
+    plan = make_plan(
+        train["model"], parallel, PlanConfig(num_gpus=8), train["data"]["batch_size"], train["grad_accum"]
+    )
     samples = steps * plan.plan.num_gpus * plan.samples_per_gpu * plan.grad_accum
 
     def seconds_each(key: str, per: Callable[[float], float]) -> float | None:
@@ -678,7 +686,11 @@ def projection_rows(rows: list[dict], num_gpus: int) -> list[dict]:
             _row("projection", label, hours, "GPU-h", f"{hours / num_gpus:,.1f} h on {num_gpus} GPUs; {note}")
         )
     reference = samples * plan.flops.train_per_sample / (REFERENCE_TFLOPS_PER_GPU * 1e12 * 3600)
-    note = "the paper: about 65 h on 8 H100 = 520 GPU-h; trainer plan's reference rate"
+    paper_rate = samples * plan.flops.train_per_sample / (PAPER_TRAIN_GPU_HOURS * 3600) / 1e12
+    note = (
+        f"trainer plan's reference rate; the paper's {PAPER_TRAIN_GPU_HOURS} GPU-h (65 h on 8 H100) would take "
+        f"{paper_rate:,.0f} TFLOP/s per GPU at these FLOPs"
+    )
     out.append(
         _row(
             "projection", f"train at {REFERENCE_TFLOPS_PER_GPU} TFLOP/s (NeMo DFM)", reference, "GPU-h", note

@@ -570,8 +570,9 @@ def _random_from_pretrained(spec: ModelSpec, device: str | torch.device) -> clas
         from transformers import GenerationConfig
 
         config = cls.config_class.from_pretrained(path)
+        options = {} if attn is None else {"attn_implementation": attn}
         with torch.device(device):
-            model = cls._from_config(config, dtype=dtype, attn_implementation=attn)
+            model = cls._from_config(config, dtype=dtype, **options)
         if (path / "generation_config.json").exists():
             model.generation_config = GenerationConfig.from_pretrained(path)
         return model.eval()
