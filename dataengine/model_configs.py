@@ -72,6 +72,9 @@ class ModelSpec:
     """Where ``published_parameters`` comes from."""
     subfolder: str = ""
     """Subfolder of the checkpoint holding this model (``vae`` in the Wan diffusers layout)."""
+    extra_files: Callable[[Path, dict[str, Any]], dict[str, Any]] | None = None
+    """Writes the files besides ``config.json`` (processor, generation config) into a model folder, given the
+    configuration dict, and returns the configuration keys they override (the tokenizer's special-token ids)."""
 
     def config(self, size: str) -> dict[str, Any]:
         """The configuration dict of ``size`` (``real`` or ``debug``)."""
@@ -363,47 +366,6 @@ SAM21_DEBUG = {
     "enable_occlusion_spatial_embedding": True,
 }
 
-MODELS: dict[str, ModelSpec] = {
-    "qwen3vl_8b": ModelSpec(
-        source="Qwen/Qwen3-VL-8B-Instruct",
-        library="transformers",
-        model_class=_qwen3vl_class,
-        real=QWEN3VL_8B,
-        debug=QWEN3VL_DEBUG,
-        published_parameters="8.77B",
-        published_note="model card: 8.77B parameters",
-    ),
-    "wan21_vae": ModelSpec(
-        source="Wan-AI/Wan2.1-T2V-14B-Diffusers (vae)",
-        library="diffusers",
-        model_class=_wan_vae_class,
-        real=WAN21_VAE,
-        debug=WAN21_VAE_DEBUG,
-        published_parameters="127M",
-        published_note="Wan2.1 report: a 127M-parameter Wan-VAE",
-        subfolder="vae",
-    ),
-    "wan21_t2v_14b": ModelSpec(
-        source="Wan-AI/Wan2.1-T2V-14B-Diffusers (transformer)",
-        library="diffusers",
-        model_class=_wan_transformer_class,
-        real=WAN21_T2V_14B,
-        debug=WAN21_T2V_DEBUG,
-        published_parameters="14.288B",
-        published_note="MIVE.md: diffusers' WanTransformer3DModel() has 14.288B parameters",
-        subfolder="transformer",
-    ),
-    "sam21_hiera_large": ModelSpec(
-        source="facebook/sam2.1-hiera-large",
-        library="transformers",
-        model_class=_sam2_video_class,
-        real=SAM21_HIERA_LARGE,
-        debug=SAM21_DEBUG,
-        published_parameters="224.4M",
-        published_note="SAM 2 paper, Hiera-L: 224.4M parameters",
-    ),
-}
-
 
 def get_spec(name: str) -> ModelSpec:
     """The registry entry ``name``, with a clear error for an unknown one."""
@@ -500,39 +462,85 @@ def qwen3vl_token_overrides(tokenizer: Any) -> dict[str, int]:
     return {key: tokenizer.convert_tokens_to_ids(token) for key, token in ids.items()}
 
 
+def _qwen3vl_files(target: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The processor of :func:`build_qwen3vl_processor` and a generation config; its special-token ids."""
+    from transformers import GenerationConfig
+
+    processor = build_qwen3vl_processor()
+    tokenizer = processor.tokenizer
+    processor.save_pretrained(target)
+    eos = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+    GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id or eos[1]).save_pretrained(target)
+    return qwen3vl_token_overrides(tokenizer)
+
+
+def _sam2_files(target: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The SAM2 video processor at the configuration's image size."""
+    build_sam2_processor(int(config["image_size"])).save_pretrained(target)
+    return {}
+
+
+MODELS: dict[str, ModelSpec] = {
+    "qwen3vl_8b": ModelSpec(
+        source="Qwen/Qwen3-VL-8B-Instruct",
+        library="transformers",
+        model_class=_qwen3vl_class,
+        real=QWEN3VL_8B,
+        debug=QWEN3VL_DEBUG,
+        published_parameters="8.77B",
+        published_note="model card: 8.77B parameters",
+        extra_files=_qwen3vl_files,
+    ),
+    "wan21_vae": ModelSpec(
+        source="Wan-AI/Wan2.1-T2V-14B-Diffusers (vae)",
+        library="diffusers",
+        model_class=_wan_vae_class,
+        real=WAN21_VAE,
+        debug=WAN21_VAE_DEBUG,
+        published_parameters="127M",
+        published_note="Wan2.1 report: a 127M-parameter Wan-VAE",
+        subfolder="vae",
+    ),
+    "wan21_t2v_14b": ModelSpec(
+        source="Wan-AI/Wan2.1-T2V-14B-Diffusers (transformer)",
+        library="diffusers",
+        model_class=_wan_transformer_class,
+        real=WAN21_T2V_14B,
+        debug=WAN21_T2V_DEBUG,
+        published_parameters="14.288B",
+        published_note="MIVE.md: diffusers' WanTransformer3DModel() has 14.288B parameters",
+        subfolder="transformer",
+    ),
+    "sam21_hiera_large": ModelSpec(
+        source="facebook/sam2.1-hiera-large",
+        library="transformers",
+        model_class=_sam2_video_class,
+        real=SAM21_HIERA_LARGE,
+        debug=SAM21_DEBUG,
+        published_parameters="224.4M",
+        published_note="SAM 2 paper, Hiera-L: 224.4M parameters",
+        extra_files=_sam2_files,
+    ),
+}
+
+
 def write_model_folder(name: str, folder: str | Path, size: str = "real") -> Path:
     """Write ``folder`` in the checkpoint's layout: configuration and processor files, no weights.
 
-    Load it inside :func:`random_weights`. Qwen3-VL gets the processor of :func:`build_qwen3vl_processor`
-    (and its tokenizer's special-token ids in the config), SAM2 the video processor at its image size; the
-    Wan models go to ``folder/<subfolder>``.
+    Load it inside :func:`random_weights`. The Wan models go to ``folder/<subfolder>`` as in their repository.
     """
-    from transformers import GenerationConfig
-
     spec = get_spec(name)
     folder = Path(folder)
     target = folder / spec.subfolder
     target.mkdir(parents=True, exist_ok=True)
-    if name == "qwen3vl_8b":
-        processor = build_qwen3vl_processor()
-        tokenizer = processor.tokenizer
-        processor.save_pretrained(target)
-        library_config(name, size, qwen3vl_token_overrides(tokenizer)).save_pretrained(target)
-        eos = [
-            tokenizer.convert_tokens_to_ids("<|im_end|>"),
-            tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        ]
-        GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id or eos[1]).save_pretrained(
-            target
-        )
-    elif spec.library == "transformers":
-        config = library_config(name, size)
+    overrides = spec.extra_files(target, spec.config(size)) if spec.extra_files else {}
+    config = library_config(name, size, overrides)
+    if spec.library == "transformers":
         config.save_pretrained(target)
-        if name == "sam21_hiera_large":
-            build_sam2_processor(int(config.image_size)).save_pretrained(target)
     else:
-        config = dict(library_config(name, size), _class_name=spec.model_class().__name__)
-        (target / "config.json").write_text(json.dumps(config, indent=2))
+        (target / "config.json").write_text(
+            json.dumps({**config, "_class_name": spec.model_class().__name__})
+        )
     return folder
 
 
