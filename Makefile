@@ -7,8 +7,9 @@ export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 RECIPE ?= manifests/demo.toml
 DEMO_DIR ?= demo_data
+OUT ?= benchmarks/gpu-results
 
-.PHONY: install demo demo-data filter portraits shards fit sample report test bench lint clean
+.PHONY: install demo demo-data filter portraits shards fit sample report test bench bench-gpu lint clean
 
 install: .venv/.installed
 
@@ -40,6 +41,10 @@ test: install
 
 bench: install
 	$(PY) -m benchmarks.run
+
+# Every model at its real size on one GPU, at most 8 minutes, nothing downloaded (benchmarks/RESULTS.md).
+bench-gpu: install
+	$(PY) -m benchmarks.bench_gpu $(OUT)
 
 lint: install
 	.venv/bin/ruff check dataengine trainer pipelines tests benchmarks

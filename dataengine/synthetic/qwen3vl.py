@@ -61,7 +61,8 @@ The source video, the edited video, the reference image, the instruction.
 """
 
 
-def _train_tokenizer(vocab_size: int):
+def train_tokenizer(vocab_size: int):
+    """A byte-level BPE tokenizer with Qwen's pre-tokenizer, special tokens and chat template (see the module docstring)."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -106,7 +107,7 @@ def build_tiny_qwen3vl(
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train_tokenizer(vocab_size)
+    tokenizer = train_tokenizer(vocab_size)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
     num_heads = 4
     config = Qwen3VLConfig(
