@@ -101,6 +101,12 @@ def _wan_transformer_class() -> type:
     return WanTransformer3DModel
 
 
+def _rtdetr_v2_class() -> type:
+    from transformers import RTDetrV2ForObjectDetection
+
+    return RTDetrV2ForObjectDetection
+
+
 def _sam2_video_class() -> type:
     from transformers import Sam2VideoModel
 
@@ -367,6 +373,51 @@ SAM21_DEBUG = {
 }
 
 
+# PekingU/rtdetr_v2_r50vd (RT-DETRv2-R50, COCO): transformers' convert_rt_detr_v2_weights_to_hf.py builds it as
+# RTDetrV2Config() with its defaults (ResNet-50-vd backbone, 256-wide hybrid encoder, 6 decoder layers, 300
+# queries) and the 80 COCO classes of huggingface/label-files coco-detection-mmdet-id2label.json, person first.
+COCO_LABELS = (
+    "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant stop_sign "
+    "parking_meter bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack umbrella handbag tie "
+    "suitcase frisbee skis snowboard sports_ball kite baseball_bat baseball_glove skateboard surfboard "
+    "tennis_racket bottle wine_glass cup fork knife spoon bowl banana apple sandwich orange broccoli carrot "
+    "hot_dog pizza donut cake chair couch potted_plant bed dining_table toilet tv laptop mouse remote keyboard "
+    "cell_phone microwave oven toaster sink refrigerator book clock vase scissors teddy_bear hair_drier toothbrush"
+).split()
+RTDETR_V2_R50 = {
+    "model_type": "rt_detr_v2",
+    "id2label": {str(i): name.replace("_", " ") for i, name in enumerate(COCO_LABELS)},
+    "label2id": {name.replace("_", " "): i for i, name in enumerate(COCO_LABELS)},
+}
+
+# The tiny one of dataengine.synthetic.detector: 4-stage basic-block ResNet of 8 to 64 channels, 16 wide, 10
+# queries; two decoder layers (the box heads of layers 1.. are tied to layer 0's).
+RTDETR_V2_DEBUG = {
+    "model_type": "rt_detr_v2",
+    "backbone_config": {
+        "model_type": "rt_detr_resnet",
+        "embedding_size": 8,
+        "hidden_sizes": [8, 16, 32, 64],
+        "depths": [1, 1, 1, 1],
+        "layer_type": "basic",
+        "out_features": ["stage2", "stage3", "stage4"],
+    },
+    "encoder_hidden_dim": 16,
+    "encoder_in_channels": [16, 32, 64],
+    "encoder_ffn_dim": 32,
+    "encoder_attention_heads": 2,
+    "d_model": 16,
+    "num_queries": 10,
+    "decoder_in_channels": [16, 16, 16],
+    "decoder_ffn_dim": 32,
+    "decoder_layers": 2,
+    "decoder_attention_heads": 2,
+    "num_denoising": 0,
+    "id2label": {"0": "person", "1": "car"},
+    "label2id": {"person": 0, "car": 1},
+}
+
+
 def get_spec(name: str) -> ModelSpec:
     """The registry entry ``name``, with a clear error for an unknown one."""
     if name not in MODELS:
@@ -480,6 +531,14 @@ def _sam2_files(target: Path, config: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _detector_files(target: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """RT-DETR's image processor as published (640 x 640, rescaled to [0, 1], no normalisation)."""
+    from transformers import RTDetrImageProcessor
+
+    RTDetrImageProcessor(size={"height": 640, "width": 640}).save_pretrained(target)
+    return {}
+
+
 MODELS: dict[str, ModelSpec] = {
     "qwen3vl_8b": ModelSpec(
         source="Qwen/Qwen3-VL-8B-Instruct",
@@ -520,6 +579,19 @@ MODELS: dict[str, ModelSpec] = {
         published_parameters="224.4M",
         published_note="SAM 2 paper, Hiera-L: 224.4M parameters",
         extra_files=_sam2_files,
+    ),
+    "rtdetr_v2_r50": ModelSpec(
+        source="PekingU/rtdetr_v2_r50vd",
+        library="transformers",
+        model_class=_rtdetr_v2_class,
+        real=RTDETR_V2_R50,
+        debug=RTDETR_V2_DEBUG,
+        published_parameters="43M",
+        published_note=(
+            "hub listing: model.safetensors is 172 MB of float32, 43.0M values (parameters and BatchNorm "
+            "statistics); the RT-DETRv2 paper gives R50 as 42M"
+        ),
+        extra_files=_detector_files,
     ),
 }
 

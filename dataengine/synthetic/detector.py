@@ -1,7 +1,8 @@
 """A tiny, randomly initialised RT-DETRv2 person detector, for tests, the benchmark and the demo's models.
 
-``build_tiny_detector(folder)`` saves an ``RTDetrV2ForObjectDetection`` (a 4-stage ResNet of 8 to 64
-channels, 16-wide encoder and decoder, 10 queries, classes ``person`` and ``car``) and its
+``build_tiny_detector(folder)`` saves an ``RTDetrV2ForObjectDetection`` in the ``debug`` flavour of
+``dataengine.model_configs`` (``rtdetr_v2_r50``: a 4-stage ResNet of 8 to 64 channels, 16-wide encoder and
+decoder, 10 queries, classes ``person`` and ``car``) and its
 ``RTDetrImageProcessor`` (64 x 64 input), so ``AutoModelForObjectDetection.from_pretrained(folder)`` and
 ``AutoImageProcessor.from_pretrained(folder)`` load it offline: the code path of the real
 ``PekingU/rtdetr_v2_r50vd``. Its boxes mean nothing. The class biases are drawn at random so that both
@@ -12,42 +13,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-TINY_LABELS = {0: "person", 1: "car"}
-
 
 def build_tiny_detector(out_dir: str | Path, seed: int = 0, image_size: int = 64) -> Path:
     """Save the tiny random detector and its processor into ``out_dir``; returns ``out_dir``."""
     import torch
-    from transformers import (
-        RTDetrImageProcessor,
-        RTDetrResNetConfig,
-        RTDetrV2Config,
-        RTDetrV2ForObjectDetection,
-    )
+    from transformers import RTDetrImageProcessor, RTDetrV2ForObjectDetection
 
-    backbone = RTDetrResNetConfig(
-        embedding_size=8,
-        hidden_sizes=[8, 16, 32, 64],
-        depths=[1, 1, 1, 1],
-        layer_type="basic",
-        out_features=["stage2", "stage3", "stage4"],
-    )
-    config = RTDetrV2Config(
-        backbone_config=backbone,
-        encoder_hidden_dim=16,
-        encoder_in_channels=[16, 32, 64],
-        encoder_ffn_dim=32,
-        encoder_attention_heads=2,
-        d_model=16,
-        num_queries=10,
-        decoder_in_channels=[16, 16, 16],
-        decoder_ffn_dim=32,
-        decoder_layers=2,  # the box heads of layers 1.. are tied to layer 0's: one layer breaks the tie
-        decoder_attention_heads=2,
-        num_denoising=0,
-        id2label=TINY_LABELS,
-        label2id={v: k for k, v in TINY_LABELS.items()},
-    )
+    from dataengine.model_configs import library_config
+
+    config = library_config("rtdetr_v2_r50", "debug")  # the registry's tiny flavour of the real detector
     torch.manual_seed(seed)
     model = RTDetrV2ForObjectDetection(config).eval()
     with torch.no_grad():
