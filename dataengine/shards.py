@@ -186,7 +186,7 @@ def validate_sample(
     return None
 
 
-def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
@@ -365,7 +365,7 @@ def verify_shards(root: str | os.PathLike) -> VerifyReport:
             problem(
                 "size", f"{size} bytes on disk, index.json says {entry['bytes']} (truncated or appended?)"
             )
-        digest = _sha256_file(path)
+        digest = sha256_file(path)
         if digest != entry["sha256"]:
             problem("sha256", f"sha256 {digest[:16]}... differs from index.json's {entry['sha256'][:16]}...")
         keys: list[str] = []

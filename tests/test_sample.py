@@ -96,7 +96,7 @@ def test_euler_recovers_x0_from_the_exact_velocity() -> None:
             super().__init__()
             self.anchor = torch.nn.Parameter(torch.zeros(()))
 
-        def forward(self, x, source, reference, timestep, first, last):  # noqa: ANN001
+        def forward(self, x, source, reference, timestep, first, last, sp=None):  # noqa: ANN001
             return (x - x0) / (timestep.view(-1, 1, 1, 1, 1) / 1000)
 
     cond = Conditioning(

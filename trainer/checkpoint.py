@@ -162,6 +162,15 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """The complete checkpoints (``step-XXXXXXXX/`` holding DCP's ``.metadata``) in ``folder``, oldest first;
+    partial saves (``.step-*.partial``) are never listed."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
+    return sorted((p for p in found if (p / ".metadata").exists()), key=lambda p: p.name)
+
+
 class Checkpointer:
     """Saves and restores the training state with DCP in ``run_dir / config.folder``."""
 
@@ -172,10 +181,7 @@ class Checkpointer:
 
     def complete(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
-        if not self.folder.is_dir():
-            return []
-        found = [p for p in self.folder.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
-        return sorted((p for p in found if (p / ".metadata").exists()), key=lambda p: p.name)
+        return complete_checkpoints(self.folder)
 
     def latest(self) -> Path | None:
         done = self.complete()

@@ -12,7 +12,9 @@ What it guarantees, and how:
 - **Rank split by sample**: rank ``r`` takes ``global_batch[r * batch_size:(r + 1) * batch_size]`` of every
   global batch, so all ranks run the same number of steps (FSDP needs lockstep) and the samples of one
   optimizer step do not depend on how they are spread over ranks (a 2-GPU run at batch 1 sees the same
-  samples per step as a 1-GPU run at batch 2).
+  samples per step as a 1-GPU run at batch 2). "Rank" and "world size" here are the *data-parallel* ones:
+  under sequence parallelism the trainer passes the replica index and count, so every rank of an SP group
+  reads the same samples (and the global batch does not grow with the SP degree).
 - **Loader-worker split by batch**: worker ``w`` of ``W`` reads the rank's batches ``w, w + W, ...``;
   torch's ``DataLoader`` hands iterable-dataset outputs back round-robin over workers, so the order the
   trainer sees does not depend on ``num_workers``.
@@ -29,7 +31,6 @@ per-epoch permutation costs one seek per sample, not a shuffle buffer, and resum
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tarfile
 from dataclasses import dataclass
@@ -91,14 +92,6 @@ def _resolve_index_path(shards: str | Path) -> Path:
     return path if path.name == INDEX_NAME else path / INDEX_NAME
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class ShardCatalogue:
     """The shard set as described by ``index.json``, checked against the files on disk."""
 
@@ -117,8 +110,13 @@ class ShardCatalogue:
                 raise ValueError(
                     f"{where} has {size} bytes, the index says {entry['bytes']}: rebuild the shard set"
                 )
-            if verify_checksums and entry.get("sha256") and _sha256_file(path) != entry["sha256"]:
-                raise ValueError(f"{where}: sha256 does not match the index: the file changed or is corrupt")
+            if verify_checksums and entry.get("sha256"):
+                from dataengine.shards import sha256_file  # imports pandas: only when checksums are asked for
+
+                if sha256_file(path) != entry["sha256"]:
+                    raise ValueError(
+                        f"{where}: sha256 does not match the index: the file changed or is corrupt"
+                    )
             self.shards.append(
                 ShardEntry(path=path, bucket=entry["bucket"], num_samples=int(entry["num_samples"]))
             )
@@ -305,7 +303,10 @@ class ShardBatches(IterableDataset):
 
 
 class ShardLoader:
-    """Endless iterator of one rank's micro-batches, epoch after epoch, with a checkpointable cursor.
+    """Endless iterator of one data-parallel rank's micro-batches, epoch after epoch, with a checkpointable cursor.
+
+    ``rank`` and ``world_size`` are the data-parallel rank and replica count (the process rank and count
+    without sequence parallelism); the state's ``world_size`` records the latter.
 
     ``state_dict()`` / ``load_state_dict()`` hold ``epoch`` and ``position`` (micro-batches handed out in the
     epoch). Load the state before the first ``next()``.

@@ -19,7 +19,16 @@ Design choices (see docs/model.md):
 - Padded condition tokens (``vlm_mask`` False) are zeroed at the input and masked out as keys in every
   attention, so they influence no other token. Their own outputs are garbage and are never read.
 - Precision: LayerNorm, RMSNorm, modulation, RoPE and the residual adds run in float32 (``.float()``),
-  matmuls run in the parameters' dtype (bf16 under FSDP2 mixed precision).
+  matmuls run in the parameters' dtype (bf16 under FSDP2 mixed precision). ``residual_dtype = "bfloat16"``
+  runs the blocks' norms, modulation and residual adds in bf16 instead (RoPE and the head stay float32):
+  half the bytes a block keeps for its backward, at a measured precision cost (docs/training.md).
+- Sequence parallelism (Ulysses; section 3): ``forward(..., sp=SequenceParallel(group))`` splits the
+  sequence over the group's ranks, which all hold the same sample. Each rank builds [c; v] in full (cheap),
+  pads it at the end to a multiple of N and keeps its contiguous chunk through the norms, projections, FFN
+  and modulation; attention exchanges the sequence split for a head split (all-to-all), attends over the
+  whole sequence with H/N heads, and exchanges back. Everything positional (the clean prefix of per-token
+  AdaLN, RoPE, the key mask) is taken from global positions; the head's small output is all-gathered, so
+  every rank returns the whole velocity. Without ``sp`` (or N = 1) the code path is the one above.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ import math
 from dataclasses import dataclass, field, replace
 
 import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 from torch import nn
 
@@ -36,6 +47,7 @@ from torch import nn
 # ---------------------------------------------------------------------------------------------------
 
 ADAPTER_INITS = ("zero_fusion", "normal")
+RESIDUAL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -70,6 +82,11 @@ class MiVEConfig:
     (truncated normal, std 0.02, everywhere)."""
     init_std: float = 0.02
     """Std of the truncated-normal init of fresh Linear layers (used when weights are not loaded)."""
+    residual_dtype: str = "float32"
+    """Dtype of the blocks' LayerNorms, q/k RMSNorms, modulation and residual adds: ``float32`` (Wan's and
+    diffusers' ``.float()`` path) or ``bfloat16`` (about 20 of the ~63 bytes per token and hidden unit a
+    block keeps for its backward are saved; precision cost in docs/training.md). The trainer sets it from
+    ``train.parallel.residual_dtype``; it changes no parameter."""
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(self.patch_size)
@@ -83,6 +100,10 @@ class MiVEConfig:
             raise ValueError(f"adapter_init {self.adapter_init!r} is not one of {ADAPTER_INITS}")
         if len(self.patch_size) != 3:
             raise ValueError(f"patch_size {self.patch_size} must have 3 entries (t, h, w)")
+        if self.residual_dtype not in RESIDUAL_DTYPES:
+            raise ValueError(
+                f"residual_dtype {self.residual_dtype!r} is not one of {sorted(RESIDUAL_DTYPES)}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -115,20 +136,21 @@ def get_config(name: str, **overrides: object) -> MiVEConfig:
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm computed in float32, weight applied in float32, result cast back to the input dtype."""
+    """RMSNorm computed in ``dtype`` (float32 unless told), weight applied in it, result cast back to the input dtype."""
 
-    def __init__(self, dim: int, eps: float) -> None:
+    def __init__(self, dim: int, eps: float, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.eps = eps
+        self.dtype = dtype
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).type_as(x)
+        return F.rms_norm(x.to(self.dtype), (x.shape[-1],), self.weight.to(self.dtype), self.eps).type_as(x)
 
 
-def layer_norm_fp32(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Wan's affine-free LayerNorm, in float32 (returns float32)."""
-    return F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
+def layer_norm(x: torch.Tensor, eps: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Wan's affine-free LayerNorm, computed in and returned as ``dtype`` (float32 unless told)."""
+    return F.layer_norm(x.to(dtype), (x.shape[-1],), eps=eps)
 
 
 def timestep_features(timestep: torch.Tensor, freq_dim: int) -> torch.Tensor:
@@ -196,20 +218,29 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, num_clean: int) -> torch.Tensor:
-    """Per-segment AdaLN: x (B, L, D) float32; shift, scale (B, 2, D) = [clean, noisy] -> (B, L, D).
+    """Per-segment AdaLN in x's dtype: x (B, L, D); shift, scale (B, 2, D) float32 = [clean, noisy] -> (B, L, D).
 
-    Tokens [0, num_clean) use row 0, the rest row 1: two vectors, never one per token.
+    Tokens [0, num_clean) use row 0, the rest row 1: two vectors, never one per token. Under sequence
+    parallelism x is this rank's chunk and ``num_clean`` the count of its tokens inside the global prefix.
     """
+    shift, scale = shift.to(x.dtype), scale.to(x.dtype)
     clean = torch.addcmul(shift[:, 0:1], x[:, :num_clean], 1 + scale[:, 0:1])
     noisy = torch.addcmul(shift[:, 1:2], x[:, num_clean:], 1 + scale[:, 1:2])
     return torch.cat([clean, noisy], dim=1)
 
 
-def gated_residual(x: torch.Tensor, update: torch.Tensor, gate: torch.Tensor, num_clean: int) -> torch.Tensor:
-    """x + gate * update per segment, added in float32, cast back to x's dtype. gate: (B, 2, D)."""
-    update = update.float()
+def gated_residual(
+    x: torch.Tensor,
+    update: torch.Tensor,
+    gate: torch.Tensor,
+    num_clean: int,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """x + gate * update per segment, added in ``dtype`` (float32 unless told), cast back to x's dtype.
+    gate: (B, 2, D)."""
+    update, gate = update.to(dtype), gate.to(dtype)
     gated = torch.cat([update[:, :num_clean] * gate[:, 0:1], update[:, num_clean:] * gate[:, 1:2]], dim=1)
-    return (x.float() + gated).type_as(x)
+    return (x.to(dtype) + gated).type_as(x)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -240,37 +271,125 @@ class ContextAdapter(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
-# 3. Attention and block
+# 3. Sequence parallelism (Ulysses): the process group is an argument of forward, nothing global
+# ---------------------------------------------------------------------------------------------------
+
+
+class SequenceParallel:
+    """Ulysses sequence parallelism over the N ranks of ``group``, which all hold the same sample.
+
+    Three exchanges, torch's functional collectives (they carry autograd: the backward of an all-to-all is
+    the reverse all-to-all, that of an all-gather a reduce-scatter that sums the N ranks' gradients):
+
+    - :meth:`sequence_to_heads` (B, l, H, hd) -> (B, N l, H/N, hd): every rank sends head group j of its l
+      tokens to rank j and receives its own head group of every rank's tokens, in rank order;
+    - :meth:`heads_to_sequence`: the inverse;
+    - :meth:`gather_sequence` (B, l, E) -> (B, N l, E): the chunks of all ranks, in rank order.
+
+    A subclass may replace the three (``benchmarks/bench_model.py`` emulates one rank on one GPU).
+    """
+
+    def __init__(self, group: dist.ProcessGroup) -> None:
+        self.group = group
+        self.size = dist.get_world_size(group)
+        self.rank = dist.get_rank(group)
+
+    def sequence_to_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, chunk, heads, head_dim = x.shape
+        n = self.size
+        send = x.reshape(batch, chunk, n, heads // n, head_dim).permute(2, 0, 1, 3, 4)  # (N, B, l, H/N, hd)
+        received = funcol.all_to_all_single(send.contiguous(), None, None, self.group)  # block j from rank j
+        return received.permute(1, 0, 2, 3, 4).reshape(batch, n * chunk, heads // n, head_dim)
+
+    def heads_to_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, heads, head_dim = x.shape
+        n = self.size
+        send = x.reshape(batch, n, length // n, heads, head_dim).transpose(0, 1)  # (N, B, l, H/N, hd)
+        received = funcol.all_to_all_single(send.contiguous(), None, None, self.group)  # heads of rank j
+        return received.permute(1, 2, 0, 3, 4).reshape(batch, length // n, n * heads, head_dim)
+
+    def gather_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        gathered = funcol.all_gather_single(x.transpose(0, 1).contiguous(), 0, self.group)  # (N l, B, E)
+        return gathered.transpose(0, 1)  # (B, N l, E)
+
+
+@dataclass(frozen=True)
+class SequenceShard:
+    """This rank's tokens in one forward: chunk ``rank`` of the unified sequence padded at the end to N chunks."""
+
+    sp: SequenceParallel
+    seq_len: int  # L, the sequence without padding
+
+    @property
+    def chunk(self) -> int:
+        return -(-self.seq_len // self.sp.size)
+
+    @property
+    def padded_len(self) -> int:
+        return self.chunk * self.sp.size
+
+    @property
+    def start(self) -> int:
+        return self.sp.rank * self.chunk
+
+    def local_count(self, num_leading: int) -> int:
+        """How many of this rank's tokens lie in the global prefix [0, num_leading)."""
+        return min(max(num_leading - self.start, 0), self.chunk)
+
+    def take(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """This rank's chunk of a full-sequence tensor along ``dim``, zero-filled past L, as its own storage
+        (a view would keep the whole sequence alive as long as the chunk)."""
+        start = min(self.start, self.seq_len)
+        part = x.narrow(dim, start, min(self.chunk, self.seq_len - start))
+        missing = self.chunk - part.shape[dim]
+        if missing:
+            shape = list(part.shape)
+            shape[dim] = missing
+            return torch.cat([part, part.new_zeros(shape)], dim=dim)
+        return part.clone()
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. Attention and block
 # ---------------------------------------------------------------------------------------------------
 
 
 class SelfAttention(nn.Module):
     """Wan's self-attention: qk RMSNorm across all heads, RoPE, SDPA, output projection."""
 
-    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
+    def __init__(self, dim: int, num_heads: int, eps: float, norm_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.to_q = nn.Linear(dim, dim)
         self.to_k = nn.Linear(dim, dim)
         self.to_v = nn.Linear(dim, dim)
         self.to_out = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, eps)
-        self.norm_k = RMSNorm(dim, eps)
+        self.norm_q = RMSNorm(dim, eps, norm_dtype)
+        self.norm_k = RMSNorm(dim, eps, norm_dtype)
 
     def forward(
         self,
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         attn_mask: torch.Tensor | None,
+        shard: SequenceShard | None = None,
     ) -> torch.Tensor:
-        q = self.norm_q(self.to_q(x)).unflatten(-1, (self.num_heads, -1))  # (B, L, H, hd)
-        k = self.norm_k(self.to_k(x)).unflatten(-1, (self.num_heads, -1))  # (B, L, H, hd)
-        v = self.to_v(x).unflatten(-1, (self.num_heads, -1))  # (B, L, H, hd)
+        """x: (B, l, D), the whole sequence (l = L) or this rank's chunk under sequence parallelism."""
+        q = self.norm_q(self.to_q(x)).unflatten(-1, (self.num_heads, -1))  # (B, l, H, hd)
+        k = self.norm_k(self.to_k(x)).unflatten(-1, (self.num_heads, -1))  # (B, l, H, hd)
+        v = self.to_v(x).unflatten(-1, (self.num_heads, -1))  # (B, l, H, hd)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if shard is not None:
+            # all tokens, H/N heads; the end padding is trimmed: no mask needed for it, flash kernels stay usable
+            qkv = shard.sp.sequence_to_heads(torch.cat([q, k, v]))  # (3B, L_pad, H/N, hd)
+            q, k, v = qkv[:, : shard.seq_len].chunk(3)  # (B, L, H/N, hd) each
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask
-        )  # (B, H, L, hd)
-        return self.to_out(out.transpose(1, 2).flatten(2))  # (B, L, D)
+        ).transpose(1, 2)  # (B, L, H', hd)
+        if shard is not None:
+            out = F.pad(out, (0, 0, 0, 0, 0, shard.padded_len - shard.seq_len))  # (B, L_pad, H/N, hd)
+            out = shard.sp.heads_to_sequence(out)  # (B, l, H, hd)
+        return self.to_out(out.flatten(2))  # (B, l, D)
 
 
 class FeedForward(nn.Module):
@@ -291,7 +410,8 @@ class MiVEBlock(nn.Module):
     def __init__(self, config: MiVEConfig) -> None:
         super().__init__()
         self.eps = config.eps
-        self.attn = SelfAttention(config.dim, config.num_heads, config.eps)
+        self.residual_dtype = RESIDUAL_DTYPES[config.residual_dtype]
+        self.attn = SelfAttention(config.dim, config.num_heads, config.eps, self.residual_dtype)
         self.ffn = FeedForward(config.dim, config.ffn_dim)
         # Wan's per-block modulation table: rows (shift, scale, gate) of attention then of the FFN.
         self.scale_shift_table = nn.Parameter(torch.randn(1, 6, config.dim) / config.dim**0.5)
@@ -303,22 +423,25 @@ class MiVEBlock(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         attn_mask: torch.Tensor | None,
         num_clean: int,
+        shard: SequenceShard | None = None,
     ) -> torch.Tensor:
-        """x: (B, L, D); time_mod: (B, 2, 6, D) float32 projected time embeddings [clean (t=0), noisy (t)]."""
+        """x: (B, l, D) (l = L, or this rank's chunk under sequence parallelism; ``num_clean`` then counts its
+        clean tokens); time_mod: (B, 2, 6, D) float32 projected time embeddings [clean (t=0), noisy (t)]."""
         mod = self.scale_shift_table.float()[:, None] + time_mod  # (B, 2, 6, D)
         shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = mod.unbind(dim=2)  # each (B, 2, D)
+        dtype = self.residual_dtype
 
         # 1. Self-attention over all tokens
-        h = modulate(layer_norm_fp32(x, self.eps), shift_msa, scale_msa, num_clean).type_as(x)
-        x = gated_residual(x, self.attn(h, rope, attn_mask), gate_msa, num_clean)
+        h = modulate(layer_norm(x, self.eps, dtype), shift_msa, scale_msa, num_clean).type_as(x)
+        x = gated_residual(x, self.attn(h, rope, attn_mask, shard), gate_msa, num_clean, dtype)
 
         # 2. Feed-forward
-        h = modulate(layer_norm_fp32(x, self.eps), shift_ffn, scale_ffn, num_clean).type_as(x)
-        return gated_residual(x, self.ffn(h), gate_ffn, num_clean)
+        h = modulate(layer_norm(x, self.eps, dtype), shift_ffn, scale_ffn, num_clean).type_as(x)
+        return gated_residual(x, self.ffn(h), gate_ffn, num_clean, dtype)
 
 
 # ---------------------------------------------------------------------------------------------------
-# 4. The model
+# 5. The model
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -397,18 +520,26 @@ class MiVETransformer(nn.Module):
         vlm_first: torch.Tensor | None = None,
         vlm_last: torch.Tensor | None = None,
         vlm_mask: torch.Tensor | None = None,
+        sp: SequenceParallel | None = None,
     ) -> torch.Tensor:
         """Velocity for the target frames.
 
         noisy_latents, source_latents: (B, C, T', H', W'); reference_latents: (B, C, 1, H', W');
         timestep: (B,) in Wan's units [0, 1000]; vlm_first, vlm_last: (B, S, vlm_dim) or None;
-        vlm_mask: (B, S) bool, True = real token (None = all real). Returns (B, C, T', H', W').
+        vlm_mask: (B, S) bool, True = real token (None = all real); sp: the sequence-parallel group this
+        rank shares the sample with (None: no sequence parallelism). Returns (B, C, T', H', W'), the whole
+        velocity on every rank of ``sp``.
         """
         config = self.config
         batch, channels, frames, height, width = noisy_latents.shape
         self._check_inputs(
             noisy_latents, source_latents, reference_latents, timestep, vlm_first, vlm_last, vlm_mask
         )
+        if sp is not None and config.num_heads % sp.size:
+            raise ValueError(
+                f"sequence parallel degree {sp.size} must divide num_heads {config.num_heads} "
+                "(Ulysses gives each rank num_heads / degree heads)"
+            )
         p_t, p_h, p_w = config.patch_size
         dtype = self.patch_embedding.weight.dtype
 
@@ -449,17 +580,33 @@ class MiVETransformer(nn.Module):
             )
             attn_mask = keys[:, None, None, :]  # (B, 1, 1, L): True = may be attended to
 
-        # 5. Blocks
+        # 5. Sequence parallelism: this rank keeps its chunk of the end-padded sequence; positions stay global
+        shard, seq_len = None, x.shape[1]
+        if sp is not None and sp.size > 1:
+            shard = SequenceShard(sp, seq_len)
+            x = shard.take(x, dim=1)  # (B, l, D), l = ceil(L / N); padded tokens are never read
+            rope = (shard.take(rope[0], dim=0), shard.take(rope[1], dim=0))  # (l, hd/2): global positions
+            num_clean = shard.local_count(num_clean)  # this rank's tokens inside the clean prefix
+
+        # 6. Blocks
         for block in self.blocks:
-            x = block(x, time_mod, rope, attn_mask, num_clean)
+            x = block(x, time_mod, rope, attn_mask, num_clean, shard)
 
-        # 6. Head on the target patches only (the reference frame and condition tokens are dropped)
-        x = x[:, num_clean:]  # (B, T' * Hp * Wp, D)
+        # 7. Head on the target patches only (the reference frame and condition tokens are dropped). Under
+        #    sequence parallelism it runs on this rank's chunk and the small (C * p)-wide outputs of all ranks
+        #    are gathered: every rank returns the whole velocity (the gather's backward sums the ranks'
+        #    gradients, so each SP rank's gradients count the loss N times: FSDP's average over dp x sp
+        #    ranks divides that back out).
+        if shard is None:
+            x = x[:, num_clean:]  # (B, T' * Hp * Wp, D)
         shift, scale = (self.scale_shift_table.float() + temb_target[:, None]).unbind(dim=1)  # (B, D) each
-        x = layer_norm_fp32(x, config.eps) * (1 + scale[:, None]) + shift[:, None]
-        x = self.proj_out(x.type_as(visual))  # (B, N_target, C * p_t * p_h * p_w)
+        x = layer_norm(x, config.eps) * (1 + scale[:, None]) + shift[:, None]
+        x = self.proj_out(x.type_as(visual))  # (B, N_target or l, C * p_t * p_h * p_w)
+        if shard is not None:
+            global_clean = num_condition + tokens_per_frame
+            x = shard.sp.gather_sequence(x)[:, global_clean:seq_len]  # (B, N_target, C * p_t * p_h * p_w)
 
-        # 7. Unpatchify: (B, T'/p_t, Hp, Wp, p_t, p_h, p_w, C) -> (B, C, T', H', W')
+        # 8. Unpatchify: (B, T'/p_t, Hp, Wp, p_t, p_h, p_w, C) -> (B, C, T', H', W')
         x = x.reshape(batch, frames // p_t, height // p_h, width // p_w, p_t, p_h, p_w, channels)
         return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(batch, channels, frames, height, width)
 
@@ -510,7 +657,7 @@ class MiVETransformer(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
-# 5. Size and FLOPs
+# 6. Size and FLOPs
 # ---------------------------------------------------------------------------------------------------
 
 

@@ -1,9 +1,15 @@
-"""Distributed set-up and the parallel plan: FSDP2 per block and at the root, activation checkpointing per block.
+"""Distributed set-up and the parallel plan: FSDP2 per block and at the root, activation checkpointing per block
+(optionally with its saved inputs offloaded to host memory), and the data-parallel x sequence-parallel mesh.
 
 The plan is data (:class:`ParallelPlan`: which modules are sharding units and which are re-computed in the
 backward) applied by one function, :func:`apply_parallel`. Launch with ``torchrun`` on one node or many; a
 plain ``python`` process becomes a 1-rank group, so a CPU run and an 8-GPU run take the same code path
 (FSDP2, DCP checkpoints) and differ only in the launcher.
+
+The device mesh is 2-D, ``(dp, sp)`` with ``sp = train.parallel.sequence_parallel``: the ranks of one ``sp``
+row (consecutive ranks, so one node's NVLink carries the all-to-alls) share one sample and split its tokens
+(Ulysses, ``trainer.model.SequenceParallel``); the ``dp`` rows get different samples. FSDP2 shards the
+parameters over the flattened mesh, all ``dp x sp`` ranks (as torchtitan's ``dp_shard_cp``).
 
     torchrun --nproc-per-node 8 -m trainer.cli fit manifests/train_mive_14b.toml            # one node
     torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
@@ -12,10 +18,12 @@ plain ``python`` process becomes a 1-rank group, so a CPU run and an 8-GPU run t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -41,6 +49,29 @@ class ParallelConfig:
     """Free the gathered block parameters after its forward (ZeRO-3); off keeps them until the backward."""
     backend: str = "auto"
     """``torch.distributed`` backend: ``auto`` is nccl with CUDA, gloo without."""
+    sequence_parallel: int = 1
+    """Ranks that share one sample and split its tokens (Ulysses); 1 = off. Must divide the number of
+    processes and the model's attention heads (Wan: 40, so 2, 4, 5, 8 or 10). Data-parallel replicas =
+    processes / this: keep the global batch with ``train.grad_accum``. ``trainer plan`` says which fits."""
+    residual_dtype: str = "float32"
+    """Dtype of the blocks' norms, modulation and residual adds (``trainer.model.MiVEConfig.residual_dtype``):
+    ``float32`` (Wan's numerics) or ``bfloat16`` (fewer bytes kept per token; see docs/training.md)."""
+    offload_activations: bool = False
+    """Keep each checkpointed block's saved input in pinned host memory between the forward and its
+    backward (``torch.autograd.graph.save_on_cpu``); needs ``activation_checkpointing``."""
+
+    def __post_init__(self) -> None:
+        if self.sequence_parallel < 1:
+            raise ValueError(f"train.parallel.sequence_parallel must be >= 1, got {self.sequence_parallel}")
+        if self.residual_dtype not in ("float32", "bfloat16"):
+            raise ValueError(
+                f"train.parallel.residual_dtype {self.residual_dtype!r} is not one of ['bfloat16', 'float32']"
+            )
+        if self.offload_activations and not self.activation_checkpointing:
+            raise ValueError(
+                "train.parallel.offload_activations offloads the inputs activation checkpointing keeps: "
+                "turn on train.parallel.activation_checkpointing too"
+            )
 
 
 @dataclass(frozen=True)
@@ -62,22 +93,38 @@ MIVE_PLAN = ParallelPlan()
 
 @dataclass
 class Runtime:
-    """Where this process runs: its rank, the device and the data-parallel mesh."""
+    """Where this process runs: its rank, the device, the (dp, sp) mesh and this rank's place in it."""
 
     rank: int
     local_rank: int
     world_size: int
     device: torch.device
-    mesh: object  # torch.distributed.device_mesh.DeviceMesh
+    mesh: Any  # torch.distributed.device_mesh.DeviceMesh, 2-D: ("dp", "sp")
+    fsdp_mesh: Any  # the mesh flattened to 1-D ("dp_sp"): what FSDP2 shards over
+    sp: Any = None  # trainer.model.SequenceParallel over this rank's "sp" row; None without SP
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def sp_size(self) -> int:
+        return self.mesh.size(1)
+
+    @property
+    def dp_size(self) -> int:
+        """Data-parallel replicas: groups of ``sp_size`` ranks that each train on their own samples."""
+        return self.mesh.size(0)
+
+    @property
+    def dp_rank(self) -> int:
+        """This rank's replica: which slice of every global batch it (and its SP group) trains on."""
+        return self.mesh.get_local_rank(0)
+
 
 def init_distributed(config: ParallelConfig) -> Runtime:
-    """Join the ``torchrun`` process group (``RANK``/``WORLD_SIZE`` set), or make a 1-rank group otherwise."""
-    from torch.distributed.device_mesh import init_device_mesh
+    """Join the ``torchrun`` process group (``RANK``/``WORLD_SIZE`` set), or make a 1-rank group otherwise,
+    and build the ``(dp, sp)`` mesh."""
 
     use_cuda = torch.cuda.is_available()
     backend = config.backend if config.backend != "auto" else ("nccl" if use_cuda else "gloo")
@@ -93,8 +140,28 @@ def init_distributed(config: ParallelConfig) -> Runtime:
             dist.init_process_group(backend, device_id=device if use_cuda else None)
         else:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-    mesh = init_device_mesh(device.type, (world_size,), mesh_dim_names=("dp_shard",))
-    return Runtime(rank=rank, local_rank=local_rank, world_size=world_size, device=device, mesh=mesh)
+    mesh, fsdp_mesh, sp = build_mesh(device.type, world_size, config.sequence_parallel)
+    return Runtime(rank, local_rank, world_size, device, mesh, fsdp_mesh, sp)
+
+
+def build_mesh(device_type: str, world_size: int, sequence_parallel: int) -> tuple[Any, Any, Any]:
+    """The ``(dp, sp)`` device mesh of all ranks, its 1-D flattening for FSDP2, and this rank's
+    ``SequenceParallel`` (None when ``sequence_parallel`` is 1). Rank = dp_rank * sp + sp_rank."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from trainer.model import SequenceParallel
+
+    if world_size % sequence_parallel:
+        raise ValueError(
+            f"train.parallel.sequence_parallel = {sequence_parallel} must divide the number of processes "
+            f"({world_size}): launch a multiple of it (torchrun --nproc-per-node)"
+        )
+    mesh = init_device_mesh(
+        device_type, (world_size // sequence_parallel, sequence_parallel), mesh_dim_names=("dp", "sp")
+    )
+    fsdp_mesh = mesh._flatten("dp_sp")  # torchtitan's dp_shard_cp: shard over every rank
+    sp = SequenceParallel(mesh.get_group("sp")) if sequence_parallel > 1 else None
+    return mesh, fsdp_mesh, sp
 
 
 def shutdown_distributed(synchronize: bool = True) -> None:
@@ -108,6 +175,25 @@ def shutdown_distributed(synchronize: bool = True) -> None:
         if synchronize and dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def broadcast_tensors(
+    tensors: list[torch.Tensor] | None, device: torch.device, src: int = 0
+) -> list[torch.Tensor]:
+    """Rank ``src``'s ``tensors`` on every rank (on ``device``); the others pass None. Shapes and dtypes go
+    first as a small object broadcast between our own ranks, then each tensor."""
+    meta = [[(tuple(t.shape), str(t.dtype).removeprefix("torch.")) for t in tensors] if tensors else None]
+    dist.broadcast_object_list(meta, src=src)
+    out = []
+    for index, (shape, dtype) in enumerate(meta[0]):
+        tensor = (
+            tensors[index].to(device).contiguous()
+            if dist.get_rank() == src
+            else torch.empty(shape, dtype=getattr(torch, dtype), device=device)
+        )
+        dist.broadcast(tensor, src=src)
+        out.append(tensor)
+    return out
 
 
 def _pattern(pattern: str) -> re.Pattern[str]:
@@ -134,6 +220,37 @@ def apply_activation_checkpointing(model: nn.Module, patterns: tuple[str, ...]) 
     return len(units)
 
 
+def apply_activation_offload(model: nn.Module, patterns: tuple[str, ...]) -> int:
+    """Move what each matching (checkpointed) module saves for its backward, its inputs, to host memory.
+
+    Activation checkpointing saves a module's inputs through autograd's saved-tensor hooks just before the
+    module runs; a ``torch.autograd.graph.save_on_cpu`` context entered by a forward pre-hook that runs
+    before checkpointing's own (prepended) catches them: they are copied to pinned host memory and back to
+    the device when the backward recomputes the module. Not during that recomputation (the checkpoint
+    disables its own hooks then, and so does this one). Call after :func:`apply_activation_checkpointing`.
+    """
+    from torch.distributed._composable import checkpoint
+
+    units = _matching(model, patterns)
+    pin = torch.cuda.is_available()
+
+    def enter(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if checkpoint.state(module).enable_hook:  # False while the backward recomputes the module
+            stack = contextlib.ExitStack()
+            stack.enter_context(torch.autograd.graph.save_on_cpu(pin_memory=pin))
+            module._offload_context = stack
+
+    def leave(module: nn.Module, args: tuple, output: Any) -> None:
+        stack = module.__dict__.pop("_offload_context", None)
+        if stack is not None:
+            stack.close()
+
+    for _, module in units:
+        module.register_forward_pre_hook(enter, prepend=True, with_kwargs=True)
+        module.register_forward_hook(leave, always_call=True)
+    return len(units)
+
+
 def apply_parallel(
     model: nn.Module, plan: ParallelPlan, config: ParallelConfig, runtime: Runtime
 ) -> nn.Module:
@@ -148,6 +265,8 @@ def apply_parallel(
         num_checkpointed = apply_activation_checkpointing(model, plan.checkpoint_units)
         if num_checkpointed == 0:
             raise ValueError(f"activation checkpointing: no module matches {plan.checkpoint_units}")
+        if config.offload_activations:
+            apply_activation_offload(model, plan.checkpoint_units)
     policy = MixedPrecisionPolicy(
         param_dtype=DTYPES[config.param_dtype], reduce_dtype=DTYPES[config.reduce_dtype]
     )
@@ -157,17 +276,22 @@ def apply_parallel(
     for index, (_, module) in enumerate(units):
         # the last block is all-gathered again at once by the backward: keeping it avoids a useless re-gather
         reshard = config.reshard_after_forward and index < len(units) - 1
-        fully_shard(module, mesh=runtime.mesh, mp_policy=policy, reshard_after_forward=reshard)
+        fully_shard(module, mesh=runtime.fsdp_mesh, mp_policy=policy, reshard_after_forward=reshard)
     fully_shard(
-        model, mesh=runtime.mesh, mp_policy=policy, reshard_after_forward=config.reshard_after_forward
+        model, mesh=runtime.fsdp_mesh, mp_policy=policy, reshard_after_forward=config.reshard_after_forward
     )
     if runtime.is_main:
         logger.info(
-            "FSDP2 over %d rank(s): %d block units + root, params %s, reduce %s, activation checkpointing %s",
+            "FSDP2 over %d rank(s) (%d data-parallel x %d sequence-parallel): %d block units + root, params %s, "
+            "reduce %s, activation checkpointing %s%s, residual %s",
             runtime.world_size,
+            runtime.dp_size,
+            runtime.sp_size,
             len(units),
             config.param_dtype,
             config.reduce_dtype,
             "on" if config.activation_checkpointing else "off",
+            " (inputs offloaded to host)" if config.offload_activations else "",
+            config.residual_dtype,
         )
     return model

@@ -4,9 +4,9 @@
     trainer plan manifests/train_debug.toml --gpus 1 --gpu-memory-gib 4 --frames 33 --height 128 --width 128
 
 Everything is a formula of the model config (``trainer.model``), the recipe's ``[train.parallel]`` (FSDP2
-dtypes, activation checkpointing), the clip shape and the number of GPUs; each formula is written next to
-the term it computes. What the trainer actually keeps (read from ``trainer/parallel.py`` and
-``trainer/train.py``):
+dtypes, activation checkpointing and its offload, sequence parallelism, the residual dtype), the clip shape
+and the number of GPUs; each formula is written next to the term it computes. What the trainer actually
+keeps (read from ``trainer/parallel.py``, ``trainer/model.py`` and ``trainer/train.py``):
 
 - FSDP2 ``fully_shard`` per block and at the root with ``MixedPrecisionPolicy(param_dtype, reduce_dtype)``:
   the sharded parameters stay float32 (they are the master weights), the gradients are reduce-scattered in
@@ -18,6 +18,13 @@ the term it computes. What the trainer actually keeps (read from ``trainer/paral
 - Activation checkpointing (non-reentrant, per block) keeps only each block's input and recomputes the
   block's forward inside its backward.
 - ``optimizer.zero_grad(set_to_none=True)``: gradients exist from the backward to the optimizer step.
+- Sequence parallelism of degree N (``sequence_parallel``): every rank holds l = ceil(L / N) tokens through
+  the blocks, so every per-token term is per l, not L; the parameters are sharded over all GPUs (dp x sp)
+  as before. Each rank still holds the whole batch, builds the whole [c; v] before keeping its chunk, and
+  all-gathers the head's small output (``trainer.model.SequenceParallel``).
+- ``residual_dtype = "bfloat16"``: the float32 norm / modulation / residual tensors a block saves are bf16.
+- ``offload_activations``: the checkpointed block inputs live in pinned host memory (one is on the GPU while
+  its block runs the backward).
 
 The activation bytes of a block are not a rule of thumb: they are the tensors autograd saves in
 ``MiVEBlock.forward`` as written (float32 norms, modulation and residual adds; matmuls in ``param_dtype``),
@@ -44,8 +51,13 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 FP32 = 4  # bytes of a float32 element
 
 # Throughput measured for Wan2.1-14B training on H100 with FSDP2 on 8 GPUs (NeMo DFM, sequence 37,440):
-# used only to turn FLOPs into an estimated step time. The paper's own setup is 8x H100.
+# 175.9 TFLOP/s per GPU of H100's 989 dense bf16 TFLOP/s. The default MFU assumption of the step time.
 REFERENCE_TFLOPS_PER_GPU = 175.9
+H100_BF16_TFLOPS = 989.0
+HEADROOM = 0.10  # a recommended configuration leaves at least this fraction of the GPU memory free
+# All-to-all bandwidth per GPU assumed for the sequence-parallel exchange inside one NVLink node (H100 SXM:
+# 450 GB/s per direction; all-to-alls reach well below that). An assumption, not a measurement.
+ALL_TO_ALL_GBPS = 200.0
 
 
 @dataclass
@@ -53,7 +65,7 @@ class PlanConfig:
     """What to plan for besides the recipe: the GPUs and the clip shape (the ``trainer plan`` options)."""
 
     num_gpus: int = 8
-    """GPUs the run is sharded over (FSDP2 data parallel, one sample per GPU per micro-batch)."""
+    """GPUs the run is sharded over: data-parallel replicas x the recipe's sequence-parallel degree."""
     gpu_memory_gib: float = 80.0
     """Memory of one GPU in GiB (H100 80 GB: 80; as the driver reports it, about 79.1 usable)."""
     num_frames: int = 81
@@ -68,6 +80,12 @@ class PlanConfig:
     reserved_gib: float = 4.0
     """Memory per GPU not available to tensors: CUDA context, NCCL buffers, cuBLAS / attention workspaces
     and allocator fragmentation."""
+    mfu: float = REFERENCE_TFLOPS_PER_GPU / H100_BF16_TFLOPS
+    """Model FLOPs utilisation assumed for the step time (model FLOPs = 3x forward, recomputation not
+    counted, as the trainer's log line). Default: NeMo DFM's Wan2.1-14B FSDP2 throughput on 8x H100,
+    175.9 of 989 TFLOP/s, about 0.178: a measured figure for this architecture, not a target."""
+    peak_tflops: float = H100_BF16_TFLOPS
+    """Dense bf16 peak of one GPU in TFLOP/s (H100 SXM: 989)."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -163,32 +181,40 @@ def parameter_breakdown(config: MiVEConfig) -> ParameterBreakdown:
 class FlopsEstimate:
     forward_per_sample: float  # trainer.model.mive_flops: matmuls only, multiply-add = 2
     train_per_sample: float  # forward + backward (2x forward) [+ recomputed forward with checkpointing]
-    train_per_step_per_gpu: float  # x batch per GPU x gradient accumulation
+    train_per_step_per_gpu: float  # x samples per replica per step / N (an SP group shares each sample)
     model_per_step_per_gpu: float  # 3x forward (what the trainer's MFU counts: recomputation excluded)
-    step_seconds_at_reference: float  # train_per_step_per_gpu / REFERENCE_TFLOPS_PER_GPU
+    step_seconds: float  # model_per_step_per_gpu / (MFU x peak)
 
 
 def flops_estimate(
-    config: MiVEConfig, shape: TokenShape, samples_per_gpu: int, activation_checkpointing: bool
+    config: MiVEConfig,
+    shape: TokenShape,
+    samples_per_gpu: int,
+    activation_checkpointing: bool,
+    sequence_parallel: int = 1,
+    mfu: float = PlanConfig.mfu,
+    peak_tflops: float = PlanConfig.peak_tflops,
 ) -> FlopsEstimate:
-    """FLOPs of one optimizer step on one GPU.
+    """FLOPs of one optimizer step on one GPU; ``samples_per_gpu`` = samples each data-parallel replica trains
+    on per step (micro-batch x accumulation), shared by the N ranks of its sequence-parallel group.
 
     forward = ``mive_flops`` (per block: 2 L (4 D^2 + 2 D F) for q, k, v, o and the FFN, 4 L^2 D for the
     attention scores and values; plus adapter, patch embedding, time MLP and head); backward = 2x forward
     (gradients of inputs and of weights); activation checkpointing recomputes the forward of every block once
-    more in the backward: 4x instead of 3x.
+    more in the backward: 4x instead of 3x. Sequence parallelism splits every block's work N ways (the
+    adapter, patch embedding and time MLP, a few per mille, are computed on every rank: left out).
     """
     from trainer.model import mive_flops
 
     forward = mive_flops(config, shape.num_visual, shape.num_condition, shape.num_target)
     train = forward * (4 if activation_checkpointing else 3)
-    per_step = train * samples_per_gpu
+    model_per_step = 3 * forward * samples_per_gpu / sequence_parallel
     return FlopsEstimate(
         forward_per_sample=forward,
         train_per_sample=train,
-        train_per_step_per_gpu=per_step,
-        model_per_step_per_gpu=3 * forward * samples_per_gpu,
-        step_seconds_at_reference=per_step / (REFERENCE_TFLOPS_PER_GPU * 1e12),
+        train_per_step_per_gpu=train * samples_per_gpu / sequence_parallel,
+        model_per_step_per_gpu=model_per_step,
+        step_seconds=model_per_step / (mfu * peak_tflops * 1e12),
     )
 
 
@@ -197,39 +223,64 @@ def flops_estimate(
 # ---------------------------------------------------------------------------------------------------
 
 
-def block_activation_bytes(config: MiVEConfig, seq_len: int, batch: int, compute_bytes: int) -> int:
-    """Bytes autograd saves for the backward of one ``MiVEBlock`` (without checkpointing).
+def tokens_per_rank(seq_len: int, sequence_parallel: int) -> int:
+    """l = ceil(L / N): each rank's chunk of the sequence padded at the end to N chunks."""
+    return -(-seq_len // sequence_parallel)
 
-    With n = B L D elements and c = bytes of the compute dtype (``param_dtype``), following
-    ``MiVEBlock.forward`` (fp32 = 4 bytes whatever the compute dtype):
 
-    self-attention half (28 n + 5 c n):
-      - affine-free LayerNorm: its float32 input                                        4 n
-      - modulate (addcmul): the float32 LayerNorm output                                4 n
+def block_activation_bytes(
+    config: MiVEConfig,
+    seq_len: int,
+    batch: int,
+    compute_bytes: int,
+    residual_bytes: int = FP32,
+    sequence_parallel: int = 1,
+) -> int:
+    """Bytes autograd saves for the backward of one ``MiVEBlock`` on one rank (without checkpointing).
+
+    With n = B l D elements (l = L, or ceil(L / N) under sequence parallelism), c = bytes of the compute
+    dtype (``param_dtype``) and r = bytes of the residual dtype (4 for float32, 2 for bfloat16), following
+    ``MiVEBlock.forward``:
+
+    self-attention half (7 r n + 5 c n without sequence parallelism):
+      - affine-free LayerNorm: its input in the residual dtype                          r n
+      - modulate (addcmul): the LayerNorm output                                        r n
       - q, k, v projections: their input h (compute dtype)                              c n
-      - RMSNorm of q and of k (composite ``F.rms_norm``): the float32 input (saved by
-        ``pow`` and ``mul``) and the normalised float32 tensor (``mul`` by the weight)  2 x 8 n
+      - RMSNorm of q and of k (composite ``F.rms_norm``): the input in the residual
+        dtype (saved by ``pow`` and ``mul``) and the normalised tensor (``mul`` by the
+        weight)                                                                         2 x 2 r n
       - SDPA (flash / memory-efficient kernels): q, k, v after RoPE, and the output,
         which is also the output projection's input (one storage)                      4 c n
-      - gated residual: the float32 update (``mul`` by the gate)                        4 n
-    feed-forward half (12 n + c n + 2 c B L F):
-      - LayerNorm input, LayerNorm output, the FFN input h                              4 n + 4 n + c n
-      - GELU's input and the output projection's input, each B L F                      2 c B L F
-      - gated residual: the float32 update                                              4 n
+      - gated residual: the update in the residual dtype (``mul`` by the gate)          r n
+      Under sequence parallelism (N > 1) SDPA saves q, k, v as the all-to-all delivered them, (B, L_pad,
+      H/N, hd) in one storage (3 c n), and its output over L tokens (c B L D / N); the output projection's
+      input is the reverse all-to-all's output, a storage of its own (c n): 7 r n + 5 c n + c B L D / N.
+    feed-forward half (3 r n + c n + 2 c B l F):
+      - LayerNorm input, LayerNorm output (residual dtype), the FFN input h             2 r n + c n
+      - GELU's input and the output projection's input, each B l F                      2 c B l F
+      - gated residual: the update                                                      r n
     Smaller tensors (per-sample modulation vectors, RoPE tables, SDPA's log-sum-exp) are left out.
     """
-    n = batch * seq_len * config.dim
-    attention = 28 * n + 5 * compute_bytes * n
-    feed_forward = 12 * n + compute_bytes * n + 2 * compute_bytes * batch * seq_len * config.ffn_dim
+    c, r = compute_bytes, residual_bytes
+    tokens = tokens_per_rank(seq_len, sequence_parallel)
+    n = batch * tokens * config.dim
+    if sequence_parallel == 1:
+        attention = 7 * r * n + 5 * c * n
+    else:
+        attention = 7 * r * n + 5 * c * n + c * batch * seq_len * config.dim // sequence_parallel
+    feed_forward = 3 * r * n + c * n + 2 * c * batch * tokens * config.ffn_dim
     return attention + feed_forward
 
 
-def outside_activation_bytes(config: MiVEConfig, shape: TokenShape, batch: int, compute_bytes: int) -> int:
+def outside_activation_bytes(
+    config: MiVEConfig, shape: TokenShape, batch: int, compute_bytes: int, sequence_parallel: int = 1
+) -> int:
     """Bytes autograd saves outside the blocks: context adapter and patch embedding, then the head.
 
     - context adapter, per VLM level (S tokens of width V): RMSNorm's float32 input and normalised tensor
       (8 S V), the projection's input (c S V); the fusion's input (c S D)
     - patch embedding: the concatenated latents (B, 2C, T'+1, H', W') in the compute dtype
+    (both on every rank: under sequence parallelism each rank builds the whole [c; v], then keeps its chunk)
     - head: see :func:`head_activation_bytes`
     """
     c, s = compute_bytes, shape.num_condition
@@ -243,66 +294,91 @@ def outside_activation_bytes(config: MiVEConfig, shape: TokenShape, batch: int, 
         * shape.latent_width
         * c
     )
-    return adapter + embed + head_activation_bytes(config, shape, batch, compute_bytes)
+    return adapter + embed + head_activation_bytes(config, shape, batch, compute_bytes, sequence_parallel)
 
 
-def head_activation_bytes(config: MiVEConfig, shape: TokenShape, batch: int, compute_bytes: int) -> int:
+def head_activation_bytes(
+    config: MiVEConfig, shape: TokenShape, batch: int, compute_bytes: int, sequence_parallel: int = 1
+) -> int:
     """The head's saved tensors: the LayerNorm's float32 input, its float32 output (``mul`` by the modulation)
     and the projection's input: 4 B D N_t + (4 + c) B N_t D. With float32 compute ``.float()`` is a no-op and
-    the saved LayerNorm input is a view of the whole last block output: L tokens instead of N_t."""
+    the saved LayerNorm input is a view of the whole last block output: L tokens instead of N_t.
+    Under sequence parallelism the head runs on the rank's l tokens before its outputs are gathered:
+    (8 + c) B l D."""
     c, d = compute_bytes, config.dim
+    if sequence_parallel > 1:
+        return (2 * FP32 + c) * batch * tokens_per_rank(shape.seq_len, sequence_parallel) * d
     head_input_tokens = shape.seq_len if c == FP32 else shape.num_target
     return FP32 * batch * d * head_input_tokens + (FP32 + c) * batch * shape.num_target * d
 
 
-def activation_bytes(
-    config: MiVEConfig, shape: TokenShape, batch: int, compute_bytes: int, checkpointing: bool
+def backward_transient_bytes(
+    config: MiVEConfig,
+    shape: TokenShape,
+    batch: int,
+    compute_bytes: int,
+    residual_bytes: int = FP32,
+    sequence_parallel: int = 1,
 ) -> int:
-    """Activations held at the end of the forward (what the backward will need).
-
-    Without checkpointing: every block's saved tensors. With per-block checkpointing: only each block's
-    input x (B, L, D) in the compute dtype (plus the outside-block tensors either way).
-    """
-    if checkpointing:
-        per_block = batch * shape.seq_len * config.dim * compute_bytes
-    else:
-        per_block = block_activation_bytes(config, shape.seq_len, batch, compute_bytes)
-    return config.num_layers * per_block + outside_activation_bytes(config, shape, batch, compute_bytes)
-
-
-def backward_transient_bytes(config: MiVEConfig, shape: TokenShape, batch: int, compute_bytes: int) -> int:
     """Working memory of one block's backward on top of its saved tensors: the gradients in flight.
 
     Autograd releases a node's saved tensors once the node has run, so the gradients mostly replace what
     they consume. What is alive on top at the worst point (the feed-forward's backward): the gradient with
-    respect to the GELU output (c B L F) and two float32 gradients of the residual stream (the incoming
-    one and the one accumulated for the block input): c B L F + 2 x 4 B L D.
+    respect to the GELU output (c B l F) and two gradients of the residual stream in the residual dtype (the
+    incoming one and the one accumulated for the block input): c B l F + 2 r n.
+    Under sequence parallelism the attention's backward runs two all-to-alls of gradients (q, k, v: send
+    and receive buffers, 6 c n) once the feed-forward's saved tensors (3 r n + c n + 2 c B l F) are freed:
+    that moment is counted too, and the larger of the two is the transient.
     """
-    n = batch * shape.seq_len * config.dim
-    return compute_bytes * batch * shape.seq_len * config.ffn_dim + 2 * FP32 * n
+    c, r = compute_bytes, residual_bytes
+    tokens = tokens_per_rank(shape.seq_len, sequence_parallel)
+    n = batch * tokens * config.dim
+    feed_forward = c * batch * tokens * config.ffn_dim + 2 * r * n
+    if sequence_parallel == 1:
+        return feed_forward
+    freed = 3 * r * n + c * n + 2 * c * batch * tokens * config.ffn_dim
+    return max(feed_forward, all_to_all_bytes(config, shape, batch, c, sequence_parallel) + 2 * r * n - freed)
 
 
-def attention_scores_bytes(config: MiVEConfig, shape: TokenShape, batch: int, compute_bytes: int) -> int:
-    """The (B, H, L, L) attention matrix SDPA's math backend would materialise (twice: scores and
+def all_to_all_bytes(
+    config: MiVEConfig, shape: TokenShape, batch: int, compute_bytes: int, sequence_parallel: int
+) -> int:
+    """Send + receive buffers of the sequence-parallel exchange of q, k, v in one attention: 2 x 3 c B l D."""
+    if sequence_parallel == 1:
+        return 0
+    return 6 * compute_bytes * batch * tokens_per_rank(shape.seq_len, sequence_parallel) * config.dim
+
+
+def attention_scores_bytes(
+    config: MiVEConfig, shape: TokenShape, batch: int, compute_bytes: int, sequence_parallel: int = 1
+) -> int:
+    """The (B, H/N, L, L) attention matrix SDPA's math backend would materialise (twice: scores and
     probabilities). The flash / memory-efficient / cuDNN kernels never do: they work on tiles."""
-    return 2 * batch * config.num_heads * shape.seq_len**2 * compute_bytes
+    return 2 * batch * config.num_heads // sequence_parallel * shape.seq_len**2 * compute_bytes
 
 
-def batch_bytes(config: MiVEConfig, shape: TokenShape, batch: int, compute_bytes: int) -> int:
-    """The step's input tensors, as ``trainer/train.py`` builds them.
+def batch_bytes(
+    config: MiVEConfig, shape: TokenShape, batch: int, compute_bytes: int, sequence_parallel: int = 1
+) -> int:
+    """The step's input tensors, as ``trainer/train.py`` builds them (every rank of an SP group holds them all).
 
     Latent-sized (B, 16, T', H', W'): the batch's bf16 target and source, x0 in float32, the per-sample
     noises and their stacked copy, x_t and the velocity target (float32 each), the prediction (compute
     dtype), its float32 copy for the loss (none when computing in float32) and the loss's saved difference
     (float32): 2 + 2 + 4 + 8 + 4 + 4 + c + (4 or 0) + 4 bytes per element. Also the reference (bf16, one
-    frame) and the VLM states, two (B, S, V) bf16 tensors.
+    frame) and the VLM states, two (B, S, V) bf16 tensors. Under sequence parallelism the all-gathered head
+    output (B, L_pad, C p) in the compute dtype, alive with the prediction while it is unpatchified.
     """
     latent = batch * shape.latent_elements
     pred_float = 0 if compute_bytes == FP32 else FP32
     latents = latent * (2 + 2 + FP32 + 2 * FP32 + FP32 + FP32 + compute_bytes + pred_float + FP32)
     reference = batch * 16 * shape.latent_height * shape.latent_width * 2
     vlm = 2 * batch * shape.num_condition * config.vlm_dim * 2
-    return latents + reference + vlm
+    gathered = 0
+    if sequence_parallel > 1:
+        padded = tokens_per_rank(shape.seq_len, sequence_parallel) * sequence_parallel
+        gathered = compute_bytes * batch * padded * config.latent_channels * math.prod(config.patch_size)
+    return latents + reference + vlm + gathered
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -328,6 +404,7 @@ class MemoryEstimate:
     phase: str  # which of PHASES holds the peak
     phases: dict[str, int] = field(default_factory=dict)  # tensor bytes of every phase
     reserved: int = 0  # not for tensors: context, NCCL, workspaces, fragmentation
+    host: int = 0  # pinned host memory per GPU: the offloaded block inputs (0 without offload)
 
     @property
     def state(self) -> int:
@@ -344,6 +421,15 @@ class MemoryEstimate:
         return self.tensors + self.reserved
 
 
+def check_sequence_parallel(config: MiVEConfig, sequence_parallel: int, num_gpus: int) -> None:
+    """``ValueError`` unless the degree divides the GPUs and the attention heads."""
+    if sequence_parallel < 1 or num_gpus % sequence_parallel or config.num_heads % sequence_parallel:
+        raise ValueError(
+            f"train.parallel.sequence_parallel = {sequence_parallel} must divide the {num_gpus} GPU(s) and the "
+            f"model's {config.num_heads} attention heads"
+        )
+
+
 def memory_estimate(
     config: MiVEConfig,
     params: ParameterBreakdown,
@@ -353,61 +439,75 @@ def memory_estimate(
     batch: int = 1,
     checkpointing: bool | None = None,
     reserved_bytes: int = 0,
+    grad_accum: int = 1,
 ) -> MemoryEstimate:
     """Per-GPU memory of a training step; ``checkpointing`` None follows the recipe.
 
-    Four moments compete for the peak (P parameters, P_b per block, P_root outside, N GPUs, c compute bytes):
+    Four moments compete for the peak (P parameters, P_b per block, P_root outside, G GPUs, c compute bytes;
+    every activation term per rank, l = ceil(L / N) tokens under sequence parallelism N):
 
-    - end of the forward: float32 params + AdamW state (12 P / N), the root unit gathered (c P_root) and the
+    - end of the forward: float32 params + AdamW state (12 P / G), the root unit gathered (c P_root) and the
       last block, which the trainer does not reshard after its forward (c P_b), every saved activation,
       the inputs;
     - backward of the last block (the first to run): as above, minus the head's saved tensors, plus the
       prefetched next block (c P_b), the block's unsharded gradient (+ float32 copy), the recomputed block
       (with checkpointing) and the gradients in flight;
     - backward of block 0 (the last to run): the other blocks' activations are freed, their float32 sharded
-      gradients exist (4 (L - 1) P_b / N), no block left to prefetch;
-    - the optimizer step: 16 P / N plus AdamW's (foreach) temporary, one float32 tensor per parameter shard.
+      gradients exist (4 (L - 1) P_b / G), no block left to prefetch;
+    - the optimizer step: 16 P / G plus AdamW's (foreach) temporary, one float32 tensor per parameter shard.
+
+    With gradient accumulation every micro-batch reduce-scatters its gradients into the float32 shards
+    (``trainer/train.py``), so from the second micro-batch on all 4 P / G of them exist in every phase.
+
+    With ``offload_activations`` the checkpointed block inputs are in host memory (``host``) and one of
+    them is on the GPU, in every phase (conservative at the forward's end).
     """
     if parallel.param_dtype not in DTYPE_BYTES or parallel.reduce_dtype not in DTYPE_BYTES:
         raise ValueError(f"unknown dtype in train.parallel: {parallel.param_dtype}/{parallel.reduce_dtype}")
     checkpointing = parallel.activation_checkpointing if checkpointing is None else checkpointing
-    c = DTYPE_BYTES[parallel.param_dtype]
+    sp = parallel.sequence_parallel
+    check_sequence_parallel(config, sp, num_gpus)
+    c, r = DTYPE_BYTES[parallel.param_dtype], DTYPE_BYTES[parallel.residual_dtype]
+    offload = parallel.offload_activations and checkpointing
     layers = config.num_layers
     shard = math.ceil(
         params.total / num_gpus
-    )  # FSDP2 pads dim 0 of each tensor to a multiple of N: close enough
+    )  # FSDP2 pads dim 0 of each tensor to a multiple of G: close enough
     block_shard = math.ceil(params.per_block / num_gpus)
     reduce_copy = FP32 * params.per_block if parallel.reduce_dtype != parallel.param_dtype else 0
     grad_buffers = c * params.per_block + reduce_copy
-    inputs = batch_bytes(config, shape, batch, c)
+    inputs = batch_bytes(config, shape, batch, c, sp)
 
-    block_saved = block_activation_bytes(config, shape.seq_len, batch, c)
-    kept_per_block = batch * shape.seq_len * config.dim * c if checkpointing else block_saved
-    outside = outside_activation_bytes(config, shape, batch, c)
-    head = head_activation_bytes(config, shape, batch, c)
+    block_saved = block_activation_bytes(config, shape.seq_len, batch, c, r, sp)
+    block_input = batch * tokens_per_rank(shape.seq_len, sp) * config.dim * c
+    kept_per_block = block_input if checkpointing else block_saved
+    kept_blocks = kept_per_block if offload else layers * kept_per_block
+    outside = outside_activation_bytes(config, shape, batch, c, sp)
+    head = head_activation_bytes(config, shape, batch, c, sp)
     recompute = block_saved if checkpointing else 0
-    transient = backward_transient_bytes(config, shape, batch, c)
+    transient = backward_transient_bytes(config, shape, batch, c, r, sp)
     base = FP32 * shard + 2 * FP32 * shard
 
+    accumulated = FP32 * shard if grad_accum > 1 else 0  # earlier micro-batches' reduced gradients
     terms = {
         PHASES[0]: dict(
-            grads=0,
+            grads=accumulated,
             gathered_params=c * (params.root + params.per_block),
             gradient_buffers=0,
-            activations=layers * kept_per_block + outside,
+            activations=kept_blocks + outside,
             block_recompute=0,
             transient=0,
         ),
         PHASES[1]: dict(
-            grads=0,
+            grads=accumulated,
             gathered_params=c * (params.root + 2 * params.per_block),
             gradient_buffers=grad_buffers,
-            activations=layers * kept_per_block + outside - head,
+            activations=kept_blocks + outside - head,
             block_recompute=recompute,
             transient=transient,
         ),
         PHASES[2]: dict(
-            grads=FP32 * (layers - 1) * block_shard,
+            grads=max(accumulated, FP32 * (layers - 1) * block_shard),
             gathered_params=c * (params.root + params.per_block),
             gradient_buffers=grad_buffers,
             activations=kept_per_block + outside - head,
@@ -434,6 +534,7 @@ def memory_estimate(
         phase=peak,
         phases=phases,
         reserved=reserved_bytes,
+        host=layers * block_input if offload else 0,
         **terms[peak],
     )
 
@@ -441,6 +542,18 @@ def memory_estimate(
 # ---------------------------------------------------------------------------------------------------
 # The plan: numbers, verdict, what to change
 # ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Recommendation:
+    """The configuration ``trainer plan`` recommends: the first of float32 residuals without offload, then
+    bf16 residuals, then bf16 residuals with offload, at the smallest sequence-parallel degree (dividing the
+    GPUs and the heads) that leaves ``HEADROOM`` of the GPU memory free; accumulation keeps the global batch."""
+
+    parallel: ParallelConfig
+    grad_accum: int
+    global_batch: int
+    memory: MemoryEstimate
 
 
 @dataclass
@@ -452,8 +565,9 @@ class TrainingPlan:
     parallel: ParallelConfig
     plan: PlanConfig
     shape: TokenShape
-    samples_per_gpu: int  # micro-batch per GPU
+    samples_per_gpu: int  # micro-batch per GPU (every rank of an SP group holds the same one)
     grad_accum: int
+    steps: int  # optimizer steps of the recipe
     params: ParameterBreakdown
     flops: FlopsEstimate
     memory: MemoryEstimate  # as the recipe says (checkpointing on or off)
@@ -461,12 +575,40 @@ class TrainingPlan:
     memory_without_checkpointing: MemoryEstimate
     gathered_block_bytes: int  # one all-gathered block in the compute dtype
     attention_matrix_bytes: int  # what the math SDPA backend would materialise (must not be used)
+    all_to_all_bytes: int  # send + receive buffers of one attention's q, k, v exchange (SP only)
     fits: bool
+    recommended: Recommendation | None = None
     suggestions: list[str] = field(default_factory=list)
 
     @property
     def budget_bytes(self) -> int:
         return int(self.plan.gpu_memory_gib * GIB)
+
+    @property
+    def data_parallel(self) -> int:
+        return self.plan.num_gpus // self.parallel.sequence_parallel
+
+    @property
+    def global_batch(self) -> int:
+        return self.data_parallel * self.samples_per_gpu * self.grad_accum
+
+    @property
+    def tokens_per_second(self) -> float:
+        """All GPUs together, at the assumed MFU: the global batch's tokens over the step time."""
+        return self.global_batch * self.shape.seq_len / self.flops.step_seconds
+
+    @property
+    def all_to_all_gb_per_step(self) -> float:
+        """GB each GPU sends in the sequence-parallel all-to-alls of one step: q, k, v and the attention
+        output (4 c B l D per block) times (N - 1) / N off-rank, in the forward, the recomputation and the
+        backward, per block and micro-batch."""
+        sp = self.parallel.sequence_parallel
+        if sp == 1:
+            return 0.0
+        c = DTYPE_BYTES[self.parallel.param_dtype]
+        per_block = 4 * c * self.samples_per_gpu * tokens_per_rank(self.shape.seq_len, sp) * self.model.dim
+        passes = 3 if self.parallel.activation_checkpointing else 2
+        return per_block * (sp - 1) / sp * passes * self.model.num_layers * self.grad_accum / 1e9
 
 
 def _estimate(
@@ -480,6 +622,7 @@ def _estimate(
     height: int | None = None,
     width: int | None = None,
     checkpointing: bool | None = None,
+    grad_accum: int = 1,
 ) -> MemoryEstimate:
     shape = token_shape(
         model,
@@ -497,33 +640,97 @@ def _estimate(
         batch,
         checkpointing,
         int(plan.reserved_gib * GIB),
+        grad_accum,
     )
 
 
+def sequence_parallel_degrees(model: MiVEConfig, num_gpus: int) -> list[int]:
+    """The degrees a run on ``num_gpus`` GPUs can use: divisors of both the GPUs and the heads."""
+    return [s for s in range(1, num_gpus + 1) if num_gpus % s == 0 and model.num_heads % s == 0]
+
+
+def _accumulation(global_batch: int, data_parallel: int, batch: int) -> int:
+    return max(1, -(-global_batch // (data_parallel * batch)))
+
+
+def recommend(
+    model: MiVEConfig,
+    params: ParameterBreakdown,
+    parallel: ParallelConfig,
+    plan: PlanConfig,
+    batch: int,
+    global_batch: int,
+) -> Recommendation | None:
+    """See :class:`Recommendation`; None when nothing leaves the headroom."""
+    from dataclasses import replace
+
+    budget = (1 - HEADROOM) * plan.gpu_memory_gib * GIB
+    for residual, offload in (("float32", False), ("bfloat16", False), ("bfloat16", True)):
+        for sp in sequence_parallel_degrees(model, plan.num_gpus):
+            candidate = replace(
+                parallel,
+                sequence_parallel=sp,
+                residual_dtype=residual,
+                offload_activations=offload,
+                activation_checkpointing=True,
+            )
+            accum = _accumulation(global_batch, plan.num_gpus // sp, batch)
+            memory = _estimate(model, params, candidate, plan, batch, grad_accum=accum)
+            if memory.total <= budget:
+                return Recommendation(candidate, accum, plan.num_gpus // sp * batch * accum, memory)
+    return None
+
+
 def suggest(
-    model: MiVEConfig, params: ParameterBreakdown, parallel: ParallelConfig, plan: PlanConfig, batch: int
+    model: MiVEConfig,
+    params: ParameterBreakdown,
+    parallel: ParallelConfig,
+    plan: PlanConfig,
+    batch: int,
+    grad_accum: int = 1,
 ) -> list[str]:
     """What to change so that a plan that does not fit does: each option alone, the others kept."""
+    from dataclasses import replace
+
     budget = plan.gpu_memory_gib * GIB
-    fits = lambda est: est.total <= budget  # noqa: E731
+    sp = parallel.sequence_parallel
+    global_batch = plan.num_gpus // sp * batch * grad_accum
+
+    def fits(par: ParallelConfig = parallel, accum: int = grad_accum, micro: int = batch, **kw: int) -> bool:
+        return _estimate(model, params, par, plan, micro, grad_accum=accum, **kw).total <= budget
+
     out: list[str] = []
-    if not parallel.activation_checkpointing and fits(
-        _estimate(model, params, parallel, plan, batch, checkpointing=True)
-    ):
+    if not parallel.activation_checkpointing and fits(checkpointing=True):
         out.append("turn on activation checkpointing (train.parallel.activation_checkpointing = true)")
-    if batch > 1 and fits(_estimate(model, params, parallel, plan, 1)):
+    if batch > 1 and fits(accum=grad_accum * batch, micro=1):
         out.append(f"batch 1 per GPU with train.grad_accum x{batch} (same global batch)")
-    # More GPUs only shrink the sharded state (16 P / N): the activations of one sample stay per GPU.
+    # Sequence parallelism splits one sample's tokens, hence its activations, over N GPUs.
+    for degree in sequence_parallel_degrees(model, plan.num_gpus):
+        accum = _accumulation(global_batch, plan.num_gpus // degree, batch)
+        if degree > sp and fits(replace(parallel, sequence_parallel=degree), accum):
+            out.append(
+                f"sequence parallelism over {degree} GPUs: train.parallel.sequence_parallel = {degree}, "
+                f"train.grad_accum = {accum} (global batch {plan.num_gpus // degree * batch * accum})"
+            )
+            break
+    if parallel.residual_dtype == "float32" and fits(replace(parallel, residual_dtype="bfloat16")):
+        out.append('bf16 residual stream: train.parallel.residual_dtype = "bfloat16" (precision cost: docs)')
+    if (
+        parallel.activation_checkpointing
+        and not parallel.offload_activations
+        and fits(replace(parallel, offload_activations=True))
+    ):
+        out.append("checkpointed block inputs in host memory: train.parallel.offload_activations = true")
+    # More GPUs only shrink the sharded state (16 P / G): the activations of one sample stay per GPU.
     for gpus in (2**k for k in range(0, 14)):
-        if gpus > plan.num_gpus and fits(_estimate(model, params, parallel, plan, batch, num_gpus=gpus)):
+        if gpus > plan.num_gpus and gpus % sp == 0 and fits(num_gpus=gpus):
             out.append(f"more GPUs: {gpus} (sharding shrinks parameters, gradients and AdamW state only)")
             break
     else:
-        state_free = _estimate(model, params, parallel, plan, batch, num_gpus=10**9)
-        if not fits(state_free):
-            out.append("more GPUs cannot help: one sample's activations alone exceed the GPU memory")
+        if not fits(num_gpus=2**30 * sp):  # sharded state ~ 0
+            out.append("more GPUs alone cannot help: one sample's activations per GPU exceed its memory")
     for frames in range(plan.num_frames - 4, 0, -4):
-        if fits(_estimate(model, params, parallel, plan, batch, num_frames=frames)):
+        if fits(num_frames=frames):
             out.append(f"fewer frames: {frames} (of {plan.num_frames}) at {plan.width}x{plan.height}")
             break
     # Lower resolution, same aspect ratio, sides multiples of 16.
@@ -532,7 +739,7 @@ def suggest(
         height, width = int(plan.height * scale) // 16 * 16, int(plan.width * scale) // 16 * 16
         if min(height, width) < 16:
             break
-        if fits(_estimate(model, params, parallel, plan, batch, height=height, width=width)):
+        if fits(height=height, width=width):
             out.append(
                 f"lower resolution: {width}x{height} (of {plan.width}x{plan.height}) at {plan.num_frames} frames"
             )
@@ -541,7 +748,12 @@ def suggest(
 
 
 def make_plan(
-    model_name: str, parallel: ParallelConfig, plan: PlanConfig, samples_per_gpu: int = 1, grad_accum: int = 1
+    model_name: str,
+    parallel: ParallelConfig,
+    plan: PlanConfig,
+    samples_per_gpu: int = 1,
+    grad_accum: int = 1,
+    steps: int = 8000,
 ) -> TrainingPlan:
     """The plan of a model config (``trainer.model.get_config`` name) under ``parallel`` on ``plan``'s GPUs."""
     from trainer.model import get_config
@@ -550,14 +762,23 @@ def make_plan(
         raise ValueError(
             f"need at least one GPU with memory > 0, got {plan.num_gpus} x {plan.gpu_memory_gib} GiB"
         )
+    if not 0 < plan.mfu <= 1 or plan.peak_tflops <= 0:
+        raise ValueError(f"MFU must be in (0, 1] and the peak > 0, got {plan.mfu} and {plan.peak_tflops}")
     model = get_config(model_name)
+    sp = parallel.sequence_parallel
+    check_sequence_parallel(model, sp, plan.num_gpus)
     params = parameter_breakdown(model)
     shape = token_shape(model, plan.num_frames, plan.height, plan.width, plan.num_condition_tokens)
-    with_ac = _estimate(model, params, parallel, plan, samples_per_gpu, checkpointing=True)
-    without_ac = _estimate(model, params, parallel, plan, samples_per_gpu, checkpointing=False)
+    with_ac = _estimate(
+        model, params, parallel, plan, samples_per_gpu, checkpointing=True, grad_accum=grad_accum
+    )
+    without_ac = _estimate(
+        model, params, parallel, plan, samples_per_gpu, checkpointing=False, grad_accum=grad_accum
+    )
     memory = with_ac if parallel.activation_checkpointing else without_ac
     c = DTYPE_BYTES[parallel.param_dtype]
     fits = memory.total <= plan.gpu_memory_gib * GIB
+    global_batch = plan.num_gpus // sp * samples_per_gpu * grad_accum
     return TrainingPlan(
         model_name=model_name,
         model=model,
@@ -566,15 +787,26 @@ def make_plan(
         shape=shape,
         samples_per_gpu=samples_per_gpu,
         grad_accum=grad_accum,
+        steps=steps,
         params=params,
-        flops=flops_estimate(model, shape, samples_per_gpu * grad_accum, parallel.activation_checkpointing),
+        flops=flops_estimate(
+            model,
+            shape,
+            samples_per_gpu * grad_accum,
+            parallel.activation_checkpointing,
+            sp,
+            plan.mfu,
+            plan.peak_tflops,
+        ),
         memory=memory,
         memory_with_checkpointing=with_ac,
         memory_without_checkpointing=without_ac,
         gathered_block_bytes=c * params.per_block,
-        attention_matrix_bytes=attention_scores_bytes(model, shape, samples_per_gpu, c),
+        attention_matrix_bytes=attention_scores_bytes(model, shape, samples_per_gpu, c, sp),
+        all_to_all_bytes=all_to_all_bytes(model, shape, samples_per_gpu, c, sp),
         fits=fits,
-        suggestions=[] if fits else suggest(model, params, parallel, plan, samples_per_gpu),
+        recommended=recommend(model, params, parallel, plan, samples_per_gpu, global_batch),
+        suggestions=[] if fits else suggest(model, params, parallel, plan, samples_per_gpu, grad_accum),
     )
 
 
@@ -586,14 +818,22 @@ def format_plan(result: TrainingPlan) -> str:
     """The human-readable plan (what ``trainer plan`` prints)."""
     p, m, s, mem = result.params, result.model, result.shape, result.memory
     plan, par = result.plan, result.parallel
+    sp = par.sequence_parallel
+    tokens = tokens_per_rank(s.seq_len, sp)
     lines = [
         f"MiVE training plan: model {result.model_name} on {plan.num_gpus} GPU(s) x {plan.gpu_memory_gib:g} GiB",
         f"  clip {plan.num_frames} frames at {plan.width}x{plan.height} -> latents (16, {s.latent_frames}, "
         f"{s.latent_height}, {s.latent_width}); tokens: {s.num_visual:,} visual (reference frame included) + "
         f"{s.num_condition:,} VLM = L {s.seq_len:,}; {result.samples_per_gpu} sample(s) per GPU x "
         f"{result.grad_accum} accumulation",
-        f"  FSDP2: params {par.param_dtype} (float32 master shards), reduce {par.reduce_dtype}, activation "
-        f"checkpointing {'on' if par.activation_checkpointing else 'off'}",
+        f"  mesh: {result.data_parallel} data-parallel x {sp} sequence-parallel = {plan.num_gpus} GPUs; "
+        f"{tokens:,} tokens per GPU{f' (L padded to {tokens * sp:,})' if tokens * sp != s.seq_len else ''}; "
+        f"global batch {result.data_parallel} x {result.samples_per_gpu} x {result.grad_accum} = "
+        f"{result.global_batch}",
+        f"  FSDP2 over all {plan.num_gpus} GPUs: params {par.param_dtype} (float32 master shards), reduce "
+        f"{par.reduce_dtype}, activation checkpointing {'on' if par.activation_checkpointing else 'off'}"
+        f"{' (inputs offloaded to host)' if par.offload_activations else ''}, residual stream "
+        f"{par.residual_dtype}",
         "",
         "Parameters",
         f"  total {p.total:,} ({p.total / 1e9:.3f} B); per block {p.per_block:,} x {m.num_layers}; "
@@ -604,17 +844,30 @@ def format_plan(result: TrainingPlan) -> str:
         f"  forward per sample {result.flops.forward_per_sample:.3e}; training per sample "
         f"{result.flops.train_per_sample:.3e} ({'4' if par.activation_checkpointing else '3'}x forward"
         f"{', recomputation included' if par.activation_checkpointing else ''})",
-        f"  per optimizer step per GPU {result.flops.train_per_step_per_gpu:.3e}: about "
-        f"{result.flops.step_seconds_at_reference:,.3g} s at {REFERENCE_TFLOPS_PER_GPU} TFLOP/s per GPU "
-        "(Wan2.1-14B FSDP2 on 8x H100, NeMo DFM)",
+        f"  per optimizer step per GPU {result.flops.train_per_step_per_gpu:.3e} (model FLOPs "
+        f"{result.flops.model_per_step_per_gpu:.3e})",
+        "",
+        f"Throughput at an assumed MFU of {plan.mfu:.1%} of {plan.peak_tflops:g} TFLOP/s (model FLOPs; the "
+        f"default is NeMo DFM's Wan2.1-14B FSDP2 figure on 8x H100, {REFERENCE_TFLOPS_PER_GPU} TFLOP/s)",
+        f"  step {result.flops.step_seconds:,.1f} s; {result.tokens_per_second:,.0f} tokens/s over "
+        f"{plan.num_gpus} GPUs; {result.steps:,} steps = {result.steps * result.flops.step_seconds / 3600:,.1f} h",
+    ]
+    if sp > 1:
+        gb = result.all_to_all_gb_per_step
+        lines.append(
+            f"  sequence-parallel all-to-alls: {gb:,.1f} GB sent per GPU per step, about "
+            f"{gb / ALL_TO_ALL_GBPS:,.2f} s at an assumed {ALL_TO_ALL_GBPS:g} GB/s (not in the step time)"
+        )
+    lines += [
         "",
         f"Memory per GPU at the peak ({mem.phase})",
-        f"  parameters (fp32 shards)       {_gib(mem.params):>14}   4 P / N",
-        f"  AdamW state (fp32 shards)      {_gib(mem.optimizer):>14}   8 P / N",
-        f"  gradients (fp32 shards)        {_gib(mem.grads):>14}   4 P / N once reduced (at this phase)",
+        f"  parameters (fp32 shards)       {_gib(mem.params):>14}   4 P / G",
+        f"  AdamW state (fp32 shards)      {_gib(mem.optimizer):>14}   8 P / G",
+        f"  gradients (fp32 shards)        {_gib(mem.grads):>14}   4 P / G once reduced (at this phase)",
         f"  gathered parameters            {_gib(mem.gathered_params):>14}   root unit + block(s) in {par.param_dtype}",
         f"  block gradient buffers         {_gib(mem.gradient_buffers):>14}   unsharded grad (+ fp32 copy to reduce)",
-        f"  saved activations              {_gib(mem.activations):>14}",
+        f"  saved activations              {_gib(mem.activations):>14}"
+        + (f"   + {_gib(mem.host)} of block inputs in host memory" if mem.host else ""),
         f"  recomputed block               {_gib(mem.block_recompute):>14}   (activation checkpointing)",
         f"  transient                      {_gib(mem.transient):>14}   gradients in flight / optimizer temporaries",
         f"  inputs and loss tensors        {_gib(mem.inputs):>14}",
@@ -622,17 +875,50 @@ def format_plan(result: TrainingPlan) -> str:
         f"  + reserved                     {_gib(mem.reserved):>14}   context, NCCL, workspaces, fragmentation",
         f"  = total                        {_gib(mem.total):>14}   of {plan.gpu_memory_gib:g} GiB",
         "",
-        "  phases: " + "; ".join(f"{k} {_gib(v)}" for k, v in mem.phases.items()),
+        "  by phase (tensors + reserved): "
+        + "; ".join(f"{k} {_gib(v + mem.reserved)}" for k, v in mem.phases.items()),
         f"  with activation checkpointing:    {_gib(result.memory_with_checkpointing.total)} "
         f"(activations {_gib(result.memory_with_checkpointing.activations)} + recomputed block "
         f"{_gib(result.memory_with_checkpointing.block_recompute)})",
         f"  without activation checkpointing: {_gib(result.memory_without_checkpointing.total)} "
         f"(activations {_gib(result.memory_without_checkpointing.activations)})",
-        f"  largest transients: one gathered block {_gib(result.gathered_block_bytes)}; SDPA must use the "
-        f"flash / memory-efficient / cuDNN kernels: the math backend would materialise a (B, H, L, L) "
-        f"attention matrix of {_gib(result.attention_matrix_bytes)}",
-        "",
+        f"  largest transients: one gathered block {_gib(result.gathered_block_bytes)}; "
+        + (
+            f"one all-to-all of q, k, v {_gib(result.all_to_all_bytes)} (send + receive); "
+            if result.all_to_all_bytes
+            else ""
+        )
+        + "SDPA must use the flash / memory-efficient / cuDNN kernels: the math backend would materialise a "
+        f"(B, H/N, L, L) attention matrix of {_gib(result.attention_matrix_bytes)}",
     ]
+    if mem.host:
+        lines.append(
+            f"  host memory: {_gib(mem.host)} pinned per GPU ({_gib(mem.host * min(plan.num_gpus, 8))} per "
+            f"node of {min(plan.num_gpus, 8)} GPUs)"
+        )
+    lines.append("")
+    rec = result.recommended
+    if rec is None:
+        lines.append(
+            f"Recommended: nothing leaves {HEADROOM:.0%} of {plan.gpu_memory_gib:g} GiB free (sequence parallelism "
+            "up to the GPUs / heads, bf16 residuals, offload); see the suggestions"
+        )
+    else:
+        rp = rec.parallel
+        same = (
+            rp.sequence_parallel == sp
+            and rp.residual_dtype == par.residual_dtype
+            and rp.offload_activations == par.offload_activations
+            and par.activation_checkpointing
+            and rec.grad_accum == result.grad_accum
+        )
+        lines.append(
+            f"Recommended on {plan.num_gpus} x {plan.gpu_memory_gib:g} GiB{' (the recipe as it is)' if same else ''}: "
+            f'sequence_parallel = {rp.sequence_parallel}, residual_dtype = "{rp.residual_dtype}", '
+            f"offload_activations = {str(rp.offload_activations).lower()}, grad_accum = {rec.grad_accum} "
+            f"(global batch {rec.global_batch}): {_gib(rec.memory.total)}, "
+            f"{_gib(result.budget_bytes - rec.memory.total)} headroom"
+        )
     if result.fits:
         lines.append(
             f"FITS: {_gib(mem.total)} of {plan.gpu_memory_gib:g} GiB "
@@ -650,11 +936,13 @@ def format_plan(result: TrainingPlan) -> str:
 
 
 def plan_from_recipe(recipe: dict, plan: PlanConfig) -> TrainingPlan:
-    """The plan of a recipe's ``[train]`` table (model, ``[train.parallel]``, batch size, accumulation)."""
+    """The plan of a recipe's ``[train]`` table (model, ``[train.parallel]``, batch size, accumulation, steps)."""
     from trainer.train import train_config_from_recipe
 
     config = train_config_from_recipe(recipe)
-    return make_plan(config.model, config.parallel, plan, config.data.batch_size, config.grad_accum)
+    return make_plan(
+        config.model, config.parallel, plan, config.data.batch_size, config.grad_accum, config.steps
+    )
 
 
 def plan_command(
@@ -675,15 +963,24 @@ def plan_command(
     reserved_gib: Annotated[
         float, typer.Option("--reserved-gib", help="Per-GPU memory not available to tensors")
     ] = PlanConfig.reserved_gib,
+    mfu: Annotated[
+        float, typer.Option("--mfu", help="Model FLOPs utilisation assumed for the step time")
+    ] = PlanConfig.mfu,
+    peak_tflops: Annotated[
+        float, typer.Option("--peak-tflops", help="Dense bf16 peak of one GPU, TFLOP/s")
+    ] = PlanConfig.peak_tflops,
 ) -> None:
-    """Parameters, FLOPs per step and per-GPU memory of a recipe; whether it fits and what to change if not.
+    """Parameters, FLOPs, throughput and per-GPU memory of a recipe; whether it fits, what is recommended and
+    what to change if it does not fit.
 
     Exit code 0 when it fits, 1 when it does not, 2 on a bad recipe or option.
     """
     from dataengine.recipe import load_recipe
 
     try:
-        plan = PlanConfig(gpus, gpu_memory_gib, frames, height, width, condition_tokens, reserved_gib)
+        plan = PlanConfig(
+            gpus, gpu_memory_gib, frames, height, width, condition_tokens, reserved_gib, mfu, peak_tflops
+        )
         result = plan_from_recipe(load_recipe(recipe, overrides), plan)
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)

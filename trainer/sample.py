@@ -4,6 +4,8 @@
         --out edited.mp4 --compare
     trainer export runs/debug/checkpoints/step-00000020 exported/debug
     trainer sample exported/debug --source clip.mp4 --instruction "..." --reference ref.png --out edited.mp4
+    # across GPUs: each denoising step split over the 8 ranks (Ulysses sequence parallelism, 8 | num_heads)
+    torchrun --nproc-per-node 8 -m trainer.cli sample runs/mive_14b --source ... --out edited.mp4
 
 What sampling does, in order, with the same code the shards step uses:
 
@@ -17,6 +19,11 @@ What sampling does, in order, with the same code the shards step uses:
    predicts the velocity ``noise - x0`` (the trainer's target), so ``x <- x + (sigma_next - sigma) v``;
 4. the VAE decodes the latents; the edited clip is written as an mp4 at the prepared clip's frame rate (the
    source's own rate when the recipe keeps the native rate, ``clip.fps = 0``).
+
+Under ``torchrun`` with N processes, every rank loads the DiT and they form one sequence-parallel group of
+N (``trainer.model.SequenceParallel``): each denoising step's tokens are split over the ranks, attention
+sees the whole sequence. Rank 0 alone runs the VAE and the VLM and broadcasts their outputs (so every rank
+denoises exactly the same inputs), and decodes and writes the video; every rank draws the same noise.
 
 No classifier-free guidance: ``trainer/train.py`` never drops the VLM condition during training, so the model
 has no unconditional mode to guide against (``guidance_scale`` is not offered rather than silently wrong).
@@ -42,7 +49,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from trainer.model import MiVETransformer
+    from trainer.model import MiVETransformer, SequenceParallel
+    from trainer.parallel import Runtime
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -99,11 +107,11 @@ def resolve_checkpoint(path: str | Path) -> tuple[str, Path]:
     if (path / ".metadata").exists():
         return "dcp", path
     if (run := TrainRunLayout(path)).resolved_recipe.exists():
+        from trainer.checkpoint import complete_checkpoints
+
         resolved = json.loads(run.resolved_recipe.read_text())
         folder = run.checkpoints(resolved.get("train", {}).get("checkpoint", {}).get("folder", "checkpoints"))
-        steps = (
-            sorted(p for p in folder.glob("step-*") if (p / ".metadata").exists()) if folder.is_dir() else []
-        )
+        steps = complete_checkpoints(folder)
         if not steps:
             raise FileNotFoundError(f"run {path} has no complete checkpoint in {folder}")
         return "dcp", steps[-1]
@@ -234,10 +242,11 @@ def shifted_sigmas(num_steps: int, shift: float) -> torch.Tensor:
     ``u = 1 - i / num_steps``, the schedule the trainer draws its noise levels from (``train.flow.shift``)."""
     import torch
 
+    from trainer.train import shift_sigma
+
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    u = 1.0 - torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
-    return shift * u / (1 + (shift - 1) * u)
+    return shift_sigma(1.0 - torch.arange(num_steps + 1, dtype=torch.float64) / num_steps, shift)
 
 
 @dataclass
@@ -251,13 +260,19 @@ class Conditioning:
 
 
 def euler_sample(
-    model: MiVETransformer, cond: Conditioning, num_steps: int, shift: float, seed: int
+    model: MiVETransformer,
+    cond: Conditioning,
+    num_steps: int,
+    shift: float,
+    seed: int,
+    sp: SequenceParallel | None = None,
 ) -> torch.Tensor:
     """Integrate dx/dsigma = v from x(1) = noise to x(0): ``x <- x + (sigma_next - sigma) v(x, sigma)``.
 
     Training's x_t = (1 - sigma) x0 + sigma noise has velocity d x_t / d sigma = noise - x0, the model's
     target, so every Euler step moves along the predicted velocity. Returns the latents (1, 16, T', H', W')
-    in float32.
+    in float32. With ``sp`` every rank of the group calls this with the same inputs; each model call is
+    split over the group and returns the whole velocity everywhere, so every rank ends with the same latents.
     """
     import torch
 
@@ -282,6 +297,7 @@ def euler_sample(
                 timestep,
                 inputs["vlm_first"],
                 inputs["vlm_last"],
+                sp=sp,
             ).float()
             x = x + (sigma_next - sigma) * velocity
         return x.cpu()
@@ -360,7 +376,44 @@ def sample_video(
     vae_model: str | None = None,
     vlm_model: str | None = None,
 ) -> SampleResult:
-    """Edit ``source`` per ``instruction`` and ``reference`` with a checkpoint; write the mp4 (and the comparison)."""
+    """Edit ``source`` per ``instruction`` and ``reference`` with a checkpoint; write the mp4 (and the comparison).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank calls this: they share each denoising step as one
+    sequence-parallel group, rank 0 encodes, decodes and writes; every rank returns the same result.
+    """
+    import os
+
+    from trainer.parallel import ParallelConfig, init_distributed, shutdown_distributed
+
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size == 1:
+        return _sample_video(
+            checkpoint, source, instruction, reference, out, compare, config, vae_model, vlm_model
+        )
+    runtime = init_distributed(ParallelConfig(sequence_parallel=world_size))
+    try:
+        result = _sample_video(
+            checkpoint, source, instruction, reference, out, compare, config, vae_model, vlm_model, runtime
+        )
+    except BaseException:
+        shutdown_distributed(synchronize=False)
+        raise
+    shutdown_distributed()
+    return result
+
+
+def _sample_video(
+    checkpoint: str | Path,
+    source: str | Path,
+    instruction: str,
+    reference: str | Path,
+    out: str | Path,
+    compare: bool,
+    config: SampleConfig | None,
+    vae_model: str | None,
+    vlm_model: str | None,
+    runtime: Runtime | None = None,
+) -> SampleResult:
     import torch
 
     from dataengine.clips import ClipConfig
@@ -369,8 +422,15 @@ def sample_video(
     from dataengine.vae import WanVaeConfig, WanVaeEncoder
     from dataengine.video import write_mp4
     from dataengine.vlm import Qwen3VLEncoder, Qwen3VLEncoderConfig
+    from trainer.parallel import broadcast_tensors
 
+    is_main = runtime is None or runtime.is_main
     model, context = load_checkpoint(checkpoint)
+    if runtime is not None and model.config.num_heads % runtime.sp_size:
+        raise ValueError(
+            f"{runtime.sp_size} processes cannot share the model's {model.config.num_heads} attention heads: "
+            "launch a number of processes that divides them"
+        )
     sample = build_config(
         SampleConfig, {**context.sample, **({} if config is None else _explicit(config))}, "sample"
     )
@@ -386,47 +446,56 @@ def sample_video(
     vae_config = build_config(WanVaeConfig, vae_table, "shards.vae")
     vlm_config = build_config(Qwen3VLEncoderConfig, vlm_table, "shards.vlm")
 
-    # 1-2. the clip and its encodings, exactly as the shards step computes them
+    # 1-2. the clip and its encodings, exactly as the shards step computes them (the clip checks run on
+    #      every rank, so a bad input stops all of them; the encoders run on rank 0 only)
     frames, reference_image, fps = prepare_source(source, reference, clip_config)
-    vae = WanVaeEncoder(vae_config)
-    source_latents = vae.encode(frames)  # (16, T', H', W') bf16
-    reference_latents = vae.encode(reference_image[None])  # (16, 1, H', W') bf16
-    vlm = Qwen3VLEncoder(vlm_config)
-    vlm_indices = vlm.select_frames(len(frames), fps)
-    states = vlm.encode(
-        instruction, reference_image, frames[vlm_indices], fps, frame_indices=vlm_indices.tolist()
-    )
-    del vlm
-    if states.first.shape[-1] != model.config.vlm_dim:
+    encoded = None
+    if is_main:
+        vae = WanVaeEncoder(vae_config)
+        source_latents = vae.encode(frames)  # (16, T', H', W') bf16
+        reference_latents = vae.encode(reference_image[None])  # (16, 1, H', W') bf16
+        vlm = Qwen3VLEncoder(vlm_config)
+        vlm_indices = vlm.select_frames(len(frames), fps)
+        states = vlm.encode(
+            instruction, reference_image, frames[vlm_indices], fps, frame_indices=vlm_indices.tolist()
+        )
+        del vlm
+        encoded = [source_latents, reference_latents, states.first, states.last]
+    if runtime is not None:
+        encoded = [t.cpu() for t in broadcast_tensors(encoded, runtime.device)]
+    source_latents, reference_latents, vlm_first, vlm_last = encoded
+    if vlm_first.shape[-1] != model.config.vlm_dim:
         raise ValueError(
-            f"the VLM {vlm_config.model_id} gives width {states.first.shape[-1]}, the model expects {model.config.vlm_dim}"
+            f"the VLM {vlm_config.model_id} gives width {vlm_first.shape[-1]}, the model expects {model.config.vlm_dim}"
         )
 
-    # 3. the flow-matching sampler
-    device = resolve_device(sample.device)
+    # 3. the flow-matching sampler (split over the ranks under torchrun)
+    device = runtime.device if runtime is not None else resolve_device(sample.device)
     dtype_name = (
         sample.dtype if sample.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
     )
     model.to(device, resolve_dtype(dtype_name))
-    cond = Conditioning(source_latents[None], reference_latents[None], states.first[None], states.last[None])
-    latents = euler_sample(model, cond, sample.num_steps, shift, sample.seed)
+    cond = Conditioning(source_latents[None], reference_latents[None], vlm_first[None], vlm_last[None])
+    sp = runtime.sp if runtime is not None else None
+    latents = euler_sample(model, cond, sample.num_steps, shift, sample.seed, sp)
 
-    # 4. decode and write
-    edited = vae.decode(latents[0].to(torch.float32))  # (T, H, W, 3) uint8
+    # 4. decode and write (rank 0)
     out = Path(out)
-    write_mp4(out, edited, fps)
-    compare_path = None
-    if compare:
-        compare_path = out.with_name(f"{out.stem}.compare{out.suffix}")
-        write_mp4(compare_path, side_by_side(frames, reference_image, edited), fps)
+    compare_path = out.with_name(f"{out.stem}.compare{out.suffix}") if compare else None
+    if is_main:
+        edited = vae.decode(latents[0].to(torch.float32))  # (T, H, W, 3) uint8
+        write_mp4(out, edited, fps)
+        if compare_path is not None:
+            write_mp4(compare_path, side_by_side(frames, reference_image, edited), fps)
+    height, width = frames.shape[1:3]
     return SampleResult(
         out=out,
         compare=compare_path,
-        num_frames=int(edited.shape[0]),
-        width=int(edited.shape[2]),
-        height=int(edited.shape[1]),
+        num_frames=1 + 4 * (latents.shape[2] - 1),  # what the Wan VAE decodes T' latent frames to
+        width=int(width),
+        height=int(height),
         fps=fps,
-        num_condition_tokens=int(states.first.shape[0]),
+        num_condition_tokens=int(vlm_first.shape[0]),
         steps=sample.num_steps,
         shift=float(shift),
     )

@@ -2,7 +2,8 @@
 
     # CPU, one process, the tiny debug model on the demo shards (minutes):
     python -m trainer.cli fit manifests/train_debug.toml
-    # one node, 8 GPUs, the paper's run (Wan2.1-T2V-14B init, 720P, 81 frames, 8000 steps):
+    # one node, 8 GPUs, the paper's run (Wan2.1-T2V-14B init, 720P, 81 frames, 8000 steps; 4 data-parallel
+    # replicas x sequence parallelism 2, as the recipe says):
     torchrun --nproc-per-node 8 -m trainer.cli fit manifests/train_mive_14b.toml
     # continue the latest complete checkpoint of the same run:
     torchrun --nproc-per-node 8 -m trainer.cli fit manifests/train_mive_14b.toml --resume
@@ -164,9 +165,17 @@ def lr_factor(step: int, config: OptimConfig, total_steps: int) -> float:
     return low + (1.0 - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def shift_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """Wan's timestep shift of a noise level u in [0, 1]: ``shift u / (1 + (shift - 1) u)`` (shift > 1 pushes
+    towards noise). Training draws u and shifts it; the sampler shifts an evenly spaced u (``trainer.sample``)."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
 def sample_generator(seed: int, step: int, micro: int, index: int, device: torch.device) -> torch.Generator:
     """The generator of one sample's noise level and noise: a function of its place in the global batch,
-    never of the rank layout, so 1 GPU x batch 2 and 2 GPUs x batch 1 draw the same numbers."""
+    never of the rank layout, so 1 GPU x batch 2 and 2 GPUs x batch 1 draw the same numbers. Under sequence
+    parallelism the ranks of one SP group hold the same sample and draw the same numbers (``index`` comes
+    from the data-parallel rank)."""
     digest = hashlib.sha256(f"{seed}/{step}/{micro}/{index}".encode()).digest()
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
@@ -224,6 +233,7 @@ def fit(config: TrainConfig, resume: bool = False, recipe: dict[str, Any] | None
 def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, recipe: dict[str, Any]) -> None:
     """The training run itself, top to bottom, on an initialised process group."""
     from trainer.model import MiVETransformer, get_config, mive_flops
+    from trainer.plan import token_shape_from_latents
 
     # 1. Run folder -------------------------------------------------------------------------------------
     device = runtime.device
@@ -231,21 +241,33 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
     latest = checkpointer.latest() if resume else None
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {"train": config_to_dict(config), "recipe": recipe, "world_size": runtime.world_size}
+        resolved = {
+            "train": config_to_dict(config),
+            "recipe": recipe,
+            "world_size": runtime.world_size,
+            "data_parallel": runtime.dp_size,
+            "sequence_parallel": runtime.sp_size,
+        }
         TrainRunLayout(run_dir).resolved_recipe.write_text(json.dumps(resolved, indent=2, default=str))
     dist.barrier()
     torch.manual_seed(config.seed)
 
-    # 2. Data: this rank's micro-batches, one latent shape each ------------------------------------------
-    loader = ShardLoader(config.data, config.seed, runtime.rank, runtime.world_size)
+    # 2. Data: this data-parallel replica's micro-batches, one latent shape each (every rank of an SP group
+    #    reads the same ones) ------------------------------------------------------------------------------
+    loader = ShardLoader(config.data, config.seed, runtime.dp_rank, runtime.dp_size)
     vlm_dim_shards = loader.catalogue.index.get("vlm_dim")
 
     # 3. Model: random (seeded) or Wan2.1 init, then activation checkpointing + FSDP2 ---------------------
-    model_config = get_config(config.model)
+    model_config = get_config(config.model, residual_dtype=config.parallel.residual_dtype)
     if vlm_dim_shards is not None and vlm_dim_shards != model_config.vlm_dim:
         raise ValueError(
             f"shards {loader.catalogue.index_path} hold VLM states of width {vlm_dim_shards}, "
             f"model {config.model!r} expects vlm_dim {model_config.vlm_dim}"
+        )
+    if model_config.num_heads % runtime.sp_size:
+        raise ValueError(
+            f"train.parallel.sequence_parallel = {runtime.sp_size} must divide the {model_config.num_heads} "
+            f"attention heads of model {config.model!r}"
         )
     if config.init:
         # Large models: never materialise the full model on one rank. Shard on meta, allocate the local
@@ -318,13 +340,15 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
     model.train()
     if runtime.is_main:
         logger.info(
-            "training %d steps from step %d: %d rank(s) x %d samples x %d accumulation = %d samples per step",
+            "training %d steps from step %d: %d data-parallel replica(s) (x %d sequence-parallel ranks) x %d "
+            "samples x %d accumulation = %d samples per step",
             config.steps,
             step,
-            runtime.world_size,
+            runtime.dp_size,
+            runtime.sp_size,
             batch_size,
             config.grad_accum,
-            runtime.world_size * batch_size * config.grad_accum,
+            runtime.dp_size * batch_size * config.grad_accum,
         )
     while True:
         # maybe checkpoint, stop?
@@ -356,7 +380,9 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
             # x_t = (1 - sigma) x0 + sigma noise, the model predicts the velocity noise - x0 at t = 1000 sigma.
             us, noises = [], []
             for i in range(x0.shape[0]):
-                generator = sample_generator(config.seed, step, micro, runtime.rank * batch_size + i, device)
+                generator = sample_generator(
+                    config.seed, step, micro, runtime.dp_rank * batch_size + i, device
+                )
                 if flow.timestep_sampling == "uniform":
                     u = torch.rand(1, generator=generator, device=device)
                 else:
@@ -366,27 +392,28 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
                 noises.append(torch.randn(x0.shape[1:], generator=generator, device=device))
             u = torch.cat(us)  # (B,)
             noise = torch.stack(noises)  # (B, 16, T', H', W')
-            sigma = flow.shift * u / (1 + (flow.shift - 1) * u)  # (B,) in (0, 1)
+            sigma = shift_sigma(u, flow.shift)  # (B,) in (0, 1)
             s = sigma[:, None, None, None, None]
             x_t = (1 - s) * x0 + s * noise
             target = noise - x0
-            # the model already drops the reference frame and the condition tokens: the loss is on target patches
-            pred = model(x_t, source, reference, sigma * 1000, vlm_first, vlm_last, vlm_mask)
+            # the model already drops the reference frame and the condition tokens: the loss is on target
+            # patches. Under SP every rank of the group gets the whole prediction and computes the same loss.
+            pred = model(x_t, source, reference, sigma * 1000, vlm_first, vlm_last, vlm_mask, sp=runtime.sp)
             loss = F.mse_loss(pred.float(), target)
-            # with accumulation, only the last micro-batch's backward reduce-scatters the gradients
-            model.set_requires_gradient_sync(micro == config.grad_accum - 1)
+            # every micro-batch's backward reduce-scatters its gradients into the float32 shards, which
+            # accumulate: skipping the sync would make FSDP2 keep unsharded float32 gradients of the whole
+            # model on every rank until the last micro-batch (4 bytes x 10 B parameters for the 14B model)
             (loss / config.grad_accum).backward()
             loss_sum += loss.detach()
 
-            # accounting: visual tokens include the reference frame; condition tokens count real ones only
-            frames, height, width = x0.shape[2:]
-            p_t, p_h, p_w = model_config.patch_size
-            num_visual = (frames + 1) // p_t * (height // p_h) * (width // p_w)
-            num_target = frames // p_t * (height // p_h) * (width // p_w)
+            # accounting: visual tokens include the reference frame; condition tokens count real ones only.
+            # An SP group shares its samples: each rank counts 1/N of them (and does 1/N of their FLOPs).
             for num_condition in vlm_mask.sum(1).tolist():
-                flops += 3 * mive_flops(model_config, num_visual, int(num_condition), num_target)
-                tokens += num_visual + int(num_condition)
+                shape = token_shape_from_latents(model_config, tuple(x0.shape[2:]), int(num_condition))
+                flops += 3 * mive_flops(model_config, shape.num_visual, shape.num_condition, shape.num_target)
+                tokens += shape.seq_len
             samples += x0.shape[0]
+        flops, tokens, samples = flops / runtime.sp_size, tokens / runtime.sp_size, samples / runtime.sp_size
 
         grad_norm = torch.nn.utils.clip_grad_norm_(
             model.parameters(), optim.grad_clip if optim.grad_clip > 0 else float("inf")
