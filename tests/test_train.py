@@ -1,5 +1,7 @@
 """The trainer end to end on the CPU: overfitting, 2-process FSDP2 parity, SIGKILL + exact resume, the CLI,
-and initialisation from a Wan2.1 checkpoint (diffusers layout) through the meta-device path.
+sequence parallelism (2 ranks sharing each sample: the same losses, kill and resume, resume with another
+degree), activation offload, and initialisation from a Wan2.1 checkpoint (diffusers layout) through the
+meta-device path.
 
 Every run goes through the real entry points (``trainer.cli fit`` in a subprocess, ``torchrun`` for two
 ranks) on tiny shard sets written by the test, with the real ``trainer.model`` debug config.
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,11 +71,44 @@ def _cli(args: list[str], torchrun_ranks: int = 0) -> list[str]:
     return [*launcher, "fit", str(RECIPE), *args]
 
 
-def _losses(run_dir: Path) -> dict[int, float]:
+def _losses(run_dir: Path, key: str = "loss") -> dict[int, float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     steps = [row["step"] for row in rows]
     assert steps == sorted(set(steps)), f"metrics.jsonl steps not unique and ordered: {steps}"
-    return {row["step"]: row["loss"] for row in rows}
+    return {row["step"]: row[key] for row in rows}
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (from /proc): torchrun starts its workers in sessions of their own."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, stack = [], [pid]
+    while stack:
+        tree.append(stack.pop())
+        stack.extend(children.get(tree[-1], []))
+    return tree
+
+
+def _run_until_checkpoint(command: list[str], checkpoint: Path) -> None:
+    """Start a run and SIGKILL it (the launcher and every worker it started) once ``checkpoint`` exists."""
+    process = subprocess.Popen(
+        command, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for pid in _process_tree(process.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
 
 
 @pytest.fixture
@@ -87,8 +123,11 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    """Two buckets of 4 samples (multiples of the global batch 2), the debug model's VLM width 64."""
-    return build_shards(tmp_path_factory.mktemp("shards"), {(2, 4, 4): 4, (1, 4, 6): 4}, vlm_dim=64)
+    """Two buckets of 4 samples (multiples of the global batch 2), the debug model's VLM width 64. A batch's
+    VLM tokens are padded to its longest; the odd lengths make sequences (12 visual + S) of odd length."""
+    return build_shards(
+        tmp_path_factory.mktemp("shards"), {(2, 4, 4): 4, (1, 4, 6): 4}, vlm_dim=64, seq_lengths=(5, 8, 3, 7)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +230,43 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_the_same_losses(shards, re
     for step in reference:
         # same process layout, same arithmetic: the resumed run reproduces the losses to float32 precision
         assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-7), step
+
+
+@pytest.mark.slow
+def test_sequence_parallel_run_killed_and_resumed_then_resumed_without_sp(shards, reference_run, tmp_path):
+    """2 ranks sharing every sample (train.parallel.sequence_parallel = 2, one data-parallel replica at batch
+    2): the same samples, noise and losses as the 1-process run. Killed after its first checkpoint and
+    resumed under SP 2; then its step-12 checkpoint is resumed by one process without SP."""
+    run_dir = tmp_path / "sp2"
+    args = [*_overrides(shards, tmp_path, "sp2", batch_size=2), "train.parallel.sequence_parallel=2"]
+    _run_until_checkpoint(_cli(args, torchrun_ranks=2), run_dir / "checkpoints" / f"step-{EVERY:08d}")
+    killed_at = max(int(p.name[5:]) for p in (run_dir / "checkpoints").glob("step-*"))
+    assert killed_at < STEPS
+
+    result = subprocess.run(
+        _cli([*args, "--resume"], torchrun_ranks=2), env=_env(), cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert f"(step {killed_at}," in result.stderr
+    resolved = json.loads((run_dir / "recipe.resolved.json").read_text())
+    assert (resolved["world_size"], resolved["data_parallel"], resolved["sequence_parallel"]) == (2, 1, 2)
+    reference = _losses(reference_run)
+    for key in ("loss", "grad_norm"):
+        ours, theirs = _losses(run_dir, key), _losses(reference_run, key)
+        assert sorted(ours) == sorted(reference)
+        for step in reference:
+            # float32; SP changes summation orders only (measured: at most 3e-7 relative over 16 steps)
+            assert ours[step] == pytest.approx(theirs[step], rel=PARITY_RTOL), (key, step)
+
+    # the SP 2 checkpoint of step 12, resumed by one process without sequence parallelism
+    shutil.rmtree(run_dir / "checkpoints" / f"step-{STEPS:08d}")
+    result = subprocess.run(_cli([*_overrides(shards, tmp_path, "sp2", batch_size=2), "--resume"]), env=_env(),
+                            cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert f"(step {STEPS - EVERY}," in result.stderr
+    resumed = _losses(run_dir)
+    for step in range(STEPS - EVERY + 1, STEPS + 1):
+        assert resumed[step] == pytest.approx(reference[step], rel=PARITY_RTOL), step
 
 
 def test_fit_without_resume_refuses_an_existing_run(shards, reference_run):
@@ -390,3 +466,49 @@ def test_paper_model_takes_the_fsdp2_plan_on_the_meta_device():
         assert sum(p.numel() for p in model.parameters()) == count_parameters(get_config("mive_14b")).total
     finally:
         shutdown_distributed()
+
+
+def test_offloaded_block_inputs_go_through_save_on_cpu_and_change_nothing(monkeypatch):
+    """train.parallel.offload_activations: each checkpointed block's saved input (B, L, D) passes through
+    ``save_on_cpu``'s pack hook, nothing the recomputation saves does, and the gradients are unchanged."""
+    from trainer.model import MiVETransformer, get_config
+    from trainer.parallel import (
+        MIVE_PLAN,
+        ParallelConfig,
+        apply_parallel,
+        init_distributed,
+        shutdown_distributed,
+    )
+
+    packed: list[tuple[int, ...]] = []
+
+    class RecordingSaveOnCpu(torch.autograd.graph.save_on_cpu):
+        def __init__(self, pin_memory: bool = False, device_type: str = "cuda") -> None:
+            super().__init__(pin_memory, device_type)
+            pack = self.pack_hook
+            self.pack_hook = lambda tensor: packed.append(tuple(tensor.shape)) or pack(tensor)
+
+    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", RecordingSaveOnCpu)
+    config = ParallelConfig(param_dtype="float32", activation_checkpointing=True, offload_activations=True)
+    runtime = init_distributed(config)
+    try:
+        torch.manual_seed(0)
+        models = [MiVETransformer(get_config("debug")) for _ in range(2)]
+        models[1].load_state_dict(models[0].state_dict())
+        apply_parallel(models[0], MIVE_PLAN, ParallelConfig(param_dtype="float32"), runtime)
+        apply_parallel(models[1], MIVE_PLAN, config, runtime)
+        generator = torch.Generator().manual_seed(1)
+        latents = torch.randn(2, 16, 2, 4, 4, generator=generator)
+        inputs = (latents, latents.flip(0), latents[:, :, :1], torch.tensor([100.0, 900.0]))
+        inputs += (torch.randn(2, 3, 64, generator=generator), torch.randn(2, 3, 64, generator=generator))
+        for model in models:
+            model(*inputs).square().mean().backward()
+    finally:
+        shutdown_distributed()
+    seq_len = 3 + 3 * 2 * 2  # condition tokens + (T' + 1) x H'/2 x W'/2
+    block_inputs = [shape for shape in packed if shape == (2, seq_len, 128)]
+    assert len(block_inputs) == 2  # one per block, saved once (not again by the recomputation)
+    assert all(len(shape) < 3 or shape[-1] != 256 for shape in packed)  # no FFN activation (B, L, F)
+    grads = dict(models[1].named_parameters())
+    for name, param in models[0].named_parameters():
+        assert torch.equal(grads[name].grad.full_tensor(), param.grad.full_tensor()), name

@@ -20,8 +20,9 @@ Design choices (see docs/model.md):
   attention, so they influence no other token. Their own outputs are garbage and are never read.
 - Precision: LayerNorm, RMSNorm, modulation, RoPE and the residual adds run in float32 (``.float()``),
   matmuls run in the parameters' dtype (bf16 under FSDP2 mixed precision). ``residual_dtype = "bfloat16"``
-  runs the blocks' norms, modulation and residual adds in bf16 instead (RoPE and the head stay float32):
-  half the bytes a block keeps for its backward, at a measured precision cost (docs/training.md).
+  runs the blocks' LayerNorms, modulation and residual adds in bf16 instead (RoPE, the q/k RMSNorms'
+  arithmetic and the head stay float32): about a fifth of the bytes a block keeps for its backward, at a
+  measured precision cost (docs/training.md).
 - Sequence parallelism (Ulysses; section 3): ``forward(..., sp=SequenceParallel(group))`` splits the
   sequence over the group's ranks, which all hold the same sample. Each rank builds [c; v] in full (cheap),
   pads it at the end to a multiple of N and keeps its contiguous chunk through the norms, projections, FFN
@@ -84,8 +85,8 @@ class MiVEConfig:
     """Std of the truncated-normal init of fresh Linear layers (used when weights are not loaded)."""
     residual_dtype: str = "float32"
     """Dtype of the blocks' LayerNorms, q/k RMSNorms, modulation and residual adds: ``float32`` (Wan's and
-    diffusers' ``.float()`` path) or ``bfloat16`` (about 20 of the ~63 bytes per token and hidden unit a
-    block keeps for its backward are saved; precision cost in docs/training.md). The trainer sets it from
+    diffusers' ``.float()`` path) or ``bfloat16`` (12 of the ~63 bytes per token and hidden unit a block
+    keeps for its backward are saved; precision cost in docs/training.md). The trainer sets it from
     ``train.parallel.residual_dtype``; it changes no parameter."""
 
     def __post_init__(self) -> None:

@@ -242,19 +242,19 @@ def block_activation_bytes(
     dtype (``param_dtype``) and r = bytes of the residual dtype (4 for float32, 2 for bfloat16), following
     ``MiVEBlock.forward``:
 
-    self-attention half (7 r n + 5 c n without sequence parallelism):
+    self-attention half (3 r n + 16 n + 5 c n without sequence parallelism):
       - affine-free LayerNorm: its input in the residual dtype                          r n
       - modulate (addcmul): the LayerNorm output                                        r n
       - q, k, v projections: their input h (compute dtype)                              c n
-      - RMSNorm of q and of k (composite ``F.rms_norm``): the input in the residual
-        dtype (saved by ``pow`` and ``mul``) and the normalised tensor (``mul`` by the
-        weight)                                                                         2 x 2 r n
+      - RMSNorm of q and of k (composite ``F.rms_norm``, which computes a bf16 input in
+        float32 too): the float32 input (saved by ``pow`` and ``mul``) and the float32
+        normalised tensor (``mul`` by the weight)                                      2 x 8 n
       - SDPA (flash / memory-efficient kernels): q, k, v after RoPE, and the output,
         which is also the output projection's input (one storage)                      4 c n
       - gated residual: the update in the residual dtype (``mul`` by the gate)          r n
       Under sequence parallelism (N > 1) SDPA saves q, k, v as the all-to-all delivered them, (B, L_pad,
       H/N, hd) in one storage (3 c n), and its output over L tokens (c B L D / N); the output projection's
-      input is the reverse all-to-all's output, a storage of its own (c n): 7 r n + 5 c n + c B L D / N.
+      input is the reverse all-to-all's output, a storage of its own (c n): one c B L D / N more.
     feed-forward half (3 r n + c n + 2 c B l F):
       - LayerNorm input, LayerNorm output (residual dtype), the FFN input h             2 r n + c n
       - GELU's input and the output projection's input, each B l F                      2 c B l F
@@ -264,10 +264,9 @@ def block_activation_bytes(
     c, r = compute_bytes, residual_bytes
     tokens = tokens_per_rank(seq_len, sequence_parallel)
     n = batch * tokens * config.dim
-    if sequence_parallel == 1:
-        attention = 7 * r * n + 5 * c * n
-    else:
-        attention = 7 * r * n + 5 * c * n + c * batch * seq_len * config.dim // sequence_parallel
+    attention = 3 * r * n + 2 * 2 * FP32 * n + 5 * c * n
+    if sequence_parallel > 1:
+        attention += c * batch * seq_len * config.dim // sequence_parallel
     feed_forward = 3 * r * n + c * n + 2 * c * batch * tokens * config.ffn_dim
     return attention + feed_forward
 
