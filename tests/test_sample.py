@@ -168,3 +168,38 @@ def test_sample_command_errors_name_the_file(trained_run: Path, tmp_path: Path) 
          "--reference", str(trained_run / "reference.png"), "--out", str(tmp_path / "o.mp4")],
     )  # fmt: skip
     assert result.exit_code == 2 and "nope.mp4" in result.output
+
+
+@pytest.mark.slow
+def test_sample_under_torchrun_splits_the_steps_and_matches_one_process(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    """``torchrun --nproc-per-node 2 -m trainer.cli sample``: the 2 ranks form one sequence-parallel group
+    for every denoising step (debug model: 4 heads, 2 per rank); rank 0 encodes, decodes and writes. Against
+    ``trainer sample`` in one process with the same thread settings (OMP_NUM_THREADS=1, as torchrun gives its
+    workers: torch's CPU kernels round differently once the intra-op thread count is set): the latents agree
+    to float32 rounding (tests/test_sequence_parallel.py: 2.4e-7 of ~3.5), so the decoded, H.264-encoded
+    frames are the same (seen: identical files). Another seed changes them: the comparison can fail."""
+    args = [
+        "sample", str(trained_run / "runs" / "tiny"), "--source", str(trained_run / "source.mp4"),
+        "--instruction", "Add a red hat.", "--reference", str(trained_run / "reference.png"), "--steps", "3",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    launchers = {
+        "split": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"],
+        "alone": [sys.executable],
+    }
+    for name, launcher in launchers.items():
+        command = [*launcher, "-m", "trainer.cli", *args, "--out", str(tmp_path / f"{name}.mp4")]
+        run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert run.stdout.count("wrote ") == 1  # rank 0 only
+        assert ("split over 2 processes" in run.stdout) == (name == "split")
+    sample_video(trained_run / "runs" / "tiny", trained_run / "source.mp4", "Add a red hat.",
+                 trained_run / "reference.png", tmp_path / "seed1.mp4", config=SampleConfig(num_steps=3, seed=1))  # fmt: skip
+    indices = list(range(NUM_FRAMES))
+    split, alone, seed1 = (
+        read_frames(tmp_path / f"{n}.mp4", indices).astype(float) for n in ("split", "alone", "seed1")
+    )
+    assert np.abs(split - alone).mean() < 0.05 and np.abs(split - alone).max() <= 2
+    assert np.abs(seed1 - alone).mean() > 1.0

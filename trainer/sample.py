@@ -37,6 +37,7 @@ copies all of it into the exported folder (``config.json``, ``sampling.json``) s
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -381,8 +382,6 @@ def sample_video(
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank calls this: they share each denoising step as one
     sequence-parallel group, rank 0 encodes, decodes and writes; every rank returns the same result.
     """
-    import os
-
     from trainer.parallel import ParallelConfig, init_distributed, shutdown_distributed
 
     world_size = int(os.environ.get("WORLD_SIZE", 1))
@@ -553,10 +552,15 @@ def sample_command(
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=2) from err
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun rank 0 wrote the video and says so
+    processes = int(os.environ.get("WORLD_SIZE", 1))
     typer.echo(
         f"wrote {result.out}: {result.num_frames} frames {result.width}x{result.height} at {result.fps:g} fps "
         f"({result.steps} Euler steps, shift {result.shift:g}, {result.num_condition_tokens} VLM tokens, no CFG: "
-        "training never drops the condition)"
+        "training never drops the condition"
+        + (f"; each step split over {processes} processes" if processes > 1 else "")
+        + ")"
     )
     if result.compare:
         typer.echo(f"wrote {result.compare}: source | reference | edited")
