@@ -36,6 +36,10 @@ from trainer.plan import (
 
 REPO = Path(__file__).resolve().parents[1]
 PEAK_TOLERANCE = 0.10  # the plan's predicted peak within 10% of the measured one (seen: -1% .. +6%)
+# Under sequence parallelism on gloo the measured peak also holds buffers of finished collectives: gloo keeps
+# them alive for a while (16 blocking 4 MB all-to-alls in a row leave 16 to 28 MB allocated, seen here), a
+# CPU-test artifact the plan does not model. Seen: measured / predicted 1.10 .. 1.54 over 8 runs.
+SP_PEAK_BAND = (1.0, 1.75)
 
 
 def test_debug_parameter_count_is_exact() -> None:
@@ -135,20 +139,15 @@ def test_flops_agree_with_torch_flop_counter() -> None:
     assert estimate.train_per_sample == pytest.approx(training, rel=0.05)
 
 
-def measure_fit_peak(
-    work: Path, overrides: list[str], latent_shape: tuple[int, int, int], seq_len: int
-) -> int:
-    """Run ``trainer fit`` (debug recipe, two steps) under the profiler; the CPU allocator's peak live bytes."""
+def measure_fit_peak(work: Path, overrides: list[str]) -> int:
+    """Run ``trainer fit`` (debug recipe, two steps, on ``work/shards``) under the profiler; the CPU allocator's
+    peak live bytes in this process (this rank, under torchrun)."""
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
     from dataengine.recipe import load_recipe
-    from tests.shard_builder import build_shards
     from trainer.train import fit, train_config_from_recipe
 
-    build_shards(
-        work / "shards", {latent_shape: 2}, vlm_dim=get_config("debug").vlm_dim, seq_lengths=(seq_len,)
-    )
     recipe = load_recipe(
         REPO / "manifests" / "train_debug.toml",
         [
@@ -178,33 +177,56 @@ def measure_fit_peak(
 
 
 @pytest.mark.parametrize(
-    ("param_dtype", "checkpointing", "latent_shape", "seq_len"),
-    [("float32", True, (8, 16, 16), 64), ("bfloat16", False, (4, 16, 24), 32)],
+    ("param_dtype", "checkpointing", "latent_shape", "seq_len", "sequence_parallel"),
+    [
+        ("float32", True, (8, 16, 16), 64, 1),
+        ("bfloat16", False, (4, 16, 24), 32, 1),
+        pytest.param("float32", True, (8, 16, 16), 65, 2, marks=pytest.mark.slow),
+    ],
 )
 def test_predicted_peak_matches_measured_fit_step(
-    tmp_path: Path, param_dtype: str, checkpointing: bool, latent_shape: tuple[int, int, int], seq_len: int
+    tmp_path: Path,
+    param_dtype: str,
+    checkpointing: bool,
+    latent_shape: tuple[int, int, int],
+    seq_len: int,
+    sequence_parallel: int,
 ) -> None:
+    """Under sequence parallelism 2 processes (torchrun, gloo) share each sample; each rank's own peak is
+    measured (L = 9 x 8 x 8 + 65 = 641 tokens: 321 per rank, the last one padded) and compared with the wider
+    ``SP_PEAK_BAND``. Its lower end fails a plan that does not split the activations: it predicts 17.6 MB,
+    above every measured peak (12.1 to 16.9 MB; the plan with the split: 11.0 MB)."""
+    from tests.shard_builder import build_shards
+
+    config = get_config("debug")
+    build_shards(tmp_path / "shards", {latent_shape: 2}, vlm_dim=config.vlm_dim, seq_lengths=(seq_len,))
     overrides = [
         f"train.parallel.param_dtype='{param_dtype}'",
         f"train.parallel.activation_checkpointing={str(checkpointing).lower()}",
+        f"train.parallel.sequence_parallel={sequence_parallel}",
     ]
-    code = (
-        "import json, sys; from pathlib import Path; from tests.test_plan import measure_fit_peak; "
-        "a = json.loads(sys.argv[1]); print('PEAK', measure_fit_peak(Path(a[0]), a[1], tuple(a[2]), a[3]))"
-    )
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    args = json.dumps([str(tmp_path), overrides, list(latent_shape), seq_len])
-    run = subprocess.run(
-        [sys.executable, "-c", code, args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
+    launcher = [sys.executable]
+    if sequence_parallel > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={sequence_parallel}"]
+    command = [*launcher, "-m", "tests.test_plan", str(tmp_path), json.dumps(overrides)]
+    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    measured = int(next(line for line in run.stdout.splitlines() if line.startswith("PEAK")).split()[1])
+    peaks = [int(line.split()[2]) for line in run.stdout.splitlines() if line.startswith("PEAK")]
+    assert len(peaks) == sequence_parallel
 
-    config = get_config("debug")
-    parallel = ParallelConfig(param_dtype=param_dtype, activation_checkpointing=checkpointing)
+    parallel = ParallelConfig(
+        param_dtype=param_dtype, activation_checkpointing=checkpointing, sequence_parallel=sequence_parallel
+    )
     shape = token_shape_from_latents(config, latent_shape, seq_len)
-    predicted = memory_estimate(config, parameter_breakdown(config), parallel, shape, num_gpus=1).tensors
-    assert abs(predicted / measured - 1) < PEAK_TOLERANCE, (predicted, measured)
+    predicted = memory_estimate(
+        config, parameter_breakdown(config), parallel, shape, num_gpus=sequence_parallel
+    ).tensors
+    for measured in peaks:
+        if sequence_parallel == 1:
+            assert abs(predicted / measured - 1) < PEAK_TOLERANCE, (predicted, measured)
+        else:
+            assert SP_PEAK_BAND[0] <= measured / predicted <= SP_PEAK_BAND[1], (predicted, measured)
 
 
 def test_plan_command_fits_and_suggests(tmp_path: Path) -> None:
@@ -238,3 +260,7 @@ def test_suggestions_actually_fit() -> None:
     assert (num_frames - 1) % 4 == 0
     assert make_plan("mive_14b", parallel, PlanConfig(8, 60, num_frames=num_frames)).fits
     assert not make_plan("mive_14b", parallel, PlanConfig(8, 60, num_frames=num_frames + 4)).fits
+
+
+if __name__ == "__main__":  # one process (or torchrun rank) of test_predicted_peak_matches_measured_fit_step
+    print("PEAK", os.environ.get("RANK", 0), measure_fit_peak(Path(sys.argv[1]), json.loads(sys.argv[2])))

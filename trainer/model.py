@@ -39,7 +39,6 @@ from dataclasses import dataclass, field, replace
 
 import torch
 import torch.distributed as dist
-import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 from torch import nn
 
@@ -276,11 +275,47 @@ class ContextAdapter(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 
 
+class _AllToAll(torch.autograd.Function):
+    """``dist.all_to_all_single`` over dim 0 (block j goes to rank j); its backward is the same exchange."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:  # noqa: ANN001
+        ctx.group = group
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        dist.all_to_all_single(out, x.contiguous(), group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        out = torch.empty_like(grad, memory_format=torch.contiguous_format)
+        dist.all_to_all_single(out, grad.contiguous(), group=ctx.group)
+        return out, None
+
+
+class _AllGather(torch.autograd.Function):
+    """``dist.all_gather_single`` along dim 0; its backward reduce-scatters (sums) the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:  # noqa: ANN001
+        ctx.group = group
+        out = x.new_empty((dist.get_world_size(group) * x.shape[0], *x.shape[1:]))
+        dist.all_gather_single(out, x.contiguous(), group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        out = grad.new_empty((grad.shape[0] // dist.get_world_size(ctx.group), *grad.shape[1:]))
+        dist.reduce_scatter_single(out, grad.contiguous(), op=dist.ReduceOp.SUM, group=ctx.group)
+        return out, None
+
+
 class SequenceParallel:
     """Ulysses sequence parallelism over the N ranks of ``group``, which all hold the same sample.
 
-    Three exchanges, torch's functional collectives (they carry autograd: the backward of an all-to-all is
-    the reverse all-to-all, that of an all-gather a reduce-scatter that sums the N ranks' gradients):
+    Three exchanges, blocking ``torch.distributed`` collectives inside autograd functions (the backward of an
+    all-to-all is the reverse all-to-all, that of an all-gather a reduce-scatter that sums the N ranks'
+    gradients). Blocking, not the asynchronous functional collectives: their pending work kept buffers
+    alive for a time that depended on scheduling (measured on gloo), which made the memory unpredictable.
 
     - :meth:`sequence_to_heads` (B, l, H, hd) -> (B, N l, H/N, hd): every rank sends head group j of its l
       tokens to rank j and receives its own head group of every rank's tokens, in rank order;
@@ -299,18 +334,18 @@ class SequenceParallel:
         batch, chunk, heads, head_dim = x.shape
         n = self.size
         send = x.reshape(batch, chunk, n, heads // n, head_dim).permute(2, 0, 1, 3, 4)  # (N, B, l, H/N, hd)
-        received = funcol.all_to_all_single(send.contiguous(), None, None, self.group)  # block j from rank j
+        received = _AllToAll.apply(send, self.group)  # (N, B, l, H/N, hd): block j holds rank j's tokens
         return received.permute(1, 0, 2, 3, 4).reshape(batch, n * chunk, heads // n, head_dim)
 
     def heads_to_sequence(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, heads, head_dim = x.shape
         n = self.size
         send = x.reshape(batch, n, length // n, heads, head_dim).transpose(0, 1)  # (N, B, l, H/N, hd)
-        received = funcol.all_to_all_single(send.contiguous(), None, None, self.group)  # heads of rank j
+        received = _AllToAll.apply(send, self.group)  # (N, B, l, H/N, hd): block j holds head group j
         return received.permute(1, 2, 0, 3, 4).reshape(batch, length // n, n * heads, head_dim)
 
     def gather_sequence(self, x: torch.Tensor) -> torch.Tensor:
-        gathered = funcol.all_gather_single(x.transpose(0, 1).contiguous(), 0, self.group)  # (N l, B, E)
+        gathered = _AllGather.apply(x.transpose(0, 1), self.group)  # (N l, B, E)
         return gathered.transpose(0, 1)  # (B, N l, E)
 
 
@@ -563,6 +598,7 @@ class MiVETransformer(nn.Module):
         visual = visual.flatten(2).transpose(1, 2)  # (B, N_v, D)
         tokens_per_frame = grid[1] * grid[2]
         x = (visual if cond is None else torch.cat([cond.to(dtype), visual], dim=1)).contiguous()  # (B, L, D)
+        del visual, cond  # the patch-embedding output would otherwise stay alive through the forward
         num_clean = num_condition + tokens_per_frame  # condition tokens + reference-frame patches
 
         # 3. Two time embeddings per sample: t = 0 (clean prefix) and t (target patches)
@@ -602,7 +638,7 @@ class MiVETransformer(nn.Module):
             x = x[:, num_clean:]  # (B, T' * Hp * Wp, D)
         shift, scale = (self.scale_shift_table.float() + temb_target[:, None]).unbind(dim=1)  # (B, D) each
         x = layer_norm(x, config.eps) * (1 + scale[:, None]) + shift[:, None]
-        x = self.proj_out(x.type_as(visual))  # (B, N_target or l, C * p_t * p_h * p_w)
+        x = self.proj_out(x.to(dtype))  # (B, N_target or l, C * p_t * p_h * p_w)
         if shard is not None:
             global_clean = num_condition + tokens_per_frame
             x = shard.sp.gather_sequence(x)[:, global_clean:seq_len]  # (B, N_target, C * p_t * p_h * p_w)
