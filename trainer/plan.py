@@ -325,9 +325,10 @@ def backward_transient_bytes(
     they consume. What is alive on top at the worst point (the feed-forward's backward): the gradient with
     respect to the GELU output (c B l F) and two gradients of the residual stream in the residual dtype (the
     incoming one and the one accumulated for the block input): c B l F + 2 r n.
-    Under sequence parallelism the attention's backward runs two all-to-alls of gradients (q, k, v: send
-    and receive buffers, 6 c n) once the feed-forward's saved tensors (3 r n + c n + 2 c B l F) are freed:
-    that moment is counted too, and the larger of the two is the transient.
+    Under sequence parallelism the attention's backward exchanges the gradients of q, k, v back: their
+    head-layout gradients, the copy padded to L_pad, the contiguous send buffer and the receive buffer (4 x 3 c n)
+    are alive at once, after the feed-forward's saved tensors (3 r n + c n + 2 c B l F) were freed: that
+    moment is counted too, and the larger of the two is the transient (for the 14B model the feed-forward's).
     """
     c, r = compute_bytes, residual_bytes
     tokens = tokens_per_rank(shape.seq_len, sequence_parallel)
@@ -336,7 +337,7 @@ def backward_transient_bytes(
     if sequence_parallel == 1:
         return feed_forward
     freed = 3 * r * n + c * n + 2 * c * batch * tokens * config.ffn_dim
-    return max(feed_forward, all_to_all_bytes(config, shape, batch, c, sequence_parallel) + 2 * r * n - freed)
+    return max(feed_forward, 4 * 3 * c * n + 2 * r * n - freed)
 
 
 def all_to_all_bytes(
