@@ -14,7 +14,15 @@ CPU rows (always):
 GPU rows (only with CUDA): one 14B-width block (D 5120, 40 heads, FFN 13824) in bf16 at 79,200 visual +
 ``NUM_CONDITION_GPU`` condition tokens: forward+backward time, TFLOP/s from ``mive_flops``' per-block
 formula (3x forward), MFU against the device's dense bf16 peak, peak memory; and diffusers' block at
-the same sequence (per-sample timestep) for comparison.
+the same sequence (per-sample timestep) for comparison. Then :func:`measure_block` at the paper's 81,248
+tokens for sequence-parallel degrees 1, 2, 4, 8: one rank's share of a block on one GPU, next to the
+plan's per-block figures.
+
+:func:`measure_block` is public (``benchmarks/bench_gpu.py`` calls it): it emulates one rank of a
+sequence-parallel group on one device. The block code is ``trainer.model.MiVEBlock`` as the trainer runs
+it under ``sp``; only the exchanges are replaced by local copies of the same sizes
+(:class:`EmulatedSequenceParallel`): norms, projections, FFN and modulation on L/N tokens, attention over
+all L tokens with H/N heads. The network time of the real all-to-alls is not in it.
 """
 
 from __future__ import annotations
@@ -22,11 +30,22 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed, WanTransformerBlock
 
-from trainer.model import MiVEBlock, MiVEConfig, rope_cos_sin
+from trainer.model import MiVEBlock, MiVEConfig, SequenceParallel, SequenceShard, rope_cos_sin
+from trainer.plan import (
+    DTYPE_BYTES,
+    TokenShape,
+    backward_transient_bytes,
+    block_activation_bytes,
+    token_shape,
+)
+
+if TYPE_CHECKING:  # diffusers loads where its block is built: measure_block does not need it
+    from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
 NUM_TEXT_TOKENS = 512  # Wan's T5 context length (cross-attention keys in diffusers' block)
 NUM_CONDITION_GPU = (
@@ -78,6 +97,8 @@ class _Inputs:
         f, h, w = self.wan_grid
         self.wan_x = torch.randn(batch, f * h * w, dim, generator=gen).to(device, dtype)
         self.text = torch.randn(batch, NUM_TEXT_TOKENS, dim, generator=gen).to(device, dtype)
+        from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
         rope = WanRotaryPosEmbed(config.head_dim, (1, 2, 2), 1024).to(device)
         self.wan_rope = tuple(r.to(device) for r in rope(torch.empty(1, 1, f, 2 * h, 2 * w, device="meta")))
         self.temb_sample = torch.randn(batch, 6, dim, generator=gen).to(device) * 0.1
@@ -144,6 +165,8 @@ def _cpu_rows(quick: bool) -> list[dict]:
     config = _block_config(dim, ffn_dim, num_heads)
     torch.manual_seed(0)
     ours = MiVEBlock(config)
+    from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+
     wan = WanTransformerBlock(dim, ffn_dim, num_heads, "rms_norm_across_heads", True, 1e-6)
     inputs = _Inputs(config, grid, num_condition, 1, torch.device("cpu"), torch.float32)
     seq = inputs.seq
@@ -254,6 +277,8 @@ def _block_rows(
     inputs = _Inputs(config, grid, num_condition, 1, device, dtype)
     seq = inputs.seq
     shape = f"{name}, seq {seq:,} ({num_condition:,} cond), D {dim}, {str(dtype).removeprefix('torch.')}"
+    from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+
     blocks = {
         "mive_block": lambda: MiVEBlock(config),
         "wan_block": lambda: WanTransformerBlock(
@@ -321,17 +346,192 @@ def _block_rows(
     return rows
 
 
+class EmulatedSequenceParallel(SequenceParallel):
+    """One rank of an N-rank sequence-parallel group, alone on one device: each exchange is a local copy of
+    the size the real one returns (this rank's head group of every token; all heads of its own tokens;
+    the gathered head output), so the block does a rank's work on a rank's memory, without a network."""
+
+    def __init__(self, size: int, rank: int = 0) -> None:
+        self.group, self.size, self.rank = None, size, rank
+
+    def sequence_to_heads(self, x: torch.Tensor) -> torch.Tensor:
+        heads = x.shape[2] // self.size
+        return x[:, :, :heads].repeat(1, self.size, 1, 1)  # (B, N l, H/N, hd)
+
+    def heads_to_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, : x.shape[1] // self.size].repeat(1, 1, self.size, 1)  # (B, l, H, hd)
+
+    def gather_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        return x.repeat(1, self.size, 1)  # (B, N l, E)
+
+
+def measure_block(
+    dim: int,
+    heads: int,
+    ffn: int,
+    seq_len: int,
+    num_condition: int,
+    dtype: torch.dtype,
+    sp_degree: int = 1,
+    device: str | torch.device | None = None,
+    reps: int = 3,
+    residual_dtype: str = "float32",
+) -> dict:
+    """One ``MiVEBlock``'s forward + backward as one rank of a sequence-parallel group of ``sp_degree`` does it.
+
+    ``seq_len`` is the whole unified sequence L (condition + visual tokens); the rank holds
+    l = ceil(L / N) tokens and attends over L tokens with H/N heads (:class:`EmulatedSequenceParallel`).
+    ``device`` None takes CUDA when available. Returns a dict: the shapes (``tokens_per_rank``,
+    ``heads_per_rank``), ``seconds`` (fastest of ``reps`` after a warm-up), ``tflops`` (3x the block's
+    forward FLOPs / N, per second), ``mfu`` (CUDA with a known peak, else None), ``peak_memory_gib``
+    (CUDA: peak allocated above the weights and the input, else None), and the plan's per-block figures for
+    the same rank: ``plan_saved_gib`` (what the block saves for its backward), ``plan_transient_gib``
+    (gradients in flight) and ``plan_block_gib`` (their sum plus the block input, what the peak above
+    should approach).
+    """
+    device = (
+        torch.device(device)
+        if device is not None
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    if heads % sp_degree:
+        raise ValueError(f"sp_degree {sp_degree} must divide heads {heads}")
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    config = MiVEConfig(dim=dim, num_layers=1, num_heads=heads, ffn_dim=ffn, residual_dtype=residual_dtype)
+    torch.manual_seed(0)
+    block = MiVEBlock(config).to(device, dtype)
+    sp = EmulatedSequenceParallel(sp_degree) if sp_degree > 1 else None
+    shard = SequenceShard(sp, seq_len) if sp is not None else None
+    tokens = shard.chunk if shard is not None else seq_len
+    # RoPE angles of the rank's tokens (values do not change the work): positions start, start + 1, ...
+    start = shard.start if shard is not None else 0
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, config.head_dim, 2, device=device) / config.head_dim)
+    angles = torch.arange(start, start + tokens, device=device)[:, None] * inv_freq[None]
+    rope = (angles.cos(), angles.sin())
+    num_clean = num_condition  # the clean prefix: condition tokens (+ reference frame, here folded in)
+    local_clean = shard.local_count(num_clean) if shard is not None else num_clean
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(1, tokens, dim, generator=gen).to(device, dtype)
+    time_mod = (torch.randn(1, 2, 6, dim, generator=gen) * 0.1).to(device)
+
+    def step() -> torch.Tensor:
+        return block(x.detach().requires_grad_(True), time_mod, rope, None, local_clean, shard)
+
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() if cuda else 0
+    seconds = _time_fwd_bwd(step, reps, sync)
+    flops = 3 * _block_flops(dim, ffn, seq_len) / sp_degree
+    name = torch.cuda.get_device_name(device) if cuda else "CPU"
+    peak = _gpu_peak(name) if cuda else None
+    c, r = DTYPE_BYTES[str(dtype).removeprefix("torch.")], DTYPE_BYTES[residual_dtype]
+    shape = _token_shape_of(config, seq_len, num_condition)
+    saved = block_activation_bytes(config, seq_len, 1, c, r, sp_degree)
+    transient = backward_transient_bytes(config, shape, 1, c, r, sp_degree)
+    return {
+        "device": name,
+        "dim": dim,
+        "heads": heads,
+        "ffn": ffn,
+        "seq_len": seq_len,
+        "num_condition": num_condition,
+        "dtype": str(dtype).removeprefix("torch."),
+        "sp_degree": sp_degree,
+        "tokens_per_rank": tokens,
+        "heads_per_rank": heads // sp_degree,
+        "seconds": seconds,
+        "tflops": flops / seconds / 1e12,
+        "mfu": flops / seconds / peak if peak else None,
+        "peak_memory_gib": (torch.cuda.max_memory_allocated() - base) / 2**30 if cuda else None,
+        "plan_saved_gib": saved / 2**30,
+        "plan_transient_gib": transient / 2**30,
+        "plan_block_gib": (saved + transient + c * tokens * dim) / 2**30,
+    }
+
+
+def _token_shape_of(config: MiVEConfig, seq_len: int, num_condition: int) -> TokenShape:
+    """A TokenShape with the given L (the plan's transient formula reads only its seq_len)."""
+    return replace(token_shape(config, 1, 16, 16, num_condition), seq_len=seq_len)
+
+
+def sequence_parallel_rows(quick: bool) -> list[dict]:
+    """``measure_block`` at SP 1, 2, 4, 8: the paper's 81,248 tokens and 14B width on a GPU; tiny on the CPU."""
+    if torch.cuda.is_available():
+        dim, heads, ffn, seq_len, num_condition = 5120, 40, 13824, 81_248, 2048
+        if quick:
+            seq_len = 16_248
+        dtype, reps = torch.bfloat16, 2
+    else:
+        dim, heads, ffn, seq_len, num_condition = 256, 8, 688, 1201, 64
+        dtype, reps = torch.float32, 1
+    rows = []
+    for degree in (1, 2, 4, 8):
+        m = measure_block(dim, heads, ffn, seq_len, num_condition, dtype, degree, reps=reps)
+        note = f"{m['device']}, D {dim}, L {seq_len:,}: {m['tokens_per_rank']:,} tokens and {m['heads_per_rank']} heads per rank"
+        rows.append(
+            {
+                "benchmark": "model_sp",
+                "metric": f"SP {degree}: block fwd+bwd",
+                "value": m["seconds"] * 1e3,
+                "unit": "ms",
+                "note": note,
+            }
+        )
+        rows.append(
+            {
+                "benchmark": "model_sp",
+                "metric": f"SP {degree}: TFLOP/s per rank",
+                "value": m["tflops"],
+                "unit": "TFLOP/s",
+                "note": "3 x forward matmul FLOPs / N",
+            }
+        )
+        if m["mfu"] is not None:
+            rows.append(
+                {
+                    "benchmark": "model_sp",
+                    "metric": f"SP {degree}: MFU",
+                    "value": 100 * m["mfu"],
+                    "unit": "%",
+                    "note": "dense bf16 peak",
+                }
+            )
+        if m["peak_memory_gib"] is not None:
+            rows.append(
+                {
+                    "benchmark": "model_sp",
+                    "metric": f"SP {degree}: peak memory",
+                    "value": m["peak_memory_gib"],
+                    "unit": "GiB",
+                    "note": f"plan: block {m['plan_block_gib']:.2f} GiB (saved {m['plan_saved_gib']:.2f} + transient {m['plan_transient_gib']:.2f} + input)",
+                }
+            )
+        else:
+            rows.append(
+                {
+                    "benchmark": "model_sp",
+                    "metric": f"SP {degree}: plan's block memory",
+                    "value": m["plan_block_gib"],
+                    "unit": "GiB",
+                    "note": "saved + transient + input (no allocator peak on the CPU)",
+                }
+            )
+    return rows
+
+
 def _gpu_rows(quick: bool) -> list[dict]:
     grid = (6, 45, 80) if quick else PAPER_GRID
     return _block_rows(torch.device("cuda"), 5120, 40, 13824, grid, NUM_CONDITION_GPU, torch.bfloat16, reps=3)
 
 
 def run(quick: bool = False) -> list[dict]:
-    """Rows of the CPU comparison, plus the GPU rows when CUDA is available."""
+    """Rows of the CPU comparison, the GPU rows when CUDA is available, and the sequence-parallel rows."""
     rows = _cpu_rows(quick)
     if torch.cuda.is_available():
         rows += _gpu_rows(quick)
-    return rows
+    return rows + sequence_parallel_rows(quick)
 
 
 if __name__ == "__main__":

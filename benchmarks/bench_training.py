@@ -4,13 +4,18 @@
 
 Rows: loader samples/s (one process, and 2 loader workers), and the debug model's training step
 (1 process, FSDP2 over 1 rank, float32) with activation checkpointing on and off: samples/s, tokens/s
-and the step time. CPU numbers: they check the loop's overhead, not GPU performance.
+and the step time; then tokens/s of the same run without and with sequence parallelism over 2 processes
+(``torchrun``, gloo) and their ratio. CPU numbers: they check the loop's overhead, not GPU performance
+(two gloo processes on two shared cores say little about NVLink all-to-alls: reported, not tuned for).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -88,12 +93,46 @@ def _train_rows(shards: Path, runs: Path, quick: bool) -> list[dict]:
     return rows
 
 
+def _sequence_parallel_rows(shards: Path, runs: Path, quick: bool) -> list[dict]:
+    """``trainer fit`` in 1 process and under ``torchrun`` with 2 processes sharing each sample (SP 2)."""
+    repo = Path(__file__).resolve().parent.parent
+    steps = 8 if quick else 24
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    tokens = {}
+    for degree in (1, 2):
+        launcher = [sys.executable]
+        if degree > 1:
+            launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={degree}"]
+        command = [*launcher, "-m", "trainer.cli", "fit", str(repo / "manifests" / "train_debug.toml")]
+        command += [
+            f'train.data.shards="{shards}"', f'train.runs_dir="{runs}"', f'train.name="sp{degree}"',
+            f"train.steps={steps}", "train.data.batch_size=2", "train.checkpoint.every_steps=0",
+            f"train.parallel.sequence_parallel={degree}",
+        ]  # fmt: skip
+        subprocess.run(command, cwd=repo, env=env, check=True, capture_output=True)
+        metrics = [
+            json.loads(line) for line in (runs / f"sp{degree}" / "metrics.jsonl").read_text().splitlines()
+        ]
+        tokens[degree] = sorted(m["tokens_per_s"] for m in metrics[2:])[len(metrics[2:]) // 2]
+    note = f"debug DiT, CPU, batch 2 per step, median of {steps - 2} steps, gloo"
+    return [
+        {"benchmark": "trainer.sp", "metric": "tokens/s, SP 1 (1 process)", "value": round(tokens[1]), "unit": "tokens/s", "note": note},
+        {"benchmark": "trainer.sp", "metric": "tokens/s, SP 2 (2 processes)", "value": round(tokens[2]), "unit": "tokens/s", "note": note},
+        {"benchmark": "trainer.sp", "metric": "tokens/s ratio SP 2 / SP 1", "value": round(tokens[2] / tokens[1], 3), "unit": "x", "note": "2 cores shared by both processes"},
+    ]  # fmt: skip
+
+
 def run(quick: bool = False) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         shards = build_shards(
             Path(tmp) / "shards", {LATENT_SHAPE: 8}, vlm_dim=64, seq_lengths=SEQ_LENGTHS, samples_per_shard=4
         )
-        return _loader_rows(shards, quick) + _train_rows(shards, Path(tmp) / "runs", quick)
+        runs = Path(tmp) / "runs"
+        return (
+            _loader_rows(shards, quick)
+            + _train_rows(shards, runs, quick)
+            + _sequence_parallel_rows(shards, runs, quick)
+        )
 
 
 if __name__ == "__main__":

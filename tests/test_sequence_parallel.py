@@ -91,3 +91,26 @@ def test_four_ranks_match_one_process(tmp_path: Path) -> None:
         for entry in result["saved_bytes"]:
             # the formula leaves out the per-sample modulation vectors, RoPE tables, SDPA's log-sum-exp
             assert entry["predicted"] <= entry["measured"] <= 1.03 * entry["predicted"], entry
+
+
+def test_emulated_rank_has_the_real_exchange_shapes_and_measure_block_runs_on_the_cpu() -> None:
+    """``benchmarks.bench_model.measure_block`` (the GPU benchmark of one SP rank) at a tiny size: its local
+    stand-in for the exchanges returns what the real ones return per rank, and the plan's per-rank block
+    figures it reports shrink with the degree."""
+    from benchmarks.bench_model import EmulatedSequenceParallel, measure_block
+
+    sp = EmulatedSequenceParallel(4)
+    x = torch.randn(2, 6, 8, 16)  # (B, l, H, hd)
+    assert sp.sequence_to_heads(x).shape == (2, 24, 2, 16)  # (B, N l, H/N, hd)
+    assert sp.heads_to_sequence(sp.sequence_to_heads(x)).shape == x.shape
+    assert sp.gather_sequence(torch.randn(2, 6, 5)).shape == (2, 24, 5)
+    results = [
+        measure_block(64, 4, 128, 101, 9, torch.float32, degree, device="cpu", reps=1) for degree in (1, 2, 4)
+    ]
+    assert [r["tokens_per_rank"] for r in results] == [101, 51, 26]
+    assert [r["heads_per_rank"] for r in results] == [4, 2, 1]
+    assert all(r["seconds"] > 0 and r["tflops"] > 0 and r["peak_memory_gib"] is None for r in results)
+    gib = [r["plan_block_gib"] for r in results]
+    assert gib[0] > gib[1] > gib[2]
+    with pytest.raises(ValueError, match="sp_degree 3 must divide heads 4"):
+        measure_block(64, 4, 128, 101, 9, torch.float32, 3, device="cpu")
