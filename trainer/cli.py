@@ -18,8 +18,10 @@ Run it on:
 \b
   a CPU, one process (the debug recipe, minutes):
     trainer fit manifests/train_debug.toml
-  one node, 8 GPUs (FSDP2 over the node):
+  one node, 8 GPUs (FSDP2 over the node; the recipe's sequence parallelism 2: 4 replicas x 2):
     torchrun --nproc-per-node 8 -m trainer.cli fit manifests/train_mive_14b.toml
+  other sequence-parallel degrees (dividing the GPUs and the heads; keep the global batch):
+    ... fit RECIPE train.parallel.sequence_parallel=4 train.grad_accum=4
   N nodes x 8 GPUs (the same command on every node; checkpoints on a shared filesystem):
     torchrun --nnodes N --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HEAD_HOST:29500 \\
         -m trainer.cli fit manifests/train_mive_14b.toml
