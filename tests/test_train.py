@@ -293,14 +293,15 @@ def test_loss_falls_when_overfitting_two_samples(tmp_path, one_thread):
     assert last < 0.6 * first, losses
 
 
-def test_unknown_recipe_key_is_a_clear_error():
-    from typer.testing import CliRunner
-
+def test_unknown_recipe_key_is_a_clear_error(capsys):
+    """Through the console script's error handling (``trainer.cli.entry_point`` = ``run_cli(app)``)."""
+    from dataengine.recipe import run_cli
     from trainer.cli import app
 
-    result = CliRunner().invoke(app, ["fit", str(RECIPE), "train.optim.learning_rate=1e-4"])
-    assert result.exit_code == 2
-    assert "unknown key(s) ['learning_rate'] in recipe table [train.optim]" in result.output
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: app(["fit", str(RECIPE), "train.optim.learning_rate=1e-4"], standalone_mode=False))
+    assert exit_info.value.code == 2
+    assert "unknown key(s) ['learning_rate'] in [train.optim]" in capsys.readouterr().err
 
 
 def test_lr_schedules_against_their_formulas():
