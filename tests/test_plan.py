@@ -248,6 +248,18 @@ def test_plan_command_fits_and_suggests(tmp_path: Path) -> None:
     assert "FITS" in big.output and "10,092,885,056" in big.output
     bad = runner.invoke(app, ["plan", recipe, "--frames", "80"])
     assert bad.exit_code == 2 and "4n + 1" in bad.output
+    # the paper's 8x 80 GiB: the recipe (sequence parallelism 2) fits with headroom and is what is recommended;
+    # without sequence parallelism it does not, and the suggestion is degree 2 with the global batch kept
+    paper = runner.invoke(app, ["plan", recipe, "--gpus", "8", "--gpu-memory-gib", "80"])
+    assert paper.exit_code == 0 and "(the recipe as it is)" in paper.output, paper.output
+    headroom = float(paper.output.split("FITS: ")[1].split("(")[1].split(" GiB headroom")[0])
+    assert headroom > 8.0  # 10% of 80 GiB
+    unsplit = ["train.parallel.sequence_parallel=1", "train.grad_accum=1"]
+    alone = runner.invoke(app, ["plan", recipe, *unsplit, "--gpus", "8", "--gpu-memory-gib", "80"])
+    assert alone.exit_code == 1
+    assert "train.parallel.sequence_parallel = 2, train.grad_accum = 2 (global batch 8)" in alone.output
+    three = runner.invoke(app, ["plan", recipe, "train.parallel.sequence_parallel=3", "--gpus", "8"])
+    assert three.exit_code == 2 and "must divide the 8 GPU(s)" in three.output
 
 
 def test_suggestions_actually_fit() -> None:

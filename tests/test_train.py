@@ -437,6 +437,9 @@ def test_paper_recipe_resolves_to_the_papers_numbers():
     assert config.init == "Wan-AI/Wan2.1-T2V-14B-Diffusers"
     assert (config.parallel.param_dtype, config.parallel.reduce_dtype) == ("bfloat16", "float32")
     assert config.parallel.activation_checkpointing
+    # 8 GPUs = 4 data-parallel replicas x sequence parallelism 2; the paper's global batch of 8 per step
+    assert (config.parallel.sequence_parallel, config.parallel.residual_dtype) == (2, "float32")
+    assert 8 // config.parallel.sequence_parallel * config.data.batch_size * config.grad_accum == 8
     model = get_config(config.model)
     assert (model.dim, model.num_layers, model.num_heads, model.ffn_dim) == (5120, 40, 40, 13824)
 
