@@ -64,14 +64,12 @@ class VlmStates:
     token_types: torch.Tensor  # (S,) uint8: 0 text, 1 image, 2 video
 
 
-def build_messages(instruction: str) -> list[dict]:
-    """The chat message of one sample: reference image, source video, then the instruction."""
-    return [
-        {
-            "role": "user",
-            "content": [{"type": "image"}, {"type": "video"}, {"type": "text", "text": instruction}],
-        }
-    ]
+def build_messages(instruction: str, with_image: bool = True) -> list[dict]:
+    """The chat message of one sample: reference image (unless ``with_image`` is False), source video, then
+    the instruction."""
+    content = [{"type": "image"}] if with_image else []
+    content += [{"type": "video"}, {"type": "text", "text": instruction}]
+    return [{"role": "user", "content": content}]
 
 
 def select_frames(num_frames: int, fps: float, config: Qwen3VLEncoderConfig) -> np.ndarray:
@@ -105,12 +103,15 @@ class Qwen3VLEncoder:
     def build_inputs(
         self,
         instruction: str,
-        reference: np.ndarray,
+        reference: np.ndarray | None,
         video: np.ndarray,
         video_fps: float,
         frame_indices: Sequence[int] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The processor's model inputs; ``frame_indices`` says which clip frames ``video`` holds (else it samples)."""
+        """The processor's model inputs; ``frame_indices`` says which clip frames ``video`` holds (else it samples).
+
+        ``reference`` None leaves the image out of the message (the layer diagnostic looks at the video only).
+        """
         if frame_indices is None:
             frame_indices = self.select_frames(len(video), video_fps)
             video = video[frame_indices]
@@ -118,7 +119,9 @@ class Qwen3VLEncoder:
         if len(frame_indices) != len(video):
             raise ValueError(f"{len(video)} video frames but {len(frame_indices)} frame indices")
         text = self.processor.apply_chat_template(
-            build_messages(instruction), tokenize=False, add_generation_prompt=False
+            build_messages(instruction, with_image=reference is not None),
+            tokenize=False,
+            add_generation_prompt=False,
         )
         metadata = {
             "total_num_frames": frame_indices[-1] + 1,
@@ -128,9 +131,10 @@ class Qwen3VLEncoder:
             "width": int(video.shape[2]),
         }
         cfg = self.config
+        images = {} if reference is None else {"images": [reference]}
         return self.processor(
             text=[text],
-            images=[reference],
+            **images,
             videos=[np.asarray(video)],
             return_tensors="pt",
             images_kwargs={
