@@ -1,12 +1,20 @@
-"""The Qwen3-VL judge: score an edit pair 0-10 on three axes from one prefill, without sampling.
+"""The Qwen3-VL judge: score an edited clip 0-10 on a rubric's axes from one prefill, without sampling.
+
+One scoring core, two rubrics (``RUBRICS``, versioned; the version is recorded with every score):
+
+- ``v1``, the filter's: three axes (instruction compliance, preservation, quality) over (source clip,
+  target clip, instruction); ``dataengine filter`` keeps a pair when their mean is high enough;
+- ``eval-v1``, the evaluation's: the paper's six dimensions, instruction adherence (IA), content consistency
+  (CC), temporal smoothness (TS), preservation (PR), visual aesthetics (VA), subject consistency (SC), over
+  (source clip, reference image, edited clip, instruction); ``trainer eval`` scores every method's edits.
 
 Input per pair: frames of the source and of the edited clip (sampled at ``fps``, at most ``max_frames``,
-each frame resized to at most ``max_pixels_per_frame`` by the processor), the instruction, and our rubric.
+each frame resized to at most ``max_pixels_per_frame`` by the processor), the reference image when the
+rubric shows it (resized within the same pixel budget), the instruction, and the rubric's text.
 
 Score definition
 ----------------
-The rubric (``RUBRICS[rubric_version]``) asks for three integer scores 0..10, one line per axis
-``<axis>: <score>``. For each axis the score is the expected value of the model's distribution over the
+The rubric asks for one integer score 0..10 per axis, one line per axis ``<axis>: <score>``. For each axis the score is the expected value of the model's distribution over the
 integers 0..10 at the answer position, not sampled text:
 
 - Qwen's tokenizer writes every digit as its own token, so "10" is two tokens. With ``p`` the next-token
@@ -16,13 +24,13 @@ integers 0..10 at the answer position, not sampled text:
   tokens are not scores: the distribution is renormalised over 0..10, and the kept mass is recorded as
   ``answer_mass`` (near 1 for a model that follows the format; small means the score is unreliable).
   A "0" followed by a digit is counted as 0 (it is not a valid answer either way).
-- The pair's score is the mean of the three axes (MiVE keeps >= 9.3, i.e. about 28/30).
+- The pair's score is the mean of the rubric's axes (the filter: MiVE keeps >= 9.3, i.e. about 28/30).
 
 Two forwards per batch, one of them tiny
 ----------------------------------------
 1. Prefill (``use_cache=True``, logits of the last position only) over the chat-formatted prompt with both
    videos, ending with the assistant turn's start. This is where all the cost is (the video tokens).
-2. One continuation forward over ``3 x batch`` short rows ``"<axis>: 1"`` on the prefill's KV cache
+2. One continuation forward over ``num_axes x batch`` short rows ``"<axis>: 1"`` on the prefill's KV cache
    repeated per axis: the logits at the last label token give ``p`` and the logits at the "1" give ``q``.
    Each axis is asked as if it were the answer's first line, so no axis is conditioned on another axis'
    (teacher-forced, hence arbitrary) answer, and "10" costs no extra forward.
@@ -37,42 +45,107 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from dataengine.devices import DType, resolve_device, resolve_dtype
 from dataengine.video import probe, read_frames
 
-AXES = ("instruction_compliance", "preservation", "quality")
+if TYPE_CHECKING:  # pandas is imported where it is used: the trainer CLI imports this module for its config
+    import pandas as pd
+
 SCORE_STAGE = "score"
 
-RUBRICS: dict[str, str] = {
-    "v1": (
-        "You are a strict judge of instruction-guided video edits. You see a source video, the edited "
-        "video produced from it, and the editing instruction.\n"
-        "Score the edit on three axes, each an integer from 0 (worst) to 10 (best):\n"
-        "- instruction_compliance: the edited video carries out the instruction fully and in every frame.\n"
-        "- preservation: everything the instruction does not ask to change (content, identity, layout, "
-        "fine detail, motion) is kept exactly as in the source.\n"
-        "- quality: the edited video is sharp, free of artifacts, and temporally stable (no flicker, jitter "
-        "or drifting edits).\n"
-        "Answer with one line per axis in the form `<axis>: <score>` and nothing else."
-    ),
-}
 
-# Columns of the judge's result rows.
-RESULT_COLUMNS = [
-    "pair_id",
-    "score",
-    *AXES,
-    "answer_mass",
-    "scorer_model",
-    "rubric_version",
-    "reason",
-    "detail",
-]
+@dataclass(frozen=True)
+class Rubric:
+    """A judge prompt: the axes it scores, what it shows, and its text. Never edit a released one: add a version."""
+
+    version: str
+    """Its key in ``RUBRICS``, recorded with every score."""
+    axes: tuple[str, ...]
+    """Axis names as the model answers them (``<axis>: <score>``), and the score columns."""
+    codes: tuple[str, ...]
+    """Short names of the axes for tables (same order)."""
+    text: str
+    """The instructions to the judge."""
+    with_reference: bool = False
+    """Show the reference image (the edited first frame) between the source and the edited clip."""
+
+    @property
+    def result_columns(self) -> list[str]:
+        """Columns of the judge's result rows under this rubric."""
+        return [
+            "pair_id",
+            "score",
+            *self.axes,
+            "answer_mass",
+            "scorer_model",
+            "rubric_version",
+            "reason",
+            "detail",
+        ]
+
+
+_ANSWER_FORMAT = "Answer with one line per axis in the form `<axis>: <score>` and nothing else."
+
+RUBRICS: dict[str, Rubric] = {
+    rubric.version: rubric
+    for rubric in (
+        Rubric(
+            version="v1",
+            axes=("instruction_compliance", "preservation", "quality"),
+            codes=("IC", "PR", "VQ"),
+            text=(
+                "You are a strict judge of instruction-guided video edits. You see a source video, the edited "
+                "video produced from it, and the editing instruction.\n"
+                "Score the edit on three axes, each an integer from 0 (worst) to 10 (best):\n"
+                "- instruction_compliance: the edited video carries out the instruction fully and in every frame.\n"
+                "- preservation: everything the instruction does not ask to change (content, identity, layout, "
+                "fine detail, motion) is kept exactly as in the source.\n"
+                "- quality: the edited video is sharp, free of artifacts, and temporally stable (no flicker, jitter "
+                "or drifting edits).\n" + _ANSWER_FORMAT
+            ),
+        ),
+        Rubric(
+            version="eval-v1",
+            axes=(
+                "instruction_adherence",
+                "content_consistency",
+                "temporal_smoothness",
+                "preservation",
+                "visual_aesthetics",
+                "subject_consistency",
+            ),
+            codes=("IA", "CC", "TS", "PR", "VA", "SC"),
+            text=(
+                "You are a strict judge of reference-guided video edits. You see a source video, a reference "
+                "image (the source's first frame with the edit applied: it shows what the edit should look "
+                "like), the edited video produced from them, and the editing instruction.\n"
+                "Score the edited video on six axes, each an integer from 0 (worst) to 10 (best):\n"
+                "- instruction_adherence: the edit the instruction asks for is carried out fully, in every frame.\n"
+                "- content_consistency: the edited content looks like the reference image (appearance, colour, "
+                "placement) and stays the same throughout the video.\n"
+                "- temporal_smoothness: motion is smooth and natural, with no flicker, jitter, popping or drifting "
+                "edits between frames.\n"
+                "- preservation: everything the instruction does not ask to change (background, other objects, "
+                "the camera and the subjects' motion) is kept as in the source video.\n"
+                "- visual_aesthetics: the video is sharp, well composed and free of artifacts, blur and "
+                "distortion.\n"
+                "- subject_consistency: the main subject keeps one identity and appearance in every frame, "
+                "consistent with the reference image.\n" + _ANSWER_FORMAT
+            ),
+            with_reference=True,
+        ),
+    )
+}
+FILTER_RUBRIC = "v1"
+EVAL_RUBRIC = "eval-v1"
+
+# The filter's axes and result columns (its score parts are written with these).
+AXES = RUBRICS[FILTER_RUBRIC].axes
+RESULT_COLUMNS = RUBRICS[FILTER_RUBRIC].result_columns
 
 
 @dataclass
@@ -81,8 +154,9 @@ class JudgeConfig:
 
     model: str = "Qwen/Qwen3-VL-8B-Instruct"
     """Hub id or local folder, loaded with ``Qwen3VLForConditionalGeneration.from_pretrained``."""
-    rubric_version: str = "v1"
-    """Key into ``RUBRICS``: the prompt text; recorded with every score."""
+    rubric_version: str = FILTER_RUBRIC
+    """Key into ``RUBRICS`` (``v1``: the filter's three axes; ``eval-v1``: the six evaluation dimensions);
+    recorded with every score."""
     fps: float = 2.0
     """Frames per second sampled from each clip (spread evenly over the whole clip)."""
     max_frames: int = 16
@@ -151,6 +225,7 @@ class Judge:
         ).to(self.device)
         self.model.eval()
         self.rubric = RUBRICS[config.rubric_version]
+        self.axes = self.rubric.axes
         self.digit_ids, self.axis_ids = self._answer_tokens()
 
     def _answer_tokens(self) -> tuple[list[int], list[list[int]]]:
@@ -163,7 +238,7 @@ class Judge:
                 raise ValueError(f"{self.config.model}: the digit {d} is not a single token ({ids})")
             digit_ids.append(ids[0])
         axis_ids = []
-        for axis in AXES:
+        for axis in self.rubric.axes:
             label = tokenizer.encode(f"{axis}: ", add_special_tokens=False)
             full = tokenizer.encode(f"{axis}: 1", add_special_tokens=False)
             if full != label + [digit_ids[1]]:
@@ -181,19 +256,16 @@ class Judge:
     # -- inputs ---------------------------------------------------------------------------------------
 
     def prompt_text(self, instruction: str) -> str:
-        """The chat-formatted prompt (video placeholders unexpanded), ending with the assistant turn."""
-        messages = [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": self.rubric + "\nSource video:"},
-                    {"type": "video"},
-                    {"type": "text", "text": "Edited video:"},
-                    {"type": "video"},
-                    {"type": "text", "text": f"Instruction: {instruction}"},
-                ],
-            }
+        """The chat-formatted prompt (media placeholders unexpanded), ending with the assistant turn."""
+        content = [{"type": "text", "text": self.rubric.text + "\nSource video:"}, {"type": "video"}]
+        if self.rubric.with_reference:
+            content += [{"type": "text", "text": "Reference image:"}, {"type": "image"}]
+        content += [
+            {"type": "text", "text": "Edited video:"},
+            {"type": "video"},
+            {"type": "text", "text": f"Instruction: {instruction}"},
         ]
+        messages = [{"role": "user", "content": content}]
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def load_clip(self, path: str) -> tuple[np.ndarray, Any]:
@@ -212,14 +284,24 @@ class Judge:
         )
         return frames, metadata
 
-    def processor_inputs(self, texts: list[str], clips: list[tuple[np.ndarray, Any]]) -> dict:
-        """Tokenised prompts and video patches for the model (clips: source, target per prompt)."""
+    def processor_inputs(
+        self, texts: list[str], clips: list[tuple[np.ndarray, Any]], images: list[np.ndarray] | None = None
+    ) -> dict:
+        """Tokenised prompts and media patches for the model (clips: source, target per prompt; images: the
+        reference per prompt, for a rubric that shows it)."""
         video_processor = self.processor.video_processor
         num_frames = max(len(frames) for frames, _ in clips)
         size = {
             "shortest_edge": video_processor.size["shortest_edge"],
             "longest_edge": self.config.max_pixels_per_frame * num_frames,
         }
+        extra: dict[str, Any] = {}
+        if images:
+            image_size = {
+                "shortest_edge": self.processor.image_processor.size["shortest_edge"],
+                "longest_edge": self.config.max_pixels_per_frame,
+            }
+            extra = {"images": images, "images_kwargs": {"size": image_size}}
         return self.processor(
             text=texts,
             videos=[frames for frames, _ in clips],
@@ -228,19 +310,21 @@ class Judge:
             padding=True,
             return_tensors="pt",
             videos_kwargs={"size": size, "cap_pixels_per_frame": True},
+            **extra,
         )
 
     # -- scoring --------------------------------------------------------------------------------------
 
     def score_inputs(self, inputs: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Per-axis expected scores and answer masses, each (batch, 3), from processor outputs."""
+        """Per-axis expected scores and answer masses, each (batch, num_axes), from processor outputs."""
         import torch
 
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        if "pixel_values_videos" in inputs:
-            inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(self.dtype)
+        for key in ("pixel_values_videos", "pixel_values"):
+            if key in inputs:
+                inputs[key] = inputs[key].to(self.dtype)
         batch = inputs["input_ids"].shape[0]
-        num_axes = len(AXES)
+        num_axes = len(self.axes)
         with torch.inference_mode():
             # 1. prefill: the prompt and both videos, KV cache kept, no logits needed but the last
             prefill = self.model(**inputs, use_cache=True, logits_to_keep=1)
@@ -248,6 +332,7 @@ class Judge:
             positions, _ = self.model.model.get_rope_index(
                 inputs["input_ids"],
                 mm_token_type_ids=inputs["mm_token_type_ids"],
+                image_grid_thw=inputs.get("image_grid_thw"),
                 video_grid_thw=inputs.get("video_grid_thw"),
                 attention_mask=inputs["attention_mask"],
             )  # (3, B, S), left padding at position 0
@@ -295,47 +380,72 @@ class Judge:
             "rubric_version": self.config.rubric_version,
         }
         if error is not None:
-            row.update({"score": None, **{a: None for a in AXES}, "answer_mass": None})
+            row.update({"score": None, **{a: None for a in self.axes}, "answer_mass": None})
             row.update({"reason": "scorer_error", "detail": error})
         else:
             row.update(
-                {"score": float(axes.mean()), **{a: float(v) for a, v in zip(AXES, axes, strict=True)}}
+                {"score": float(axes.mean()), **{a: float(v) for a, v in zip(self.axes, axes, strict=True)}}
             )
             row.update({"answer_mass": float(mass.mean()), "reason": None, "detail": None})
         return row
 
-    def _score_loaded(self, items: list[tuple[str, str, tuple, tuple]]) -> list[dict]:
-        """Score pairs whose clips are loaded; a failed batch is retried pair by pair."""
-        texts = [self.prompt_text(instruction) for _, instruction, _, _ in items]
-        clips = [clip for _, _, src, tgt in items for clip in (src, tgt)]
+    def _score_loaded(self, items: list[tuple]) -> list[dict]:
+        """Score pairs whose media are loaded, ``(pair_id, instruction, source, target, reference)`` each
+        (reference None unless the rubric shows it); a failed batch is retried pair by pair."""
+        texts = [self.prompt_text(instruction) for _, instruction, *_ in items]
+        clips = [clip for _, _, src, tgt, _ in items for clip in (src, tgt)]
+        images = [reference for *_, reference in items] if self.rubric.with_reference else None
         try:
-            axes, mass = self.score_inputs(self.processor_inputs(texts, clips))
+            axes, mass = self.score_inputs(self.processor_inputs(texts, clips, images))
             return [self._result(pid, axes[i], mass[i], None) for i, (pid, *_) in enumerate(items)]
         except Exception as err:
             if len(items) == 1:
                 return [self._result(items[0][0], None, None, f"{type(err).__name__}: {err}"[:500])]
         return [row for item in items for row in self._score_loaded([item])]
 
-    def score_pairs(self, pairs: pd.DataFrame) -> pd.DataFrame:
-        """Score the rows of ``pairs`` (pair_id, instruction, source_path, target_path) in batches.
+    def _load_pair(self, record: dict) -> tuple:
+        """(pair_id, instruction, source clip, target clip, reference image or None) of one row."""
+        from dataengine.clips import load_reference
 
-        Returns one row per pair (``RESULT_COLUMNS``); a pair that fails has reason ``scorer_error``.
+        reference = None
+        if self.rubric.with_reference:
+            path = record.get("reference_path")
+            if not isinstance(path, str) or not path:
+                raise ValueError(
+                    f"rubric {self.rubric.version} shows the reference image, but the row has none"
+                )
+            reference = load_reference(path)
+        source, target = self.load_clip(record["source_path"]), self.load_clip(record["target_path"])
+        return record["pair_id"], record["instruction"], source, target, reference
+
+    def score_pairs(self, pairs: pd.DataFrame) -> pd.DataFrame:
+        """Score the rows of ``pairs`` (pair_id, instruction, source_path, target_path, and reference_path when
+        the rubric shows it) in batches.
+
+        Returns one row per pair (``rubric.result_columns``); a pair that fails has reason ``scorer_error``.
         """
+        import pandas as pd
+
+        columns = ["pair_id", "instruction", "source_path", "target_path"]
+        if self.rubric.with_reference:
+            if "reference_path" not in pairs.columns:
+                raise ValueError(
+                    f"rubric {self.rubric.version} shows the reference image: need a reference_path column"
+                )
+            columns.append("reference_path")
         results: list[dict] = []
-        records = pairs[["pair_id", "instruction", "source_path", "target_path"]].to_dict("records")
+        records = pairs[columns].to_dict("records")
         for start in range(0, len(records), self.config.batch_size):
             loaded = []
             for rec in records[start : start + self.config.batch_size]:
                 try:
-                    clips = (self.load_clip(rec["source_path"]), self.load_clip(rec["target_path"]))
+                    loaded.append(self._load_pair(rec))
                 except Exception as err:
                     results.append(
                         self._result(rec["pair_id"], None, None, f"{type(err).__name__}: {err}"[:500])
                     )
-                    continue
-                loaded.append((rec["pair_id"], rec["instruction"], *clips))
             if loaded:
                 results.extend(self._score_loaded(loaded))
-        frame = pd.DataFrame(results, columns=RESULT_COLUMNS)
+        frame = pd.DataFrame(results, columns=self.rubric.result_columns)
         order = {pid: i for i, pid in enumerate(pairs["pair_id"])}
         return frame.sort_values("pair_id", key=lambda s: s.map(order)).reset_index(drop=True)

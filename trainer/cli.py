@@ -1,4 +1,4 @@
-"""The ``trainer`` command: train the MiVE DiT (``fit``); later ``sample``, ``plan`` and ``export`` join it.
+"""The ``trainer`` command: train the MiVE DiT (``fit``), ``sample``, ``plan``, ``export`` and ``eval``.
 
 Each command is a small function here with light imports (torch and the model load inside it), so
 ``trainer --help`` is instant. Register a new command with ``app.command("name")(function)``.
@@ -79,12 +79,14 @@ def fit_command(
         typer.echo(f"done: {run_dir}")
 
 
+from trainer.eval import eval_command  # noqa: E402
 from trainer.plan import plan_command  # noqa: E402
 from trainer.sample import export_command, sample_command  # noqa: E402
 
 app.command("plan")(plan_command)
 app.command("sample")(sample_command)
 app.command("export")(export_command)
+app.command("eval")(eval_command)
 
 
 def entry_point() -> None:
