@@ -37,7 +37,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -47,6 +47,8 @@ from dataengine.vlm import Qwen3VLEncoderConfig
 
 if TYPE_CHECKING:
     import torch
+
+    from dataengine.layout import DiagnosisLayout
 
 STAGE = "diagnose"
 SCALES = ("sqrt_d", "none")
@@ -74,7 +76,7 @@ class DiagnoseConfig:
     segmenter: SegmenterConfig = field(default_factory=lambda: SegmenterConfig(backend="mask_files"))
     """Where the person masks come from when a clip has no ``masks_path``: ``mask_files``
     (``<clip stem>.masks.npz`` beside the clip) or ``transformers`` (SAM2 on the sampled frames)."""
-    scale: str = "sqrt_d"
+    scale: Literal["sqrt_d", "none"] = "sqrt_d"
     """Scaling of ``E B^T`` before the softmax: ``sqrt_d`` (divide by sqrt(hidden size), attention's own
     scaling) or ``none``."""
     max_clips: int = 0
@@ -188,7 +190,7 @@ def mask_ratios(
     visual_positions: np.ndarray,
     coverage: np.ndarray,
     touched: np.ndarray,
-    scale: str = "sqrt_d",
+    scale: Literal["sqrt_d", "none"] = "sqrt_d",
 ) -> list[dict[str, float]]:
     """Per hidden state: ``r_mask``, ``r_mask_any`` and ``uniform`` of one clip.
 
@@ -442,57 +444,43 @@ def r_mask_svg(layers: pd.DataFrame, title: str) -> str:
     )
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
 def write_diagnosis(
-    out_dir: str | os.PathLike,
-    clip_rows: pd.DataFrame,
-    rejections: pd.DataFrame,
-    config: DiagnoseConfig,
+    out: DiagnosisLayout, clip_rows: pd.DataFrame, rejections: pd.DataFrame, config: DiagnoseConfig
 ) -> dict[str, Any]:
-    """Write ``layers.parquet``, ``layers.json`` (table, pick, config), ``clips.parquet``, ``rejections.parquet``
-    and ``r_mask.svg`` into ``out_dir``; returns what ``layers.json`` holds."""
-    from dataengine.manifest import write_rejections
+    """Write the layer table (Parquet and, with the pick and the config, JSON), the per-clip rows, the
+    rejections and the R_mask plot (``dataengine.layout.DiagnosisLayout``); returns what the JSON holds."""
+    from dataengine.manifest import write_rejections, write_table, write_text
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_rejections(rejections, out / "rejections.parquet")
-    _write_parquet(clip_rows, out / "clips.parquet")
+    write_rejections(rejections, out.rejections)
+    write_table(clip_rows, out.clips)
     summary: dict[str, Any] = {"model": config.vlm.model_id, "config": asdict(config), "num_clips": 0}
     if len(clip_rows):
         layers = summarize(clip_rows)
-        _write_parquet(layers, out / "layers.parquet")
+        write_table(layers, out.layers)
         summary.update(
             num_clips=int(clip_rows["clip_id"].nunique()),
             layers=layers.to_dict("records"),
             pick=pick_layers(layers),
         )
         title = f"R_mask by depth: {config.vlm.model_id} ({summary['num_clips']} clips)"
-        _write_text(out / "r_mask.svg", r_mask_svg(layers, title) + "\n")
+        write_text(out.plot, r_mask_svg(layers, title) + "\n")
     summary["num_rejected"] = int(len(rejections))
-    _write_text(out / "layers.json", json.dumps(summary, indent=2, default=str) + "\n")
+    write_text(out.summary, json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
 
-def run_diagnosis(config: DiagnoseConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
+def run_diagnosis(config: DiagnoseConfig, out: DiagnosisLayout, progress: bool = False) -> dict[str, Any]:
     """Every clip of ``config.clips`` through one :class:`LayerDiagnostic`, then :func:`write_diagnosis`."""
     from dataengine.manifest import rejections_frame
 
     clips = read_clip_table(config.clips, config.max_clips)
     diagnostic = LayerDiagnostic(config)
     rows, rejections = [], []
-    for record in clips.to_dict("records"):
+    for number, record in enumerate(clips.to_dict("records"), 1):
         result = diagnostic.diagnose(record)
+        if progress:
+            state = result.rejection["reason"] if result.rejection else "ok"
+            print(f"diagnose-layers: clip {number}/{len(clips)} {record['clip_id']}: {state}", flush=True)
         rows.extend(result.rows)
         if result.rejection is not None:
             rejections.append(result.rejection)
@@ -509,4 +497,4 @@ def run_diagnosis(config: DiagnoseConfig, out_dir: str | os.PathLike) -> dict[st
             "num_visual_tokens",
         ],
     )
-    return write_diagnosis(out_dir, clip_rows, rejections_frame(rejections), config)
+    return write_diagnosis(out, clip_rows, rejections_frame(rejections), config)

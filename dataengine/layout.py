@@ -4,6 +4,8 @@
   portrait step's manifests, rejections, summaries and resume state under ``manifests/<run>/``, the pair
   files under ``portrait_pairs/<run>/``, the shard set under ``shards/<run>/``.
 - :class:`TrainRunLayout`: a training run folder ``runs/<name>/``: resolved recipe, metrics, checkpoints.
+- :class:`DiagnosisLayout` (``manifests/<run>/diagnose/``, the layer diagnostic) and :class:`EvalLayout`
+  (``runs/<name>/eval/`` by default, ``trainer eval``): the files of the two measurement commands.
 
 The jobs (``pipelines/``) write through these, the report (:mod:`dataengine.report`) and ``trainer
 sample`` read through them, so no module spells out another's file names. Both are plain paths: nothing
@@ -144,6 +146,12 @@ class RunLayout:
     def report(self) -> Path:
         return self.run_dir / "report.html"
 
+    # dataengine diagnose-layers
+    @property
+    def diagnosis(self) -> DiagnosisLayout:
+        """The layer diagnostic's outputs (``R_mask`` per VLM layer)."""
+        return DiagnosisLayout(self.run_dir / "diagnose")
+
     # shards/<run>/ ---------------------------------------------------------------------------------------
     @property
     def shards_index(self) -> Path:
@@ -194,6 +202,11 @@ class TrainRunLayout:
         """Where ``trainer sample`` writes edited videos by default."""
         return self.folder / "samples"
 
+    @property
+    def evaluation(self) -> EvalLayout:
+        """Where ``trainer eval`` writes by default when it samples this run's checkpoint."""
+        return EvalLayout(self.folder / "eval")
+
     def checkpoints(self, subfolder: str = "checkpoints") -> Path:
         """The checkpoint folder (``[train.checkpoint] folder``, relative to the run folder)."""
         return self.folder / subfolder
@@ -206,3 +219,75 @@ class TrainRunLayout:
             if cls(folder).resolved_recipe.exists():
                 return cls(folder)
         return None
+
+
+@dataclass(frozen=True)
+class DiagnosisLayout:
+    """The files of ``dataengine diagnose-layers`` (:mod:`dataengine.diagnose`)."""
+
+    folder: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folder", Path(self.folder))
+
+    @property
+    def layers(self) -> Path:
+        """Per hidden state: mean R_mask over clips and its companions."""
+        return self.folder / "layers.parquet"
+
+    @property
+    def summary(self) -> Path:
+        """The layer table, the picked pair, the model and the resolved config."""
+        return self.folder / "layers.json"
+
+    @property
+    def clips(self) -> Path:
+        """Per clip and hidden state."""
+        return self.folder / "clips.parquet"
+
+    @property
+    def rejections(self) -> Path:
+        return self.folder / "rejections.parquet"
+
+    @property
+    def plot(self) -> Path:
+        """R_mask against depth (SVG)."""
+        return self.folder / "r_mask.svg"
+
+
+@dataclass(frozen=True)
+class EvalLayout:
+    """The files of ``trainer eval`` (:mod:`trainer.eval`)."""
+
+    folder: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folder", Path(self.folder))
+
+    @property
+    def scores(self) -> Path:
+        """Per method and clip: the six dimensions and their mean."""
+        return self.folder / "scores.parquet"
+
+    @property
+    def table(self) -> Path:
+        """Means per method and subset, long form."""
+        return self.folder / "table.parquet"
+
+    @property
+    def table_markdown(self) -> Path:
+        """The means in the paper's layout."""
+        return self.folder / "table.md"
+
+    @property
+    def rejections(self) -> Path:
+        return self.folder / "rejections.parquet"
+
+    @property
+    def summary(self) -> Path:
+        """Judge model, rubric version and digest, methods, counts, the table and the config."""
+        return self.folder / "summary.json"
+
+    def videos(self, method: str) -> Path:
+        """Where a method sampled by the command (our checkpoint) writes ``<pair_id>.mp4``."""
+        return self.folder / "videos" / method

@@ -95,6 +95,20 @@ def write_pairs(df: pd.DataFrame, path: str | os.PathLike, metadata: Mapping[str
     _write_table(df, PAIR_SCHEMA, path, metadata)
 
 
+def write_table(df: pd.DataFrame, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
+    """Write any table (atomically) as Parquet, with the key-value metadata of the manifests."""
+    _write_table(df, pa.Schema.from_pandas(df, preserve_index=False), path, metadata)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a small text file (a JSON summary, a Markdown table, an SVG) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_rejections(
     df: pd.DataFrame, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None
 ) -> None:

@@ -9,7 +9,10 @@ SVG charts, thumbnails as base64 PNG data URIs: no external asset, it opens from
 3. thumbnails of a seeded sample of pairs: source, target, reference, and for portraits the prompt frame
    with SAM2's prompt box(es) drawn on it (the detector's, or the fixed prior) next to the person mask;
 4. shard statistics from ``index.json`` (buckets, samples, shards, bytes, models);
-5. the loss curve of the training run from ``metrics.jsonl`` (inline SVG).
+5. the loss curve of the training run from ``metrics.jsonl`` (inline SVG);
+6. the layer diagnostic (``dataengine diagnose-layers``): R_mask against depth and the layer pair it picks;
+7. the evaluation of the training run (``trainer eval``, in its ``eval/`` folder): the table of means per
+   method and subset, and a few pairs side by side (source, reference, every method's edit) with their scores.
 
 Every part degrades on its own: a step that did not run shows "not run" and the file it looked for; an
 unreadable video or image shows what failed in place of its thumbnail. Nothing here imports Ray or torch.
@@ -29,9 +32,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dataengine.layout import INDEX_NAME, RunLayout, TrainRunLayout
+from dataengine.layout import INDEX_NAME, EvalLayout, RunLayout, TrainRunLayout
 
-SECTIONS = ("counts", "rejections", "scores", "pairs", "shards", "training")
+SECTIONS = ("counts", "rejections", "scores", "pairs", "shards", "training", "layers", "evaluation")
 SECTION_TITLES = {
     "counts": "Pairs per category",
     "rejections": "Rejections by reason",
@@ -39,6 +42,8 @@ SECTION_TITLES = {
     "pairs": "Sample pairs",
     "shards": "Shards",
     "training": "Training loss",
+    "layers": "VLM layers (R_mask)",
+    "evaluation": "Evaluation",
 }
 
 
@@ -63,6 +68,8 @@ class ReportConfig:
     """Width in pixels of each thumbnail (height keeps the aspect ratio)."""
     seed: int = 0
     """Seed of the sample of pairs shown."""
+    eval_pairs: int = 3
+    """Evaluated pairs shown side by side (the first ones of the evaluation set)."""
 
 
 @dataclass
@@ -233,6 +240,7 @@ class RunFiles:
 
     data: RunLayout
     metrics: Path | None
+    evaluation: EvalLayout | None
 
     @classmethod
     def locate(cls, config: ReportConfig) -> RunFiles:
@@ -241,7 +249,9 @@ class RunFiles:
             manifests_root=Path(config.manifests_root),
             shards_dir=Path(config.shards_root) / config.run,
         )
-        return cls(data=data, metrics=find_metrics(config))
+        metrics = find_metrics(config)
+        evaluation = TrainRunLayout(metrics.parent).evaluation if metrics is not None else None
+        return cls(data=data, metrics=metrics, evaluation=evaluation)
 
 
 def find_metrics(config: ReportConfig) -> Path | None:
@@ -553,6 +563,87 @@ def training_section(files: RunFiles) -> Section:
     )
 
 
+def layers_section(files: RunFiles) -> Section:
+    diagnosis = files.data.diagnosis
+    if not diagnosis.summary.exists():
+        return Section("layers", missing=f"not run: {diagnosis.summary} does not exist")
+    summary = json.loads(diagnosis.summary.read_text())
+    if not summary.get("layers"):
+        return Section("layers", missing=f"no clip measured: {summary.get('num_rejected', 0)} rejected")
+    rows = [
+        [
+            layer["hidden_state"],
+            layer["layer"],
+            f"{layer['r_mask']:.4f}",
+            f"{layer['r_mask_std']:.4f}",
+            f"{layer['r_mask_any']:.4f}",
+            f"{layer['uniform']:.4f}",
+        ]
+        for layer in summary["layers"]
+    ]
+    pick = summary["pick"]
+    svg = diagnosis.plot.read_text() if diagnosis.plot.exists() else ""  # our own SVG (dataengine.diagnose)
+    facts = (
+        f"{esc(summary['model'])}, {summary['num_clips']} clips ({summary['num_rejected']} rejected). "
+        f"Pick: hidden states {esc(pick['hidden_states'])} (highest R_mask at {pick['highest']['hidden_state']}, "
+        f"lowest at {pick['lowest']['hidden_state']}); monotone: {pick['monotone']}; first and last: "
+        f"{pick['is_first_and_last']}. The paper (Qwen3-VL-8B): about 0.37 at the first layer, 0.23 at the last."
+    )
+    header = ["hidden state", "layer", "R_mask", "std over clips", "any-overlap", "uniform"]
+    return Section("layers", html=svg + f"<p>{facts}</p>" + table(header, rows, numeric_from=2))
+
+
+def _score_caption(row: Any, axes: dict[str, str]) -> str:
+    if isinstance(row.reason, str) and row.reason:
+        return f"{row.reason}"
+    return (
+        " ".join(f"{code} {getattr(row, axis):.1f}" for code, axis in axes.items())
+        + f" · Avg {row.score:.2f}"
+    )
+
+
+def evaluation_section(files: RunFiles, config: ReportConfig) -> Section:
+    evaluation = files.evaluation
+    if evaluation is None or not evaluation.summary.exists():
+        where = evaluation.summary if evaluation is not None else "the training run's eval/summary.json"
+        return Section("evaluation", missing=f"not run: {where} does not exist")
+    summary = json.loads(evaluation.summary.read_text())
+    axes: dict[str, str] = summary["axes"]  # code -> axis
+    means = pd.read_parquet(evaluation.table)
+    scores = pd.read_parquet(evaluation.scores)
+    subsets = summary["subsets"]
+    header = ["method"] + [f"{subset} {code}" for subset in subsets for code in (*axes, "Avg")]
+    rows = []
+    for method in summary["methods"]:
+        cells: list[Any] = [method]
+        for subset in subsets:
+            match = means[(means["method"] == method) & (means["subset"] == subset)]
+            values = [*axes.values(), "score"]
+            cells += [f"{match.iloc[0][v]:.2f}" for v in values] if len(match) else ["-"] * len(values)
+        rows.append(cells)
+    parts = [
+        f"<p>Judge <code>{esc(summary['judge_model'])}</code>, rubric {esc(summary['rubric_version'])} "
+        f"({esc(', '.join(f'{c} = {a}' for c, a in axes.items()))}), 0-10; {summary['num_scored']} clips scored, "
+        f"{summary['num_rejected']} rejected. Source: <code>{esc(evaluation.folder)}</code></p>",
+        table(header, rows),
+    ]
+    width = config.thumbnail_width
+    for pair_id, group in list(scores.groupby("pair_id", sort=False))[: config.eval_pairs]:
+        first = group.iloc[0]
+        cells = [
+            _thumbnail("source (middle frame)", _middle_frame, first["source_path"], width),
+            _thumbnail("reference", _image, first["reference_path"], width),
+        ]
+        for row in group.itertuples(index=False):
+            label = f"{row.method}: {_score_caption(row, axes)}"
+            cells.append(_thumbnail(label, _middle_frame, row.video_path, width))
+        parts.append(
+            f'<div class="pair"><div class="caption"><b>{esc(first["subset"])}</b> <code>{esc(pair_id)}</code><br>'
+            f'{esc(first["instruction"])}</div><div class="thumbs">{"".join(cells)}</div></div>'
+        )
+    return Section("evaluation", html="".join(parts))
+
+
 # ---------------------------------------------------------------------------------------------------
 # The page
 # ---------------------------------------------------------------------------------------------------
@@ -607,6 +698,8 @@ def build_report(config: ReportConfig) -> tuple[str, list[Section]]:
         pairs_section(files, config),
         shards_section(files),
         training_section(files),
+        layers_section(files),
+        evaluation_section(files, config),
     ]
     return render(config, sections, files), sections
 

@@ -1,4 +1,5 @@
-"""The ``dataengine`` command: the data-engine jobs (filter, harvest-portraits, synth-portraits, shards) and their tools.
+"""The ``dataengine`` command: the data-engine jobs (filter, harvest-portraits, synth-portraits, shards) and their tools
+(inspect, verify, report, diagnose-layers).
 
 Each job module in ``pipelines/`` defines its typer command function with light module-level imports
 (torch, ray and transformers are imported inside the function), and is registered here.
@@ -17,6 +18,7 @@ app = typer.Typer(
 
 # Job registrations (one line each, kept in pipeline order).
 from pipelines.demo_data import demo_data_command  # noqa: E402
+from pipelines.diagnose import diagnose_layers_command  # noqa: E402
 from pipelines.filter import filter_command  # noqa: E402
 from pipelines.harvest import harvest_portraits_command  # noqa: E402
 from pipelines.portraits import synth_portraits_command  # noqa: E402
@@ -31,6 +33,7 @@ app.command("shards")(shards_command)
 app.command("inspect")(inspect_command)
 app.command("verify")(verify_command)
 app.command("report")(report_command)
+app.command("diagnose-layers")(diagnose_layers_command)
 
 
 def entry_point() -> None:

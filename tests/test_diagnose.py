@@ -19,6 +19,7 @@ from dataengine.diagnose import (
     summarize,
     token_coverage,
 )
+from dataengine.layout import DiagnosisLayout
 from dataengine.segment import save_masks
 from dataengine.synthetic.portraits import render_portrait
 from dataengine.video import write_mp4
@@ -139,7 +140,7 @@ def test_r_mask_against_float64_reference_and_outputs(tiny_qwen3vl, tmp_path):
         tmp_path / "clips.csv", index=False
     )
     config = DiagnoseConfig(clips=str(tmp_path / "clips.csv"), vlm=_vlm_config(tiny_qwen3vl))
-    summary = run_diagnosis(config, tmp_path / "out")
+    summary = run_diagnosis(config, DiagnosisLayout(tmp_path / "out"))
 
     # the clip without masks is a rejection; the others are measured
     rejections = pd.read_parquet(tmp_path / "out" / "rejections.parquet")

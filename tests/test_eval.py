@@ -71,7 +71,7 @@ def _direct_axis_score(judge: Judge, pair: dict, axis: str) -> float:
     """One unbatched full forward over prompt + "<axis>: 1" with the reference image, float64 here."""
     text = judge.prompt_text(pair["instruction"]) + f"{axis}: 1"
     clips = [judge.load_clip(pair["source_path"]), judge.load_clip(pair["target_path"])]
-    reference = np.asarray(Image.open(pair["reference_path"]).convert("RGB"))
+    reference = np.array(Image.open(pair["reference_path"]).convert("RGB"))
     inputs = judge.processor_inputs([text], clips, [reference])
     assert "pixel_values" in inputs and inputs["input_ids"][0, -1].item() == judge.digit_ids[1]
     with torch.no_grad():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -16,12 +17,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from dataengine.diagnose import DiagnoseConfig, write_diagnosis
+from dataengine.judge import EVAL_RUBRIC, RUBRICS, JudgeConfig
+from dataengine.layout import RunLayout
 from dataengine.manifest import make_pair_id, rejections_frame, write_pairs, write_rejections
 from dataengine.report import SECTION_TITLES, SECTIONS, ReportConfig, write_report
 from dataengine.segment import save_masks
 from dataengine.selection import SelectionConfig, summarize
 from dataengine.video import write_mp4
 from tests.shard_builder import build_shards
+from trainer.eval import EvalConfig, run_eval
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -194,7 +199,49 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 json.dumps({"step": step, "loss": 1.5 / step**0.5, "grad_norm": 0.4, "samples_per_s": 2.0})
                 + "\n"
             )
+
+    # the layer diagnostic: two clips over five hidden states, R_mask falling with depth
+    clip_rows = pd.DataFrame(
+        [
+            {"clip_id": clip, "hidden_state": h, "layer": f"decoder {h - 1}", "r_mask": 0.4 - 0.04 * h + d,
+             "r_mask_any": 0.5, "uniform": 0.2, "num_text_tokens": 5, "num_visual_tokens": 30}
+            for clip, d in (("a", 0.0), ("b", 0.01))
+            for h in range(5)
+        ]
+    )  # fmt: skip
+    write_diagnosis(
+        RunLayout("tiny", root / "manifests").diagnosis, clip_rows, rejections_frame([]), DiagnoseConfig()
+    )
+
+    # the evaluation of the training run: the portrait pair, the target and one other method's video
+    (root / "noise").mkdir()
+    write_mp4(root / "noise" / f"{pair_id}.mp4", _clip(11), fps=8)
+    eval_set = root / "eval_set.csv"
+    portraits.assign(subset="simple").to_csv(eval_set, index=False)
+    config = EvalConfig(pairs=str(eval_set), checkpoint=str(train), methods={"noise": str(root / "noise")},
+                        score_targets=True)  # fmt: skip
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(
+        "trainer.sample.sample_video", lambda _c, source, *_a, **_k: shutil.copy(source, _a[2])
+    )
+    run_eval(config, judge=FixedJudge())
+    monkeypatch.undo()
     return root
+
+
+class FixedJudge:
+    """Stands in for the VLM judge: every axis of every clip gets 7.0 (the report shows numbers, not the judge)."""
+
+    rubric = RUBRICS[EVAL_RUBRIC]
+    config = JudgeConfig(model="fixed", rubric_version=EVAL_RUBRIC)
+
+    def score_pairs(self, pairs: pd.DataFrame) -> pd.DataFrame:
+        rows = [
+            {"pair_id": pid, "score": 7.0, **dict.fromkeys(self.rubric.axes, 7.0), "answer_mass": 1.0,
+             "scorer_model": "fixed", "rubric_version": EVAL_RUBRIC, "reason": None, "detail": None}
+            for pid in pairs["pair_id"]
+        ]  # fmt: skip
+        return pd.DataFrame(rows, columns=self.rubric.result_columns)
 
 
 def _config(root: Path, run: str = "tiny") -> ReportConfig:
@@ -213,14 +260,14 @@ def test_full_report_has_every_section_and_its_images_load(full_run: Path) -> No
     page = parse(path)
     assert page.section_ids == list(SECTIONS)
     assert page.external == []  # self-contained: no external asset
-    assert page.svgs == 2  # score histogram and loss curve
+    assert page.svgs == 3  # score histogram, loss curve, R_mask against depth
     text = " ".join(page.text)
     for title in SECTION_TITLES.values():
         assert title in text
     assert "not run" not in text
     # 3 categories: local_add and global_style 2 pairs each (3 cells), the portrait pair 5 cells (with its
-    # prompt frame and mask)
-    assert len(page.images) == 2 * 3 + 2 * 3 + 5
+    # prompt frame and mask), the evaluated pair: source, reference and the three methods' edits
+    assert len(page.images) == 2 * 3 + 2 * 3 + 5 + 5
     for uri in page.images:
         image = decode_data_uri(uri)
         assert image.width == 160 and image.height == 120  # 64x48 clips scaled to 160 wide
@@ -241,6 +288,10 @@ def test_full_report_has_every_section_and_its_images_load(full_run: Path) -> No
     assert "portrait_removal" in text
     assert "t3_h6_w8" in text and "t3_h12_w20" in text
     assert "loss 1.5000 -> 0.3354" in text
+    # the layer diagnostic's table and pick, the evaluation's table and captions
+    assert "hidden states [1, 4]" in text and "0.4050" in text  # hidden state 0: mean of 0.40 and 0.41
+    assert "simple IA" in text and "MiVE: IA 7.0 CC 7.0 TS 7.0 PR 7.0 VA 7.0 SC 7.0 · Avg 7.00" in text
+    assert "noise: IA 7.0" in text and "target: IA 7.0" in text
 
 
 def test_missing_parts_say_not_run(tmp_path: Path, full_run: Path) -> None:
@@ -254,11 +305,11 @@ def test_missing_parts_say_not_run(tmp_path: Path, full_run: Path) -> None:
         )
     )
     status = {s.key: s.missing for s in sections}
-    assert status["training"] is None
-    for key in ("counts", "rejections", "scores", "pairs", "shards"):
+    assert status["training"] is None and status["evaluation"] is None  # eval/ of the training run
+    for key in ("counts", "rejections", "scores", "pairs", "shards", "layers"):
         assert status[key] and status[key].startswith("not run"), status
     text = " ".join(parse(path).text)
-    assert text.count("not run") == 5
+    assert text.count("not run") == 6
 
 
 def test_broken_video_shows_in_place_of_its_thumbnail(tmp_path: Path, full_run: Path) -> None:

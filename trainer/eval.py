@@ -43,6 +43,8 @@ from trainer.sample import SampleConfig
 if TYPE_CHECKING:  # pandas is imported where it is used, so that ``trainer --help`` stays instant
     import pandas as pd
 
+    from dataengine.layout import EvalLayout
+
 STAGE = "eval"
 TARGET_METHOD = "target"
 SET_COLUMNS = ["pair_id", "source_path", "instruction", "reference_path", "subset", "target_path"]
@@ -55,8 +57,9 @@ class EvalConfig:
     pairs: str = ""
     """The evaluation set: CSV or Parquet with pair_id, source_path, instruction, reference_path, subset
     (or category), optional target_path. Relative paths are relative to the set's folder."""
-    output_dir: str = "runs/eval"
-    """Folder for the sampled videos, per-clip scores, tables and summary."""
+    output_dir: str = ""
+    """Folder for the sampled videos, per-clip scores, tables and summary; empty: ``eval/`` in the training
+    run folder of ``checkpoint`` (``dataengine.layout.TrainRunLayout.evaluation``)."""
     checkpoint: str = ""
     """Our model: a training run folder, DCP step folder or exported folder, sampled by this command.
     Empty: no sampling, only the methods' folders are scored."""
@@ -217,8 +220,12 @@ def score_methods(judge: Any, pairs: pd.DataFrame, videos: dict[str, dict[str, s
         rows["target_path"] = rows["pair_id"].map(paths)
         scores = judge.score_pairs(rows)
         scores.insert(0, "method", method)
-        scores.insert(2, "subset", rows["subset"].to_numpy())
-        scores.insert(3, "video_path", rows["target_path"].to_numpy())
+        for position, column in enumerate(
+            ("subset", "video_path", "source_path", "reference_path", "instruction")
+        ):
+            scores.insert(
+                2 + position, column, rows["target_path" if column == "video_path" else column].to_numpy()
+            )
         frames.append(scores)
     if not frames:
         return pd.DataFrame(
@@ -263,12 +270,26 @@ def markdown_table(
     return "\n".join(lines) + f"\n\nClips scored per method and subset: {counts}.\n"
 
 
+def output_layout(config: EvalConfig) -> EvalLayout:
+    """Where the evaluation writes: ``eval.output_dir``, else ``eval/`` in the checkpoint's training run."""
+    from dataengine.layout import EvalLayout, TrainRunLayout
+
+    if config.output_dir:
+        return EvalLayout(Path(config.output_dir))
+    run = TrainRunLayout.containing(config.checkpoint) if config.checkpoint else None
+    if run is None:
+        raise ValueError(
+            "eval.output_dir is not set and eval.checkpoint is not in a training run folder: set it"
+        )
+    return run.evaluation
+
+
 def run_eval(config: EvalConfig, judge: Any | None = None) -> dict[str, Any]:
     """The whole evaluation (see the module docstring); returns what ``summary.json`` holds."""
     from dataengine.judge import Judge
-    from dataengine.manifest import rejections_frame, write_rejections
+    from dataengine.manifest import rejections_frame, write_rejections, write_table, write_text
 
-    out = Path(config.output_dir)
+    out = output_layout(config)
     pairs = read_eval_set(config.pairs, config.max_per_subset)
     subsets = list(config.subsets) or sorted(pairs["subset"].unique())
     unknown = sorted(set(pairs["subset"]) - set(subsets))
@@ -278,7 +299,7 @@ def run_eval(config: EvalConfig, judge: Any | None = None) -> dict[str, Any]:
     videos: dict[str, dict[str, str]] = {}
     rejections: list[dict] = []
     if config.checkpoint:
-        videos[config.method_name], rejected = sample_ours(config, pairs, out / "videos" / config.method_name)
+        videos[config.method_name], rejected = sample_ours(config, pairs, out.videos(config.method_name))
         rejections += rejected
     for name, folder in config.methods.items():
         videos[name], rejected = folder_videos(name, folder, pairs)
@@ -297,11 +318,10 @@ def run_eval(config: EvalConfig, judge: Any | None = None) -> dict[str, Any]:
         rejections.append(_rejection(row.pair_id, "scorer_error", f"{row.method}: {row.detail}"))
     table = mean_table(scores, rubric.axes, subsets, list(videos))
 
-    out.mkdir(parents=True, exist_ok=True)
-    _write_parquet(scores, out / "scores.parquet")
-    _write_parquet(table, out / "table.parquet")
-    _write_text(out / "table.md", markdown_table(table, rubric.axes, rubric.codes, subsets))
-    write_rejections(rejections_frame(rejections), out / "rejections.parquet")
+    write_table(scores, out.scores)
+    write_table(table, out.table)
+    write_text(out.table_markdown, markdown_table(table, rubric.axes, rubric.codes, subsets))
+    write_rejections(rejections_frame(rejections), out.rejections)
     summary = {
         "judge_model": judge.config.model,
         "rubric_version": rubric.version,
@@ -315,20 +335,9 @@ def run_eval(config: EvalConfig, judge: Any | None = None) -> dict[str, Any]:
         "table": table.to_dict("records"),
         "config": asdict(config),
     }
-    _write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    summary["output"] = str(out.folder)
+    write_text(out.summary, json.dumps(summary, indent=2, default=str) + "\n")
     return summary
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -347,7 +356,7 @@ def eval_config_from_recipe(recipe: dict[str, Any]) -> EvalConfig:
         "rubric_version": EVAL_RUBRIC,
         **(table.get("judge") or {}),
     }  # the eval's rubric by default
-    return build_config(EvalConfig, table, "eval")
+    return build_config(EvalConfig, table, "eval", recipe.get("recipe_path", ""))
 
 
 def eval_command(
@@ -365,10 +374,10 @@ def eval_command(
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=2) from err
-    out = Path(config.output_dir)
-    typer.echo((out / "table.md").read_text().rstrip())
+    out = output_layout(config)
+    typer.echo(out.table_markdown.read_text().rstrip())
     typer.echo(
         f"scored {summary['num_scored']} clips of {summary['num_pairs']} pairs x {len(summary['methods'])} methods "
         f"({summary['num_rejected']} rejected) with {summary['judge_model']} rubric {summary['rubric_version']}; "
-        f"wrote {out}/scores.parquet, table.parquet, table.md, summary.json"
+        f"wrote {out.folder}/: scores.parquet, table.parquet, table.md, summary.json"
     )
