@@ -156,7 +156,9 @@ def test_eval_tables_methods_and_resume(judge, eval_set, tmp_path, monkeypatch):
 
 def test_eval_command_errors_name_the_input(tmp_path):
     recipe = tmp_path / "eval.toml"
-    recipe.write_text(f'[eval]\npairs = "{tmp_path}/none.csv"\nscore_targets = true\n')
+    recipe.write_text(
+        f'[eval]\npairs = "{tmp_path}/none.csv"\nscore_targets = true\noutput_dir = "{tmp_path}/out"\n'
+    )
     result = CliRunner().invoke(app, ["eval", str(recipe)])
     assert result.exit_code == 2 and "none.csv" in result.output
     result = CliRunner().invoke(app, ["eval", str(recipe), "eval.judge.rubric_version=v1"])
@@ -166,3 +168,7 @@ def test_eval_command_errors_name_the_input(tmp_path):
     )
     result = CliRunner().invoke(app, ["eval", str(recipe), f"eval.pairs={tmp_path}/set.csv"])
     assert result.exit_code == 2 and "empty instruction (row 2)" in result.output
+    result = CliRunner().invoke(
+        app, ["eval", str(recipe), "eval.output_dir=''", f"eval.checkpoint={tmp_path}"]
+    )
+    assert result.exit_code == 2 and "eval.output_dir is not set" in result.output
