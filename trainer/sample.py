@@ -25,8 +25,10 @@ N (``trainer.model.SequenceParallel``): each denoising step's tokens are split o
 sees the whole sequence. Rank 0 alone runs the VAE and the VLM and broadcasts their outputs (so every rank
 denoises exactly the same inputs), and decodes and writes the video; every rank draws the same noise.
 
-No classifier-free guidance: ``trainer/train.py`` never drops the VLM condition during training, so the model
-has no unconditional mode to guide against (``guidance_scale`` is not offered rather than silently wrong).
+Classifier-free guidance (``--guidance-scale``, default 1 = none; the paper does not mention guidance): each
+step also predicts the unconditional velocity, without the condition tokens (the reference and source latents
+stay), and moves along ``v_u + scale (v_c - v_u)``. Only a model trained with ``train.condition_dropout`` > 0
+has learnt that unconditional velocity; for any other checkpoint a scale other than 1 is refused.
 
 Where the settings come from: the model config and the flow shift from the training run's
 ``recipe.resolved.json``; the clip preparation and the two encoders from the shard set it trained on
@@ -72,6 +74,9 @@ class SampleConfig:
     """Compute dtype of the DiT: ``auto`` (bfloat16 on CUDA, float32 on the CPU), ``float32``, ``bfloat16``."""
     device: str = "auto"
     """``auto`` (CUDA if available, else CPU), ``cpu`` or ``cuda:N``."""
+    guidance_scale: float = 1.0
+    """Classifier-free guidance, ``v = v_uncond + scale (v_cond - v_uncond)``: 1 is none (one forward per
+    step); another value costs two forwards per step and needs a model trained with ``train.condition_dropout``."""
 
 
 @dataclass
@@ -83,6 +88,7 @@ class SamplingContext:
     flow_shift: float
     shards_recipe: dict[str, Any]  # the resolved [shards] table: clip, vae, vlm
     sample: dict[str, Any] = field(default_factory=dict)  # the recipe's [sample] table, if any
+    condition_dropout: float = 0.0  # train.condition_dropout: > 0 means the model can be guided
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -145,6 +151,7 @@ def context_from_run(run_dir: Path) -> SamplingContext:
         flow_shift=float(train.get("flow", {}).get("shift", 5.0)),
         shards_recipe=shards_recipe,
         sample=(resolved.get("recipe") or {}).get("sample", {}),
+        condition_dropout=float(train.get("condition_dropout", 0.0)),
     )
 
 
@@ -157,6 +164,7 @@ def context_from_export(folder: Path) -> SamplingContext:
         flow_shift=float(sampling.get("flow_shift", 5.0)),
         shards_recipe=sampling.get("shards_recipe", {}),
         sample=sampling.get("sample", {}),
+        condition_dropout=float(sampling.get("condition_dropout", 0.0)),
     )
 
 
@@ -203,6 +211,22 @@ def load_exported_model(folder: Path) -> tuple[MiVETransformer, SamplingContext]
     return model, context
 
 
+def load_context(path: str | Path) -> SamplingContext:
+    """The sampling context of a checkpoint alone (no weights read): to check a request before loading."""
+    kind, folder = resolve_checkpoint(path)
+    return context_from_export(folder) if kind == "export" else context_from_run(_find_run_dir(folder))
+
+
+def check_guidance(scale: float, context: SamplingContext, checkpoint: str | Path) -> None:
+    """Refuse classifier-free guidance for a model that never learnt the unconditional velocity."""
+    if scale != 1.0 and context.condition_dropout <= 0:
+        raise ValueError(
+            f"{checkpoint}: guidance scale {scale:g} needs a model trained with condition dropout, but this one "
+            "was trained with train.condition_dropout = 0 (it has no unconditional mode to guide against): "
+            "sample with --guidance-scale 1, or train with e.g. train.condition_dropout = 0.1"
+        )
+
+
 def load_checkpoint(path: str | Path) -> tuple[MiVETransformer, SamplingContext]:
     """A DCP checkpoint (or a run folder: its latest) or an exported folder -> (model on CPU, context)."""
     kind, folder = resolve_checkpoint(path)
@@ -228,6 +252,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
         "flow_shift": context.flow_shift,
         "shards_recipe": context.shards_recipe,
         "sample": context.sample,
+        "condition_dropout": context.condition_dropout,
     }
     (out / SAMPLING_NAME).write_text(json.dumps(sampling, indent=2))
     return out
@@ -267,13 +292,16 @@ def euler_sample(
     shift: float,
     seed: int,
     sp: SequenceParallel | None = None,
+    guidance_scale: float = 1.0,
 ) -> torch.Tensor:
     """Integrate dx/dsigma = v from x(1) = noise to x(0): ``x <- x + (sigma_next - sigma) v(x, sigma)``.
 
     Training's x_t = (1 - sigma) x0 + sigma noise has velocity d x_t / d sigma = noise - x0, the model's
-    target, so every Euler step moves along the predicted velocity. Returns the latents (1, 16, T', H', W')
-    in float32. With ``sp`` every rank of the group calls this with the same inputs; each model call is
-    split over the group and returns the whole velocity everywhere, so every rank ends with the same latents.
+    target, so every Euler step moves along the predicted velocity. With ``guidance_scale`` other than 1, v is
+    ``v_u + scale (v_c - v_u)``, v_u the velocity without condition tokens. Returns the latents
+    (1, 16, T', H', W') in float32. With ``sp`` every rank of the group calls this with the same inputs; each
+    model call is split over the group and returns the whole velocity everywhere, so every rank ends with the
+    same latents.
     """
     import torch
 
@@ -300,6 +328,18 @@ def euler_sample(
                 inputs["vlm_last"],
                 sp=sp,
             ).float()
+            if guidance_scale != 1.0:
+                # no condition tokens: what training's dropped condition (every token masked out) computes
+                unconditional = model(
+                    x.to(dtype),
+                    inputs["source_latents"],
+                    inputs["reference_latents"],
+                    timestep,
+                    None,
+                    None,
+                    sp=sp,
+                ).float()
+                velocity = unconditional + guidance_scale * (velocity - unconditional)
             x = x + (sigma_next - sigma) * velocity
         return x.cpu()
 
@@ -364,6 +404,7 @@ class SampleResult:
     num_condition_tokens: int
     steps: int
     shift: float
+    guidance_scale: float
 
 
 def sample_video(
@@ -424,15 +465,17 @@ def _sample_video(
     from trainer.parallel import broadcast_tensors
 
     is_main = runtime is None or runtime.is_main
+    context = load_context(checkpoint)
+    sample = build_config(
+        SampleConfig, {**context.sample, **({} if config is None else _explicit(config))}, "sample"
+    )
+    check_guidance(sample.guidance_scale, context, checkpoint)  # before the weights are read
     model, context = load_checkpoint(checkpoint)
     if runtime is not None and model.config.num_heads % runtime.sp_size:
         raise ValueError(
             f"{runtime.sp_size} processes cannot share the model's {model.config.num_heads} attention heads: "
             "launch a number of processes that divides them"
         )
-    sample = build_config(
-        SampleConfig, {**context.sample, **({} if config is None else _explicit(config))}, "sample"
-    )
     shift = sample.shift if sample.shift is not None else context.flow_shift
     recipe = context.shards_recipe
     clip_config = build_config(ClipConfig, recipe.get("clip"), "shards.clip")
@@ -476,7 +519,7 @@ def _sample_video(
     model.to(device, resolve_dtype(dtype_name))
     cond = Conditioning(source_latents[None], reference_latents[None], vlm_first[None], vlm_last[None])
     sp = runtime.sp if runtime is not None else None
-    latents = euler_sample(model, cond, sample.num_steps, shift, sample.seed, sp)
+    latents = euler_sample(model, cond, sample.num_steps, shift, sample.seed, sp, sample.guidance_scale)
 
     # 4. decode and write (rank 0)
     out = Path(out)
@@ -497,6 +540,7 @@ def _sample_video(
         num_condition_tokens=int(vlm_first.shape[0]),
         steps=sample.num_steps,
         shift=float(shift),
+        guidance_scale=sample.guidance_scale,
     )
 
 
@@ -532,6 +576,13 @@ def sample_command(
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of the initial noise")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda:N")] = None,
+    guidance_scale: Annotated[
+        float | None,
+        typer.Option(
+            "--guidance-scale",
+            help="Classifier-free guidance scale (default 1: none); needs a model trained with train.condition_dropout",
+        ),
+    ] = None,
     vae: Annotated[str | None, typer.Option("--vae", help="Override the Wan VAE (hub id or folder)")] = None,
     vlm: Annotated[
         str | None, typer.Option("--vlm", help="Override the Qwen3-VL encoder (hub id or folder)")
@@ -547,6 +598,8 @@ def sample_command(
         config.seed = seed
     if device is not None:
         config.device = device
+    if guidance_scale is not None:
+        config.guidance_scale = guidance_scale
     try:
         result = sample_video(checkpoint, source, instruction, reference, out, compare, config, vae, vlm)
     except (ValueError, FileNotFoundError) as err:
@@ -557,8 +610,8 @@ def sample_command(
     processes = int(os.environ.get("WORLD_SIZE", 1))
     typer.echo(
         f"wrote {result.out}: {result.num_frames} frames {result.width}x{result.height} at {result.fps:g} fps "
-        f"({result.steps} Euler steps, shift {result.shift:g}, {result.num_condition_tokens} VLM tokens, no CFG: "
-        "training never drops the condition"
+        f"({result.steps} Euler steps, shift {result.shift:g}, {result.num_condition_tokens} VLM tokens, "
+        f"guidance scale {result.guidance_scale:g}"
         + (f"; each step split over {processes} processes" if processes > 1 else "")
         + ")"
     )

@@ -126,6 +126,11 @@ class TrainConfig:
     """Also write the metrics as TensorBoard scalars to ``<run>/tensorboard`` (needs the tensorboard package)."""
     peak_tflops: float | None = None
     """Peak dense bf16 TFLOP/s of one device for the MFU; None looks the GPU up in a table (CPU: MFU n/a)."""
+    condition_dropout: float = 0.0
+    """Probability of dropping a sample's VLM condition (all its condition tokens masked out; the reference and
+    source latents stay), so that the model also learns the unconditional velocity classifier-free guidance
+    needs (``trainer sample --guidance-scale``). The paper does not mention guidance: 0, the default, trains as
+    it does; 0.1 is the usual value. Recorded in the run's resolved recipe, which sampling reads."""
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
@@ -143,6 +148,8 @@ class TrainConfig:
             raise ValueError(
                 f"train.steps ({self.steps}) and train.grad_accum ({self.grad_accum}) must be >= 1"
             )
+        if not 0.0 <= self.condition_dropout < 1.0:
+            raise ValueError(f"train.condition_dropout must be in [0, 1), got {self.condition_dropout}")
 
 
 def train_config_from_recipe(recipe: dict[str, Any]) -> TrainConfig:
@@ -378,7 +385,7 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
 
             # Flow matching (rectified flow, Wan's convention): per sample u -> shifted sigma,
             # x_t = (1 - sigma) x0 + sigma noise, the model predicts the velocity noise - x0 at t = 1000 sigma.
-            us, noises = [], []
+            us, noises, dropped = [], [], []
             for i in range(x0.shape[0]):
                 generator = sample_generator(
                     config.seed, step, micro, runtime.dp_rank * batch_size + i, device
@@ -390,15 +397,23 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
                     u = torch.sigmoid(flow.logit_mean + flow.logit_std * normal)
                 us.append(u)
                 noises.append(torch.randn(x0.shape[1:], generator=generator, device=device))
+                if config.condition_dropout > 0:  # drawn last: without dropout the draws are unchanged
+                    dropped.append(
+                        torch.rand(1, generator=generator, device=device) < config.condition_dropout
+                    )
             u = torch.cat(us)  # (B,)
             noise = torch.stack(noises)  # (B, 16, T', H', W')
             sigma = shift_sigma(u, flow.shift)  # (B,) in (0, 1)
             s = sigma[:, None, None, None, None]
             x_t = (1 - s) * x0 + s * noise
             target = noise - x0
+            # a dropped condition is every condition token masked out (the model then sees none of them)
+            condition_mask = vlm_mask & ~torch.cat(dropped)[:, None] if dropped else vlm_mask  # (B, S)
             # the model already drops the reference frame and the condition tokens: the loss is on target
             # patches. Under SP every rank of the group gets the whole prediction and computes the same loss.
-            pred = model(x_t, source, reference, sigma * 1000, vlm_first, vlm_last, vlm_mask, sp=runtime.sp)
+            pred = model(
+                x_t, source, reference, sigma * 1000, vlm_first, vlm_last, condition_mask, sp=runtime.sp
+            )
             loss = F.mse_loss(pred.float(), target)
             # every micro-batch's backward reduce-scatters its gradients into the float32 shards, which
             # accumulate: skipping the sync would make FSDP2 keep unsharded float32 gradients of the whole
