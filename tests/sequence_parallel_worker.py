@@ -165,6 +165,14 @@ def main(out_path: str) -> None:
         "max_abs_diff": (split - alone).abs().max().item(),
         "max_abs": alone.abs().max().item(),
     }
+    # classifier-free guidance through the same path: its unconditional pass is split over the group too
+    guided_alone = euler_sample(model, cond, num_steps=3, shift=5.0, seed=1, guidance_scale=3.0)
+    guided_split = euler_sample(model, cond, num_steps=3, shift=5.0, seed=1, sp=sp4.sp, guidance_scale=3.0)
+    results["guided_sample"] = {
+        "max_abs_diff": (guided_split - guided_alone).abs().max().item(),
+        "max_abs": guided_alone.abs().max().item(),
+        "guidance_effect": (guided_alone - alone).abs().max().item(),
+    }
     with torch.no_grad():
         plain = model(*inputs[:4])  # no condition tokens: L = 18, chunks of 5, the last holds 2 padded tokens
         parallel = model(*inputs[:4], sp=sp4.sp)

@@ -87,6 +87,8 @@ def test_four_ranks_match_one_process(tmp_path: Path) -> None:
         # the two cases train on different samples: the comparison is not against a constant
         assert abs(result["sp4"]["loss_ref"] - result["dp2_sp2"]["loss_ref"]) > 1e-4
         assert result["sample"]["max_abs_diff"] < RTOL * result["sample"]["max_abs"]
+        guided = result["guided_sample"]
+        assert guided["max_abs_diff"] < RTOL * guided["max_abs"] and guided["guidance_effect"] > 1e-4
         assert result["no_condition"]["max_abs_diff"] < RTOL
         for entry in result["saved_bytes"]:
             # the formula leaves out the per-sample modulation vectors, RoPE tables, SDPA's log-sum-exp
