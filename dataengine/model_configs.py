@@ -22,17 +22,18 @@ Building, three ways:
   processor files but **no weights**.
 - :func:`random_weights` is a context in which ``from_pretrained`` of the registry's classes builds the
   folder's configuration with random weights on a device instead of reading weight files. Inside it the
-  product's own constructors (``Judge``, ``Qwen3VLEncoder``, ``WanVaeEncoder``, ``Sam2VideoSegmenter``) run
-  unchanged on a folder from :func:`write_model_folder`: their processor and config loading, dtype and
-  attention settings are the real code path; only the weight read is replaced (17.6 GB of random bf16 for
-  Qwen3-VL-8B would otherwise be written and read back on every benchmark run).
+  product's own constructors (``Judge``, ``Qwen3VLEncoder``, ``WanVaeEncoder``, ``Sam2VideoSegmenter``, and
+  ``TransformersPersonDetector`` through ``AutoModelForObjectDetection``) run unchanged on a folder from
+  :func:`write_model_folder`: their processor and config loading, dtype and attention settings are the real
+  code path; only the weight read is replaced (17.6 GB of random bf16 for Qwen3-VL-8B would otherwise be
+  written and read back on every benchmark run).
 
 The Qwen3-VL tokenizer cannot be fetched either: the processor here pairs the tiny byte-level BPE tokenizer of
 ``dataengine.synthetic.qwen3vl`` (Qwen's special tokens and digit splitting, a 512-entry vocabulary) with the
 real image and video processor settings (patch 16, merge 2, temporal patch 2, the published pixel budgets).
 Vision token counts are therefore exact; text token counts differ from the real tokenizer's.
 
-A new model joins by adding an entry to :data:`MODELS` (issue 12's person detector, say).
+A new model joins by adding an entry to :data:`MODELS` (as the person detector, ``rtdetr_v2_r50``, did).
 """
 
 from __future__ import annotations
@@ -72,9 +73,10 @@ class ModelSpec:
     """Where ``published_parameters`` comes from."""
     subfolder: str = ""
     """Subfolder of the checkpoint holding this model (``vae`` in the Wan diffusers layout)."""
-    extra_files: Callable[[Path, dict[str, Any]], dict[str, Any]] | None = None
+    extra_files: Callable[[Path, dict[str, Any], str], dict[str, Any]] | None = None
     """Writes the files besides ``config.json`` (processor, generation config) into a model folder, given the
-    configuration dict, and returns the configuration keys they override (the tokenizer's special-token ids)."""
+    configuration dict and its size (``real`` or ``debug``), and returns the configuration keys they override
+    (the tokenizer's special-token ids)."""
 
     def config(self, size: str) -> dict[str, Any]:
         """The configuration dict of ``size`` (``real`` or ``debug``)."""
@@ -513,7 +515,7 @@ def qwen3vl_token_overrides(tokenizer: Any) -> dict[str, int]:
     return {key: tokenizer.convert_tokens_to_ids(token) for key, token in ids.items()}
 
 
-def _qwen3vl_files(target: Path, config: dict[str, Any]) -> dict[str, Any]:
+def _qwen3vl_files(target: Path, config: dict[str, Any], size: str) -> dict[str, Any]:
     """The processor of :func:`build_qwen3vl_processor` and a generation config; its special-token ids."""
     from transformers import GenerationConfig
 
@@ -525,17 +527,19 @@ def _qwen3vl_files(target: Path, config: dict[str, Any]) -> dict[str, Any]:
     return qwen3vl_token_overrides(tokenizer)
 
 
-def _sam2_files(target: Path, config: dict[str, Any]) -> dict[str, Any]:
+def _sam2_files(target: Path, config: dict[str, Any], size: str) -> dict[str, Any]:
     """The SAM2 video processor at the configuration's image size."""
     build_sam2_processor(int(config["image_size"])).save_pretrained(target)
     return {}
 
 
-def _detector_files(target: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """RT-DETR's image processor as published (640 x 640, rescaled to [0, 1], no normalisation)."""
+def _detector_files(target: Path, config: dict[str, Any], size: str) -> dict[str, Any]:
+    """RT-DETR's image processor as published (640 x 640, rescaled to [0, 1], no normalisation); the debug
+    flavour's input is 64 x 64, as ``dataengine.synthetic.detector``'s (its forward at 640 is slow on a CPU)."""
     from transformers import RTDetrImageProcessor
 
-    RTDetrImageProcessor(size={"height": 640, "width": 640}).save_pretrained(target)
+    side = 640 if size == "real" else 64
+    RTDetrImageProcessor(size={"height": side, "width": side}).save_pretrained(target)
     return {}
 
 
@@ -605,7 +609,7 @@ def write_model_folder(name: str, folder: str | Path, size: str = "real") -> Pat
     folder = Path(folder)
     target = folder / spec.subfolder
     target.mkdir(parents=True, exist_ok=True)
-    overrides = spec.extra_files(target, spec.config(size)) if spec.extra_files else {}
+    overrides = spec.extra_files(target, spec.config(size), size) if spec.extra_files else {}
     config = library_config(name, size, overrides)
     if spec.library == "transformers":
         config.save_pretrained(target)
@@ -616,12 +620,45 @@ def write_model_folder(name: str, folder: str | Path, size: str = "real") -> Pat
     return folder
 
 
+# from_pretrained keywords that only say where and how a checkpoint's files are fetched. The Auto classes pass
+# them all, resolved (``AutoModelForObjectDetection.from_pretrained``, the detector's loader, adds ``revision``,
+# ``_from_auto``, ``trust_remote_code`` and ``adapter_kwargs`` to the caller's keywords); inside
+# random_weights nothing is fetched (the folder is local and holds no weights), so they have nothing to do.
+FETCH_KEYWORDS = frozenset(
+    {
+        "cache_dir",
+        "force_download",
+        "local_files_only",
+        "proxies",
+        "revision",
+        "token",
+        "code_revision",
+        "_commit_hash",
+        "_from_auto",
+    }
+)
+
+
 @contextmanager
 def random_weights(device: str | torch.device) -> Iterator[None]:
     """Inside, ``from_pretrained`` of every registry class builds the folder's config with random weights on
     ``device`` instead of reading weights: the callers' constructors run unchanged on a folder from
-    :func:`write_model_folder`. Keywords the real call takes for dtype and attention are honoured; any other
-    keyword is an error rather than silently ignored."""
+    :func:`write_model_folder`, also through an Auto class (``AutoModelForObjectDetection`` resolves the
+    registry class and calls its ``from_pretrained``).
+
+    Keywords: ``subfolder``, ``dtype`` / ``torch_dtype`` (``"auto"``: the config's) and ``attn_implementation``
+    are honoured; ``config`` (what an Auto class passes: the configuration it read, with any configuration
+    keywords applied) is built instead of reading ``config.json`` again; :data:`FETCH_KEYWORDS`,
+    ``trust_remote_code`` when false and ``adapter_kwargs`` that name no adapter are moot (nothing is fetched,
+    no remote code or adapter exists). Any other keyword (``device_map``, ``quantization_config``, an adapter,
+    remote code) changes what would be built and is an error rather than silently ignored.
+
+    Why a redirect and not the library's own loader with no weights (``from_pretrained(None, config=...,
+    state_dict={})``, which takes every keyword): it builds on the meta device and initialises only what the
+    model's ``_init_weights`` covers, and SAM2's parameters that its constructor fills (embeddings created with
+    ``torch.zeros`` / ``torch.randn``) come out as uninitialised memory (NaN seen on the CPU); the constructor
+    run here on ``device`` initialises every parameter as the class defines it.
+    """
     with ExitStack() as stack:
         for spec in MODELS.values():
             cls = spec.model_class()
@@ -631,28 +668,55 @@ def random_weights(device: str | torch.device) -> Iterator[None]:
         yield
 
 
+def _loading_options(folder: str | Path, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keywords :func:`random_weights` honours, popped from ``kwargs``; the moot ones dropped; an error for
+    any other (see there)."""
+    options = {
+        "subfolder": kwargs.pop("subfolder", None) or "",
+        "dtype": kwargs.pop("dtype", None),
+        "attn_implementation": kwargs.pop("attn_implementation", None),
+        "config": kwargs.pop("config", None),
+    }
+    torch_dtype = kwargs.pop("torch_dtype", None)
+    options["dtype"] = options["dtype"] if options["dtype"] is not None else torch_dtype
+    for key in FETCH_KEYWORDS & kwargs.keys():
+        del kwargs[key]
+    if not kwargs.get("trust_remote_code", False):
+        kwargs.pop("trust_remote_code", None)
+    adapter = kwargs.get("adapter_kwargs")
+    if adapter is None or (isinstance(adapter, dict) and "_adapter_model_path" not in adapter):
+        kwargs.pop("adapter_kwargs", None)  # {} or {"revision": ...}: no adapter found, nothing to load
+    if kwargs:
+        raise TypeError(
+            f"random_weights: from_pretrained({folder}) got keywords it cannot honour: {sorted(kwargs)} "
+            "(they would change what is built; random_weights builds the folder's config on one device)"
+        )
+    return options
+
+
 def _random_from_pretrained(spec: ModelSpec, device: str | torch.device) -> classmethod:
     def from_pretrained(cls: type, folder: str | Path, **kwargs: Any) -> nn.Module:
         import torch
 
-        subfolder = kwargs.pop("subfolder", None) or ""
-        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        attn = kwargs.pop("attn_implementation", None)
-        if kwargs:
-            raise TypeError(
-                f"random_weights: from_pretrained({folder}) got unsupported keywords {sorted(kwargs)}"
-            )
-        path = Path(folder) / subfolder
+        options = _loading_options(folder, kwargs)
+        path = Path(folder) / options["subfolder"]
+        dtype = options["dtype"]
         if spec.library == "diffusers":
-            return _instantiate(spec, dict(cls.load_config(path)), device, dtype)
+            config = options["config"] or cls.load_config(path)
+            if isinstance(dtype, str):
+                dtype = None if dtype == "auto" else getattr(torch, dtype)
+            return _instantiate(spec, dict(config), device, dtype)
         from transformers import GenerationConfig
 
-        config = cls.config_class.from_pretrained(path)
-        options = {} if attn is None else {"attn_implementation": attn}
+        config = options["config"] or cls.config_class.from_pretrained(path)
+        if dtype == "auto":
+            dtype = getattr(config, "dtype", None)
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        attn = options["attn_implementation"]
+        extra = {} if attn is None else {"attn_implementation": attn}
         with torch.device(device):
-            model = cls._from_config(config, dtype=dtype, **options)
+            model = cls._from_config(config, dtype=dtype, **extra)
         if (path / "generation_config.json").exists():
             model.generation_config = GenerationConfig.from_pretrained(path)
         return model.eval()

@@ -94,3 +94,45 @@ def test_qwen3vl_folder_pairs_the_real_processor_settings_with_the_tokenizer_ids
         24,
     ]
     assert len(tokenizer) < config.text_config.vocab_size  # every token id has an embedding row
+
+
+def test_random_weights_detector_through_the_auto_class_equals_one_loaded_from_saved_weights(
+    tmp_path,
+) -> None:
+    """The person detector loads through ``AutoModelForObjectDetection``, which adds its own keywords (config,
+    revision, trust_remote_code, adapter_kwargs): inside random_weights it is the registry class built from the
+    folder's config, as the library's loader would build it from saved weights; what cannot be honoured fails."""
+    import shutil
+
+    import numpy as np
+    from transformers import AutoModelForObjectDetection
+
+    from dataengine.detect import DetectorConfig, TransformersPersonDetector
+
+    folder = write_model_folder("rtdetr_v2_r50", tmp_path / "config_only", "debug")  # 64 x 64 input
+    settings = {"device": "cpu", "dtype": "float32", "threshold": 0.0, "background_threshold": 0.0}
+    torch.manual_seed(0)
+    with random_weights("cpu"):
+        ours = TransformersPersonDetector(DetectorConfig(model=str(folder), **settings))
+    assert type(ours.model).__name__ == "RTDetrV2ForObjectDetection" and not ours.model.training
+    saved = tmp_path / "saved"
+    shutil.copytree(folder, saved)
+    ours.model.save_pretrained(saved)
+    reference = TransformersPersonDetector(
+        DetectorConfig(model=str(saved), **settings)
+    )  # the library's loader
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out, expected = ours.model(pixel_values=pixels), reference.model(pixel_values=pixels)
+    torch.testing.assert_close(out.logits, expected.logits)
+    torch.testing.assert_close(out.pred_boxes, expected.pred_boxes)
+    frames = np.random.default_rng(0).integers(0, 256, (2, 48, 80, 3), dtype=np.uint8)
+    assert [len(f) for f in ours.detect(frames)] == [len(f) for f in reference.detect(frames)]
+    # keywords that would change what is built are refused, the fetching ones are moot
+    with random_weights("cpu"):
+        for bad in ({"device_map": "cpu"}, {"trust_remote_code": True}):
+            with pytest.raises(TypeError, match=next(iter(bad))):
+                AutoModelForObjectDetection.from_pretrained(folder, **bad)
+        moot = {"revision": "main", "local_files_only": True, "cache_dir": str(tmp_path)}
+        built = AutoModelForObjectDetection.from_pretrained(folder, **moot)
+    assert num_parameters(built) == num_parameters(ours.model)
