@@ -400,7 +400,8 @@ def measure_block(
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     config = MiVEConfig(dim=dim, num_layers=1, num_heads=heads, ffn_dim=ffn, residual_dtype=residual_dtype)
     torch.manual_seed(0)
-    block = MiVEBlock(config).to(device, dtype)
+    with torch.device(device):  # initialised where it runs: a 14B-wide block is 246M parameters
+        block = MiVEBlock(config).to(dtype)
     sp = EmulatedSequenceParallel(sp_degree) if sp_degree > 1 else None
     shard = SequenceShard(sp, seq_len) if sp is not None else None
     tokens = shard.chunk if shard is not None else seq_len
@@ -411,9 +412,9 @@ def measure_block(
     rope = (angles.cos(), angles.sin())
     num_clean = num_condition  # the clean prefix: condition tokens (+ reference frame, here folded in)
     local_clean = shard.local_count(num_clean) if shard is not None else num_clean
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(1, tokens, dim, generator=gen).to(device, dtype)
-    time_mod = (torch.randn(1, 2, 6, dim, generator=gen) * 0.1).to(device)
+    gen = torch.Generator(device=device).manual_seed(0)  # drawn where they run: 416M values at SP 1 on a GPU
+    x = torch.randn(1, tokens, dim, generator=gen, device=device).to(dtype)
+    time_mod = torch.randn(1, 2, 6, dim, generator=gen, device=device) * 0.1
 
     def step() -> torch.Tensor:
         return block(x.detach().requires_grad_(True), time_mod, rope, None, local_clean, shard)
