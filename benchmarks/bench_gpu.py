@@ -5,8 +5,9 @@
 
 Speed and memory do not depend on the weights' values, so each model is built from its published
 configuration with random weights (``dataengine.model_configs``), directly on the GPU, and driven through the
-product's own code (``Judge``, ``Qwen3VLEncoder``, ``WanVaeEncoder``, ``Sam2VideoSegmenter``, ``MiVEBlock``)
-at the recipes' settings (``manifests/openve.toml``, ``manifests/train_mive_14b.toml``):
+product's own code (``Judge``, ``Qwen3VLEncoder``, ``WanVaeEncoder``, ``TransformersPersonDetector``,
+``Sam2VideoSegmenter``, ``MiVEBlock``) at the recipes' settings (``manifests/openve.toml``,
+``manifests/train_mive_14b.toml``):
 
 1. ``judge``: pairs/s and prefill tokens/s of the Qwen3-VL-8B judge at the recipe's frame budget
    (``[filter.judge]``: 2 fps, at most 16 frames of at most 384x672 per clip, here two 97-frame 24 fps 720P clips),
@@ -18,13 +19,20 @@ at the recipes' settings (``manifests/openve.toml``, ``manifests/train_mive_14b.
 3. ``vae``: seconds to encode one 81-frame 720P clip with the Wan2.1 VAE in float32 (``[shards.vae]``) with and
    without tiling, a shards sample (source + target as a batch of 2, sliced, plus the reference frame), peak
    memory of each.
-4. ``sam2``: frames/s of SAM2.1 hiera-large propagating a box-prompted person through an 81-frame 720P clip
-   (``[portraits]``), end to end through ``Sam2VideoSegmenter.segment`` (preprocessing and masks included).
-5. ``dit``: one 14B-width MiVE block (D 5120, 40 heads, FFN 13824), forward + backward in bf16 at the paper's
-   sequence (79,200 visual + 3,600 condition tokens): time, TFLOP/s, MFU, peak memory, next to ``trainer plan``'s
-   per-block numbers; which SDPA backend the block ran (read from the dispatched aten op) and the attention
-   forward of each backend alone.
-6. ``projection`` (arithmetic on the rows above): GPU-hours of the paper's run on ``--gpus`` GPUs.
+4. ``detector``: the RT-DETRv2-R50 person detector at ``[portraits.detector]``'s settings (bf16, 640x640 input)
+   on 720P frames: the model's frames/s at batch 1, 8, 32, 64 with peak memory, the processor's CPU seconds per
+   frame, and ``detect()`` end to end at the recipe's batch size on a harvest actor's CPU threads.
+5. ``sam2``: frames/s of SAM2.1 hiera-large propagating a person through an 81-frame 720P clip
+   (``[portraits]``), prompted as the recipe says (``prompt = "detector"``: a detector's person box), end to end
+   through ``Sam2VideoSegmenter.segment`` (preprocessing and masks included).
+6. ``dit``: one 14B-width MiVE block (D 5120, 40 heads, FFN 13824), forward + backward in bf16 at ``trainer
+   plan``'s sequence (79,200 visual + 2,048 condition tokens = 81,248) as one rank of sequence parallelism of
+   degree 1, 2, 4 and 8 (``benchmarks.bench_model.measure_block``: L/N tokens, H/N heads, the all-to-alls
+   replaced by local copies): time, TFLOP/s, MFU, peak memory, next to the plan's per-block memory; which SDPA
+   backend the block ran (read from the dispatched aten op) and the attention forward of each backend alone.
+7. ``projection`` (arithmetic on the rows above): GPU-hours of the paper's run on ``--gpus`` GPUs: the filter,
+   the portrait harvest over OpenVE's source videos, segmentation, the shards, and training at the recipe's
+   global batch and sequence-parallel degree (:func:`projection_rows`).
 
 Each section runs in its own process (forked from a server that imported torch, transformers and diffusers once)
 with its own time limit, and all together within ``--total-limit`` seconds: a section that fails, runs out of
@@ -58,12 +66,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA_RECIPE = ROOT / "manifests" / "openve.toml"
 TRAIN_RECIPE = ROOT / "manifests" / "train_mive_14b.toml"
-SECTIONS = ("judge", "vlm", "vae", "sam2", "dit")
+SECTIONS = ("judge", "vlm", "vae", "detector", "sam2", "dit")
 DEFAULT_OUT = ROOT / "benchmarks" / "gpu-results"
 TOTAL_LIMIT_S = 480.0  # the whole run, model construction included, on one H100 / H200
 
 # The paper's data engine and training (MIVE.md): what the projection multiplies the measured rates by.
 OPENVE_PAIRS = 2_450_000
+OPENVE_CLIP = (97, 24.0)  # (frames, fps) of a typical OpenVE-3M clip: 65-129 frames at 24-30 fps
+# Source videos the portrait harvest scans (distinct original_video of every CSV row): not published; at most one
+# per pair, which the projection takes (an upper bound: several edits of one source shrink it).
+OPENVE_SOURCE_VIDEOS = OPENVE_PAIRS
 TRAINING_SAMPLES = 30_000
 PAPER_TRAIN_GPU_HOURS = 8 * 65  # "8x H100, about 65 hours"
 INSTRUCTION = (
@@ -79,7 +91,7 @@ class Profile:
 
     model_size: str
     """``real`` or ``debug``: the configurations of ``dataengine.model_configs`` to build."""
-    judge_clip: tuple[int, float] = (97, 24.0)
+    judge_clip: tuple[int, float] = OPENVE_CLIP
     """(frames, fps) of each 720P OpenVE clip the judge samples (OpenVE: 65-129 frames at 24-30 fps)."""
     judge_batch_sizes: tuple[int, ...] = (1, 4, 8, 16)
     """Pairs per prefill measured; the recipe's batch size (8) also runs the generate() baseline."""
@@ -89,24 +101,44 @@ class Profile:
     """Timed encoder forwards."""
     vae_clip: tuple[int, int, int] | None = None
     """(frames, height, width) of the VAE clip; None: the recipe's (81 frames, its first 720P bucket)."""
+    detector_frame: tuple[int, int] = (720, 1280)
+    """(height, width) of the frames the person detector gets: OpenVE's 720P sources (the harvest)."""
+    detector_batch_sizes: tuple[int, ...] = (1, 8, 32, 64)
+    """Frames per detector forward measured; the recipe's (``[portraits.detector] batch_size``) also end to end."""
+    detector_min_frames: int = 64
+    """Each batch size's forward is timed over at least this many frames (the same batch repeated)."""
     sam2_clip: tuple[int, int, int] | None = None
     """(frames, height, width) of the portrait clip; None: the recipe's (81 frames at 720x1280)."""
     dit_model: str = "mive_14b"
     """``trainer.model`` config whose block width is measured."""
     dit_grid: tuple[int, int, int] = (22, 45, 80)
-    """(T'+1, H'/2, W'/2) patch grid: 81 frames at 720P."""
-    dit_condition: int = 3600
-    """Condition tokens in front of the visual ones (whole 45x80 frames, for diffusers' comparison block)."""
-    dit_reps: int = 3
-    """Timed forward + backward runs of the block (the fastest is kept)."""
+    """(T'+1, H'/2, W'/2) patch grid: 81 frames at 720P (79,200 tokens)."""
+    dit_condition: int = 2048
+    """Condition tokens in front of the visual ones: ``trainer plan``'s (``PlanConfig.num_condition_tokens``),
+    so the block runs the plan's L = 81,248 tokens."""
+    dit_sp_degrees: tuple[int, ...] = (1, 2, 4, 8)
+    """Sequence-parallel degrees whose per-rank share of the block is measured (each divides the heads)."""
+    dit_reps: int = 2
+    """Timed forward + backward runs of the block per degree, after one warm-up (the fastest is kept)."""
     warmup: int = 1
     """Untimed runs before each timed measurement (kernel selection, autotuning, caches)."""
     min_reps: int = 2
     """Fewest timed runs of a measurement."""
     time_limits: dict[str, float] = field(
-        default_factory=lambda: {"judge": 140.0, "vlm": 60.0, "vae": 100.0, "sam2": 70.0, "dit": 80.0}
+        default_factory=lambda: {
+            "judge": 120.0,
+            "vlm": 60.0,
+            "vae": 100.0,
+            "detector": 30.0,
+            "sam2": 70.0,
+            "dit": 80.0,
+        }
     )
-    """Seconds each section may run (its process is killed after that)."""
+    """Seconds each section may run (its process is killed after that). Together 460 s, plus the shared imports
+    within ``TOTAL_LIMIT_S``. The judge's (140 s before the detector came): 8.8B parameters x 2 x about 2.6K tokens
+    per pair = 46 TFLOP, 0.1 s per pair at 400 TFLOP/s; about 110 pairs with the warm-ups and 16 for the
+    generate baseline, plus the processor on the CPU (29 pairs): well under 120 s. ``bench_dit`` and
+    ``bench_detector`` say theirs."""
 
 
 PROFILES = {
@@ -117,14 +149,18 @@ PROFILES = {
         judge_min_pairs=1,
         vlm_samples=1,
         vae_clip=(9, 64, 64),
+        detector_frame=(48, 80),
+        detector_batch_sizes=(1, 2),
+        detector_min_frames=1,
         sam2_clip=(5, 64, 64),
         dit_model="debug",
         dit_grid=(2, 4, 4),
         dit_condition=16,
+        dit_sp_degrees=(1, 2, 4),  # the debug model's 4 heads
         dit_reps=1,
         warmup=0,
         min_reps=1,
-        time_limits={"judge": 120.0, "vlm": 120.0, "vae": 120.0, "sam2": 120.0, "dit": 120.0},
+        time_limits=dict.fromkeys(SECTIONS, 120.0),
     ),
 }
 
@@ -421,7 +457,88 @@ def bench_vae(bench: Bench) -> Iterator[dict]:
         yield _row("vae", "seconds per shards sample", sample, "s", note, key="vae.seconds_per_sample")
 
 
-# ---------------------------------------------------------------------------------------------- 4. SAM2
+# ---------------------------------------------------------------------------------------------- 4. detector
+
+
+def bench_detector(bench: Bench) -> Iterator[dict]:
+    """RT-DETRv2-R50 person detector at ``[portraits.detector]``'s settings: the model's frames/s per batch size,
+    the processor's CPU time, and ``detect()`` end to end as a harvest actor runs it.
+
+    Time (limit 30 s): RT-DETR-R50 is about 136 GFLOP per 640 x 640 frame, so the model alone runs hundreds of
+    frames/s in bf16 (the 64 frames of each batch size take well under a second); the processor resizes each
+    720P frame on the CPU, a few to tens of ms: 64 frames on all cores for the forward timings, then 32 alone
+    and 2 x 32 end to end on the harvest actor's 4 threads, a few seconds; building the 43M parameters on the
+    GPU, about a second. The limit leaves room for a processor ten times slower than that.
+    """
+    import torch
+
+    from dataengine.detect import DetectorConfig, TransformersPersonDetector
+    from dataengine.model_configs import random_weights, write_model_folder
+    from dataengine.recipe import build_config
+
+    profile = bench.profile
+    portraits = _recipe_table(DATA_RECIPE, "portraits")
+    recipe = build_config(DetectorConfig, portraits["detector"], "portraits.detector")
+    folder = write_model_folder("rtdetr_v2_r50", bench.work / "detector", profile.model_size)
+    config = replace(recipe, model=str(folder), device=bench.device)
+    start = time.perf_counter()
+    with random_weights(bench.device):
+        detector = TransformersPersonDetector(config)
+    yield _built(bench, "detector", "rtdetr_v2_r50", time.perf_counter() - start, detector.model)
+
+    height, width = profile.detector_frame
+    batches = profile.detector_batch_sizes
+    recipe_batch = recipe.batch_size if recipe.batch_size in batches else max(batches)
+    frames = _random_frames((max(batches), height, width, 3))
+    size = detector.processor.size
+    dtype = str(detector.dtype).removeprefix("torch.")
+    shape = f"{height}x{width} frames -> {size['height']}x{size['width']}, {dtype}"
+    # 1. the model alone per batch size, on frames preprocessed before the clock starts
+    pixels = detector.processor(images=list(frames), return_tensors="pt")["pixel_values"]
+    pixels = pixels.to(detector.device, detector.dtype)
+
+    for batch in batches:
+        reps = max(profile.min_reps, math.ceil(profile.detector_min_frames / batch))
+        _reset_peak(bench)
+        try:
+            with torch.inference_mode():
+                seconds = _seconds(bench, partial(detector.model, pixel_values=pixels[:batch]), reps)
+        except Exception as err:
+            if not _is_oom(err):
+                raise
+            yield _row("detector", f"batch {batch}", "OOM", "", f"{type(err).__name__}: {str(err)[:120]}")
+            continue
+        key = "detector.model_frames_per_s" if batch == recipe_batch else None
+        yield _row("detector", f"model frames/s, batch {batch}", batch / seconds, "frames/s", shape, key)
+        yield from _memory_row(bench, "detector", f"peak memory, batch {batch}")
+    del pixels
+    # 2. as a harvest actor runs it: detect() = processor + model + post-processing, the processor on the actor's
+    # CPUs (Ray sets an actor's OMP_NUM_THREADS to its num_cpus); frame decoding not included
+    threads = max(1, int(portraits["resources"]["harvest_cpus"]))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        chunk = frames[:recipe_batch]
+        start = time.perf_counter()
+        detector.processor(images=list(chunk), return_tensors="pt")
+        processor = (time.perf_counter() - start) / len(chunk)
+        note = (
+            f"{height}x{width} frames -> {size['height']}x{size['width']}, {threads} threads (harvest_cpus)"
+        )
+        yield _row("detector", "processor CPU s/frame", processor, "s", note)
+        seconds = _seconds(bench, partial(detector.detect, chunk), reps=1)
+    finally:
+        torch.set_num_threads(previous)
+    note = (
+        f"detect() on {len(chunk)} frames (batch_size {recipe.batch_size}): processor on {threads} threads + model + "
+        "post-processing, as one harvest actor; decoding the sampled frames not included"
+    )
+    yield _row(
+        "detector", "frames/s end to end", len(chunk) / seconds, "frames/s", note, key="detector.frames_per_s"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- 5. SAM2
 
 
 def bench_sam2(bench: Bench) -> Iterator[dict]:
@@ -445,18 +562,27 @@ def bench_sam2(bench: Bench) -> Iterator[dict]:
     yield _built(bench, "sam2", "sam21_hiera_large", time.perf_counter() - start, segmenter.model)
 
     clip = _random_frames((frames, height, width, 3))
+    # The recipe prompts with the detector's person boxes (prompt = "detector"), which segment_portrait passes
+    # in output pixels: one box here (policy "reject" keeps clips with one person), the segmenter's person prior
+    # scaled to the frame, as a detector would find a centred standing person. A fixed-box or points recipe
+    # prompts itself (no boxes given).
+    boxes = None
+    if config.prompt == "detector":
+        x0, y0, x1, y1 = SegmenterConfig().prompt_box
+        boxes = [(x0 * width, y0 * height, x1 * width, y1 * height)]
     if bench.profile.warmup:
-        segmenter.segment(clip[:3])
+        segmenter.segment(clip[:3], boxes)
     _reset_peak(bench)
-    seconds = _seconds(bench, lambda: segmenter.segment(clip), reps=1, warmup=0)
+    seconds = _seconds(bench, lambda: segmenter.segment(clip, boxes), reps=1, warmup=0)
     dtype = str(segmenter.dtype).removeprefix("torch.")
-    note = f"{frames}x{height}x{width}, {dtype}, box prompt on frame 0; preprocessing and masks included"
+    prompt = "a detector's person box" if boxes else f"the recipe's {config.prompt} prompt"
+    note = f"{frames}x{height}x{width}, {dtype}, {prompt} on frame 0; preprocessing and masks included"
     yield _row("sam2", "frames/s", frames / seconds, "frames/s", note, key="sam2.frames_per_s")
     yield _row("sam2", "seconds per clip", seconds, "s", f"{frames} frames")
     yield from _memory_row(bench, "sam2", "peak memory")
 
 
-# ---------------------------------------------------------------------------------------------- 5. the DiT
+# ---------------------------------------------------------------------------------------------- 6. the DiT
 
 
 FUSED_ATTENTION_OPS = {  # aten ops scaled_dot_product_attention dispatches to, by backend
@@ -496,9 +622,10 @@ def _attention_rows(bench: Bench, num_heads: int, head_dim: int, seq: int, dtype
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    gen = torch.Generator(device="cpu").manual_seed(0)
+    gen = torch.Generator(device=bench.device).manual_seed(0)  # drawn on the device: 3 x 416M values
     q, k, v = (
-        torch.randn(1, num_heads, seq, head_dim, generator=gen).to(bench.device, dtype) for _ in range(3)
+        torch.randn(1, num_heads, seq, head_dim, generator=gen, device=bench.device, dtype=dtype)
+        for _ in range(3)
     )
     flops = 4 * seq * seq * head_dim * num_heads
     for backend, label in (
@@ -525,40 +652,39 @@ def _attention_rows(bench: Bench, num_heads: int, head_dim: int, seq: int, dtype
         )
 
 
+def block_tflops_key(degree: int) -> str:
+    """The key of the block's TFLOP/s per rank at sequence-parallel degree ``degree`` (SP 1: ``dit.block_tflops``)."""
+    return "dit.block_tflops" if degree == 1 else f"dit.block_tflops_sp{degree}"
+
+
 def bench_dit(bench: Bench) -> Iterator[dict]:
-    """One MiVE block of the real width: fwd+bwd at the paper's sequence, plan numbers, attention backend."""
+    """One MiVE block of the real width, fwd+bwd at the plan's sequence, as one rank of each sequence-parallel
+    degree (``benchmarks.bench_model.measure_block``), next to the plan's per-block numbers; the SDPA backend.
+
+    Time (limit 80 s on one H100 / H200): at L = 81,248, D 5120, FFN 13824 the block's forward is
+    L (8 D^2 + 4 D F) = 4.0e13 FLOP of projections and FFN plus 4 L^2 D = 1.35e14 of attention, 1.75e14 in all;
+    forward + backward 3x that, 0.53 PFLOP as counted (about 0.7 executed: flash's backward recomputes the
+    scores): 1.2-1.7 s per run at 400-500 TFLOP/s. A rank of SP N does 1/N of it (L/N tokens through the
+    projections, H/N heads over all L in attention), so SP 1, 2, 4, 8 together are 1.875 SP 1 runs; one
+    warm-up + ``dit_reps`` (2) timed runs each: 3 x 1.875 x 1.7 = 10 s. Building the four 246M-parameter blocks
+    on the GPU, a second or two; the backend probe (one forward, 0.5 s) and the three backends' attention
+    forward alone (1.35e14 FLOP, 3 runs each, the efficient one slower): about 5 s. About 20 s in all, 40 s at
+    half the rate: 80 s leaves room for a slower GPU or backend.
+    """
     import torch
 
-    from benchmarks.bench_model import _block_rows
+    from benchmarks.bench_model import measure_block
     from trainer.model import MiVEBlock, get_config, rope_cos_sin
-    from trainer.plan import DTYPE_BYTES, block_activation_bytes, parameter_breakdown
+    from trainer.plan import parameter_breakdown
 
     profile = bench.profile
     config = get_config(profile.dit_model)
+    residual = _recipe_table(TRAIN_RECIPE, "train", "parallel").get("residual_dtype", "float32")
     dtype = torch.bfloat16 if bench.cuda else torch.float32
     dtype_name = str(dtype).removeprefix("torch.")
     frames, height, width = profile.dit_grid
     seq = profile.dit_condition + frames * height * width
-    device = torch.device(bench.device)
-    rows = _block_rows(
-        device,
-        config.dim,
-        config.num_heads,
-        config.ffn_dim,
-        profile.dit_grid,
-        profile.dit_condition,
-        dtype,
-        profile.dit_reps,
-    )
-    for row in rows:
-        row["benchmark"] = "dit"
-        if row["metric"] == "mive_block TFLOP/s":
-            row["key"] = "dit.block_tflops"
-        yield row
-
-    # trainer plan's numbers for one block at this sequence
     params = parameter_breakdown(config)
-    saved = block_activation_bytes(config, seq, 1, DTYPE_BYTES[dtype_name])
     yield _row(
         "dit",
         "plan: parameters per block",
@@ -566,18 +692,64 @@ def bench_dit(bench: Bench) -> Iterator[dict]:
         "",
         f"{config.dim} wide; gathered {2 * params.per_block / 2**30:.2f} GiB in bf16",
     )
-    yield _row(
-        "dit",
-        "plan: saved activations per block",
-        saved / 2**30,
-        "GiB",
-        f"seq {seq:,}, {dtype_name}, no checkpointing; compare the measured peak above",
-    )
+    for degree in profile.dit_sp_degrees:
+        label = f"SP {degree}"
+        try:
+            m = measure_block(
+                config.dim,
+                config.num_heads,
+                config.ffn_dim,
+                seq,
+                profile.dit_condition,
+                dtype,
+                degree,
+                device=bench.device,
+                reps=profile.dit_reps,
+                residual_dtype=residual,
+            )
+        except Exception as err:
+            if not _is_oom(err):
+                raise
+            yield _row("dit", label, "OOM", "", f"{type(err).__name__}: {str(err)[:120]}")
+            continue
+        yield _row(
+            "dit",
+            f"{label}: tokens per rank",
+            m["tokens_per_rank"],
+            "tokens",
+            f"of L {seq:,} ({profile.dit_condition:,} condition); {m['heads_per_rank']} of {config.num_heads} heads",
+            key=f"dit.tokens_per_rank_sp{degree}",
+        )
+        note = (
+            f"{m['device']}, D {config.dim}, {dtype_name}, residual {residual}, fastest of {profile.dit_reps}"
+        )
+        yield _row("dit", f"{label}: block fwd+bwd", m["seconds"] * 1e3, "ms", note)
+        yield _row(
+            "dit",
+            f"{label}: TFLOP/s per rank",
+            m["tflops"],
+            "TFLOP/s",
+            "3 x forward matmul FLOPs / N",
+            key=block_tflops_key(degree),
+        )
+        if m["mfu"] is not None:
+            yield _row("dit", f"{label}: MFU", 100 * m["mfu"], "%", "of the dense bf16 peak")
+        plan = (
+            f"plan: block {m['plan_block_gib']:.2f} GiB (saved {m['plan_saved_gib']:.2f} + transient "
+            f"{m['plan_transient_gib']:.2f} + input)"
+        )
+        if m["peak_memory_gib"] is not None:
+            yield _row(
+                "dit", f"{label}: peak memory", m["peak_memory_gib"], "GiB", f"above the weights; {plan}"
+            )
+        else:
+            yield _row("dit", f"{label}: plan's block memory", m["plan_block_gib"], "GiB", plan)
 
-    # which SDPA kernel the block's attention dispatches to
+    # which SDPA kernel the block's attention dispatches to (SP 1, the whole sequence)
+    device = torch.device(bench.device)
     torch.manual_seed(0)
     with torch.device(device):
-        block = MiVEBlock(config).to(dtype)
+        block = MiVEBlock(replace(config, residual_dtype=residual)).to(dtype)
     x = torch.randn(1, seq, config.dim, device=device, dtype=dtype)
     time_mod = torch.randn(1, 2, 6, config.dim, device=device) * 0.1
     rope = rope_cos_sin(config, profile.dit_grid, profile.dit_condition, device)
@@ -599,65 +771,118 @@ BENCHMARKS: dict[str, Callable[[Bench], Iterator[dict]]] = {
     "judge": bench_judge,
     "vlm": bench_vlm,
     "vae": bench_vae,
+    "detector": bench_detector,
     "sam2": bench_sam2,
     "dit": bench_dit,
 }
 
 
-# ---------------------------------------------------------------------------------------------- 6. projection
+# ---------------------------------------------------------------------------------------------- 7. projection
 
 
 def projection_rows(rows: list[dict], num_gpus: int) -> list[dict]:
-    """GPU-hours of the paper's run from the measured rates (rows with a ``key``); a missing rate is a row saying so."""
+    """GPU-hours of the paper's run from the measured rates (rows with a ``key``); a missing rate is a row saying so.
+
+    Filter (the judge over every OpenVE pair), harvest (the person detector over every OpenVE source video's
+    frames sampled at ``[portraits.detector] sample_fps``), segment (SAM2 and the detector's prompt over each
+    portrait clip), shards (VLM + VAE per training sample), train (``trainer plan`` of
+    ``manifests/train_mive_14b.toml`` on 8 GPUs: its global batch per step, its FLOPs per sample, at the block's
+    TFLOP/s measured at the plan's tokens per GPU, i.e. at the recipe's sequence-parallel degree).
+    """
+    from dataengine.detect import DetectorConfig
     from dataengine.recipe import build_config
+    from dataengine.video import sample_indices
     from trainer.parallel import ParallelConfig
-    from trainer.plan import REFERENCE_TFLOPS_PER_GPU, PlanConfig, make_plan
+    from trainer.plan import REFERENCE_TFLOPS_PER_GPU, PlanConfig, make_plan, tokens_per_rank
 
     rates = {
         row["key"]: row["value"] for row in rows if "key" in row and isinstance(row["value"], int | float)
     }
     portraits = _recipe_table(DATA_RECIPE, "portraits")
+    detector = build_config(DetectorConfig, portraits["detector"], "portraits.detector")
+    harvest_gpus = portraits["resources"]["harvest_gpus"]
     clips = 3 * portraits["pairs_per_type"]  # at most one portrait clip per pair (clips may be reused)
+    # the detector's frames of one OpenVE clip: detect_sampled's nearest frames at sample_fps over the whole clip
+    video_frames, video_fps = OPENVE_CLIP
+    sampled = len(np.unique(sample_indices(video_frames, video_fps, detector.sample_fps)))
     train = _recipe_table(TRAIN_RECIPE, "train")
     steps = train["steps"]
-    # trainer plan of the paper's run: 8 GPUs x the recipe's batch (read here, not through trainer.train,
-    # whose data loader needs webdataset, which GPU machines may lack)
+    # trainer plan of the paper's run on 8 GPUs (read here, not through trainer.train, whose data loader needs
+    # webdataset, which GPU machines may lack): the dp x sp mesh, the global batch, the tokens per GPU
     parallel = build_config(ParallelConfig, train["parallel"], "train.parallel")
     plan = make_plan(
-        train["model"], parallel, PlanConfig(num_gpus=8), train["data"]["batch_size"], train["grad_accum"]
+        train["model"],
+        parallel,
+        PlanConfig(num_gpus=8),
+        train["data"]["batch_size"],
+        train["grad_accum"],
+        steps,
     )
-    samples = steps * plan.plan.num_gpus * plan.samples_per_gpu * plan.grad_accum
+    sp = plan.parallel.sequence_parallel
+    samples = steps * plan.global_batch  # data-parallel replicas x micro-batch x accumulation, per step
+    tokens_per_gpu = tokens_per_rank(plan.shape.seq_len, sp)
+    mesh = (
+        f"{plan.data_parallel} dp x {sp} sp, global batch {plan.data_parallel} x {plan.samples_per_gpu} x "
+        f"{plan.grad_accum} = {plan.global_batch}"
+    )
+    train_key = block_tflops_key(sp)
+    measured_tokens = rates.get(f"dit.tokens_per_rank_sp{sp}")
+    if train_key in rates:
+        train_rate = rates[train_key]
+        if measured_tokens == tokens_per_gpu:
+            at = f"the block's TFLOP/s at the plan's {tokens_per_gpu:,} tokens per GPU (SP {sp})"
+        else:
+            at = (
+                f"the block's TFLOP/s at {measured_tokens} tokens per rank, not the plan's {tokens_per_gpu:,}"
+            )
+    else:
+        train_rate = rates.get("dit.block_tflops")
+        at = (
+            f"SP {sp} not measured: the SP 1 block's TFLOP/s at {rates.get('dit.tokens_per_rank_sp1')} tokens"
+        )
 
-    def seconds_each(key: str, per: Callable[[float], float]) -> float | None:
-        return per(rates[key]) if key in rates and rates[key] > 0 else None
+    def seconds_each(*keys: str, per: Callable[..., float]) -> float | None:
+        values = [rates.get(key) for key in keys]
+        return per(*values) if all(v is not None and v > 0 for v in values) else None
 
     items = [
         (
             f"filter: judge {OPENVE_PAIRS / 1e6:.2f}M pairs",
             OPENVE_PAIRS,
-            seconds_each("judge.pairs_per_s", lambda r: 1 / r),
+            seconds_each("judge.pairs_per_s", per=lambda r: 1 / r),
             "judge; the recipe's batch size; frame decoding (CPU) not included",
         ),
         (
-            f"shards: encode {TRAINING_SAMPLES // 1000}K samples",
-            TRAINING_SAMPLES,
-            None
-            if "vlm.samples_per_s" not in rates or "vae.seconds_per_sample" not in rates
-            else 1 / rates["vlm.samples_per_s"] + rates["vae.seconds_per_sample"],
-            "Qwen3-VL forward + VAE (source, target, reference); decoding not included",
+            f"harvest: detect people in {OPENVE_SOURCE_VIDEOS / 1e6:.2f}M source videos",
+            OPENVE_SOURCE_VIDEOS,
+            seconds_each("detector.frames_per_s", per=lambda r: sampled / r * harvest_gpus),
+            f"{sampled} frames each ({video_frames} at {video_fps:g} fps sampled at {detector.sample_fps:g} fps), "
+            f"detect() end to end; an actor holds {harvest_gpus:g} GPU ([portraits.resources]): GPU-h = actor-h x "
+            f"{harvest_gpus:g}; at most one source video per pair; decoding not included",
         ),
         (
             f"portraits: segment {clips:,} clips",
             clips,
-            seconds_each("sam2.frames_per_s", lambda r: portraits["num_frames"] / r),
-            f"SAM2, {portraits['num_frames']} frames each; at most one clip per pair",
+            seconds_each(
+                "sam2.frames_per_s",
+                "detector.frames_per_s",
+                per=lambda sam2, det: portraits["num_frames"] / sam2 + sampled / det,
+            ),
+            f"SAM2 on {portraits['num_frames']} frames + the detector's prompt on at most {sampled} sampled frames "
+            "each; at most one clip per pair",
         ),
         (
-            f"train: {steps:,} steps x {samples // steps} samples",
+            f"shards: encode {TRAINING_SAMPLES // 1000}K samples",
+            TRAINING_SAMPLES,
+            seconds_each("vlm.samples_per_s", "vae.seconds_per_sample", per=lambda vlm, vae: 1 / vlm + vae),
+            "Qwen3-VL forward + VAE (source, target, reference); decoding not included",
+        ),
+        (
+            f"train: {steps:,} steps x {plan.global_batch} samples",
             samples,
-            seconds_each("dit.block_tflops", lambda r: plan.flops.train_per_sample / (r * 1e12)),
-            f"plan's {plan.flops.train_per_sample:.3g} FLOPs per sample (activation checkpointing) at the "
-            "block's measured TFLOP/s; FSDP2 communication not included",
+            None if not train_rate else plan.flops.train_per_sample / (train_rate * 1e12),
+            f"{mesh}; plan's {plan.flops.train_per_sample:.3g} FLOPs per sample (activation checkpointing) at "
+            f"{at}; FSDP2 and all-to-all communication not included",
         ),
     ]
     out: list[dict] = []
@@ -743,11 +968,13 @@ def run_sections(
             "torch",
             "transformers.models.qwen3_vl.modeling_qwen3_vl",
             "transformers.models.sam2_video.modeling_sam2_video",
+            "transformers.models.rt_detr_v2.modeling_rt_detr_v2",
             "diffusers.models.autoencoders.autoencoder_kl_wan",
             "diffusers.models.transformers.transformer_wan",
             "trainer.model",
             "benchmarks.bench_model",
             "dataengine.judge",
+            "dataengine.detect",
         ]
     )
     start = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -47,17 +48,33 @@ def test_a_killed_section_leaves_the_others_rows_and_says_why(smoke) -> None:
     proc, result, out = smoke
     assert proc.returncode == 1, proc.stderr[-2000:]  # a section failed
     status = {name: s["status"] for name, s in result["sections"].items()}
-    assert status == {"judge": "ok", "vlm": "ok", "vae": "timeout", "sam2": "ok", "dit": "ok"}
+    assert status == {
+        "judge": "ok",
+        "vlm": "ok",
+        "vae": "timeout",
+        "detector": "ok",
+        "sam2": "ok",
+        "dit": "ok",
+    }, proc.stderr[-3000:]
     rows = result["rows"]
     failed = [row for row in rows if row["metric"] == "FAILED"]
     assert [row["benchmark"] for row in failed] == ["vae"] and "timed out" in failed[0]["note"]
     assert "vae: timeout: timed out" in proc.stderr
     rates = {row["key"]: row["value"] for row in rows if "key" in row}
-    for key in ("judge.pairs_per_s", "vlm.samples_per_s", "sam2.frames_per_s", "dit.block_tflops"):
+    for key in (
+        "judge.pairs_per_s",
+        "vlm.samples_per_s",
+        "detector.frames_per_s",
+        "detector.model_frames_per_s",
+        "sam2.frames_per_s",
+        "dit.block_tflops",
+        "dit.block_tflops_sp2",
+        "dit.block_tflops_sp4",
+    ):
         assert isinstance(rates[key], float) and rates[key] > 0, key
     assert "vae.seconds_per_sample" not in rates
     # one printed table and the same rows in the Markdown file
-    for name in ("judge", "vlm", "vae", "sam2", "dit", "projection"):
+    for name in ("judge", "vlm", "vae", "detector", "sam2", "dit", "projection"):
         assert f"\n{name} " in proc.stdout
     markdown = (out / "bench_gpu.md").read_text()
     assert sum(line.startswith("| ") for line in markdown.splitlines()) == len(rows) + 1  # + the header
@@ -66,6 +83,8 @@ def test_a_killed_section_leaves_the_others_rows_and_says_why(smoke) -> None:
     filter_hours = projection["filter: judge 2.45M pairs"]["value"]
     assert filter_hours == pytest.approx(2_450_000 / rates["judge.pairs_per_s"] / 3600)
     assert projection["shards: encode 30K samples"]["value"] == "n/a"
+    assert isinstance(projection["harvest: detect people in 2.45M source videos"]["value"], float)
+    assert isinstance(projection["portraits: segment 6,000 clips"]["value"], float)
     assert projection["the paper's whole run"]["value"] == "n/a"
 
 
@@ -85,6 +104,98 @@ def test_token_counts_are_those_of_the_recipe_budgets(smoke) -> None:
     frames = len(sample_frame_indices(97, 24.0, 2.0, 16))
     assert (height, width, frames) == (384, 672, 8)  # the recipe's own comment: 720x1280 -> 384x672
     assert rates["judge.video_tokens"] == 2 * (frames // 2) * (height // 32) * (width // 32)
+
+
+@pytest.mark.slow
+def test_the_block_is_measured_as_one_rank_of_each_sequence_parallel_degree(smoke) -> None:
+    """The dit section's per-rank shares: ceil(L / N) tokens and H / N heads of the debug block (L = 16 condition
+    tokens + a 2 x 4 x 4 grid, 4 heads), and the peak-memory-free CPU rows carry the plan's block memory."""
+    rows = {row["metric"]: row for row in smoke[1]["rows"] if row["benchmark"] == "dit"}
+    seq = 16 + 2 * 4 * 4
+    for degree in (1, 2, 4):
+        tokens = rows[f"SP {degree}: tokens per rank"]
+        assert (
+            tokens["value"] == math.ceil(seq / degree)
+            and tokens.get("key") == f"dit.tokens_per_rank_sp{degree}"
+        )
+        assert f"{4 // degree} of 4 heads" in tokens["note"]
+        assert rows[f"SP {degree}: block fwd+bwd"]["value"] > 0
+        assert rows[f"SP {degree}: plan's block memory"]["value"] > 0
+    assert rows["SDPA backend in the block"]["value"] == "flash (CPU)"
+
+
+def test_real_profile_measures_the_plans_sequence_and_width() -> None:
+    """The dit section's real workload is the paper run's: trainer plan's L for 81 frames at 720P and its
+    condition tokens, the 14B block's width, the recipe's SP degree among those measured."""
+    from benchmarks.bench_gpu import PROFILES
+    from trainer.model import get_config
+    from trainer.plan import PlanConfig, token_shape
+
+    profile = PROFILES["real"]
+    config = get_config(profile.dit_model)
+    assert (config.dim, config.num_heads, config.ffn_dim) == (5120, 40, 13824)
+    shape = token_shape(config, 81, 720, 1280, PlanConfig().num_condition_tokens)
+    frames, height, width = profile.dit_grid
+    assert profile.dit_condition + frames * height * width == shape.seq_len == 81_248
+    assert set(profile.dit_sp_degrees) == {1, 2, 4, 8}
+    assert sum(profile.time_limits.values()) <= 480 - 15  # the sections' limits leave time for the imports
+
+
+def test_projection_of_the_sequence_parallel_recipe_against_a_hand_computation() -> None:
+    """GPU-hours from given rates, recomputed from the recipes' numbers: samples per step are the global batch
+    (8 GPUs / SP 2 replicas x batch x accumulation), the rate is the block's at SP 2 (the plan's tokens per GPU),
+    FLOPs per sample by the block formula; the harvest is every OpenVE source's sampled frames."""
+    import tomllib
+
+    from benchmarks.bench_gpu import DATA_RECIPE, TRAIN_RECIPE, projection_rows
+
+    train = tomllib.loads(TRAIN_RECIPE.read_text())["train"]
+    portraits = tomllib.loads(DATA_RECIPE.read_text())["portraits"]
+    sp = train["parallel"]["sequence_parallel"]
+    global_batch = 8 // sp * train["data"]["batch_size"] * train["grad_accum"]
+    assert (sp, global_batch) == (2, 8)  # the recipe's comment: 4 data-parallel replicas x 1 x 2
+    seq = 21 * 45 * 80 + 45 * 80 + 2048  # 21 latent frames + the reference frame, 2 x 2 patches of 90 x 160
+    rates = {
+        "judge.pairs_per_s": 10.0,
+        "detector.frames_per_s": 400.0,
+        "sam2.frames_per_s": 20.0,
+        "vlm.samples_per_s": 2.0,
+        "vae.seconds_per_sample": 1.5,
+        "dit.block_tflops": 300.0,
+        "dit.tokens_per_rank_sp1": seq,
+        "dit.block_tflops_sp2": 250.0,
+        "dit.tokens_per_rank_sp2": math.ceil(seq / 2),
+    }
+    rows = [{"benchmark": "x", "metric": k, "value": v, "unit": "", "key": k} for k, v in rates.items()]
+    projection = {row["metric"]: row for row in projection_rows(rows, num_gpus=8)}
+
+    dim, ffn, layers = 5120, 13824, 40
+    per_block = 2 * seq * (4 * dim * dim + 2 * dim * ffn) + 4 * seq * seq * dim  # forward FLOPs of one block
+    flops = 4 * layers * per_block  # fwd + bwd + the checkpointed recompute; the plan adds the small rest
+    train_row = projection[f"train: 8,000 steps x {global_batch} samples"]
+    assert train_row["value"] == pytest.approx(8000 * global_batch * flops / 250e12 / 3600, rel=0.002)
+    assert f"the plan's {math.ceil(seq / 2):,} tokens per GPU (SP 2)" in train_row["note"]
+
+    sampled = math.floor(97 / 24 * portraits["detector"]["sample_fps"])  # 8 frames of a 97-frame 24 fps clip
+    harvest = 2_450_000 * sampled / 400 * portraits["resources"]["harvest_gpus"] / 3600
+    assert projection["harvest: detect people in 2.45M source videos"]["value"] == pytest.approx(harvest)
+    clips = 3 * portraits["pairs_per_type"]
+    segment = clips * (portraits["num_frames"] / 20 + sampled / 400) / 3600
+    assert projection[f"portraits: segment {clips:,} clips"]["value"] == pytest.approx(segment)
+    parts = [
+        2_450_000 / 10 / 3600,
+        harvest,
+        segment,
+        30_000 * (1 / 2 + 1.5) / 3600,
+        train_row["value"],
+    ]
+    assert projection["the paper's whole run"]["value"] == pytest.approx(sum(parts))
+    # without the SP 2 measurement the SP 1 rate stands in, and says so
+    del rates["dit.block_tflops_sp2"]
+    rows = [{"benchmark": "x", "metric": k, "value": v, "unit": "", "key": k} for k, v in rates.items()]
+    fallback = {row["metric"]: row for row in projection_rows(rows, num_gpus=8)}[train_row["metric"]]
+    assert fallback["value"] == pytest.approx(train_row["value"] * 250 / 300)
+    assert "SP 2 not measured" in fallback["note"]
 
 
 def test_attention_backend_is_read_from_the_dispatched_op() -> None:
