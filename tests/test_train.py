@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -178,22 +180,89 @@ def test_cli_debug_recipe_writes_the_run_folder(reference_run):
     assert checkpoints == [f"step-{STEPS - EVERY:08d}", f"step-{STEPS:08d}"]  # keep_last = 2, no partials
 
 
-def test_two_process_fsdp2_matches_one_process(shards, reference_run, tmp_path):
+@pytest.fixture(scope="module")
+def two_process_run(shards, tmp_path_factory) -> Path:
+    """One node, two ranks (``torchrun --standalone --nproc-per-node 2``), batch 1 per rank."""
+    runs = tmp_path_factory.mktemp("runs_fsdp2")
     result = subprocess.run(
-        _cli(_overrides(shards, tmp_path, "fsdp2", batch_size=1), torchrun_ranks=2),
+        _cli(_overrides(shards, runs, "fsdp2", batch_size=1), torchrun_ranks=2),
         env=_env(),
         cwd=REPO,
         capture_output=True,
         text=True,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    two, one = _losses(tmp_path / "fsdp2"), _losses(reference_run)
+    return runs / "fsdp2"
+
+
+def test_two_process_fsdp2_matches_one_process(two_process_run, reference_run):
+    two, one = _losses(two_process_run), _losses(reference_run)
     assert sorted(two) == sorted(one)
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=PARITY_RTOL), (
             f"step {step}: {two[step]} vs {one[step]}"
         )
-    resolved = json.loads((tmp_path / "fsdp2" / "recipe.resolved.json").read_text())
+    resolved = json.loads((two_process_run / "recipe.resolved.json").read_text())
+    assert resolved["world_size"] == 2
+
+
+def _readme_multinode_command() -> list[str]:
+    """The multi-node ``torchrun`` line of the README's "real run" section, as tokens."""
+    lines = [
+        line.strip()
+        for line in (REPO / "README.md").read_text().splitlines()
+        if line.startswith("torchrun --nnodes")
+    ]
+    assert len(lines) == 1, f"README.md should hold one multi-node torchrun line, found {lines}"
+    return shlex.split(lines[0])
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_by_c10d_rendezvous_match_one_node(shards, two_process_run, tmp_path):
+    """The README's multi-node command, launched twice on this machine as two "nodes" of one process each
+    (the rendezvous endpoint ``$HEAD:29500`` becomes 127.0.0.1 and a free port, 8 processes per node become 1,
+    the paper's recipe the debug one): the same losses as one node with two processes."""
+    command = _readme_multinode_command()
+    assert command[:3] == ["torchrun", "--nnodes", "2"] and "--rdzv-backend" in command
+    assert command[command.index("--rdzv-backend") + 1] == "c10d"
+    port = _free_port()
+    swap = {
+        "$HEAD:29500": f"127.0.0.1:{port}",
+        "manifests/train_mive_14b.toml": str(RECIPE),
+    }
+    command = [swap.get(token, token) for token in command]
+    command[command.index("--nproc-per-node") + 1] = "1"
+    launcher = [sys.executable, "-m", "torch.distributed.run", *command[1:]]
+    args = _overrides(shards, tmp_path, "two_nodes", batch_size=1)
+    nodes = [
+        subprocess.Popen(
+            [*launcher, *args],
+            env=_env(),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        errors = [node.communicate(timeout=300)[1] for node in nodes]
+    finally:
+        for node in nodes:  # a node whose peer failed waits for the rendezvous: never leave it behind
+            if node.poll() is None:
+                node.kill()
+                node.wait()
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(e[-3000:] for e in errors)
+    two_nodes, one_node = _losses(tmp_path / "two_nodes"), _losses(two_process_run)
+    # the same two ranks and the same collectives, only their rendezvous differs: the same floats
+    assert two_nodes == one_node
+    resolved = json.loads((tmp_path / "two_nodes" / "recipe.resolved.json").read_text())
     assert resolved["world_size"] == 2
 
 
