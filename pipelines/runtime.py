@@ -161,8 +161,9 @@ class PartStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         for leftover in self.folder.glob(".*.tmp"):
             leftover.unlink(missing_ok=True)
+        replaced = self._replaced()
         for path in self.folder.glob("part-*.parquet"):  # finish the deletions a kill interrupted
-            if path.name in self._replaced():
+            if path.name in replaced:
                 path.unlink(missing_ok=True)
 
     def _replaced(self) -> set[str]:
@@ -219,7 +220,7 @@ class PartStore:
             level += 1
 
     def _merge(self, parts: list[Path], level: int) -> Path:
-        table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="permissive")
+        table = pa.concat_tables([pq.ParquetFile(p).read() for p in parts], promote_options="permissive")
         names = [p.name for p in parts]
         metadata = {**(table.schema.metadata or {}), REPLACES_KEY: json.dumps(names).encode()}
         table = table.replace_schema_metadata(metadata)
@@ -239,7 +240,7 @@ class PartStore:
         """Ids of every row in a complete part."""
         ids: set[str] = set()
         for part in self.parts():
-            ids.update(pq.read_table(part, columns=[self.id_column]).column(0).to_pylist())
+            ids.update(pq.ParquetFile(part).read(columns=[self.id_column]).column(0).to_pylist())
         return ids
 
     def read_all(self) -> pd.DataFrame:
@@ -247,7 +248,10 @@ class PartStore:
         parts = self.parts()
         if not parts:
             return pd.DataFrame(columns=[self.id_column])
-        frame = pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
+        tables = [pq.ParquetFile(p).read() for p in parts]
+        frame = pa.concat_tables(
+            tables, promote_options="permissive"
+        ).to_pandas()  # one conversion, not one per part
         frame = frame.drop_duplicates(subset=[self.id_column], keep="first")
         return frame.sort_values(self.id_column, kind="stable").reset_index(drop=True)
 
