@@ -65,6 +65,14 @@ class ShardsResources:
     """CPUs of the local Ray instance (0: all); ignored when joining a cluster."""
     writer_threads: int = 2
     """Shards the driver writes at once (tar + sha256 release the GIL): the writer keeps up with many GPUs."""
+    placement: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Custom Ray resources per stage, pinning it to the nodes started with them (``ray start --resources``),
+    e.g. ``{vae = {gpu_node = 1}}``; stages: vae, vlm. Empty: Ray places every stage."""
+
+    def __post_init__(self) -> None:
+        from dataengine.recipe import check_placement
+
+        check_placement(self.placement, ("vae", "vlm"), "shards.resources.placement")
 
 
 @dataclass(frozen=True)
@@ -233,6 +241,7 @@ def shard_stages(config: ShardsConfig, vlm_dim: int) -> list[Stage]:
             actors=res.vae_actors,
             gpus=res.vae_gpus,
             cpus=res.vae_cpus,
+            resources=res.placement.get("vae", {}),
             failure_reason="encode_failed",
         ),
         Stage(
@@ -242,6 +251,7 @@ def shard_stages(config: ShardsConfig, vlm_dim: int) -> list[Stage]:
             actors=res.vlm_actors,
             gpus=res.vlm_gpus,
             cpus=res.vlm_cpus,
+            resources=res.placement.get("vlm", {}),
             failure_reason="encode_failed",
         ),
     ]

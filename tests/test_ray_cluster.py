@@ -167,25 +167,48 @@ def chain(tmp_path_factory) -> tuple[Path, Path]:
 
 # Near-duplicate removal runs in the driver on a CPU-only recipe (no Ray in it): left out to save time.
 OVERRIDES = {"filter": ["filter.dedup.enabled=false"]}
+# On the cluster one stage of each job is pinned to the second node by its custom resource.
+PINNED = {"filter": "score", "synth-portraits": "composite", "shards": "vae"}
+PLACEMENT = {
+    "filter": f"filter.placement.score={{{NODE2_RESOURCE} = 1}}",
+    "synth-portraits": f"portraits.resources.placement.composite={{{NODE2_RESOURCE} = 1}}",
+    "shards": f"shards.resources.placement.vae={{{NODE2_RESOURCE} = 1}}",
+}
 
 
-def _run_chain(cwd: Path, recipe: Path, env: dict[str, str], *ray: str) -> dict[str, float]:
-    """The demo chain's three jobs, one after the other, from ``cwd``; returns the seconds each took."""
+def _run_chain(
+    cwd: Path, recipe: Path, env: dict[str, str], address: str = ""
+) -> dict[str, tuple[float, str]]:
+    """The demo chain's three jobs, one after the other, from ``cwd`` (on the cluster at ``address``, with
+    one stage of each pinned to the second node); returns each job's seconds and standard output."""
     cwd.mkdir()
-    seconds = {}
+    done = {}
     for job in ("filter", "synth-portraits", "shards"):
+        extra = [PLACEMENT[job], "--ray-address", address] if address else []
         started = time.monotonic()
         result = subprocess.run(
-            [str(BIN / "dataengine"), job, str(recipe), *OVERRIDES.get(job, []), *ray],
+            [str(BIN / "dataengine"), job, str(recipe), *OVERRIDES.get(job, []), *extra],
             cwd=cwd,
             env=env,
             capture_output=True,
             text=True,
             timeout=JOB_TIMEOUT_S,
         )
-        assert result.returncode == 0, f"{job} {ray}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        seconds[job] = round(time.monotonic() - started, 1)
-    return seconds
+        assert result.returncode == 0, f"{job} {extra}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        done[job] = (round(time.monotonic() - started, 1), result.stdout)
+    return done
+
+
+def _stage_nodes(stdout: str, stage: str) -> list[str]:
+    """The nodes that ran ``stage``, from the runner's "where the stages ran" lines: one label per node."""
+    nodes = []
+    for line in stdout.splitlines():
+        if line.startswith("where the stages ran: "):
+            for part in line.removeprefix("where the stages ran: ").split("; "):
+                name, _, where = part.partition(": ")
+                if name == stage:
+                    nodes += [piece.split(" on node ", 1)[1] for piece in where.split(", ")]
+    return nodes
 
 
 def _outputs(cwd: Path) -> dict[str, object]:
@@ -213,18 +236,23 @@ def test_filter_portraits_and_shards_on_a_two_node_cluster_equal_a_local_run(cha
     root, recipe = chain
     cluster = TwoNodeCluster()
 
-    def on_the_cluster() -> dict[str, float]:
+    def on_the_cluster() -> dict[str, tuple[float, str]]:
         cluster.start()
-        return _run_chain(root / "cluster", recipe, cluster.env, "--ray-address", cluster.address)
+        return _run_chain(root / "cluster", recipe, cluster.env, cluster.address)
 
     try:
         with ThreadPoolExecutor(2) as pool:
             local = pool.submit(_run_chain, root / "local", recipe, cluster.env)
             remote = pool.submit(on_the_cluster)
-            seconds = {"local": local.result(), "cluster": remote.result()}
+            runs = {"local": local.result(), "cluster": remote.result()}
     finally:
         cluster.stop()
-    print(f"job seconds: {seconds}")
+    print("job seconds:", {where: {job: run[0] for job, run in jobs.items()} for where, jobs in runs.items()})
+    for job, stage in PINNED.items():
+        # the pinned stage ran on the second node only; on the local Ray, on its one node
+        nodes = _stage_nodes(runs["cluster"][job][1], stage)
+        assert len(nodes) == 1 and nodes[0].endswith(f"({NODE2_RESOURCE})"), (job, nodes)
+        assert len(_stage_nodes(runs["local"][job][1], stage)) == 1, job
     expected, got = _outputs(root / "local"), _outputs(root / "cluster")
     assert len(got["openve.parquet"]) == 4 and len(got["portraits.parquet"]) == 3
     assert got["portraits.parquet"]["source_path"].str.startswith("<cwd>").all()
