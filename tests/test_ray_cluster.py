@@ -213,7 +213,7 @@ def _stage_nodes(stdout: str, stage: str) -> list[str]:
 
 def _outputs(cwd: Path) -> dict[str, object]:
     """What the chain wrote, comparable across working folders: Parquet as frames with ``cwd`` taken out of
-    the paths, ``index.json`` without its creation time."""
+    the paths, ``index.json`` without its creation time and the recipe's resources."""
     manifests = cwd / "manifests" / "demo"
     outputs: dict[str, object] = {}
     for name in ("openve.parquet", "rejections.parquet", "portraits.parquet", "portrait_rejections.parquet"):
@@ -226,6 +226,7 @@ def _outputs(cwd: Path) -> dict[str, object]:
         outputs[name] = frame
     outputs["shard rejections"] = pd.read_parquet(cwd / "shards" / "demo" / "rejections.parquet")
     index = read_index(cwd / "shards" / "demo")
+    index["recipe"].pop("resources")  # the cluster run's placement is in there; resources change no shard
     outputs["index.json"] = {k: v for k, v in index.items() if k != "created_unix"}
     return outputs
 
