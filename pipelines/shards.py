@@ -331,7 +331,10 @@ class RemoteShardSet:
     def upload(self, local: Path, relative: str) -> None:
         from dataengine.shard_format import join
 
-        self.fs.put_file(str(local), join(self.root, relative))
+        target = join(self.root, relative)
+        if "file" in self.fs.protocol:  # object stores have no folders to make
+            self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.put_file(str(local), target)
 
     def remove(self, relative: str) -> None:
         from dataengine.shard_format import join

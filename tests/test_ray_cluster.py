@@ -32,7 +32,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dataengine.shard_format import read_index
+from dataengine.shard_format import read_index, shard_set_location
+from dataengine.shards import verify_shards
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the environment's console scripts: dataengine, ray
@@ -170,21 +171,24 @@ OVERRIDES = {"filter": ["filter.dedup.enabled=false"]}
 # On the cluster one stage of each job is pinned to the second node by its custom resource.
 PINNED = {"filter": "score", "synth-portraits": "composite", "shards": "vae"}
 PLACEMENT = {
-    "filter": f"filter.placement.score={{{NODE2_RESOURCE} = 1}}",
-    "synth-portraits": f"portraits.resources.placement.composite={{{NODE2_RESOURCE} = 1}}",
-    "shards": f"shards.resources.placement.vae={{{NODE2_RESOURCE} = 1}}",
+    "filter": [f"filter.placement.score={{{NODE2_RESOURCE} = 1}}"],
+    "synth-portraits": [f"portraits.resources.placement.composite={{{NODE2_RESOURCE} = 1}}"],
+    "shards": [f"shards.resources.placement.vae={{{NODE2_RESOURCE} = 1}}"],
 }
 
 
 def _run_chain(
-    cwd: Path, recipe: Path, env: dict[str, str], address: str = ""
+    cwd: Path, recipe: Path, env: dict[str, str], address: str = "", shards_url: str = ""
 ) -> dict[str, tuple[float, str]]:
     """The demo chain's three jobs, one after the other, from ``cwd`` (on the cluster at ``address``, with
-    one stage of each pinned to the second node); returns each job's seconds and standard output."""
+    one stage of each pinned to the second node, the shards written to ``shards_url``); returns each job's
+    seconds and standard output."""
     cwd.mkdir()
     done = {}
     for job in ("filter", "synth-portraits", "shards"):
-        extra = [PLACEMENT[job], "--ray-address", address] if address else []
+        extra = [*PLACEMENT[job], "--ray-address", address] if address else []
+        if job == "shards" and shards_url:
+            extra.append(f'shards.output="{shards_url}"')
         started = time.monotonic()
         result = subprocess.run(
             [str(BIN / "dataengine"), job, str(recipe), *OVERRIDES.get(job, []), *extra],
@@ -211,9 +215,10 @@ def _stage_nodes(stdout: str, stage: str) -> list[str]:
     return nodes
 
 
-def _outputs(cwd: Path) -> dict[str, object]:
+def _outputs(cwd: Path, shards: str = "") -> dict[str, object]:
     """What the chain wrote, comparable across working folders: Parquet as frames with ``cwd`` taken out of
-    the paths, ``index.json`` without its creation time and the recipe's resources."""
+    the paths, ``index.json`` without its creation time and the recipe's resources and output. ``shards``:
+    where the shard set is, when not in ``cwd``."""
     manifests = cwd / "manifests" / "demo"
     outputs: dict[str, object] = {}
     for name in ("openve.parquet", "rejections.parquet", "portraits.parquet", "portrait_rejections.parquet"):
@@ -224,9 +229,13 @@ def _outputs(cwd: Path) -> dict[str, object]:
                     lambda v: v.replace(str(cwd), "<cwd>") if isinstance(v, str) else v
                 )
         outputs[name] = frame
-    outputs["shard rejections"] = pd.read_parquet(cwd / "shards" / "demo" / "rejections.parquet")
-    index = read_index(cwd / "shards" / "demo")
+    shards = shards or str(cwd / "shards" / "demo")
+    fs, root = shard_set_location(shards)
+    with fs.open(f"{root}/rejections.parquet", "rb") as handle:
+        outputs["shard rejections"] = pd.read_parquet(handle)
+    index = read_index(shards)
     index["recipe"].pop("resources")  # the cluster run's placement is in there; resources change no shard
+    index["recipe"].pop("output")
     outputs["index.json"] = {k: v for k, v in index.items() if k != "created_unix"}
     return outputs
 
@@ -236,10 +245,11 @@ def test_filter_portraits_and_shards_on_a_two_node_cluster_equal_a_local_run(cha
     """The local chain and the cluster chain run side by side (two working folders) to halve the wall time."""
     root, recipe = chain
     cluster = TwoNodeCluster()
+    shards_url = f"file://{root}/bucket/shards/demo"  # the cluster run's shard set goes to a URL
 
     def on_the_cluster() -> dict[str, tuple[float, str]]:
         cluster.start()
-        return _run_chain(root / "cluster", recipe, cluster.env, cluster.address)
+        return _run_chain(root / "cluster", recipe, cluster.env, cluster.address, shards_url)
 
     try:
         with ThreadPoolExecutor(2) as pool:
@@ -254,7 +264,9 @@ def test_filter_portraits_and_shards_on_a_two_node_cluster_equal_a_local_run(cha
         nodes = _stage_nodes(runs["cluster"][job][1], stage)
         assert len(nodes) == 1 and nodes[0].endswith(f"({NODE2_RESOURCE})"), (job, nodes)
         assert len(_stage_nodes(runs["local"][job][1], stage)) == 1, job
-    expected, got = _outputs(root / "local"), _outputs(root / "cluster")
+    expected, got = _outputs(root / "local"), _outputs(root / "cluster", shards_url)
+    assert verify_shards(shards_url).ok  # the uploaded tars are whole and decode
+    assert not list((root / "cluster" / "shards").rglob("*.tar"))  # staged, uploaded, deleted locally
     assert len(got["openve.parquet"]) == 4 and len(got["portraits.parquet"]) == 3
     assert got["portraits.parquet"]["source_path"].str.startswith("<cwd>").all()
     assert got["index.json"]["num_samples"] == 7
