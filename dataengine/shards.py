@@ -187,9 +187,10 @@ def validate_sample(
     return None
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22, fs: Any = None) -> str:
+    """sha256 of a whole file, read in ``chunk``-byte blocks; ``fs``: an fsspec filesystem (default: local)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with fs.open(path, "rb") if fs is not None else open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()

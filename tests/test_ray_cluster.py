@@ -147,7 +147,8 @@ def chain(tmp_path_factory) -> tuple[Path, Path]:
         SyntheticOpenVEConfig(pairs_per_category=2, categories=CATEGORIES[:2], broken=("missing_file",)),
     )
     generate_portraits(
-        data / "portraits", SyntheticPortraitsConfig(num_people=1, num_backgrounds=1, background_frames=(17,))
+        data / "portraits",
+        SyntheticPortraitsConfig(num_people=1, num_backgrounds=1, background_frames=(17,), pool=()),
     )
     build_tiny_qwen3vl(data / "models" / "qwen3vl")
     build_tiny_open_clip(data / "models" / "open_clip")
@@ -156,6 +157,9 @@ def chain(tmp_path_factory) -> tuple[Path, Path]:
     for old, new in [
         ('output_dir = "demo_data/portrait_pairs"', 'output_dir = "portrait_pairs"'),
         ("pairs_per_type = 3", "pairs_per_type = 1"),
+        # no harvest-portraits step: synth-portraits reads people_dir and backgrounds_dir
+        ('portrait_windows = "manifests/demo/portrait_windows.parquet"\n', ""),
+        ('background_windows = "manifests/demo/background_windows.parquet"\n', ""),
         ('"demo_data/models/wan_vae"', json.dumps(str(vae))),
         ('"demo_data/', f'"{data}/'),
     ]:

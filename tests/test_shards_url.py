@@ -131,3 +131,51 @@ def test_the_shard_writer_uploads_each_tar_and_resume_looks_at_the_url(tmp_path)
     assert [p["problem"] for p in verify_shards(url).problems] == ["stray"]
     fs.rm_file("/bucket/shards/run/t1_h4_w4/shard-000000.tar")  # lost at the destination: redone on resume
     assert _completed_records(staging, store, remote) == {}
+
+
+def _batches(loader, count: int) -> list[dict]:
+    return [next(loader) for _ in range(count)]
+
+
+def _same(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x["keys"] == y["keys"]
+        for name, value in x.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, y[name]), name
+
+
+def test_the_loader_streams_a_shard_set_over_http_with_ranged_reads_and_exact_resume(shard_set):
+    """The trainer's loader on the URL: the batches of the local folder, in loader workers too (each opens
+    its own HTTP client), every tar byte fetched by a ranged request no larger than a member, and the
+    cursor resumes to the very next batch."""
+    from trainer.data import DataConfig, ShardLoader
+
+    local = str(shard_set / "set")
+    steps = ShardLoader(DataConfig(shards=local, batch_size=2), seed=3).steps_per_epoch
+    expected = _batches(ShardLoader(DataConfig(shards=local, batch_size=2), seed=3), steps + 2)
+    with RangeServer(shard_set) as server:
+        url = f"{server.url}/set"
+        _same(_batches(ShardLoader(DataConfig(shards=url, batch_size=2), seed=3), steps + 2), expected)
+        tar_gets = [r for r in server.requests if r.method == "GET" and r.path.endswith(".tar")]
+        biggest_member = max(
+            size
+            for entry in read_index(local)["shards"]
+            for _key, members in _members(local, entry)
+            for _offset, size in members.values()
+        )
+        assert tar_gets and all(r.range for r in tar_gets)
+        assert max(r.sent for r in tar_gets) <= max(biggest_member, 2048)  # never a whole tar
+        workers = ShardLoader(DataConfig(shards=url, batch_size=2, num_workers=2), seed=3)
+        _same(_batches(workers, steps + 2), expected)
+        first = ShardLoader(DataConfig(shards=url, batch_size=2), seed=3)
+        _batches(first, 3)
+        resumed = ShardLoader(DataConfig(shards=url, batch_size=2), seed=3)
+        resumed.load_state_dict(first.state_dict())
+        _same(_batches(resumed, steps - 1), expected[3 : steps + 2])
+
+
+def _members(local: str, entry: dict) -> list:
+    fs, root = shard_set_location(local)
+    return scan_members(fs, f"{root}/{entry['path']}", entry["bytes"])
