@@ -338,6 +338,29 @@ def test_sequence_parallel_run_killed_and_resumed_then_resumed_without_sp(shards
         assert resumed[step] == pytest.approx(reference[step], rel=PARITY_RTOL), step
 
 
+def test_training_from_shards_served_over_http_gives_the_same_losses(shards, reference_run, tmp_path):
+    """``train.data.shards`` as a URL: the shard set served by a real HTTP server on 127.0.0.1 (byte ranges,
+    as object storage serves them); the same run as the local reference, the same losses to the last bit."""
+    from tests.range_server import RangeServer
+
+    with RangeServer(shards.parent) as server:
+        url = f"{server.url}/{shards.name}"
+        result = subprocess.run(
+            _cli(_overrides(url, tmp_path, "http", batch_size=2)),
+            env=_env(),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        tar_gets = [r for r in server.requests if r.method == "GET" and r.path.endswith(".tar")]
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert tar_gets and all(r.range for r in tar_gets)  # ranged reads only
+    assert _losses(tmp_path / "http") == _losses(reference_run)
+    resolved = json.loads((tmp_path / "http" / "recipe.resolved.json").read_text())
+    assert resolved["train"]["data"]["shards"] == url
+
+
 def test_fit_without_resume_refuses_an_existing_run(shards, reference_run):
     recipe = load_recipe(RECIPE, _overrides(shards, reference_run.parent, "reference", batch_size=2))
     with pytest.raises(ValueError, match="already holds checkpoints: pass --resume"):
