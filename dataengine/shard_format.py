@@ -100,11 +100,6 @@ def decode_sample(sample: dict[str, Any]) -> tuple[str, dict[str, torch.Tensor],
     return key, tensors, meta
 
 
-def is_url(location: str | os.PathLike) -> bool:
-    """True for a location with a URL scheme (``s3://``, ``https://``, ``file://``, ...), not a plain path."""
-    return "://" in str(location)
-
-
 def shard_set_location(location: str | os.PathLike) -> tuple[Any, str]:
     """The fsspec filesystem and the folder of a shard set given as its folder or its ``index.json``, as a
     local path or a URL; the folder is the filesystem's own path (for ``https://`` the URL itself)."""

@@ -387,7 +387,7 @@ def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -
 
     if not config.inputs:
         raise ValueError("[shards] inputs is empty: list the pair manifests to shard")
-    from dataengine.shard_format import is_url
+    from dataengine.layout import is_url
 
     remote = RemoteShardSet(config.output) if is_url(config.output) else None
     layout = RunLayout(run, shards_dir=Path(config.output) if config.output and remote is None else None)
