@@ -9,9 +9,10 @@ both nodes import the installed package (the README's "How the nodes get the cod
 those of the same commands run without ``--ray-address`` (a local Ray started by each job).
 
 The nodes are stopped by their own ``ray start --block`` processes (SIGTERM: each kills the Ray processes it
-started; they share its fate through ``PR_SET_PDEATHSIG`` besides), and anything left that names this
-cluster's temporary folder is killed by pid. ``ray stop`` is not used: it kills every Ray process of the
-machine, including other users' clusters.
+started; they share its fate through ``PR_SET_PDEATHSIG`` besides), and any process left with this test's
+token path in its environment (Ray's agents were seen to outlive a job's local Ray) is killed by pid; the
+test then checks none is left. ``ray stop`` is not used: it kills every Ray process of the machine,
+including other users' clusters.
 """
 
 from __future__ import annotations
@@ -112,8 +113,6 @@ class TwoNodeCluster:
         )
 
     def stop(self) -> None:
-        import psutil
-
         for node in reversed(self.nodes):
             if node.poll() is None:
                 node.send_signal(signal.SIGTERM)
@@ -123,13 +122,27 @@ class TwoNodeCluster:
             except subprocess.TimeoutExpired:
                 node.kill()
                 node.wait()
-        for process in psutil.process_iter():
-            try:  # Ray renames its agents' command lines ("ray::DashboardAgent"): the environment tells
-                if process.environ().get("RAY_AUTH_TOKEN_PATH") == self.token:
-                    process.kill()
-            except psutil.Error:
+        for pid in self.leftovers():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
                 pass
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def leftovers(self) -> list[int]:
+        """Processes that carry this cluster's token path in their environment: Ray's, started for this test
+        (by the nodes, or by a job's own local Ray). Ray renames its agents ("ray::DashboardAgent") over their
+        command line and environment, so the raw ``/proc/<pid>/environ`` is searched, not a parsed one."""
+        marker = f"RAY_AUTH_TOKEN_PATH={self.token}\0".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    if marker in (entry / "environ").read_bytes():
+                        found.append(int(entry.name))
+                except OSError:
+                    pass
+        return found
 
 
 @pytest.fixture(scope="module")
@@ -284,6 +297,7 @@ def test_filter_portraits_and_shards_on_a_two_node_cluster_equal_a_local_run(cha
             runs = {"local": local.result(), "cluster": remote.result()}
     finally:
         cluster.stop()
+    assert not cluster.leftovers(), "Ray processes of the test outlived it"
     print("job seconds:", {where: {job: run[0] for job, run in jobs.items()} for where, jobs in runs.items()})
     for job, stage in PINNED.items():
         # the pinned stage ran on the second node only; on the local Ray, on its one node
