@@ -1,6 +1,8 @@
 """Benchmarks of `dataengine filter` (a printed table; not timed tests).
 
 1. selection over 2.45M synthetic score rows (OpenVE-3M's size): seconds and rows/s, summary included;
+   and a restart at that size: a scores folder of 2.45M rows in the real run's 64-row parts (38,282 files),
+   resume (``completed_ids``) and selection (``read_all`` + select) timed before and after compaction;
 2. the judge: pairs/s of our single-pass scoring (prefill + one tiny continuation) against a
    ``generate()``-then-parse baseline on the same tiny Qwen3-VL and the same inputs, as a ratio;
 3. Ray overhead: pairs/s of probe + judge through the Ray pipeline in steady state against the same blocks
@@ -20,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -52,6 +55,99 @@ def bench_selection(num_rows: int) -> list[dict]:
         {"benchmark": "selection", "metric": "select rows/s", "value": num_rows / selected, "unit": "rows/s"},
         {"benchmark": "selection", "metric": "select + summary seconds", "value": total, "unit": "s"},
     ]
+
+
+def _score_part(rng: np.random.Generator, start: int, count: int, schema) -> Any:
+    """One score part as the filter writes it: ``count`` scored pairs in the filter's part schema."""
+    import pyarrow as pa
+
+    from dataengine.judge import AXES
+
+    ids = np.char.mod("%020x", rng.integers(0, 2**62, size=count)).astype(object)
+    ids = [f"{start + i:08d}{pair_id[8:]}" for i, pair_id in enumerate(ids)]  # unique
+    scores = np.clip(rng.normal(8.3, 0.9, size=count), 0, 10).round(3)
+    columns = {
+        "pair_id": ids,
+        "score": scores,
+        **{axis: np.clip(scores + rng.normal(0, 0.3, size=count), 0, 10) for axis in AXES},
+        "answer_mass": rng.uniform(0.9, 1.0, size=count),
+        "scorer_model": ["Qwen/Qwen3-VL-8B-Instruct"] * count,
+        "rubric_version": ["v1"] * count,
+        "reason": [None] * count,
+        "detail": [None] * count,
+        "stage": [None] * count,
+        "num_frames": rng.integers(65, 300, size=count),
+        "fps": [24.0] * count,
+        "width": [1280] * count,
+        "height": [720] * count,
+    }
+    return pa.table(columns, schema=schema)
+
+
+def bench_resume(work: Path, num_rows: int, part_rows: int) -> list[dict]:
+    """A scores folder of ``num_rows`` rows in parts of ``part_rows``: resume and selection, before and after
+    :meth:`PartStore.compact`.
+
+    resume = what a restarted ``dataengine filter`` does first (``completed_ids``); selection = reading every
+    score (``read_all``) and selecting the best per category. The parts are written straight to the folder,
+    as a run that predates compaction left them.
+    """
+    import time as clock
+
+    import pyarrow.parquet as pq
+
+    from dataengine.selection import SelectionConfig, select
+    from pipelines.filter import part_schema
+    from pipelines.runtime import PartStore
+
+    folder = work / f"scores_{num_rows}"
+    folder.mkdir()
+    rng, schema = np.random.default_rng(0), part_schema()
+    start = clock.perf_counter()
+    for number, first in enumerate(range(0, num_rows, part_rows)):
+        table = _score_part(rng, first, min(part_rows, num_rows - first), schema)
+        pq.write_table(table, folder / f"part-{number:020d}-{number % 2**32:08x}.parquet")
+    build = clock.perf_counter() - start
+    config = SelectionConfig(threshold=9.3, max_per_category=4000)
+
+    def measure(when: str) -> list[dict]:
+        start = clock.perf_counter()
+        store = PartStore(folder)
+        done = store.completed_ids()
+        resume = clock.perf_counter() - start
+        assert len(done) == num_rows
+        start = clock.perf_counter()
+        scores = store.read_all()
+        scores["category"] = np.asarray(CATEGORIES)[np.arange(len(scores)) % len(CATEGORIES)]
+        select(scores[["pair_id", "category", "score"]], config)
+        selection = clock.perf_counter() - start
+        note = f"{len(store.parts()):,} files, {num_rows:,} rows"
+        return [
+            {
+                "benchmark": "resume",
+                "metric": f"completed_ids, {when}",
+                "value": resume,
+                "unit": "s",
+                "note": note,
+            },
+            {"benchmark": "resume", "metric": f"read_all + select, {when}", "value": selection, "unit": "s"},
+        ]
+
+    rows = measure(f"{part_rows}-row parts")
+    start = clock.perf_counter()
+    merges = PartStore(folder).compact()
+    compact = clock.perf_counter() - start
+    rows += measure("compacted")
+    rows += [
+        {
+            "benchmark": "resume",
+            "metric": "compact (once)",
+            "value": compact,
+            "unit": "s",
+            "note": f"{merges} merges; building the folder took {build:.0f} s",
+        }
+    ]
+    return rows
 
 
 ANSWER = "instruction_compliance: 9\npreservation: 10\nquality: 8"
@@ -262,6 +358,8 @@ def run(quick: bool = False) -> list[dict]:
     rows = bench_selection(OPENVE_ROWS // 10 if quick else OPENVE_ROWS)
     with tempfile.TemporaryDirectory(prefix="bench_filter_") as tmp:
         work = Path(tmp)
+        # the real run's parts: probe_batch_size = 64 rows (manifests/openve.toml)
+        rows += bench_resume(work, OPENVE_ROWS // 10 if quick else OPENVE_ROWS, part_rows=64)
         rows += bench_judge(work, num_pairs=8 if quick else 24, batch_size=4)
         rows += bench_ray_overhead(work, num_pairs=48 if quick else 144, batch_size=4)
     return rows

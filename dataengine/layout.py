@@ -14,11 +14,17 @@ here touches the disk.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 INDEX_NAME = "index.json"
 """A shard set's index, written last (``dataengine.shard_format`` describes it)."""
+
+
+def is_url(location: str | os.PathLike) -> bool:
+    """True for a location with a URL scheme (``s3://``, ``https://``, ``file://``, ...), not a plain path."""
+    return "://" in str(location)
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,17 @@ class ResourcesConfig:
     """CPUs per compositing + encoding task."""
     num_cpus: int = 0
     """CPUs of a local Ray instance (0: all of the machine's); ignored when joining a cluster."""
+    placement: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Custom Ray resources per stage, pinning it to the nodes started with them (``ray start --resources``),
+    e.g. ``{segment = {gpu_node = 1}}``; stages: harvest (harvest-portraits), background, segment, composite.
+    Empty: Ray places every stage."""
+
+    def __post_init__(self) -> None:
+        from dataengine.recipe import check_placement
+
+        check_placement(
+            self.placement, ("harvest", "background", "segment", "composite"), "portraits.resources.placement"
+        )
 
 
 @dataclass(frozen=True)

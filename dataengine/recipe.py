@@ -210,6 +210,17 @@ def build_config(cls: type[T], table: dict[str, Any] | None, where: str = "", re
     return config
 
 
+def check_placement(placement: dict[str, dict[str, float]], stages: tuple[str, ...], where: str) -> None:
+    """Check a recipe's ``placement`` table (stage name -> custom Ray resources per task or actor) against
+    the job's stage names; ``where`` names the table in the error."""
+    unknown = sorted(set(placement) - set(stages))
+    if unknown:
+        raise ValueError(f"{where} names no stage of this job: {unknown}; its stages are {list(stages)}")
+    for name, resources in placement.items():
+        if not resources or any(amount <= 0 for amount in resources.values()):
+            raise ValueError(f"{where}.{name} = {dict(resources)}: give each custom resource an amount > 0")
+
+
 def load_step_config(
     cls: type[T], recipe_path: str | Path, section: str, overrides: list[str] | None = None
 ) -> tuple[T, str]:

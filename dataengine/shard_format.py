@@ -25,14 +25,22 @@ Shards are grouped in buckets (one latent shape per bucket); ``index.json``, wri
 
 Shard paths are relative to the folder holding ``index.json``. Samples within a shard keep a
 deterministic order (sorted by ``pair_id``), so the same inputs give the same shards.
+
+A shard set is read from a local folder or from a URL that fsspec knows (``https://``, ``s3://`` with the
+``s3`` extra, ``gs://`` with ``gcs``, ``hf://``, ``file://``, ``memory://``): :func:`shard_set_location`
+resolves either to a filesystem and a root, :func:`read_index` reads ``index.json`` there, and
+:func:`scan_members` finds each sample's members in a tar by reading only its headers, so a reader then
+fetches each member with one ranged read and never downloads a whole tar.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-from collections.abc import Mapping
-from pathlib import Path
+import os
+import posixpath
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -92,16 +100,125 @@ def decode_sample(sample: dict[str, Any]) -> tuple[str, dict[str, torch.Tensor],
     return key, tensors, meta
 
 
-def read_index(path: str | Path) -> dict[str, Any]:
-    """Read a shard set's ``index.json`` (``path`` is the file or its folder)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / INDEX_NAME
-    if not path.exists():
+def shard_set_location(location: str | os.PathLike) -> tuple[Any, str]:
+    """The fsspec filesystem and the folder of a shard set given as its folder or its ``index.json``, as a
+    local path or a URL; the folder is the filesystem's own path (for ``https://`` the URL itself)."""
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(str(location))
+    except (ImportError, ValueError) as err:
+        raise ValueError(
+            f"cannot open {location}: {err} (s3:// needs `uv sync --extra s3`, gs:// `--extra gcs`)"
+        ) from err
+    root = root.rstrip("/")
+    if posixpath.basename(root) == INDEX_NAME:
+        root = posixpath.dirname(root)
+    return fs, root
+
+
+def join(root: str, relative: str) -> str:
+    """``relative`` (a path from ``index.json``) under a shard set's folder, for any filesystem."""
+    return f"{root}/{relative}"
+
+
+def read_index(location: str | os.PathLike) -> dict[str, Any]:
+    """Read a shard set's ``index.json`` (``location``: the file or its folder, local or a URL)."""
+    fs, root = shard_set_location(location)
+    path = join(root, INDEX_NAME)
+    try:
+        index = json.loads(fs.cat_file(path))
+    except FileNotFoundError:
         raise FileNotFoundError(
             f"no {INDEX_NAME} at {path}: is this a finished shard set? (index.json is written last)"
-        )
-    index = json.loads(path.read_text())
+        ) from None
     if index.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {index.get('format_version')} is not {FORMAT_VERSION}")
     return index
+
+
+class RangedFile(io.RawIOBase):
+    """A read-only, seekable file over any fsspec filesystem that fetches only what is read.
+
+    A read outside the bytes fetched last is one ranged read of at least ``window`` bytes from there on:
+    :mod:`tarfile` reading a tar's member headers (a byte before each header, then the pax and the ustar
+    header blocks) costs one request per member, and the members' contents are never fetched.
+    """
+
+    def __init__(self, fs: Any, path: str, size: int, window: int = 2048):
+        super().__init__()
+        self.fs, self.path, self.size, self.window = fs, path, size, window
+        self.position = 0
+        self.start, self.data = 0, b""
+        self.requests = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = base + offset
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        count = min(len(buffer), max(0, self.size - self.position))
+        if count == 0:
+            return 0
+        end = self.position + count
+        if not (self.start <= self.position and end <= self.start + len(self.data)):
+            self.start = self.position
+            stop = min(self.size, self.position + max(count, self.window))
+            self.data = self.fs.cat_file(self.path, start=self.start, end=stop)
+            self.requests += 1
+        offset = self.position - self.start
+        buffer[:count] = self.data[offset : offset + count]
+        self.position = end
+        return count
+
+
+def scan_members(fs: Any, path: str, size: int) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """Each sample of a tar as ``(key, {member: (offset, size)})``, in order, from its headers alone.
+
+    Members are grouped into samples with WebDataset's own key rule; raises ``ValueError`` naming the tar
+    when it is not a readable tar.
+    """
+    import tarfile
+
+    from webdataset.tariterators import base_plus_ext
+
+    samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
+    try:
+        with RangedFile(fs, path, size) as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                key, member = base_plus_ext(info.name)
+                if key is None:
+                    continue
+                if not samples or samples[-1][0] != key:
+                    samples.append((key, {}))
+                samples[-1][1][member] = (info.offset_data, info.size)
+    except (tarfile.TarError, EOFError) as err:
+        raise ValueError(f"shard {path} is not a readable tar: {err}") from err
+    return samples
+
+
+def read_members(
+    fs: Any, path: str, members: Mapping[str, tuple[int, int]], names: Sequence[str]
+) -> dict[str, bytes]:
+    """The bytes of the ``names`` members of one sample: one ranged read each, concurrent where the
+    filesystem is asynchronous (HTTP, S3, GCS)."""
+    wanted = [name for name in names if name in members]
+    starts = [members[name][0] for name in wanted]
+    ends = [members[name][0] + members[name][1] for name in wanted]
+    blobs = fs.cat_ranges([path] * len(wanted), starts, ends)
+    for name, blob in zip(wanted, blobs, strict=True):
+        if isinstance(blob, Exception):
+            raise ValueError(f"shard {path}: member {name} could not be read: {blob}") from blob
+    return dict(zip(wanted, blobs, strict=True))

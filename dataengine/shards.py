@@ -9,7 +9,8 @@
 - :func:`write_shard` writes one tar with ``webdataset.TarWriter`` under a temporary name, renames it
   when complete and returns its ``index.json`` entry; :func:`write_index` writes ``index.json`` last.
 - :func:`inspect_shards` / :func:`inspect_manifest` say what a shard set or a pair manifest holds;
-  :func:`verify_shards` re-reads every tar, checks its sha256 and that every sample decodes.
+  :func:`verify_shards` re-reads every tar, checks its sha256 and that every sample decodes. Both read a
+  shard set from a local folder or a URL (``dataengine.shard_format.shard_set_location``).
 """
 
 from __future__ import annotations
@@ -186,9 +187,10 @@ def validate_sample(
     return None
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22, fs: Any = None) -> str:
+    """sha256 of a whole file, read in ``chunk``-byte blocks; ``fs``: an fsspec filesystem (default: local)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with fs.open(path, "rb") if fs is not None else open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
@@ -336,88 +338,103 @@ class VerifyReport:
         return not self.problems
 
 
-def verify_shards(root: str | os.PathLike) -> VerifyReport:
+def verify_shards(location: str | os.PathLike) -> VerifyReport:
     """Re-read every shard listed in ``index.json``: size, sha256, sample count, keys and that every sample decodes.
 
-    Also reports tars on disk that the index does not list and leftover temporary files.
+    ``location`` is the shard set's folder or ``index.json``, local or a URL (a remote tar is downloaded to
+    a temporary file once and checked there). Also reports tars the index does not list and leftover
+    temporary files, where the filesystem can list its files (local, S3, GCS, memory; not plain HTTP).
     """
-    from dataengine.shard_format import decode_sample, keys_sha256, read_index
+    import tempfile
 
-    root = Path(root)
-    index = read_index(root)
+    from dataengine.shard_format import decode_sample, join, keys_sha256, read_index, shard_set_location
+
+    fs, root = shard_set_location(location)
+    index = read_index(location)
+    local = "file" in fs.protocol
     report = VerifyReport()
     listed = set()
     for entry in index["shards"]:
         rel = entry["path"]
         listed.add(rel)
-        path = root / rel
+        url = join(root, rel)
         report.num_shards += 1
 
         def problem(kind: str, detail: str, rel: str = rel) -> None:
             report.problems.append({"shard": rel, "problem": kind, "detail": detail})
 
-        if not path.exists():
-            problem("missing", "listed in index.json but not on disk")
+        if not fs.exists(url):
+            problem("missing", "listed in index.json but not found")
             continue
-        size = path.stat().st_size
+        size = fs.size(url)
         report.num_bytes += size
         if size != entry["bytes"]:
-            problem(
-                "size", f"{size} bytes on disk, index.json says {entry['bytes']} (truncated or appended?)"
-            )
-        digest = sha256_file(path)
-        if digest != entry["sha256"]:
-            problem("sha256", f"sha256 {digest[:16]}... differs from index.json's {entry['sha256'][:16]}...")
+            problem("size", f"{size} bytes, index.json says {entry['bytes']} (truncated or appended?)")
         keys: list[str] = []
-        shape = tuple(index["buckets"][entry["bucket"]]["latent_shape"])
-        try:
-            for raw in iter_tar_samples(path):
-                key, tensors, _meta = decode_sample(raw)
-                keys.append(key)
-                invalid = validate_sample(tensors, shape, index.get("vlm_dim"))
-                if invalid is not None:
-                    problem("sample", f"{key}: {invalid[0]}: {invalid[1]}")
-        except Exception as err:  # a truncated tar or a corrupted member: report, keep verifying the others
-            problem("decode", f"after {len(keys)} samples: {type(err).__name__}: {str(err)[:200]}")
+        with tempfile.TemporaryDirectory(prefix="verify_") as tmp:
+            path = Path(url) if local else Path(tmp) / "shard.tar"
+            if not local:
+                fs.get_file(url, str(path))
+            digest = sha256_file(path)
+            if digest != entry["sha256"]:
+                problem(
+                    "sha256", f"sha256 {digest[:16]}... differs from index.json's {entry['sha256'][:16]}..."
+                )
+            shape = tuple(index["buckets"][entry["bucket"]]["latent_shape"])
+            try:
+                for raw in iter_tar_samples(path):
+                    key, tensors, _meta = decode_sample(raw)
+                    keys.append(key)
+                    invalid = validate_sample(tensors, shape, index.get("vlm_dim"))
+                    if invalid is not None:
+                        problem("sample", f"{key}: {invalid[0]}: {invalid[1]}")
+            except Exception as err:  # a truncated tar, a corrupted member: report, verify the others
+                problem("decode", f"after {len(keys)} samples: {type(err).__name__}: {str(err)[:200]}")
         report.num_samples += len(keys)
         if len(keys) != entry["num_samples"]:
             problem("count", f"{len(keys)} samples decoded, index.json says {entry['num_samples']}")
         elif keys_sha256(keys) != entry["keys_sha256"]:
             problem("keys", "sample keys differ from index.json's keys_sha256")
-    for path in sorted(root.rglob("*.tar")):
-        rel = path.relative_to(root).as_posix()
-        if rel not in listed:
+    try:
+        found = sorted(fs.find(root, withdirs=False))
+    except Exception:  # a filesystem that cannot list (plain HTTP): no stray-file check
+        found = []
+    for path in found:
+        rel = path[len(root) :].lstrip("/")
+        name = rel.rsplit("/", 1)[-1]
+        if name.startswith(".") and name.endswith(".tmp"):
             report.problems.append(
-                {"shard": rel, "problem": "stray", "detail": "tar on disk not in index.json"}
+                {"shard": rel, "problem": "stray", "detail": "temporary file of an unfinished write"}
             )
-    for path in sorted(root.rglob(".*.tmp")):
-        rel = path.relative_to(root).as_posix()
-        report.problems.append(
-            {"shard": rel, "problem": "stray", "detail": "temporary file of an unfinished write"}
-        )
+        elif name.endswith(".tar") and rel not in listed:
+            report.problems.append({"shard": rel, "problem": "stray", "detail": "tar not in index.json"})
     return report
 
 
-def _tar_metas(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
-    """``(key, meta)`` of each sample, reading only the meta members (tensors are skipped by seeking)."""
-    with tarfile.open(path, mode="r:") as tar:
-        for member in tar:
-            key, _, suffix = member.name.partition(".")
-            if suffix == META_MEMBER:
-                yield key, json.loads(tar.extractfile(member).read())
+def _tar_metas(fs: Any, path: str, size: int) -> Iterable[tuple[str, dict[str, Any]]]:
+    """``(key, meta)`` of each sample: the tar's headers, then one ranged read per ``meta.json`` member."""
+    from dataengine.shard_format import read_members, scan_members
+
+    for key, members in scan_members(fs, path, size):
+        if META_MEMBER in members:
+            yield key, json.loads(read_members(fs, path, members, [META_MEMBER])[META_MEMBER])
 
 
-def inspect_shards(root: str | os.PathLike) -> dict[str, Any]:
-    """What a shard set holds: samples per bucket, category and origin, bytes per sample, shapes and S."""
-    from dataengine.shard_format import read_index
+def inspect_shards(location: str | os.PathLike) -> dict[str, Any]:
+    """What a shard set holds: samples per bucket, category and origin, bytes per sample, shapes and S.
 
-    root = Path(root)
-    index = read_index(root)
+    ``location``: the folder or ``index.json``, local or a URL; only tar headers and ``meta.json`` members
+    are read (ranged reads), never the tensors.
+    """
+    from dataengine.shard_format import join, read_index, shard_set_location
+
+    fs, root = shard_set_location(location)
+    index = read_index(location)
     by_category: Counter[str] = Counter()
     by_origin: Counter[str] = Counter()
     tokens: list[int] = []
     for entry in index["shards"]:
-        for _key, meta in _tar_metas(root / entry["path"]):
+        for _key, meta in _tar_metas(fs, join(root, entry["path"]), int(entry["bytes"])):
             by_category[meta.get("category", "?")] += 1
             by_origin[meta.get("origin", "?")] += 1
             tokens.append(int(meta.get("vlm_tokens", 0)))
@@ -432,11 +449,13 @@ def inspect_shards(root: str | os.PathLike) -> dict[str, Any]:
         }
         for name, bucket in index["buckets"].items()
     }
-    rejections_path = root / "rejections.parquet"
-    rejections = pd.read_parquet(rejections_path) if rejections_path.exists() else None
+    rejections = None
+    if fs.exists(join(root, "rejections.parquet")):
+        with fs.open(join(root, "rejections.parquet"), "rb") as handle:
+            rejections = pd.read_parquet(handle)
     return {
         "kind": "shards",
-        "path": str(root),
+        "path": str(location),
         "num_samples": num_samples,
         "num_shards": len(index["shards"]),
         "bytes": num_bytes,

@@ -88,6 +88,27 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int 
     os.replace(tmp, path)
 
 
+def local_file(location: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """``location`` as a local file: a path as it is; a URL (``https://``, ``s3://``, ``hf://``, ...: fsspec)
+    downloaded into ``folder`` under its own name (decoders read local files)."""
+    from dataengine.layout import is_url
+
+    text = str(location)
+    if not is_url(text) or text.startswith("file://"):
+        return Path(text.removeprefix("file://"))
+    import shutil
+
+    import fsspec
+
+    target = Path(folder) / (text.split("?")[0].rstrip("/").rsplit("/", 1)[-1] or "download")
+    try:
+        with fsspec.open(text, "rb") as source, open(target, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 22)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot download {text}: {type(err).__name__}: {err}") from err
+    return target
+
+
 def _first_line(err: BaseException, limit: int = 200) -> str:
     return (str(err).splitlines() or [type(err).__name__])[0][:limit]
 

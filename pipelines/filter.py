@@ -62,12 +62,20 @@ class FilterConfig:
     """GPUs reserved per judge actor (0 on a CPU-only machine)."""
     cpus_per_judge: float = 1.0
     """CPUs reserved per judge actor (frame decoding and preprocessing run in it)."""
+    placement: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Custom Ray resources per stage, pinning it to the nodes started with them (``ray start --resources``),
+    e.g. ``{score = {gpu_node = 1}}``; stages: probe, score, dedup. Empty: Ray places every stage."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     """The Qwen3-VL judge (``[filter.judge]``)."""
     dedup: DedupConfig = field(default_factory=DedupConfig)
     """Near-duplicate removal before the cap (``[filter.dedup]``)."""
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     """Threshold and per-category cap (``[filter.selection]``)."""
+
+    def __post_init__(self) -> None:
+        from dataengine.recipe import check_placement
+
+        check_placement(self.placement, ("probe", "score", "dedup"), "filter.placement")
 
 
 def build_filter_config(recipe: dict[str, Any]) -> tuple[FilterConfig, str]:
@@ -145,6 +153,7 @@ def scoring_stages(config: FilterConfig) -> list[Stage]:
             kwargs={"min_frames": config.min_frames},
             batch_size=config.probe_batch_size,
             memory_bytes=PROBE_MEMORY_BYTES,
+            resources=config.placement.get("probe", {}),
         ),
         Stage(
             "score",
@@ -153,6 +162,7 @@ def scoring_stages(config: FilterConfig) -> list[Stage]:
             actors=config.num_judges,
             gpus=config.gpus_per_judge,
             cpus=config.cpus_per_judge,
+            resources=config.placement.get("score", {}),
             batch_size=config.judge.batch_size,
             failure_reason="scorer_error",
         ),
@@ -210,6 +220,7 @@ def embed_candidates(config: FilterConfig, candidates: pd.DataFrame, ray_address
         actors=1,
         gpus=config.dedup.num_gpus,
         batch_size=config.dedup.batch_size,
+        resources=config.placement.get("dedup", {}),
     )
     items = candidates[["pair_id", "source_path", "target_path"]].to_dict("records")
     rows = {r["pair_id"]: r for r in stream_stages(items, [stage], ray_address=ray_address)}

@@ -98,6 +98,7 @@ def run_harvest(
         actors=res.harvest_actors,
         cpus=res.harvest_cpus,
         gpus=res.harvest_gpus,
+        resources=res.placement.get("harvest", {}),
     )
     if len(items) > len(todo):
         print(f"harvest-portraits: {len(items) - len(todo)} videos already scanned")

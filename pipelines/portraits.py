@@ -138,7 +138,9 @@ def run_portraits(
 
     # 1. probe the backgrounds (CPU tasks), then segment and gate the portraits (actor pool)
     background_store = PartStore(layout.portraits_state / "backgrounds", id_column="clip_id")
-    background_stage = Stage("background", check_background_row, cpus=1.0)
+    background_stage = Stage(
+        "background", check_background_row, cpus=1.0, resources=res.placement.get("background", {})
+    )
     _run_clips("background", background_clips, background_stage, background_store, ray_options)
     clip_store = PartStore(layout.portraits_state / "portraits", id_column="clip_id")
     segment_stage = Stage(
@@ -148,6 +150,7 @@ def run_portraits(
         actors=res.segment_actors,
         cpus=res.segment_cpus,
         gpus=res.segment_gpus,
+        resources=res.placement.get("segment", {}),
     )
     _run_clips("portrait", portrait_clips, segment_stage, clip_store, ray_options)
     clips = _with_columns(clip_store.read_all(), CLIP_COLUMNS)
@@ -187,7 +190,15 @@ def run_portraits(
     done = set(_still_valid(recorded)["pair_id"]) & set(plan_frame["pair_id"])
     todo = [row for row in plan_frame.to_dict("records") if row["pair_id"] not in done]
     print(f"synth-portraits: {len(plan_frame)} pairs planned, {len(done)} already done")
-    stages = [Stage("composite", composite_row, kwargs={"config": config}, cpus=res.composite_cpus)]
+    stages = [
+        Stage(
+            "composite",
+            composite_row,
+            kwargs={"config": config},
+            cpus=res.composite_cpus,
+            resources=res.placement.get("composite", {}),
+        )
+    ]
     run_stages(todo, stages, pair_store, description="pairs", unit="pairs", num_done=len(done), **ray_options)
 
     # 4. outputs

@@ -10,14 +10,17 @@
 - :class:`PartStore` appends result parts (Parquet) as they finish, each written under a temporary
   name and renamed when complete, so a part on disk is always whole. After a kill, a rerun asks
   :meth:`PartStore.completed_ids` what is done and skips it (datatrove's completion markers, per item).
+  Full levels of parts are merged into bigger parts as the store grows, so a restart reads few files.
 - :class:`Progress` shows items done, items/s and ETA, live on a terminal, as periodic log lines otherwise.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -109,37 +112,89 @@ def quiet_native_stderr(patterns: tuple[str, ...] = NATIVE_NOISE) -> None:
     quiet_native_stderr._on = True
 
 
+COMPACT_FANOUT = 64
+"""Parts of one level that a store merges into one part of the next level (see :class:`PartStore`)."""
+REPLACES_KEY = b"mive.replaces"
+"""Parquet metadata key of a merged part: the JSON list of the part names it replaces."""
+_LEVEL = re.compile(r"\.L(\d+)\.parquet$")
+
+
+def part_level(path: Path) -> int:
+    """0 for an appended part, k for a part made by merging parts of level k - 1."""
+    found = _LEVEL.search(path.name)
+    return int(found.group(1)) if found else 0
+
+
 class PartStore:
     """A folder of Parquet parts appended as results finish; the unit of resume.
 
     Parts are named ``part-<time>-<random>.parquet`` and written atomically. Leftover temporary files
     from a killed run are ignored and removed. Rows are identified by ``id_column``.
+
+    **Compaction** keeps the number of files small however many parts a run appends (OpenVE-3M's 2.45M
+    pairs in parts of 64 would be 38,000 files, all read at every restart): once ``fanout`` parts of one
+    level exist, :meth:`append` merges them into one part of the next level (``part-<time>-<random>.L1
+    .parquet``, ...), so a store holds fewer than ``fanout`` parts per level and each row is rewritten once per
+    level (2.45M rows in parts of 64: 41 files). A merged part is written under a temporary name, flushed to
+    disk and renamed, and it names the parts it replaces in its Parquet metadata (``mive.replaces``); only
+    then are they deleted. A kill between the rename and the last deletion leaves both on disk:
+    :meth:`parts` leaves out every part that a merged part replaces, and opening the store deletes them.
+    So at any moment the store reads as every row exactly once.
     """
 
     def __init__(
-        self, folder: str | os.PathLike, id_column: str = "pair_id", schema: pa.Schema | None = None
+        self,
+        folder: str | os.PathLike,
+        id_column: str = "pair_id",
+        schema: pa.Schema | None = None,
+        fanout: int = COMPACT_FANOUT,
     ):
+        if fanout < 2:
+            raise ValueError(f"PartStore fanout must be >= 2, got {fanout}")
         self.folder = Path(folder)
         self.id_column = id_column
         self.schema = schema
         """The parts' columns and types; None infers them from each part's rows."""
+        self.fanout = fanout
+        """Parts of one level merged into one of the next; the most parts a level holds is ``fanout - 1``."""
+        self._replaces: dict[str, list[str]] = {}  # merged part name -> the names it replaces (immutable)
         self.folder.mkdir(parents=True, exist_ok=True)
         for leftover in self.folder.glob(".*.tmp"):
             leftover.unlink(missing_ok=True)
+        replaced = self._replaced()
+        for path in self.folder.glob("part-*.parquet"):  # finish the deletions a kill interrupted
+            if path.name in replaced:
+                path.unlink(missing_ok=True)
+
+    def _replaced(self) -> set[str]:
+        """Names of the parts that a merged part on disk replaces."""
+        replaced: set[str] = set()
+        for path in self.folder.glob("part-*.L*.parquet"):
+            if path.name not in self._replaces:
+                metadata = pq.read_schema(path).metadata or {}
+                self._replaces[path.name] = json.loads(metadata.get(REPLACES_KEY, b"[]"))
+            replaced.update(self._replaces[path.name])
+        return replaced
 
     def parts(self) -> list[Path]:
-        return sorted(self.folder.glob("part-*.parquet"))
+        """The complete parts, oldest first, without those a merged part replaces."""
+        replaced = self._replaced()
+        return sorted(p for p in self.folder.glob("part-*.parquet") if p.name not in replaced)
 
-    def append(self, frame: pd.DataFrame | pa.Table) -> Path | None:
-        """Write one part atomically; empty frames write nothing."""
-        table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
-        if table.num_rows == 0:
-            return None
-        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+    def _write(self, table: pa.Table, name: str) -> Path:
         tmp = self.folder / f".{name}.tmp"
         pq.write_table(table, tmp)
         os.replace(tmp, self.folder / name)
         return self.folder / name
+
+    def append(self, frame: pd.DataFrame | pa.Table) -> Path | None:
+        """Write one part atomically (empty frames write nothing), then compact if a level is full."""
+        table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+        if table.num_rows == 0:
+            return None
+        path = self._write(table, f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet")
+        self.compact()
+        return path
 
     def append_rows(self, rows: list[dict]) -> Path | None:
         """Write ``rows`` as one part (only the schema's columns when the store has one)."""
@@ -149,11 +204,43 @@ class PartStore:
             return self.append(pa.Table.from_pylist(rows, schema=self.schema))
         return self.append(pd.DataFrame(rows))
 
+    def compact(self) -> int:
+        """Merge every ``fanout`` parts of a level into one part of the next, level by level; returns the
+        number of merges. :meth:`append` calls it; a store written before compaction existed (or with a
+        larger fanout) is compacted by calling it once."""
+        merges, level = 0, 0
+        while True:
+            parts = self.parts()
+            if not any(part_level(p) >= level for p in parts):
+                return merges
+            same = [p for p in parts if part_level(p) == level]
+            for start in range(0, len(same) - self.fanout + 1, self.fanout):
+                self._merge(same[start : start + self.fanout], level + 1)
+                merges += 1
+            level += 1
+
+    def _merge(self, parts: list[Path], level: int) -> Path:
+        table = pa.concat_tables([pq.ParquetFile(p).read() for p in parts], promote_options="permissive")
+        names = [p.name for p in parts]
+        metadata = {**(table.schema.metadata or {}), REPLACES_KEY: json.dumps(names).encode()}
+        table = table.replace_schema_metadata(metadata)
+        stamp = parts[0].name.split("-")[1]  # the oldest input's time: parts keep their order
+        name = f"part-{stamp}-{uuid.uuid4().hex[:8]}.L{level}.parquet"
+        tmp = self.folder / f".{name}.tmp"
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as handle:  # on disk before its inputs go: a power cut loses no rows either
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.folder / name)
+        self._replaces[name] = names
+        for part in parts:
+            part.unlink(missing_ok=True)
+        return self.folder / name
+
     def completed_ids(self) -> set[str]:
         """Ids of every row in a complete part."""
         ids: set[str] = set()
         for part in self.parts():
-            ids.update(pq.read_table(part, columns=[self.id_column]).column(0).to_pylist())
+            ids.update(pq.ParquetFile(part).read(columns=[self.id_column]).column(0).to_pylist())
         return ids
 
     def read_all(self) -> pd.DataFrame:
@@ -161,7 +248,10 @@ class PartStore:
         parts = self.parts()
         if not parts:
             return pd.DataFrame(columns=[self.id_column])
-        frame = pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
+        tables = [pq.ParquetFile(p).read() for p in parts]
+        frame = pa.concat_tables(
+            tables, promote_options="permissive"
+        ).to_pandas()  # one conversion, not one per part
         frame = frame.drop_duplicates(subset=[self.id_column], keep="first")
         return frame.sort_values(self.id_column, kind="stable").reset_index(drop=True)
 

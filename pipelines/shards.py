@@ -22,6 +22,9 @@ Stages (``pipelines.stage``; Ray Data, streaming, in the plan's order); rows car
 Resume: a rerun with the same recipe and inputs skips the recorded shards and redoes the others, so it
 ends with the same ``index.json`` as an uninterrupted run (apart from ``created_unix``).
 Outputs: ``shards/<run>/<bucket>/shard-NNNNNN.tar``, ``index.json`` (written last), ``rejections.parquet``.
+With ``output`` a URL (object storage): the same files there, each tar uploaded as soon as it is written
+(then deleted locally), ``rejections.parquet`` and ``index.json`` last; the local ``shards/<run>`` keeps
+the resume state.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ import numpy as np
 import typer
 
 from dataengine.clips import ClipConfig
-from dataengine.shards import INDEX_NAME, ShardWriterConfig
+from dataengine.layout import INDEX_NAME
+from dataengine.shards import ShardWriterConfig
 from dataengine.vae import WanVaeConfig
 from dataengine.vlm import Qwen3VLEncoderConfig, select_frames
 from pipelines.stage import Rejected, Stage, Worker, guard_resume, is_rejected, run_stages
@@ -65,6 +69,14 @@ class ShardsResources:
     """CPUs of the local Ray instance (0: all); ignored when joining a cluster."""
     writer_threads: int = 2
     """Shards the driver writes at once (tar + sha256 release the GIL): the writer keeps up with many GPUs."""
+    placement: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Custom Ray resources per stage, pinning it to the nodes started with them (``ray start --resources``),
+    e.g. ``{vae = {gpu_node = 1}}``; stages: vae, vlm. Empty: Ray places every stage."""
+
+    def __post_init__(self) -> None:
+        from dataengine.recipe import check_placement
+
+        check_placement(self.placement, ("vae", "vlm"), "shards.resources.placement")
 
 
 @dataclass(frozen=True)
@@ -74,7 +86,9 @@ class ShardsConfig:
     inputs: tuple[str, ...] = ()
     """Pair manifests (Parquet) to shard, e.g. ``manifests/openve/openve.parquet``."""
     output: str = ""
-    """Output folder; empty: ``shards/<run>``."""
+    """Output folder, or a URL (``s3://bucket/shards/run``, ``gs://``, ``file://``, any fsspec URL): then the
+    shards are written to ``shards/<run>`` first, each tar uploaded as it completes and deleted locally,
+    ``index.json`` uploaded last. Empty: ``shards/<run>``."""
     clip: ClipConfig = field(default_factory=ClipConfig)
     """Frame count, fps, buckets and resize policy."""
     vae: WanVaeConfig = field(default_factory=WanVaeConfig)
@@ -233,6 +247,7 @@ def shard_stages(config: ShardsConfig, vlm_dim: int) -> list[Stage]:
             actors=res.vae_actors,
             gpus=res.vae_gpus,
             cpus=res.vae_cpus,
+            resources=res.placement.get("vae", {}),
             failure_reason="encode_failed",
         ),
         Stage(
@@ -242,6 +257,7 @@ def shard_stages(config: ShardsConfig, vlm_dim: int) -> list[Stage]:
             actors=res.vlm_actors,
             gpus=res.vlm_gpus,
             cpus=res.vlm_cpus,
+            resources=res.placement.get("vlm", {}),
             failure_reason="encode_failed",
         ),
     ]
@@ -259,8 +275,8 @@ class ShardAssembler:
     its tar is complete and renamed.
     """
 
-    def __init__(self, root: Path, plan: Any, threads: int = 1):
-        self.root, self.threads = root, max(1, threads)
+    def __init__(self, root: Path, plan: Any, threads: int = 1, remote: Any = None):
+        self.root, self.threads, self.remote = root, max(1, threads), remote
         self.expected = plan.groupby("shard").size().to_dict()
         self.pending: dict[str, list[dict[str, Any]]] = {}
 
@@ -293,6 +309,9 @@ class ShardAssembler:
             else:
                 samples.append((row["pair_id"], row["tensors"], json.loads(row["meta"])))
         entry = write_shard(self.root, shard, samples) if samples else None
+        if entry is not None and self.remote is not None:
+            self.remote.upload(self.root / shard, shard)
+            (self.root / shard).unlink()  # the local copy was only the staging one
         return {
             "shard": shard,
             "entry": json.dumps(entry, sort_keys=True) if entry else "",
@@ -300,14 +319,54 @@ class ShardAssembler:
         }
 
 
-def _completed_records(root: Path, store: Any) -> dict[str, dict[str, Any]]:
-    """Recorded shards whose tar is still on disk with the recorded size (a missing or changed tar is redone)."""
+class RemoteShardSet:
+    """A shard set's destination URL (any fsspec filesystem): uploads, and the sizes of what is there."""
+
+    def __init__(self, url: str):
+        from dataengine.shard_format import shard_set_location
+
+        self.url = url
+        self.fs, self.root = shard_set_location(url)
+
+    def upload(self, local: Path, relative: str) -> None:
+        from dataengine.shard_format import join
+
+        target = join(self.root, relative)
+        if "file" in self.fs.protocol:  # object stores have no folders to make
+            self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.put_file(str(local), target)
+
+    def remove(self, relative: str) -> None:
+        from dataengine.shard_format import join
+
+        if self.fs.exists(join(self.root, relative)):
+            self.fs.rm_file(join(self.root, relative))
+
+    def sizes(self) -> dict[str, int]:
+        """Size of every file under the destination, by path relative to it (one listing)."""
+        try:
+            found = self.fs.find(self.root, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {path[len(self.root) :].lstrip("/"): int(info["size"]) for path, info in found.items()}
+
+
+def _completed_records(
+    root: Path, store: Any, remote: RemoteShardSet | None = None
+) -> dict[str, dict[str, Any]]:
+    """Recorded shards whose tar is still there (on disk, or at the remote destination) with the recorded
+    size: a missing or changed tar is redone."""
     done = {}
+    sizes = remote.sizes() if remote is not None else None
     for record in store.read_all().to_dict("records"):
         entry = json.loads(record["entry"]) if record["entry"] else None
         if entry is not None:
-            path = root / entry["path"]
-            if not path.exists() or path.stat().st_size != entry["bytes"]:
+            if sizes is not None:
+                size = sizes.get(entry["path"])
+            else:
+                path = root / entry["path"]
+                size = path.stat().st_size if path.exists() else None
+            if size != entry["bytes"]:
                 continue
         done[record["shard"]] = {"entry": entry, "rejections": json.loads(record["rejections"])}
     return done
@@ -328,8 +387,11 @@ def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -
 
     if not config.inputs:
         raise ValueError("[shards] inputs is empty: list the pair manifests to shard")
-    layout = RunLayout(run, shards_dir=Path(config.output) if config.output else None)
-    root = layout.shards_dir
+    from dataengine.layout import is_url
+
+    remote = RemoteShardSet(config.output) if is_url(config.output) else None
+    layout = RunLayout(run, shards_dir=Path(config.output) if config.output and remote is None else None)
+    root = layout.shards_dir  # with a URL output: the local staging folder
     root.mkdir(parents=True, exist_ok=True)
     resolved = config_to_dict(config)
 
@@ -345,8 +407,10 @@ def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -
         start_over=str(root),
     )
     layout.shards_index.unlink(missing_ok=True)  # an index only ever describes a finished run
+    if remote is not None:
+        remote.remove(INDEX_NAME)
     store = PartStore(layout.shards_state, id_column="shard")
-    done = _completed_records(root, store)
+    done = _completed_records(root, store, remote)
     todo = plan[~plan["shard"].isin(done)].reset_index(drop=True)
     print(
         f"shards: {len(pairs)} pairs -> {len(plan)} planned in {plan['shard'].nunique()} shards "
@@ -361,14 +425,14 @@ def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -
         description="shards",
         unit="samples",
         num_done=len(plan) - len(todo),
-        collect=ShardAssembler(root, todo, config.resources.writer_threads).records,
+        collect=ShardAssembler(root, todo, config.resources.writer_threads, remote).records,
         ordered=True,  # shards complete one after another: the driver holds one shard's samples at a time
         ray_address=ray_address,
         num_cpus=config.resources.num_cpus or None,
     )
 
     # 3. outputs: rejections, then index.json last
-    done = _completed_records(root, store)
+    done = _completed_records(root, store, remote)
     missing = sorted(set(plan["shard"]) - set(done))
     if missing:
         raise RuntimeError(f"shards not written: {missing[:5]} ... rerun to resume")
@@ -379,8 +443,11 @@ def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -
     write_rejections(rejections, layout.shard_rejections, metadata={"models": models, "run": run})
     shapes = dict(zip(plan["bucket"], plan["latent_shape"], strict=True))
     index = write_index(root, entries, shapes, vlm_dim, models, resolved)
+    if remote is not None:
+        remote.upload(layout.shard_rejections, layout.shard_rejections.name)
+        remote.upload(layout.shards_index, INDEX_NAME)
     print(
-        f"shards: wrote {index['num_samples']} samples in {len(entries)} shards to {root}; "
+        f"shards: wrote {index['num_samples']} samples in {len(entries)} shards to {remote.url if remote else root}; "
         f"{len(rejections)} rejections ({layout.shard_rejections})"
     )
     return index
@@ -413,17 +480,21 @@ def _print_table(title: str, mapping: dict[str, Any]) -> None:
 
 def inspect_command(
     path: Annotated[
-        Path, typer.Argument(help="A shard set (folder or its index.json) or a pair manifest (.parquet)")
+        str,
+        typer.Argument(
+            help="A shard set (folder or its index.json, local or a URL: s3://, gs://, https://, hf://, "
+            "file://) or a pair manifest (.parquet)"
+        ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")] = False,
 ) -> None:
     """What a shard set or a pair manifest holds: counts per bucket and category, bytes per sample, shapes."""
     from dataengine.shards import inspect_manifest, inspect_shards
 
-    if path.suffix == ".parquet":
+    if path.endswith(".parquet"):
         summary = inspect_manifest(path)
     else:
-        summary = inspect_shards(path.parent if path.name == INDEX_NAME else path)
+        summary = inspect_shards(path)
     if as_json:
         typer.echo(json.dumps(summary, indent=1))
         return
@@ -435,12 +506,15 @@ def inspect_command(
 
 
 def verify_command(
-    path: Annotated[Path, typer.Argument(help="A shard set folder (holding index.json)")],
+    path: Annotated[
+        str,
+        typer.Argument(help="A shard set: its folder or index.json, local or a URL (s3://, https://, ...)"),
+    ],
 ) -> None:
     """Re-read every tar of a shard set: sha256, sample count and keys, every sample decodes and is valid."""
     from dataengine.shards import verify_shards
 
-    report = verify_shards(path.parent if path.name == INDEX_NAME else path)
+    report = verify_shards(path)
     for problem in report.problems:
         typer.echo(f"PROBLEM {problem['shard']}: {problem['problem']}: {problem['detail']}", err=True)
     status = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"

@@ -6,7 +6,8 @@ pixels decodes them itself from the paths; nothing big travels between stages ex
 
 - :class:`Stage`: the declaration: a name (also the ``stage`` column of its rejections), what runs (a
   function ``fn(row, **kwargs) -> dict`` or a :class:`Worker` class), task or actor pool (``actors``),
-  resources (``cpus``, ``gpus``, ``memory_bytes``) and ``batch_size``.
+  resources (``cpus``, ``gpus``, ``memory_bytes``, and custom Ray ``resources`` that pin it to a kind of
+  node: a job's recipe ``placement`` table) and ``batch_size``.
 - :class:`Worker`: a class stage. The constructor only stores small configs (they are pickled to every
   actor); :meth:`Worker.setup` loads models, once per actor, in the actor; :meth:`Worker.process` (one row)
   or :meth:`Worker.process_batch` (a batch, for batched models) returns each row's new columns.
@@ -18,7 +19,8 @@ pixels decodes them itself from the paths; nothing big travels between stages ex
   batch is retried item by item so one bad item does not reject its neighbours; rows already rejected
   by an earlier stage pass through untouched.
 - :func:`run_stages`: the one runner: builds the Ray Data pipeline, streams the results into a
-  :class:`~pipelines.runtime.PartStore` in small parts as they arrive, and shows progress.
+  :class:`~pipelines.runtime.PartStore` in small parts as they arrive, and shows progress. Every stage
+  records the Ray node that ran each row; at the end the runner prints which nodes ran each stage.
 - :func:`guard_resume`: the one resume check: a run remembers the settings and inputs its stored results
   were made from (its fingerprint file); a rerun with others is refused, naming what differs.
 """
@@ -30,6 +32,7 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +106,10 @@ class Stage:
     """GPUs reserved per task or actor."""
     memory_bytes: int = 0
     """Memory reserved per task or actor (0: not declared)."""
+    resources: Mapping[str, float] = field(default_factory=dict)
+    """Custom Ray resources per task or actor, e.g. ``{"gpu_node": 1}``: the stage then runs only on nodes
+    started with ``ray start --resources '{"gpu_node": N}'``. Jobs fill it from their recipe's ``placement``
+    table (checked by :func:`dataengine.recipe.check_placement`)."""
     batch_size: int = 1
     """Rows per call."""
     failure_reason: str = "error"
@@ -113,6 +120,8 @@ class Stage:
             raise ValueError(f"stage {self.name}: invalid resources {self}")
         if self.gpus > 0 and not self.actors:
             raise ValueError(f"stage {self.name}: a GPU stage must be an actor pool (actors > 0)")
+        if any(amount <= 0 for amount in self.resources.values()):
+            raise ValueError(f"stage {self.name}: custom resources must be > 0, got {dict(self.resources)}")
 
     def worker(self) -> Worker:
         """The stage's worker, not set up yet."""
@@ -194,6 +203,22 @@ def frame_rows(frame: pd.DataFrame) -> list[Row]:
     return [{k: _scalar(v) for k, v in row.items()} for row in frame.to_dict("records")]
 
 
+NODE_PREFIX = "_node:"
+"""Rows leave each stage with a ``_node:<stage>`` column: the Ray node that ran it (removed by the runner)."""
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def _tagged(stage: Stage, rows: list[Row], node: str) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    frame[NODE_PREFIX + stage.name] = node
+    return frame
+
+
 class _ActorStage:
     """Ray Data's callable class for an actor-pool stage: builds and sets up the worker once, in the actor."""
 
@@ -201,15 +226,35 @@ class _ActorStage:
         self.stage = stage
         self.worker = stage.worker()
         self.worker.setup()
+        self.node = _node_id()
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame(apply_stage(self.stage, self.worker, frame_rows(batch)))
+        return _tagged(self.stage, apply_stage(self.stage, self.worker, frame_rows(batch)), self.node)
 
 
 def _task_stage(batch: pd.DataFrame, stage: Stage) -> pd.DataFrame:
     worker = stage.worker()
     worker.setup()
-    return pd.DataFrame(apply_stage(stage, worker, frame_rows(batch)))
+    return _tagged(stage, apply_stage(stage, worker, frame_rows(batch)), _node_id())
+
+
+def placement_report(nodes: Mapping[str, Mapping[str, int]]) -> str:
+    """One line saying which Ray nodes ran each stage (``stage -> node id -> rows``), each node named by the
+    custom resources it was started with, e.g. ``score: 5 rows on node 75d4a353 (gpu_node)``."""
+    import ray
+
+    standard = ("CPU", "GPU", "memory", "object_store_memory", "node:", "accelerator_type:")
+    labels = {}
+    for node in ray.nodes():
+        custom = sorted(k for k in node.get("Resources", {}) if not k.startswith(standard))
+        labels[node["NodeID"]] = f" ({', '.join(custom)})" if custom else ""
+    parts = []
+    for stage, counts in nodes.items():
+        where = ", ".join(
+            f"{rows} rows on node {node[:8]}{labels.get(node, '')}" for node, rows in sorted(counts.items())
+        )
+        parts.append(f"{stage}: {where}")
+    return "where the stages ran: " + "; ".join(parts)
 
 
 def _pipeline(items: list[Row], stages: Sequence[Stage]) -> Any:
@@ -223,6 +268,8 @@ def _pipeline(items: list[Row], stages: Sequence[Stage]) -> Any:
             resources["num_gpus"] = stage.gpus
         if stage.memory_bytes:
             resources["memory"] = stage.memory_bytes
+        if stage.resources:
+            resources["resources"] = dict(stage.resources)
         if stage.actors:
             dataset = dataset.map_batches(
                 _ActorStage,
@@ -252,8 +299,15 @@ def stream_stages(
 
     init_ray(ray_address, num_cpus=num_cpus)
     ray.data.DataContext.get_current().execution_options.preserve_order = ordered
+    nodes: dict[str, Counter[str]] = {stage.name: Counter() for stage in stages}
     for batch in _pipeline(items, stages).iter_batches(batch_format="pandas", batch_size=None):
-        yield from frame_rows(batch)
+        for row in frame_rows(batch):
+            for key in [k for k in row if k.startswith(NODE_PREFIX)]:
+                node = row.pop(key)
+                if node is not None:
+                    nodes[key.removeprefix(NODE_PREFIX)][node] += 1
+            yield row
+    print(placement_report(nodes), flush=True)
 
 
 def run_stages(

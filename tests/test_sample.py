@@ -200,3 +200,32 @@ def test_sample_under_torchrun_splits_the_steps_and_matches_one_process(
     )
     assert np.abs(split - alone).mean() < 2.0
     assert np.abs(seed1 - alone).mean() > 10.0
+
+
+def test_source_and_reference_can_be_urls(trained_run: Path, tmp_path: Path) -> None:
+    """``--source`` / ``--reference`` as URLs (a real HTTP server on 127.0.0.1): the same prepared inputs as
+    the local files, and the command edits from them; an unreachable one is a clear error."""
+    from typer.testing import CliRunner
+
+    from dataengine.clips import ClipConfig
+    from tests.range_server import RangeServer
+    from trainer.cli import app
+    from trainer.sample import prepare_source
+
+    clip = ClipConfig(num_frames=NUM_FRAMES, fps=0.0, buckets=((HEIGHT, WIDTH),))
+    local = prepare_source(trained_run / "source.mp4", trained_run / "reference.png", clip)
+    with RangeServer(trained_run) as server:
+        source, reference = f"{server.url}/source.mp4", f"{server.url}/reference.png"
+        remote = prepare_source(source, reference, clip)
+        assert all(np.array_equal(a, b) for a, b in zip(local[:2], remote[:2], strict=True))
+        assert local[2] == remote[2]
+        out = tmp_path / "from_urls.mp4"
+        result = CliRunner().invoke(
+            app,
+            ["sample", str(trained_run / "runs" / "tiny"), "--source", source, "--instruction", "Add a red hat.",
+             "--reference", reference, "--steps", "2", "--out", str(out)],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert probe(out).num_frames == NUM_FRAMES
+        with pytest.raises(ValueError, match="cannot download .*/missing.png"):
+            prepare_source(source, f"{server.url}/missing.png", clip)

@@ -147,3 +147,23 @@ def test_part_store_with_a_schema_keeps_its_columns_and_types(tmp_path):
     frame = store.read_all()
     assert list(frame.columns) == ["pair_id", "score", "reason"]
     pd.testing.assert_series_equal(frame["score"], pd.Series([None, 3.0], name="score", dtype="float64"))
+
+
+def test_a_placement_table_names_stages_of_the_job_and_positive_amounts():
+    """``placement`` (stage -> custom Ray resources) is checked when the recipe is read; a Stage refuses
+    non-positive amounts. That the resources reach Ray is tests/test_ray_cluster.py's part."""
+    from dataengine.recipe import RecipeError, build_config
+    from pipelines.shards import ShardsResources
+
+    resources = build_config(ShardsResources, {"placement": {"vae": {"gpu_node": 1}}}, "shards.resources")
+    assert resources.placement == {"vae": {"gpu_node": 1.0}}
+    with pytest.raises(
+        RecipeError, match=r"names no stage of this job: \['judge'\]; its stages are \['vae', 'vlm'\]"
+    ):
+        build_config(ShardsResources, {"placement": {"judge": {"gpu_node": 1}}}, "shards.resources")
+    with pytest.raises(
+        RecipeError, match=r"placement\.vae = \{'gpu_node': 0\.0\}: give each custom resource"
+    ):
+        build_config(ShardsResources, {"placement": {"vae": {"gpu_node": 0}}}, "shards.resources")
+    with pytest.raises(ValueError, match="custom resources must be > 0"):
+        Stage("halve", halve, resources={"gpu_node": -1})

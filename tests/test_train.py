@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -178,22 +180,89 @@ def test_cli_debug_recipe_writes_the_run_folder(reference_run):
     assert checkpoints == [f"step-{STEPS - EVERY:08d}", f"step-{STEPS:08d}"]  # keep_last = 2, no partials
 
 
-def test_two_process_fsdp2_matches_one_process(shards, reference_run, tmp_path):
+@pytest.fixture(scope="module")
+def two_process_run(shards, tmp_path_factory) -> Path:
+    """One node, two ranks (``torchrun --standalone --nproc-per-node 2``), batch 1 per rank."""
+    runs = tmp_path_factory.mktemp("runs_fsdp2")
     result = subprocess.run(
-        _cli(_overrides(shards, tmp_path, "fsdp2", batch_size=1), torchrun_ranks=2),
+        _cli(_overrides(shards, runs, "fsdp2", batch_size=1), torchrun_ranks=2),
         env=_env(),
         cwd=REPO,
         capture_output=True,
         text=True,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    two, one = _losses(tmp_path / "fsdp2"), _losses(reference_run)
+    return runs / "fsdp2"
+
+
+def test_two_process_fsdp2_matches_one_process(two_process_run, reference_run):
+    two, one = _losses(two_process_run), _losses(reference_run)
     assert sorted(two) == sorted(one)
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=PARITY_RTOL), (
             f"step {step}: {two[step]} vs {one[step]}"
         )
-    resolved = json.loads((tmp_path / "fsdp2" / "recipe.resolved.json").read_text())
+    resolved = json.loads((two_process_run / "recipe.resolved.json").read_text())
+    assert resolved["world_size"] == 2
+
+
+def _readme_multinode_command() -> list[str]:
+    """The multi-node ``torchrun`` line of the README's "real run" section, as tokens."""
+    lines = [
+        line.strip()
+        for line in (REPO / "README.md").read_text().splitlines()
+        if line.startswith("torchrun --nnodes")
+    ]
+    assert len(lines) == 1, f"README.md should hold one multi-node torchrun line, found {lines}"
+    return shlex.split(lines[0])
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_by_c10d_rendezvous_match_one_node(shards, two_process_run, tmp_path):
+    """The README's multi-node command, launched twice on this machine as two "nodes" of one process each
+    (the rendezvous endpoint ``$HEAD:29500`` becomes 127.0.0.1 and a free port, 8 processes per node become 1,
+    the paper's recipe the debug one): the same losses as one node with two processes."""
+    command = _readme_multinode_command()
+    assert command[:3] == ["torchrun", "--nnodes", "2"] and "--rdzv-backend" in command
+    assert command[command.index("--rdzv-backend") + 1] == "c10d"
+    port = _free_port()
+    swap = {
+        "$HEAD:29500": f"127.0.0.1:{port}",
+        "manifests/train_mive_14b.toml": str(RECIPE),
+    }
+    command = [swap.get(token, token) for token in command]
+    command[command.index("--nproc-per-node") + 1] = "1"
+    launcher = [sys.executable, "-m", "torch.distributed.run", *command[1:]]
+    args = _overrides(shards, tmp_path, "two_nodes", batch_size=1)
+    nodes = [
+        subprocess.Popen(
+            [*launcher, *args],
+            env=_env(),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        errors = [node.communicate(timeout=300)[1] for node in nodes]
+    finally:
+        for node in nodes:  # a node whose peer failed waits for the rendezvous: never leave it behind
+            if node.poll() is None:
+                node.kill()
+                node.wait()
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(e[-3000:] for e in errors)
+    two_nodes, one_node = _losses(tmp_path / "two_nodes"), _losses(two_process_run)
+    # the same two ranks and the same collectives, only their rendezvous differs: the same floats
+    assert two_nodes == one_node
+    resolved = json.loads((tmp_path / "two_nodes" / "recipe.resolved.json").read_text())
     assert resolved["world_size"] == 2
 
 
@@ -267,6 +336,29 @@ def test_sequence_parallel_run_killed_and_resumed_then_resumed_without_sp(shards
     resumed = _losses(run_dir)
     for step in range(STEPS - EVERY + 1, STEPS + 1):
         assert resumed[step] == pytest.approx(reference[step], rel=PARITY_RTOL), step
+
+
+def test_training_from_shards_served_over_http_gives_the_same_losses(shards, reference_run, tmp_path):
+    """``train.data.shards`` as a URL: the shard set served by a real HTTP server on 127.0.0.1 (byte ranges,
+    as object storage serves them); the same run as the local reference, the same losses to the last bit."""
+    from tests.range_server import RangeServer
+
+    with RangeServer(shards.parent) as server:
+        url = f"{server.url}/{shards.name}"
+        result = subprocess.run(
+            _cli(_overrides(url, tmp_path, "http", batch_size=2)),
+            env=_env(),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        tar_gets = [r for r in server.requests if r.method == "GET" and r.path.endswith(".tar")]
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert tar_gets and all(r.range for r in tar_gets)  # ranged reads only
+    assert _losses(tmp_path / "http") == _losses(reference_run)
+    resolved = json.loads((tmp_path / "http" / "recipe.resolved.json").read_text())
+    assert resolved["train"]["data"]["shards"] == url
 
 
 def test_fit_without_resume_refuses_an_existing_run(shards, reference_run):

@@ -23,8 +23,10 @@ What it guarantees, and how:
   exactly the one an uninterrupted run would have seen; skipped batches are never read.
 
 Samples are read by member offset: each tar is scanned once (headers only) with ``tarfile`` and its members
-grouped into samples with WebDataset's own key rule (:func:`webdataset.tariterators.base_plus_ext`), then a
-sample's members are read with one seek each and decoded by :func:`dataengine.shard_format.decode_sample`.
+grouped into samples with WebDataset's own key rule (:func:`dataengine.shard_format.scan_members`), then a
+sample's members are read with one ranged read each and decoded by :func:`dataengine.shard_format.decode_sample`.
+The shard set may be a local folder or a URL (``s3://``, ``gs://``, ``hf://``, ``https://``, ``file://``:
+fsspec): the same reads become ranged requests, so no tar is ever downloaded whole.
 At 720P a sample is tens of MB (three latents of 16 x 21 x 90 x 160 plus the VLM states), so a true
 per-epoch permutation costs one seek per sample, not a shuffle buffer, and resuming skips without reading.
 """
@@ -32,7 +34,6 @@ per-epoch permutation costs one seek per sample, not a shuffle buffer, and resum
 from __future__ import annotations
 
 import logging
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import base_plus_ext
 
 from dataengine.shard_format import (
     INDEX_NAME,
@@ -48,7 +48,11 @@ from dataengine.shard_format import (
     META_MEMBER,
     TENSORS_MEMBER,
     decode_sample,
+    join,
     read_index,
+    read_members,
+    scan_members,
+    shard_set_location,
 )
 
 logger = logging.getLogger(__name__)
@@ -59,7 +63,8 @@ class DataConfig:
     """The ``[train.data]`` recipe table."""
 
     shards: str = "shards/demo"
-    """Folder of the shard set (holding ``index.json``), or the ``index.json`` file itself."""
+    """Folder of the shard set (holding ``index.json``), or the ``index.json`` file itself; local or a URL
+    (``s3://``, ``gs://``, ``hf://``, ``https://``, ``file://``, any fsspec URL)."""
     batch_size: int = 1
     """Samples per micro-batch on each rank (the global batch of a step is this x ranks x grad accumulation)."""
     num_workers: int = 0
@@ -82,43 +87,50 @@ class SampleRef:
 
 @dataclass(frozen=True)
 class ShardEntry:
-    path: Path
+    path: str
+    """The tar, in the shard set's filesystem (a local path, or a URL's path)."""
     bucket: str
     num_samples: int
-
-
-def _resolve_index_path(shards: str | Path) -> Path:
-    path = Path(shards)
-    return path if path.name == INDEX_NAME else path / INDEX_NAME
+    bytes: int
+    """Its size in ``index.json``."""
 
 
 class ShardCatalogue:
-    """The shard set as described by ``index.json``, checked against the files on disk."""
+    """The shard set as described by ``index.json``; local tars are checked against it at once, remote ones
+    (a URL) when a process first reads them (a HEAD per tar at start-up would cost minutes on 50K tars)."""
 
     def __init__(self, shards: str | Path, verify_checksums: bool = False) -> None:
-        self.index_path = _resolve_index_path(shards)
-        self.index = read_index(self.index_path)
-        root = self.index_path.parent
+        self.location = str(shards)
+        self.fs, self.root = shard_set_location(shards)
+        self.local = "file" in self.fs.protocol
+        self.index_path = join(self.root, INDEX_NAME)
+        self.index = read_index(shards)
         self.shards: list[ShardEntry] = []
         for row, entry in enumerate(self.index.get("shards", [])):
-            path = root / entry["path"]
+            path = join(self.root, entry["path"])
             where = f"shard {entry['path']} (entry {row} of {self.index_path})"
-            if not path.exists():
-                raise FileNotFoundError(f"{where} is missing: the shard set is incomplete; rebuild it")
-            size = path.stat().st_size
-            if "bytes" in entry and size != entry["bytes"]:
-                raise ValueError(
-                    f"{where} has {size} bytes, the index says {entry['bytes']}: rebuild the shard set"
-                )
+            if self.local:
+                if not self.fs.exists(path):
+                    raise FileNotFoundError(f"{where} is missing: the shard set is incomplete; rebuild it")
+                size = self.fs.size(path)
+                if "bytes" in entry and size != entry["bytes"]:
+                    raise ValueError(
+                        f"{where} has {size} bytes, the index says {entry['bytes']}: rebuild the shard set"
+                    )
             if verify_checksums and entry.get("sha256"):
                 from dataengine.shards import sha256_file  # imports pandas: only when checksums are asked for
 
-                if sha256_file(path) != entry["sha256"]:
+                if sha256_file(path, fs=self.fs) != entry["sha256"]:
                     raise ValueError(
                         f"{where}: sha256 does not match the index: the file changed or is corrupt"
                     )
             self.shards.append(
-                ShardEntry(path=path, bucket=entry["bucket"], num_samples=int(entry["num_samples"]))
+                ShardEntry(
+                    path=path,
+                    bucket=entry["bucket"],
+                    num_samples=int(entry["num_samples"]),
+                    bytes=int(entry.get("bytes", -1)),
+                )
             )
         if not self.shards:
             raise ValueError(f"{self.index_path} lists no shards: nothing to train on")
@@ -170,28 +182,34 @@ def padding_report(catalogue: ShardCatalogue, global_batch: int) -> dict[str, in
 
 
 class ShardReader:
-    """Reads samples by (shard, position), scanning each tar's headers once (lazily, per process)."""
+    """Reads samples by (shard, position), scanning each tar's headers once (lazily, per process).
+
+    It opens the shard set's filesystem itself: a ``DataLoader`` worker gets its own (an HTTP or S3 client
+    does not survive a fork).
+    """
 
     def __init__(self, catalogue: ShardCatalogue) -> None:
         self.catalogue = catalogue
+        self.fs = shard_set_location(catalogue.location)[0]
         self._members: dict[int, list[tuple[str, dict[str, tuple[int, int]]]]] = {}
 
     def _scan(self, shard_id: int) -> list[tuple[str, dict[str, tuple[int, int]]]]:
         shard = self.catalogue.shards[shard_id]
-        samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
-        try:
-            with tarfile.open(shard.path, mode="r:") as tar:
-                for info in tar:
-                    if not info.isfile():
-                        continue
-                    key, member = base_plus_ext(info.name)
-                    if key is None:
-                        continue
-                    if not samples or samples[-1][0] != key:
-                        samples.append((key, {}))
-                    samples[-1][1][member] = (info.offset_data, info.size)
-        except tarfile.TarError as err:
-            raise ValueError(f"shard {shard.path} is not a readable tar: {err}") from err
+        size = shard.bytes
+        if not self.catalogue.local:  # checked here, once per process, instead of at start-up
+            try:
+                found = self.fs.size(shard.path)
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"shard {shard.path} (listed in {self.catalogue.index_path}) is missing"
+                ) from None
+            if size >= 0 and found != size:
+                raise ValueError(
+                    f"shard {shard.path} has {found} bytes, {self.catalogue.index_path} says {size}"
+                )
+        if size < 0:
+            size = self.fs.size(shard.path)
+        samples = scan_members(self.fs, shard.path, size)
         if len(samples) != shard.num_samples:
             raise ValueError(
                 f"shard {shard.path} holds {len(samples)} samples, {self.catalogue.index_path} says {shard.num_samples}"
@@ -203,14 +221,11 @@ class ShardReader:
             self._members[ref.shard] = self._scan(ref.shard)
         shard = self.catalogue.shards[ref.shard]
         key, members = self._members[ref.shard][ref.position]
-        raw: dict[str, Any] = {"__key__": key}
-        with shard.path.open("rb") as handle:
-            for member in (TENSORS_MEMBER, META_MEMBER):
-                if member in members:
-                    offset, size = members[member]
-                    handle.seek(offset)
-                    raw[member] = handle.read(size)
         try:
+            raw: dict[str, Any] = {
+                "__key__": key,
+                **read_members(self.fs, shard.path, members, (TENSORS_MEMBER, META_MEMBER)),
+            }
             return decode_sample(raw)
         except Exception as err:
             raise ValueError(f"sample {key} (position {ref.position} of shard {shard.path}): {err}") from err

@@ -130,13 +130,14 @@ def resolve_checkpoint(path: str | Path) -> tuple[str, Path]:
 
 def context_from_run(run_dir: Path) -> SamplingContext:
     """The sampling context of a training run: its resolved recipe and the index of the shards it read."""
+    from dataengine.layout import is_url
     from dataengine.shard_format import read_index
     from trainer.model import get_config
 
     resolved = json.loads(TrainRunLayout(run_dir).resolved_recipe.read_text())
     train = resolved["train"]
-    shards = Path(train["data"]["shards"])
-    if not shards.is_absolute() and not shards.exists():
+    shards = train["data"]["shards"] if is_url(train["data"]["shards"]) else Path(train["data"]["shards"])
+    if isinstance(shards, Path) and not shards.is_absolute() and not shards.exists():
         # a relative shard path is relative to where ``fit`` ran; try beside the runs folder too
         candidate = run_dir.parent.parent / shards
         shards = candidate if candidate.exists() else shards
@@ -352,7 +353,19 @@ def euler_sample(
 def prepare_source(
     source: str | Path, reference: str | Path, clip_config: Any
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """(source frames (T, H, W, 3), reference (H, W, 3), fps) prepared as ``dataengine.clips.prepare_pair`` does."""
+    """(source frames (T, H, W, 3), reference (H, W, 3), fps) prepared as ``dataengine.clips.prepare_pair`` does.
+
+    ``source`` and ``reference`` are local paths or URLs (fsspec: ``https://``, ``s3://``, ``hf://``, ...),
+    downloaded to a temporary folder for the decoders."""
+    import tempfile
+
+    from dataengine.video import local_file
+
+    with tempfile.TemporaryDirectory(prefix="mive_sample_") as tmp:
+        return _prepare_local(local_file(source, tmp), local_file(reference, tmp), clip_config)
+
+
+def _prepare_local(source: Path, reference: Path, clip_config: Any) -> tuple[np.ndarray, np.ndarray, float]:
     from dataengine.clips import (
         ClipRejection,
         choose_bucket,
@@ -559,10 +572,13 @@ def sample_command(
     checkpoint: Annotated[
         Path, typer.Argument(help="Run folder (latest checkpoint), DCP step folder or exported folder")
     ],
-    source: Annotated[Path, typer.Option("--source", help="Source video to edit")],
+    source: Annotated[str, typer.Option("--source", help="Source video to edit (a path or a URL)")],
     instruction: Annotated[str, typer.Option("--instruction", help="Editing instruction")],
     reference: Annotated[
-        Path, typer.Option("--reference", help="Reference image: the source's first frame, edited")
+        str,
+        typer.Option(
+            "--reference", help="Reference image: the source's first frame, edited (a path or a URL)"
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Output mp4")],
     compare: Annotated[
