@@ -1,10 +1,18 @@
 """Clip preparation: the frames the model trains on, decoded with decord and fitted to a resolution bucket.
 
-A pair's source and target are sampled at the SAME frame indices (the recipe's frame count, always
-``4n + 1`` for the Wan VAE, at the recipe's fps) and both are resized to cover the bucket nearest in
-aspect ratio, then centre cropped to it, so pixel (t, y, x) of the source and of the target stay
-aligned. The reference is the target's first prepared frame unless the manifest gives a
-``reference_path`` (a PNG prepared the same way).
+:func:`plan_clip` is the one trainability check: from two probed videos (or a manifest row's numbers) it
+decides whether a pair can become a training sample under a ``[shards.clip]`` recipe and how (frame
+indices, frame rate, resolution bucket, latent shape), or rejects it. The filter's probe, the shard plan,
+the shard step's decoder and ``trainer sample`` all call it, so a pair the filter keeps is a pair the
+shards step encodes.
+
+A clip has the longest ``4n + 1`` frames (the Wan VAE's causal first frame plus groups of four) its video
+gives at the recipe's rate, at most ``num_frames`` and at least ``min_frames``: clips of different lengths
+land in different latent-shape buckets, which the trainer batches one at a time. A pair's source and target
+are sampled at the SAME frame indices and both are resized to cover the bucket nearest in aspect ratio,
+then centre cropped to it, so pixel (t, y, x) of the source and of the target stay aligned. The reference
+is the target's first prepared frame unless the manifest gives a ``reference_path`` (a PNG prepared the
+same way).
 
 Every failure is a :class:`ClipRejection` with one of ``REJECTION_REASONS``, never a crash.
 """
@@ -15,6 +23,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -23,7 +32,7 @@ from dataengine.video import VideoError, VideoInfo, probe, read_frames, sample_i
 REJECTION_REASONS = (
     "missing_file",  # a source, target or reference file does not exist
     "undecodable",  # a file exists but cannot be decoded
-    "too_short",  # fewer frames at the recipe's fps than the recipe's frame count
+    "too_short",  # fewer frames at the recipe's rate than the recipe's min_frames
     "too_small",  # fitting the bucket would upscale beyond ``max_upscale``
     "misaligned",  # source and target differ in fps, frame count or aspect ratio beyond the tolerances
     "manifest_mismatch",  # the decoded video does not match the manifest row the shard plan was made from
@@ -45,9 +54,16 @@ class ClipConfig:
     """How a pair's videos become the clips the model trains on (the ``[shards.clip]`` recipe table)."""
 
     num_frames: int = 81
-    """Frames per clip; must be ``4n + 1`` (the Wan VAE's causal first frame plus groups of 4)."""
+    """The longest clip, in frames; must be ``4n + 1`` (the Wan VAE's causal first frame plus groups of 4)."""
+    min_frames: int = 0
+    """The shortest clip (``4n + 1``): a video with fewer than ``num_frames`` frames at the clip's rate gives
+    the longest ``4n + 1`` it has, down to this; fewer is ``too_short``. 0: ``num_frames`` (one length)."""
     fps: float = 16.0
     """Frame rate the clip is resampled to (nearest frame); 0 keeps consecutive frames at the native rate."""
+    short_clip_fps: Literal["fps", "native"] = "fps"
+    """A video too short for ``num_frames`` frames at ``fps``: ``"fps"`` takes fewer frames at ``fps``;
+    ``"native"`` takes consecutive frames at its own rate when that gives more (``fps`` when a clip is long
+    enough, its native rate otherwise)."""
     buckets: tuple[tuple[int, int], ...] = ((720, 1280), (1280, 720), (960, 960))
     """Resolution buckets as ``(height, width)``, each a multiple of 16; a clip goes to the nearest aspect ratio."""
     max_upscale: float = 1.0
@@ -60,6 +76,12 @@ class ClipConfig:
     def __post_init__(self) -> None:
         if self.num_frames < 1 or (self.num_frames - 1) % 4:
             raise ValueError(f"clip.num_frames must be 4n + 1 (e.g. 17, 81), got {self.num_frames}")
+        if self.min_frames and (self.min_frames < 1 or (self.min_frames - 1) % 4):
+            raise ValueError(f"clip.min_frames must be 4n + 1 (e.g. 33, 65) or 0, got {self.min_frames}")
+        if self.min_frames > self.num_frames:
+            raise ValueError(
+                f"clip.min_frames ({self.min_frames}) is more than clip.num_frames ({self.num_frames})"
+            )
         if self.fps < 0:
             raise ValueError(f"clip.fps must be positive (or 0 for the native rate), got {self.fps}")
         if not self.buckets:
@@ -75,6 +97,36 @@ class ClipConfig:
         object.__setattr__(self, "buckets", buckets)
         if self.max_upscale < 1.0:
             raise ValueError(f"clip.max_upscale must be >= 1.0, got {self.max_upscale}")
+
+    @property
+    def shortest(self) -> int:
+        """The fewest frames a clip may have (``min_frames``, or ``num_frames`` when it is 0)."""
+        return self.min_frames or self.num_frames
+
+    @property
+    def frame_counts(self) -> tuple[int, ...]:
+        """Every clip length this recipe can produce, longest first."""
+        return tuple(range(self.num_frames, self.shortest - 1, -4))
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """How a pair becomes a training clip (:func:`plan_clip`): which frames, at what rate, in which bucket."""
+
+    indices: np.ndarray = field(repr=False)  # frame indices into the source and target videos
+    fps: float  # frame rate of the prepared clip
+    bucket: tuple[int, int]  # (H, W) the frames are fitted to
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.indices)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(T', H', W') of the clip's Wan VAE latents: the shard bucket it lands in."""
+        from dataengine.vae import latent_shape
+
+        return latent_shape(self.num_frames, *self.bucket)
 
 
 @dataclass
@@ -165,21 +217,39 @@ def resize_and_crop_box(
     )
 
 
-def clip_indices(info: VideoInfo, config: ClipConfig) -> np.ndarray:
-    """The ``config.num_frames`` frame indices a clip is made of (from the start), or ``too_short``."""
+def longest_clip(available: int) -> int:
+    """The most frames of the form ``4n + 1`` that ``available`` frames hold (0 when there are none)."""
+    return 1 + 4 * ((available - 1) // 4) if available >= 1 else 0
+
+
+def clip_frames(info: VideoInfo, config: ClipConfig) -> tuple[np.ndarray, float]:
+    """The frame indices (from the start) and the frame rate of the clip a video gives, or ``too_short``.
+
+    At ``config.fps`` (or the native rate when it is 0) the video holds some number of frames; the clip is
+    the longest ``4n + 1`` of them, at most ``num_frames``. With ``short_clip_fps = "native"``, a video too
+    short for ``num_frames`` at ``fps`` but denser than ``fps`` is taken at its native rate instead, when
+    that gives more frames. Fewer than ``min_frames`` (``num_frames`` when 0) is ``too_short``."""
+    native = np.arange(min(info.num_frames, config.num_frames))
     if not config.fps:
-        indices = np.arange(min(info.num_frames, config.num_frames))
-        available = info.num_frames
+        indices, fps = native, info.fps
     else:
         indices = sample_indices(info.num_frames, info.fps, config.fps, max_frames=config.num_frames)
-        available = max(1, int(np.floor(info.num_frames / info.fps * config.fps + 1e-6)))
-    if len(indices) < config.num_frames:
-        at = f"{config.fps:g} fps" if config.fps else "native fps"
+        fps = float(config.fps)
+        if (
+            len(indices) < config.num_frames
+            and config.short_clip_fps == "native"
+            and info.fps > config.fps
+            and len(native) > len(indices)
+        ):
+            indices, fps = native, info.fps
+    count = longest_clip(len(indices))
+    if count < config.shortest:
+        need = f"{config.shortest}" if config.shortest == config.num_frames else f"at least {config.shortest}"
         raise ClipRejection(
             "too_short",
-            f"{info.num_frames} frames at {info.fps:g} fps give {available} at {at}; need {config.num_frames}",
+            f"{info.num_frames} frames at {info.fps:g} fps give {len(indices)} at {fps:g} fps; need {need}",
         )
-    return indices
+    return indices[:count], fps
 
 
 def check_alignment(source: VideoInfo, target: VideoInfo, config: ClipConfig) -> None:
@@ -198,6 +268,35 @@ def check_alignment(source: VideoInfo, target: VideoInfo, config: ClipConfig) ->
             "misaligned",
             f"source is {source.width}x{source.height}, target {target.width}x{target.height}: aspect ratios differ",
         )
+
+
+def plan_clip(source: VideoInfo, target: VideoInfo | None, config: ClipConfig) -> ClipPlan:
+    """Whether a pair can become a training sample under ``config``, and how; else a :class:`ClipRejection`.
+
+    The one trainability check (the filter's probe, the shard plan, the shard step's decoder and ``trainer
+    sample`` call it): source and target aligned (fps, frame count, aspect ratio within the tolerances), long
+    enough (:func:`clip_frames`), and large enough for their bucket without upscaling beyond
+    ``max_upscale``. ``target`` None checks the source alone (a manifest row's numbers, a video to edit)."""
+    target = source if target is None else target
+    for role, info in (("source", source), ("target", target)):
+        if info.num_frames <= 0 or info.fps <= 0 or info.width <= 0 or info.height <= 0:
+            raise ClipRejection("undecodable", f"{role} has no valid size, fps or frame count: {info}")
+    check_alignment(source, target, config)
+    indices, fps = clip_frames(source, config)
+    if indices.max() >= target.num_frames:
+        raise ClipRejection(
+            "misaligned", f"target has {target.num_frames} frames, need index {indices.max()}"
+        )
+    bucket = choose_bucket(source.height, source.width, config.buckets)
+    for role, info in (("source", source), ("target", target)):
+        scale = cover_size(info.height, info.width, bucket)[2]
+        if scale > config.max_upscale:
+            raise ClipRejection(
+                "too_small",
+                f"{role} is {info.width}x{info.height}: bucket {bucket[0]}x{bucket[1]} needs a {scale:.2f}x "
+                f"upscale (max_upscale={config.max_upscale})",
+            )
+    return ClipPlan(indices, fps, bucket)
 
 
 def load_reference(path: str | os.PathLike) -> np.ndarray:
@@ -226,51 +325,32 @@ def prepare_pair(
     target_path: str | os.PathLike,
     reference_path: str | os.PathLike | None,
     config: ClipConfig,
-    expected_bucket: tuple[int, int] | None = None,
+    expected_shape: tuple[int, int, int] | None = None,
 ) -> PreparedPair:
     """Decode, sample and fit a pair's source, target and reference; raise :class:`ClipRejection` if impossible.
 
-    ``expected_bucket`` is the bucket the shard plan assigned from the manifest's sizes; a decoded video
-    that falls into another bucket is a ``manifest_mismatch``.
+    ``expected_shape`` is the latent shape (T', H', W') the shard plan assigned from the manifest's numbers;
+    decoded videos that give another one are a ``manifest_mismatch``.
     """
-    source_info = _probe(source_path, "source")
-    target_info = _probe(target_path, "target")
-    check_alignment(source_info, target_info, config)
-    indices = clip_indices(source_info, config)
-    if indices.max() >= target_info.num_frames:
-        raise ClipRejection(
-            "misaligned", f"target has {target_info.num_frames} frames, need index {indices.max()}"
-        )
-
-    bucket = choose_bucket(source_info.height, source_info.width, config.buckets)
-    if expected_bucket is not None and tuple(expected_bucket) != bucket:
+    plan = plan_clip(_probe(source_path, "source"), _probe(target_path, "target"), config)
+    if expected_shape is not None and tuple(expected_shape) != plan.latent_shape:
         raise ClipRejection(
             "manifest_mismatch",
-            f"source {source_path} is {source_info.width}x{source_info.height} (bucket {bucket}), "
-            f"the manifest's size gave bucket {tuple(expected_bucket)}",
+            f"source {source_path} gives a {plan.num_frames}-frame {plan.bucket[1]}x{plan.bucket[0]} clip "
+            f"(latents {plan.latent_shape}); the manifest's numbers gave latents {tuple(expected_shape)}",
         )
-    for role, info in (("source", source_info), ("target", target_info)):
-        scale = cover_size(info.height, info.width, bucket)[2]
-        if scale > config.max_upscale:
-            raise ClipRejection(
-                "too_small",
-                f"{role} is {info.width}x{info.height}: bucket {bucket[0]}x{bucket[1]} needs a {scale:.2f}x "
-                f"upscale (max_upscale={config.max_upscale})",
-            )
-
     try:
-        source = read_frames(source_path, indices)
-        target = read_frames(target_path, indices)
+        source = read_frames(source_path, plan.indices)
+        target = read_frames(target_path, plan.indices)
     except VideoError as err:
         raise ClipRejection(err.reason, f"{err.path}: {err.detail}") from err
-    source = resize_and_crop(source, bucket)
-    target = resize_and_crop(target, bucket)
+    source = resize_and_crop(source, plan.bucket)
+    target = resize_and_crop(target, plan.bucket)
     if reference_path is not None and str(reference_path) != "":
-        reference = resize_and_crop(load_reference(reference_path)[None], bucket)[0]
+        reference = resize_and_crop(load_reference(reference_path)[None], plan.bucket)[0]
     else:
         reference = target[0].copy()
-    fps = float(config.fps) if config.fps else source_info.fps
-    return PreparedPair(source, target, reference, bucket, fps, indices)
+    return PreparedPair(source, target, reference, plan.bucket, plan.fps, plan.indices)
 
 
 def prepare_frames(

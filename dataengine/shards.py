@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from dataengine.clips import ClipConfig, ClipRejection, choose_bucket, clip_indices, cover_size
+from dataengine.clips import ClipConfig, ClipRejection, plan_clip
 from dataengine.layout import INDEX_NAME
-from dataengine.vae import LATENT_CHANNELS, latent_shape
+from dataengine.vae import LATENT_CHANNELS
 from dataengine.video import VideoInfo
 
 if TYPE_CHECKING:  # torch (and shard_format, which imports it) load where used: the CLI imports this module
@@ -90,9 +90,9 @@ def plan_shards(
 ) -> tuple[pd.DataFrame, list[dict[str, str]]]:
     """Assign each row of ``pairs`` to a shard, from the manifest's sizes alone.
 
-    Returns the plan (the pair columns plus ``bucket``, ``latent_shape``, ``clip_height``, ``clip_width``
-    and ``shard``, sorted by shard then ``pair_id``) and the rows rejected already here (a duplicate
-    ``pair_id``, or too short / too small by the manifest's own numbers).
+    Returns the plan (the pair columns plus ``bucket``, ``latent_shape``, ``clip_frames``, ``clip_height``,
+    ``clip_width`` and ``shard``, sorted by shard then ``pair_id``) and the rows rejected already here (a
+    duplicate ``pair_id``, or untrainable by the manifest's own numbers: ``dataengine.clips.plan_clip``).
     """
     rejected: list[dict[str, str]] = []
     pairs = pairs.sort_values("pair_id", kind="stable").reset_index(drop=True)
@@ -103,34 +103,26 @@ def plan_shards(
         )
     pairs = pairs[~duplicated].reset_index(drop=True)
 
-    keep, buckets = [], []
+    keep, clips = [], []
     for row in pairs.itertuples():
         info = VideoInfo(int(row.num_frames), float(row.fps), int(row.width), int(row.height))
         try:
             if info.num_frames <= 0 or info.fps <= 0 or info.width <= 0 or info.height <= 0:
                 raise ClipRejection("manifest_mismatch", f"manifest row has no valid size/fps/frames: {info}")
-            clip_indices(info, clip)
-            bucket = choose_bucket(info.height, info.width, clip.buckets)
-            scale = cover_size(info.height, info.width, bucket)[2]
-            if scale > clip.max_upscale:
-                raise ClipRejection(
-                    "too_small",
-                    f"{info.width}x{info.height} needs a {scale:.2f}x upscale for bucket {bucket}",
-                )
+            clips.append(plan_clip(info, None, clip))
         except ClipRejection as err:
             rejected.append(rejection(row.pair_id, "plan", err.reason, err.detail))
             continue
         keep.append(row.Index)
-        buckets.append(bucket)
 
     from dataengine.shard_format import bucket_name
 
     plan = pairs.loc[keep].reset_index(drop=True)
-    plan["clip_height"] = [b[0] for b in buckets]
-    plan["clip_width"] = [b[1] for b in buckets]
-    shapes = [latent_shape(clip.num_frames, h, w) for h, w in buckets]
-    plan["latent_shape"] = [list(s) for s in shapes]
-    plan["bucket"] = [bucket_name(s) for s in shapes]
+    plan["clip_height"] = [c.bucket[0] for c in clips]
+    plan["clip_width"] = [c.bucket[1] for c in clips]
+    plan["clip_frames"] = [c.num_frames for c in clips]
+    plan["latent_shape"] = [list(c.latent_shape) for c in clips]
+    plan["bucket"] = [bucket_name(c.latent_shape) for c in clips]
     plan = plan.sort_values(["bucket", "pair_id"], kind="stable").reset_index(drop=True)
     shards = []
     for name, group in plan.groupby("bucket", sort=True):
@@ -138,6 +130,71 @@ def plan_shards(
         shards.extend(shard_path(name, i // per_shard) for i in range(len(group)))
     plan["shard"] = shards
     return plan, rejected
+
+
+def survival_summary(pairs: pd.DataFrame, plan: pd.DataFrame, rejections: pd.DataFrame) -> dict[str, Any]:
+    """What became of the pairs the shards step was given, per category: in, encoded, rejected by reason,
+    and the clip lengths (frames) of the encoded samples.
+
+    ``pairs`` are the input manifests' rows, ``plan`` the planned samples (``plan_shards``), ``rejections``
+    every rejection of the run: the plan's (rows never planned, a repeated ``pair_id`` among them) and the
+    stages' (planned pairs that failed). So every input row is counted once: encoded, or one rejection."""
+    failed = set(rejections.loc[rejections["stage"] != "plan", "pair_id"])
+    encoded = plan[~plan["pair_id"].isin(failed)]
+    first = pairs.drop_duplicates("pair_id").set_index("pair_id")
+    rejections = rejections.assign(
+        origin=rejections["pair_id"].map(first["origin"]),
+        category=rejections["pair_id"].map(first["category"]),
+    )
+    reasons = sorted(rejections["reason"].unique()) if len(rejections) else []
+
+    def entry(rows: pd.DataFrame, done: pd.DataFrame, lost: pd.DataFrame) -> dict[str, Any]:
+        return {
+            "in": len(rows),
+            "encoded": len(done),
+            "rejected": {r: int(n) for r, n in sorted(Counter(lost["reason"]).items())},
+            "frames": {str(k): int(v) for k, v in sorted(Counter(done["clip_frames"]).items())},
+        }
+
+    out: dict[str, Any] = {"categories": {}}
+    for (origin, category), rows in pairs.groupby(["origin", "category"], sort=True):
+        done = encoded[(encoded["origin"] == origin) & (encoded["category"] == category)]
+        lost = rejections[(rejections["origin"] == origin) & (rejections["category"] == category)]
+        out["categories"][f"{origin}/{category}"] = entry(rows, done, lost)
+    out["total"] = entry(pairs, encoded, rejections)
+    out["total"]["rejected"] = {r: out["total"]["rejected"].get(r, 0) for r in reasons}
+    if out["total"]["in"] != out["total"]["encoded"] + len(rejections):
+        raise RuntimeError(
+            f"{len(pairs)} input rows but {len(encoded)} encoded + {len(rejections)} rejected: a pair was lost"
+        )
+    return out
+
+
+def render_survival(summary: Mapping[str, Any], title: str) -> None:
+    """Print :func:`survival_summary` as a table: one row per category and a total row."""
+    from rich.console import Console
+    from rich.table import Table
+
+    reasons = list(summary["total"]["rejected"])
+    table = Table(title=title)
+    table.add_column("category")
+    for name in ("in", "encoded", *reasons):
+        table.add_column(name, justify="right")
+    table.add_column("clip frames: samples")
+    rows = [*summary["categories"].items(), ("total", summary["total"])]
+    for i, (name, entry) in enumerate(rows):
+        table.add_row(
+            name,
+            str(entry["in"]),
+            str(entry["encoded"]),
+            *[str(entry["rejected"].get(r, 0)) for r in reasons],
+            " ".join(f"{k}:{v}" for k, v in entry["frames"].items()),
+            end_section=i == len(rows) - 2,
+        )
+    console = Console()
+    if not console.is_terminal:  # logs and captured output: do not squeeze the table into 80 columns
+        console = Console(width=200)
+    console.print(table)
 
 
 def validate_sample(

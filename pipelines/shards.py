@@ -127,7 +127,7 @@ class VaeWorker(Worker):
                 row["target_path"],
                 row["reference_path"] or None,
                 self.clip,
-                expected_bucket=(row["clip_height"], row["clip_width"]),
+                expected_shape=tuple(row["latent_shape"]),
             )
         except ClipRejection as err:
             raise Rejected(err.reason, err.detail, stage="decode") from err
@@ -158,7 +158,7 @@ class VlmWorker(Worker):
         from dataengine.shard_format import encode_tensors
         from dataengine.shards import tensors_from_bytes, validate_sample
 
-        positions = select_frames(self.config.clip.num_frames, row["fps"], self.config.vlm)
+        positions = select_frames(len(row["frame_indices"]), row["fps"], self.config.vlm)
         try:
             video, reference = prepare_frames(
                 row["source_path"],
@@ -203,7 +203,7 @@ def _sample_meta(row: dict[str, Any], tensors: dict, config: ShardsConfig) -> di
         "origin": row["origin"],
         "score": row["score"],
         "reference": "manifest" if row["reference_path"] else "target_first_frame",
-        "num_frames": config.clip.num_frames,
+        "num_frames": len(row["frame_indices"]),
         "fps": row["fps"],
         "resolution": [row["clip_height"], row["clip_width"]],
         "latent_shape": [int(v) for v in row["latent_shape"]],
@@ -380,9 +380,9 @@ def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -
     import pandas as pd
 
     from dataengine.layout import RunLayout
-    from dataengine.manifest import read_pairs, rejections_frame, write_rejections
+    from dataengine.manifest import read_pairs, rejections_frame, write_rejections, write_text
     from dataengine.recipe import config_to_dict
-    from dataengine.shards import plan_shards, write_index
+    from dataengine.shards import plan_shards, render_survival, survival_summary, write_index
     from pipelines.runtime import PartStore
 
     if not config.inputs:
@@ -442,10 +442,17 @@ def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -
     models = {"vae": config.vae.model_id, "vlm": config.vlm.model_id}
     write_rejections(rejections, layout.shard_rejections, metadata={"models": models, "run": run})
     shapes = dict(zip(plan["bucket"], plan["latent_shape"], strict=True))
+    summary = {"run": run, "clip": resolved["clip"], **survival_summary(pairs, plan, rejections)}
+    if summary["total"]["encoded"] != sum(e["num_samples"] for e in entries):
+        raise RuntimeError(f"the shards hold {sum(e['num_samples'] for e in entries)} samples, "
+                           f"the plan and rejections say {summary['total']['encoded']}")  # fmt: skip
+    write_text(layout.shards_summary, json.dumps(summary, indent=2))
     index = write_index(root, entries, shapes, vlm_dim, models, resolved)
     if remote is not None:
         remote.upload(layout.shard_rejections, layout.shard_rejections.name)
+        remote.upload(layout.shards_summary, layout.shards_summary.name)
         remote.upload(layout.shards_index, INDEX_NAME)
+    render_survival(summary, f"dataengine shards [{run}]: pairs in, samples encoded, rejections")
     print(
         f"shards: wrote {index['num_samples']} samples in {len(entries)} shards to {remote.url if remote else root}; "
         f"{len(rejections)} rejections ({layout.shard_rejections})"

@@ -7,8 +7,16 @@ import pytest
 from PIL import Image
 from shards_inputs import clip_frames, index_of, write_pair
 
-from dataengine.clips import ClipConfig, ClipRejection, choose_bucket, prepare_pair, resize_and_crop
-from dataengine.video import write_mp4
+from dataengine.clips import (
+    ClipConfig,
+    ClipRejection,
+    choose_bucket,
+    plan_clip,
+    prepare_pair,
+    resize_and_crop,
+)
+from dataengine.clips import clip_frames as frames_at_rate
+from dataengine.video import VideoInfo, write_mp4
 
 
 def test_config_validates_frame_count_and_buckets():
@@ -86,9 +94,9 @@ def test_reference_from_the_manifest_is_fitted_like_the_clips(tmp_path):
     np.testing.assert_array_equal(pair.reference[..., 0], 200)
 
 
-def _reason(src, tgt, config, reference=None, expected_bucket=None) -> str:
+def _reason(src, tgt, config, reference=None, expected_shape=None) -> str:
     with pytest.raises(ClipRejection) as info:
-        prepare_pair(src, tgt, reference, config, expected_bucket=expected_bucket)
+        prepare_pair(src, tgt, reference, config, expected_shape=expected_shape)
     return info.value.reason
 
 
@@ -114,7 +122,9 @@ def test_rejections_have_reasons(tmp_path):
     bad_png.write_bytes(b"\x89PNG broken")
     assert _reason(src, tgt, config, reference=bad_png) == "undecodable"
     wide = ClipConfig(num_frames=17, fps=16.0, buckets=((64, 64), (64, 128)))
-    assert _reason(src, tgt, wide, expected_bucket=(64, 128)) == "manifest_mismatch"
+    assert _reason(src, tgt, wide, expected_shape=(5, 8, 16)) == "manifest_mismatch"  # the 64x128 bucket
+    longer = ClipConfig(num_frames=33, min_frames=9, fps=16.0, buckets=((64, 64),))
+    assert _reason(src, tgt, longer, expected_shape=(9, 8, 8)) == "manifest_mismatch"  # 33 frames, not 17
 
 
 def test_frame_difference_tolerance(tmp_path):
@@ -137,3 +147,59 @@ def test_truncated_video_is_undecodable(tmp_path):
     with pytest.raises(ClipRejection) as info:
         prepare_pair(cut, path, None, config)
     assert info.value.reason in ("undecodable", "too_short", "misaligned")
+
+
+# (frames, fps) of a video -> (clip frames, clip rate) under the paper recipe's rule (docs/shards.md), worked
+# by hand: at 16 fps a video of N frames at f fps holds floor(N / f * 16) frames; the clip is the longest
+# 4n + 1 of them, at most 81; "native" takes min(N, 81) consecutive frames when 16 fps gives fewer than 81.
+HAND_WORKED = [
+    # frames, fps, short_clip_fps="fps" -> (frames, rate), "native" -> (frames, rate)
+    (65, 30.0, (33, 16.0), (65, 30.0)),  # 34 at 16 fps -> 33; native 65
+    (65, 24.0, (41, 16.0), (65, 24.0)),  # 43 -> 41
+    (100, 25.0, (61, 16.0), (81, 25.0)),  # 64 -> 61; native 100 -> 81
+    (129, 30.0, (65, 16.0), (81, 30.0)),  # 68 -> 65
+    (129, 24.0, (81, 16.0), (81, 16.0)),  # 86 -> 81 at 16 fps: long enough, 16 fps either way
+    (129, 25.0, (81, 16.0), (81, 16.0)),  # 82 -> 81
+    (72, 12.0, (81, 16.0), (81, 16.0)),  # 96 at 16 fps (repeats) -> 81; never native
+]
+
+
+@pytest.mark.parametrize("frames,fps,at_fps,native", HAND_WORKED)
+def test_frame_count_rule(frames, fps, at_fps, native):
+    info = VideoInfo(frames, fps, 1280, 720)
+    for mode, (count, rate) in (("fps", at_fps), ("native", native)):
+        config = ClipConfig(num_frames=81, min_frames=33, fps=16.0, short_clip_fps=mode)
+        indices, got_rate = frames_at_rate(info, config)
+        assert (len(indices), got_rate) == (count, rate), mode
+        if rate == 16.0:  # nearest earlier frame of each 1/16 s tick
+            assert indices.tolist() == [int(np.floor(i * fps / 16 + 1e-6)) for i in range(count)]
+        else:
+            assert indices.tolist() == list(range(count))
+        assert plan_clip(info, None, config).latent_shape == (1 + (count - 1) // 4, 90, 160)
+
+
+def test_frame_count_rule_limits():
+    info = VideoInfo(65, 30.0, 1280, 720)
+    with pytest.raises(ClipRejection, match="need at least 65") as err:  # 33 frames at 16 fps
+        frames_at_rate(info, ClipConfig(num_frames=81, min_frames=65, fps=16.0))
+    assert err.value.reason == "too_short"
+    with pytest.raises(ClipRejection, match="need 81"):  # min_frames 0: exactly num_frames
+        frames_at_rate(info, ClipConfig(num_frames=81, fps=0.0))
+    indices, rate = frames_at_rate(
+        VideoInfo(72, 24.0, 64, 64), ClipConfig(num_frames=81, min_frames=17, fps=0.0)
+    )
+    assert (len(indices), rate) == (69, 24.0)  # native: 72 -> 69
+    with pytest.raises(ValueError, match="min_frames"):
+        ClipConfig(num_frames=81, min_frames=35)
+    with pytest.raises(ValueError, match="more than"):
+        ClipConfig(num_frames=33, min_frames=81)
+    assert ClipConfig(num_frames=81, min_frames=65).frame_counts == (81, 77, 73, 69, 65)
+
+
+def test_pair_shorter_than_num_frames_gets_the_longest_clip_it_has(tmp_path):
+    src, tgt = write_pair(tmp_path, "p", num_frames=30, fps=8.0)
+    config = ClipConfig(num_frames=33, min_frames=9, fps=0.0, buckets=((64, 64),))
+    pair = prepare_pair(src, tgt, None, config, expected_shape=(8, 8, 8))  # 29 frames -> T' = 8
+    assert pair.source.shape == pair.target.shape == (29, 64, 64, 3)
+    assert [index_of(f) for f in pair.source] == list(range(29))
+    assert [index_of(f, target=True) for f in pair.target] == list(range(29))

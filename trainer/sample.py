@@ -9,8 +9,8 @@
 
 What sampling does, in order, with the same code the shards step uses:
 
-1. the source clip is prepared like a training clip (``dataengine.clips``: the recipe's frame count and fps,
-   resized to cover the nearest bucket and centre-cropped); the reference image is fitted to the same bucket;
+1. the source clip is prepared like a training clip (``dataengine.clips.plan_clip``: the recipe's frame-count
+   rule and fps, resized to cover the nearest bucket and centre-cropped); the reference is fitted to the same bucket;
 2. the Wan VAE (``dataengine.vae.WanVaeEncoder``) encodes the source and the reference into normalised
    latents; Qwen3-VL (``dataengine.vlm.Qwen3VLEncoder``) encodes (reference, source frames, instruction) into
    the first- and last-layer tokens;
@@ -18,7 +18,7 @@ What sampling does, in order, with the same code the shards step uses:
    latents (sigma = 0), ``sigma(u) = shift u / (1 + (shift - 1) u)`` on ``u = 1 - i / steps``; the model
    predicts the velocity ``noise - x0`` (the trainer's target), so ``x <- x + (sigma_next - sigma) v``;
 4. the VAE decodes the latents; the edited clip is written as an mp4 at the prepared clip's frame rate (the
-   source's own rate when the recipe keeps the native rate, ``clip.fps = 0``).
+   source's own rate when the rule keeps the native rate).
 
 Under ``torchrun`` with N processes, every rank loads the DiT and they form one sequence-parallel group of
 N (``trainer.model.SequenceParallel``): each denoising step's tokens are split over the ranks, attention
@@ -366,14 +366,7 @@ def prepare_source(
 
 
 def _prepare_local(source: Path, reference: Path, clip_config: Any) -> tuple[np.ndarray, np.ndarray, float]:
-    from dataengine.clips import (
-        ClipRejection,
-        choose_bucket,
-        clip_indices,
-        cover_size,
-        load_reference,
-        resize_and_crop,
-    )
+    from dataengine.clips import ClipRejection, load_reference, plan_clip, resize_and_crop
     from dataengine.video import VideoError, probe, read_frames
 
     if not Path(reference).is_file():
@@ -381,21 +374,16 @@ def _prepare_local(source: Path, reference: Path, clip_config: Any) -> tuple[np.
             f"reference image {reference!s:.200} is not a file (give the edited first frame, a PNG)"
         )
     try:
-        info = probe(source)
-        indices = clip_indices(info, clip_config)
+        plan = plan_clip(probe(source), None, clip_config)  # the shards step's own check and frame choice
         reference_image = load_reference(reference)
-        frames = read_frames(source, indices)
+        frames = read_frames(source, plan.indices)
     except (VideoError, ClipRejection) as err:
         raise ValueError(f"cannot sample from {source}: {err}") from err
-    bucket = choose_bucket(info.height, info.width, clip_config.buckets)
-    scale = cover_size(info.height, info.width, bucket)[2]
-    if scale > clip_config.max_upscale:
-        raise ValueError(
-            f"source {source} is {info.width}x{info.height}: bucket {bucket[1]}x{bucket[0]} needs a {scale:.2f}x "
-            f"upscale (clip.max_upscale={clip_config.max_upscale})"
-        )
-    fps = float(clip_config.fps) if clip_config.fps else info.fps
-    return resize_and_crop(frames, bucket), resize_and_crop(reference_image[None], bucket)[0], fps
+    return (
+        resize_and_crop(frames, plan.bucket),
+        resize_and_crop(reference_image[None], plan.bucket)[0],
+        plan.fps,
+    )
 
 
 def side_by_side(source: np.ndarray, reference: np.ndarray, edited: np.ndarray) -> np.ndarray:
