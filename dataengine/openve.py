@@ -18,7 +18,8 @@ A byte Windows-1252 does not define either (0x81, 0x8D, 0x8F, 0x90, 0x9D) makes 
 
 The probe opens both videos with decord (:func:`dataengine.video.probe`) and rejects a pair as
 ``missing_file``, ``undecodable`` (zero bytes, garbage, truncated) or ``too_short`` (fewer frames than the
-recipe's minimum).
+recipe's minimum); given the shards recipe's clip settings it also rejects what the shards step would
+(``dataengine.clips.plan_clip``: ``misaligned``, ``too_short``, ``too_small``), before any judge runs.
 
 Each pair gets a stable ``pair_id`` from :func:`dataengine.manifest.make_pair_id` over the paths as written
 in the CSV and the instruction (CRLF inside it normalised to LF), so the id survives moving the dataset.
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from dataengine.clips import ClipConfig
 from dataengine.manifest import REJECTION_COLUMNS, make_pair_id
 from dataengine.video import VideoError, probe
 
@@ -254,12 +256,18 @@ def read_openve(
     )
 
 
-def probe_pair(source_path: str, target_path: str, min_frames: int, where: str = "") -> dict[str, object]:
+def probe_pair(
+    source_path: str, target_path: str, min_frames: int, where: str = "", clip: ClipConfig | None = None
+) -> dict[str, object]:
     """Probe both videos of a pair: frame count (the smaller), fps, size, or the rejection reason.
 
-    Returns a dict with ``PROBE_COLUMNS``; ``reason`` is None for a usable pair. ``where`` (e.g.
-    "row 17 of local_add.csv") ends every detail message.
+    Returns a dict with ``PROBE_COLUMNS``; ``reason`` is None for a usable pair. With ``clip`` (a shards
+    recipe's ``[shards.clip]``) a usable pair must also be trainable under it (``dataengine.clips.plan_clip``:
+    ``misaligned``, ``too_short``, ``too_small``), so the judge never sees, and the cap never keeps, a pair
+    the shards step would reject. ``where`` (e.g. "row 17 of local_add.csv") ends every detail message.
     """
+    from dataengine.clips import ClipRejection, plan_clip
+
     suffix = f" ({where})" if where else ""
     infos = {}
     for role, path in (("source", source_path), ("target", target_path)):
@@ -276,18 +284,7 @@ def probe_pair(source_path: str, target_path: str, min_frames: int, where: str =
             }
     source, target = infos["source"], infos["target"]
     num_frames = min(source.num_frames, target.num_frames)
-    if num_frames < min_frames:
-        short = "source" if source.num_frames <= target.num_frames else "target"
-        return {
-            "num_frames": num_frames,
-            "fps": source.fps,
-            "width": source.width,
-            "height": source.height,
-            "reason": "too_short",
-            "detail": f"{short} video has {num_frames} frames, fewer than min_frames={min_frames}: "
-            f"{source_path if short == 'source' else target_path}{suffix}",
-        }
-    return {
+    result: dict[str, object] = {
         "num_frames": num_frames,
         "fps": source.fps,
         "width": source.width,
@@ -295,12 +292,26 @@ def probe_pair(source_path: str, target_path: str, min_frames: int, where: str =
         "reason": None,
         "detail": None,
     }
+    if num_frames < min_frames:
+        short = "source" if source.num_frames <= target.num_frames else "target"
+        result["reason"] = "too_short"
+        result["detail"] = (
+            f"{short} video has {num_frames} frames, fewer than min_frames={min_frames}: "
+            f"{source_path if short == 'source' else target_path}{suffix}"
+        )
+    elif clip is not None:
+        try:
+            plan_clip(source, target, clip)
+        except ClipRejection as err:
+            result["reason"] = err.reason
+            result["detail"] = f"untrainable under [shards.clip]: {err.detail}: {source_path}{suffix}"
+    return result
 
 
-def probe_pairs(pairs: pd.DataFrame, min_frames: int) -> pd.DataFrame:
+def probe_pairs(pairs: pd.DataFrame, min_frames: int, clip: ClipConfig | None = None) -> pd.DataFrame:
     """Probe every pair of a frame (``PAIR_READ_COLUMNS``); returns it with ``PROBE_COLUMNS`` added."""
     results = [
-        probe_pair(src, tgt, min_frames, where=f"row {row} of {name}")
+        probe_pair(src, tgt, min_frames, where=f"row {row} of {name}", clip=clip)
         for src, tgt, row, name in zip(
             pairs["source_path"], pairs["target_path"], pairs["csv_row"], pairs["csv_file"], strict=True
         )

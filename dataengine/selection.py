@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 SELECT_STAGE = "select"
+EARLY_STAGES = ("read", "probe")
+"""The stages that reject a row before the judge sees it: the CSV reader and the probe (trainability included)."""
 
 
 @dataclass
@@ -119,16 +121,19 @@ def summarize(
     config: SelectionConfig,
     num_bins: int = 20,
 ) -> dict:
-    """The per-category summary: read, scored, kept, rejected by reason, score histogram, and totals.
+    """The per-category summary: read, probed, scored, kept, rejected by reason, score histogram, and totals.
 
     ``scores`` has ``category`` and ``score`` for every scored pair; ``kept`` and ``rejections`` have
-    ``category`` (and ``reason``).
+    ``category`` (and ``reason``, ``stage``). ``probed`` counts the rows that passed the read and the probe
+    (the pairs sent to the judge).
     """
     categories = sorted(set(rows_per_category) | set(kept["category"]) | set(rejections["category"]))
     reasons = sorted(rejections["reason"].unique()) if len(rejections) else []
     by_reason = rejections.groupby(["category", "reason"]).size() if len(rejections) else pd.Series(dtype=int)
     scored_count = scores.groupby("category").size() if len(scores) else pd.Series(dtype=int)
     kept_count = kept.groupby("category").size() if len(kept) else pd.Series(dtype=int)
+    early = rejections[rejections["stage"].isin(EARLY_STAGES)] if len(rejections) else rejections
+    early_count = early.groupby("category").size() if len(early) else pd.Series(dtype=int)
     out: dict = {
         "threshold": config.threshold,
         "max_per_category": config.max_per_category,
@@ -139,6 +144,7 @@ def summarize(
         cat_scores = scores.loc[scores["category"] == category, "score"]
         out["categories"][category] = {
             "read": int(rows_per_category.get(category, 0)),
+            "probed": int(rows_per_category.get(category, 0)) - int(early_count.get(category, 0)),
             "scored": int(scored_count.get(category, 0)),
             "kept": int(kept_count.get(category, 0)),
             "rejected": {r: n for r, n in rejected.items() if n},
@@ -147,6 +153,7 @@ def summarize(
         }
     totals = {
         "read": int(sum(rows_per_category.values())),
+        "probed": int(sum(rows_per_category.values())) - len(early),
         "scored": int(len(scores)),
         "kept": int(len(kept)),
         "rejected": {r: int((rejections["reason"] == r).sum()) for r in reasons},
@@ -176,7 +183,7 @@ def render_summary(summary: dict, title: str = "OpenVE filter") -> None:
         title=f"{title}: threshold {summary['threshold']:g}, at most {summary['max_per_category']} per category"
     )
     table.add_column("category")
-    for name in ("read", "scored", "kept", *reasons):
+    for name in ("read", "probed", "scored", "kept", *reasons):
         table.add_column(name, justify="right")
     table.add_column("scores 0..10")
     rows = list(summary["categories"].items()) + [("total", summary["total"])]
@@ -184,6 +191,7 @@ def render_summary(summary: dict, title: str = "OpenVE filter") -> None:
         table.add_row(
             name,
             str(entry["read"]),
+            str(entry["probed"]),
             str(entry["scored"]),
             str(entry["kept"]),
             *[str(entry["rejected"].get(r, 0)) for r in reasons],
@@ -194,3 +202,14 @@ def render_summary(summary: dict, title: str = "OpenVE filter") -> None:
     if not console.is_terminal:  # logs and captured output: do not squeeze the table into 80 columns
         console = Console(width=200)
     console.print(table)
+    clips = summary.get("clips")
+    if clips and clips.get("frames"):
+        rates = ", ".join(f"{k} fps: {v}" for k, v in clips["fps"].items())
+        frames = clips["frames"]
+        console.print(
+            f"videos as probed: {rates}; {frames['min']}-{frames['max']} frames (median {frames['median']:g})",
+            markup=False,
+        )
+    if clips and clips.get("kept_clip_frames") is not None:
+        lengths = ", ".join(f"{k} frames: {v}" for k, v in clips["kept_clip_frames"].items()) or "none"
+        console.print(f"kept pairs' training clips under [shards.clip]: {lengths}", markup=False)

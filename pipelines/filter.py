@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 import typer
 
+from dataengine.clips import ClipConfig
 from dataengine.dedup import DedupConfig
 from dataengine.judge import AXES, JudgeConfig
 from dataengine.selection import SelectionConfig
@@ -52,6 +53,12 @@ class FilterConfig:
     """Categories to use; empty = every CSV found. A listed category without a CSV is an error."""
     min_frames: int = 65
     """Pairs whose source or edit has fewer frames are rejected as ``too_short``."""
+    check_trainable: bool = True
+    """Reject at the probe, before the judge and the cap, every pair the shards step would reject under
+    ``clip`` (``misaligned``, ``too_short``, ``too_small``): the pairs kept are the pairs encoded."""
+    clip: ClipConfig | None = None
+    """The clip settings of that check. Unset: the same recipe's ``[shards.clip]`` (the shards step's own
+    table); with neither (a recipe without ``[shards]``) pairs are not checked for trainability."""
     output_root: str = "manifests"
     """Outputs go to ``<output_root>/<run>/`` (``run`` is the recipe's top-level name)."""
     probe_batch_size: int = 32
@@ -97,19 +104,25 @@ def build_filter_config(recipe: dict[str, Any]) -> tuple[FilterConfig, str]:
     config.dedup.pretrained = local(config.dedup.pretrained)
     config.dedup.model_config = local(config.dedup.model_config)
     config.categories = tuple(config.categories)
+    shards = recipe.get("shards")
+    if config.check_trainable and config.clip is None and isinstance(shards, dict):
+        clip = shards.get("clip")
+        config.clip = build_config(ClipConfig, clip, "shards.clip", recipe.get("recipe_path", ""))
+    if not config.check_trainable:
+        config.clip = None
     return config, run
 
 
 # -- the stages -------------------------------------------------------------------------------------------
 
 
-def probe_row(row: dict[str, Any], min_frames: int) -> dict[str, Any]:
-    """Probe stage (CPU task): num_frames, fps, width, height of the pair, or its rejection."""
+def probe_row(row: dict[str, Any], min_frames: int, clip: ClipConfig | None) -> dict[str, Any]:
+    """Probe stage (CPU task): num_frames, fps, width, height of the pair, or its rejection (unreadable,
+    too short, or untrainable under ``clip``)."""
     from dataengine.openve import probe_pair
 
-    return probe_pair(
-        row["source_path"], row["target_path"], min_frames, f"row {row['csv_row']} of {row['csv_file']}"
-    )
+    where = f"row {row['csv_row']} of {row['csv_file']}"
+    return probe_pair(row["source_path"], row["target_path"], min_frames, where, clip=clip)
 
 
 class JudgeWorker(Worker):
@@ -150,7 +163,7 @@ def scoring_stages(config: FilterConfig) -> list[Stage]:
         Stage(
             "probe",
             probe_row,
-            kwargs={"min_frames": config.min_frames},
+            kwargs={"min_frames": config.min_frames, "clip": config.clip},
             batch_size=config.probe_batch_size,
             memory_bytes=PROBE_MEMORY_BYTES,
             resources=config.placement.get("probe", {}),
@@ -198,7 +211,8 @@ def scoring_settings(config: FilterConfig) -> dict[str, Any]:
     from dataengine.recipe import config_to_dict
 
     judge = {k: v for k, v in config_to_dict(config.judge).items() if k not in ("batch_size", "device")}
-    return {"video_root": config.video_root, "min_frames": config.min_frames, "judge": judge}
+    clip = config_to_dict(config.clip) if config.clip is not None else None
+    return {"video_root": config.video_root, "min_frames": config.min_frames, "clip": clip, "judge": judge}
 
 
 def embed_candidates(config: FilterConfig, candidates: pd.DataFrame, ray_address: str | None) -> Any:
@@ -361,12 +375,44 @@ def write_outputs(
         config.selection,
     )
     summary.update({"run": run, "judge": config.judge.model, "rubric_version": config.judge.rubric_version})
+    summary["clips"] = clip_statistics(pd.concat([scored, failed], ignore_index=True), manifest, config.clip)
     summary["read_notes"] = read.notes
     tmp = layout.summary.with_name(".summary.json.tmp")
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(layout.summary)
     render_summary(summary, title=f"dataengine filter [{run}]")
     return summary
+
+
+def clip_statistics(probed: pd.DataFrame, manifest: pd.DataFrame, clip: ClipConfig | None) -> dict[str, Any]:
+    """What the probe found in the videos (their frame rates and frame counts, every pair whose videos it
+    read) and, under the trainability check's clip settings, how many frames each kept pair's training clip
+    will have (its frame-count bucket at the shards step)."""
+    from dataengine.clips import plan_clip
+    from dataengine.video import VideoInfo
+
+    read = probed[probed["num_frames"].notna()]
+    frames = read["num_frames"].astype(int)
+    out: dict[str, Any] = {
+        "fps": {
+            f"{k:g}": int(v) for k, v in sorted(read["fps"].astype(float).round(2).value_counts().items())
+        },
+        "frames": {"min": int(frames.min()), "max": int(frames.max()), "median": float(frames.median())}
+        if len(frames)
+        else {},
+        "kept_clip_frames": None,
+    }
+    if clip is not None:
+        lengths = [
+            plan_clip(
+                VideoInfo(int(r.num_frames), float(r.fps), int(r.width), int(r.height)), None, clip
+            ).num_frames
+            for r in manifest.itertuples()
+        ]
+        out["kept_clip_frames"] = {
+            str(k): int(v) for k, v in sorted(pd.Series(lengths, dtype=int).value_counts().items())
+        }
+    return out
 
 
 def filter_command(

@@ -116,7 +116,7 @@ def test_every_row_ends_in_the_manifest_or_the_rejections(setup, uninterrupted):
     assert Counter(early["reason"]) == Counter(data.expected_rejections.values())
     assert set(rejections["reason"]) <= {
         "below_threshold", "over_cap", "duplicate", "missing_file", "undecodable", "too_short",
-        "scorer_error", "malformed_row", "duplicate_row",
+        "scorer_error", "malformed_row", "duplicate_row", "misaligned", "too_small",
     }  # fmt: skip
     assert (manifest["origin"] == "openve").all() and manifest["reference_path"].isna().all()
     assert (manifest["num_frames"] == 17).all() and (manifest["width"] == 64).all()

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dataengine.clips import ClipConfig
 from dataengine.manifest import make_pair_id
 from dataengine.openve import find_csvs, probe_pairs, read_openve
 from dataengine.synthetic.openve import BROKEN_KINDS, CATEGORIES, SyntheticOpenVEConfig, generate_openve
@@ -151,8 +152,12 @@ def test_missing_csvs_and_columns_are_clear_errors(tmp_path):
         find_csvs(tmp_path / "empty")
 
 
+# the demo recipe's [shards.clip]: the generated clips' own size and length
+DEMO_CLIP = ClipConfig(num_frames=17, fps=0.0, buckets=((64, 64),))
+
+
 def test_probe_gives_each_broken_row_its_reason(dataset, read):
-    probed = probe_pairs(read.pairs, min_frames=9)
+    probed = probe_pairs(read.pairs, min_frames=9, clip=DEMO_CLIP)
     rejected = {(r.category, int(r.csv_row)): r.reason for r in probed[probed["reason"].notna()].itertuples()}
     for _, r in read.rejections.iterrows():
         category = next(c for c in CATEGORIES if f"of {c}.csv" in r["detail"])
@@ -161,6 +166,22 @@ def test_probe_gives_each_broken_row_its_reason(dataset, read):
     assert rejected == dataset.expected_rejections
     for detail in probed.loc[probed["reason"].notna(), "detail"]:
         assert ".mp4" in detail and ".csv)" in detail  # names the video and the CSV row
+
+
+def test_untrainable_pairs_pass_a_probe_without_clip_settings(dataset, read):
+    untrainable = {k for k, v in dataset.expected_rejections.items() if v in ("misaligned", "too_small")}
+    assert len(untrainable) == 2
+    rows = read.pairs[
+        [
+            (c, int(r)) in untrainable
+            for c, r in zip(read.pairs["category"], read.pairs["csv_row"], strict=True)
+        ]
+    ]
+    assert probe_pairs(rows, min_frames=9)["reason"].isna().all()
+    checked = probe_pairs(rows, min_frames=9, clip=DEMO_CLIP)
+    assert sorted(checked["reason"]) == ["misaligned", "too_small"]
+    misaligned = checked.loc[checked["reason"] == "misaligned", "detail"].iloc[0]
+    assert "source has 17 frames, target 25" in misaligned and "_src.mp4" in misaligned
 
 
 def test_probe_reads_frames_fps_and_size(dataset, read):
@@ -212,3 +233,30 @@ def test_a_byte_that_is_not_utf8_does_not_stop_the_read(tmp_path):
         and "0x81" in rejection["detail"]
     )
     assert read.rows_per_category == {"local_add": 4}
+
+
+def test_the_judge_never_sees_a_pair_the_probe_rejects(dataset, read):
+    """The filter's own stages (probe, then score) over every read pair, without Ray: the judge stage's
+    worker is replaced by one that counts what it is given."""
+    from pipelines.filter import FilterConfig, scoring_stages
+    from pipelines.stage import Worker, apply_stage
+
+    class CountingJudge(Worker):
+        def __init__(self):
+            self.seen: list[str] = []
+
+        def process_batch(self, rows):
+            self.seen += [r["pair_id"] for r in rows]
+            return [{"score": 9.5} for _ in rows]
+
+    config = FilterConfig(csv_dir="x", video_root="x", min_frames=9, clip=DEMO_CLIP)
+    probe, score = scoring_stages(config)
+    rows = apply_stage(probe, probe.worker(), read.pairs.to_dict("records"))
+    judge = CountingJudge()
+    rows = apply_stage(score, judge, rows)
+    rejected = {r["pair_id"]: r["reason"] for r in rows if r.get("reason")}
+    assert {"misaligned", "too_small", "too_short", "missing_file", "undecodable"} <= set(rejected.values())
+    assert sorted(judge.seen) == sorted(set(read.pairs["pair_id"]) - set(rejected))
+    assert len(judge.seen) == len(read.pairs) - sum(
+        v != "malformed_row" for v in dataset.expected_rejections.values()
+    )

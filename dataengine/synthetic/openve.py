@@ -13,7 +13,9 @@ clip applies the category's edit to the same scene (restyle, new background, rec
 an added circle, a subtitle band), so source and target move together.
 
 ``broken`` injects one broken row per kind listed (``BROKEN_KINDS``), appended to the categories in turn;
-:attr:`SyntheticOpenVE.expected_rejections` says which reason the reader/probe must give each of them.
+:attr:`SyntheticOpenVE.expected_rejections` says which reason the reader/probe must give each of them
+(``misaligned`` and ``too_small`` need the probe's trainability check against clip settings whose bucket
+is the clips' size). ``lengths`` gives the good pairs OpenVE's spread of frame counts and rates.
 Everything is deterministic from ``seed``. Usage::
 
     from dataengine.synthetic.openve import BROKEN_KINDS, SyntheticOpenVEConfig, generate_openve
@@ -50,6 +52,10 @@ BROKEN_KINDS = {
     "garbage": "undecodable",
     "too_short": "too_short",
     "malformed_row": "malformed_row",
+    # the two below are rejected by the probe's trainability check (the recipe's [shards.clip]), not by
+    # the reader: a target of another size and frame count, and a pair smaller than its bucket
+    "misaligned": "misaligned",
+    "too_small": "too_small",
 }
 
 # per category: (delimiter, BOM, line terminator, columns in file order)
@@ -118,6 +124,9 @@ class SyntheticOpenVEConfig:
     """Broken rows to append, one per kind listed (keys of ``BROKEN_KINDS``), spread over the categories."""
     short_frames: int = 5
     """Frame count of the clips of a ``too_short`` row."""
+    lengths: tuple[tuple[int, float], ...] = ()
+    """``(frames, fps)`` of the good pairs in turn, category after category (OpenVE-3M: 65-129 frames at
+    24-30 fps); empty: every pair has ``num_frames`` at ``fps``."""
     seed: int = 0
     """Seed of everything random: scenes, prompts, noise."""
 
@@ -265,18 +274,22 @@ def _write_pair(
     num_frames: int,
     scene: _Scene | None = None,
     noise: float = 0.0,
+    fps: float | None = None,
+    scale: int = 1,
 ) -> tuple[str, str, _Scene]:
-    """Render and write one pair; returns the CSV (relative) paths and the scene."""
-    scene = scene or _random_scene(rng, config.width, config.height)
-    source = _render(scene, num_frames, config.height, config.width)
-    target = _render_edit(category, scene, num_frames, config.height, config.width)
+    """Render and write one pair (at ``1 / scale`` of the configured size); returns the CSV (relative)
+    paths and the scene."""
+    height, width = config.height // scale, config.width // scale
+    scene = scene or _random_scene(rng, width, height)
+    source = _render(scene, num_frames, height, width)
+    target = _render_edit(category, scene, num_frames, height, width)
     if noise:
         source = source + rng.normal(0, noise, size=source.shape)
         target = target + rng.normal(0, noise, size=target.shape)
     src_rel = f"{category}/{index:05d}_src.mp4"
     tgt_rel = f"{category}/{index:05d}_edit.mp4"
-    write_mp4(video_root / src_rel, _to_uint8(source), fps=config.fps)
-    write_mp4(video_root / tgt_rel, _to_uint8(target), fps=config.fps)
+    write_mp4(video_root / src_rel, _to_uint8(source), fps=fps or config.fps)
+    write_mp4(video_root / tgt_rel, _to_uint8(target), fps=fps or config.fps)
     return src_rel, tgt_rel, scene
 
 
@@ -331,7 +344,11 @@ def generate_openve(root: str | Path, config: SyntheticOpenVEConfig | None = Non
             return len(rows)  # 1-based data row
 
         for i in range(config.pairs_per_category):
-            src, tgt, scene = _write_pair(video_root, category, i, config, rng, config.num_frames)
+            k = c_index * config.pairs_per_category + i  # through the list, category after category
+            frames, fps = (
+                config.lengths[k % len(config.lengths)] if config.lengths else (config.num_frames, None)
+            )
+            src, tgt, scene = _write_pair(video_root, category, i, config, rng, frames, fps=fps)
             first_scene = first_scene or scene
             add_row(src, tgt, f"{prompts[i % len(prompts)]} (clip {i})" if i >= len(prompts) else prompts[i])
         index = config.pairs_per_category
@@ -350,6 +367,13 @@ def generate_openve(root: str | Path, config: SyntheticOpenVEConfig | None = Non
             prompt = f"{prompts[0]} (broken: {kind})"
             if kind == "too_short":
                 _write_pair(video_root, category, index, config, rng, config.short_frames)
+            elif kind == "too_small":  # half the size: its bucket would need a 2x upscale
+                _write_pair(video_root, category, index, config, rng, config.num_frames, scale=2)
+            elif kind == "misaligned":  # the target has another size and frame count (a wrong file)
+                _write_pair(video_root, category, index, config, rng, config.num_frames)
+                other = _render(_random_scene(rng, config.width * 2, config.height), config.num_frames + 8,
+                                config.height, config.width * 2)  # fmt: skip
+                write_mp4(video_root / tgt_rel, _to_uint8(other), fps=config.fps)
             elif kind != "malformed_row":
                 _write_pair(video_root, category, index, config, rng, config.num_frames)
                 target = video_root / tgt_rel
