@@ -169,6 +169,11 @@ class RunLayout:
         return self.shards_dir / "rejections.parquet"
 
     @property
+    def shards_summary(self) -> Path:
+        """Per category: pairs in, samples encoded, rejections by reason, clip lengths (``survival_summary``)."""
+        return self.shards_dir / "summary.json"
+
+    @property
     def shards_state(self) -> Path:
         """The shard step's resumable parts: one record per written shard."""
         return self.shards_dir / ".parts"

@@ -34,9 +34,10 @@ import pandas as pd
 
 from dataengine.layout import INDEX_NAME, EvalLayout, RunLayout, TrainRunLayout
 
-SECTIONS = ("counts", "rejections", "scores", "pairs", "shards", "training", "layers", "evaluation")
+SECTIONS = ("counts", "funnel", "rejections", "scores", "pairs", "shards", "training", "layers", "evaluation")
 SECTION_TITLES = {
     "counts": "Pairs per category",
+    "funnel": "From CSV rows to shard samples",
     "rejections": "Rejections by reason",
     "scores": "Score histogram",
     "pairs": "Sample pairs",
@@ -172,6 +173,47 @@ def histogram_svg(
     parts.append(
         f'<text x="{left + plot_w / 2}" y="{height - 4}" class="tick" text-anchor="middle">score</text>'
     )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+FUNNEL_STAGES = ("read", "probed", "scored", "kept", "encoded")
+_FUNNEL_COLOURS = ("#9aa9c2", "#7390bd", "#4a78c2", "#2f5aa0", "#c2410c")
+
+
+def funnel_svg(rows: list[tuple[str, list[int | None]]], title: str) -> str:
+    """One block of bars per row (category), one bar per :data:`FUNNEL_STAGES` step, lengths to one scale;
+    a step a row does not go through (None) is left out."""
+    bar, gap, left, right, top = 11, 10, 170, 70, 40
+    width = 760
+    plot_w = width - left - right
+    peak = max([v for _, values in rows for v in values if v is not None] + [1])
+    height = top + len(rows) * (len(FUNNEL_STAGES) * bar + gap) + 8
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" role="img" aria-label="{esc(title)}">',
+        f'<text x="8" y="16" class="t">{esc(title)}</text>',
+    ]
+    for i, (stage, colour) in enumerate(zip(FUNNEL_STAGES, _FUNNEL_COLOURS, strict=True)):
+        x = left + i * 92
+        parts.append(f'<rect x="{x}" y="24" width="10" height="10" fill="{colour}"/>')
+        parts.append(f'<text x="{x + 14}" y="33" class="tick">{stage}</text>')
+    y = top
+    for label, values in rows:
+        parts.append(
+            f'<text x="{left - 8}" y="{y + len(FUNNEL_STAGES) * bar / 2 + 4:.1f}" class="tick" '
+            f'text-anchor="end">{esc(label)}</text>'
+        )
+        for stage, colour, value in zip(FUNNEL_STAGES, _FUNNEL_COLOURS, values, strict=True):
+            if value is not None:
+                length = max(value / peak * plot_w, 0.5)
+                parts.append(
+                    f'<rect x="{left}" y="{y}" width="{length:.1f}" height="{bar - 2}" fill="{colour}">'
+                    f"<title>{esc(label)}: {stage} {value}</title></rect>"
+                    f'<text x="{left + length + 4:.1f}" y="{y + bar - 3}" class="tick">{value}</text>'
+                )
+            y += bar
+        y += gap
     parts.append("</svg>")
     return "".join(parts)
 
@@ -323,6 +365,64 @@ def counts_section(files: RunFiles) -> Section:
     if portraits is None:
         notes.append(f"synth-portraits not run: {files.data.portraits} missing")
     return Section("counts", html="".join(parts), notes=notes)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except ValueError:
+        return None
+
+
+def funnel_section(files: RunFiles) -> Section:
+    """Per category, how many pairs each step let through: CSV rows read, probed (readable and trainable),
+    scored by the judge, kept by the selection, encoded into shards. From the filter's and the shards step's
+    summaries; a portrait category enters at "kept" (the portraits job's pairs)."""
+    filtered = _read_json(files.data.summary)
+    sharded = _read_json(files.data.shards_summary)
+    if filtered is None and sharded is None:
+        return Section(
+            "funnel", missing=f"not run: neither {files.data.summary} nor {files.data.shards_summary} exists"
+        )
+    encoded_by = {k: v.get("encoded") for k, v in (sharded or {}).get("categories", {}).items()}
+    rows: list[tuple[str, list[int | None]]] = []
+    lost: list[list[Any]] = []
+    if filtered is not None:
+        openve_encoded = sum(v or 0 for k, v in encoded_by.items() if k.startswith("openve/"))
+        entries = list(filtered.get("categories", {}).items()) + [
+            ("total (OpenVE)", filtered.get("total", {}))
+        ]
+        for category, entry in entries:
+            encoded = (
+                encoded_by.get(f"openve/{category}", 0)
+                if entry is not filtered.get("total")
+                else openve_encoded
+            )
+            counts = [entry.get(k) for k in ("read", "probed", "scored", "kept")]
+            rows.append((category, [*counts, encoded if sharded is not None else None]))
+    for key, entry in (sharded or {}).get("categories", {}).items():
+        if not key.startswith("openve/"):
+            rows.append((key, [None, None, None, entry.get("in"), entry.get("encoded")]))
+    for key, entry in (sharded or {}).get("categories", {}).items():
+        if entry.get("rejected"):
+            reasons = ", ".join(f"{r} {n}" for r, n in entry["rejected"].items())
+            lost.append([key, entry.get("in"), entry.get("encoded"), reasons])
+    header = ["category", *FUNNEL_STAGES]
+    parts = [
+        funnel_svg(rows, "pairs through each step, per category"),
+        table(header, [[label, *["" if v is None else v for v in values]] for label, values in rows]),
+    ]
+    notes = []
+    if sharded is None:
+        notes.append(f"shards not run: {files.data.shards_summary} missing")
+    elif lost:
+        parts.append("<h3>Lost at the shards step</h3>")
+        parts.append(table(["category", "in", "encoded", "rejected"], lost, numeric_from=1, numeric_to=3))
+    else:
+        parts.append("<p>Every pair the filter and the portraits job kept was encoded.</p>")
+    if filtered is None:
+        notes.append(f"filter not run: {files.data.summary} missing")
+    return Section("funnel", html="".join(parts), notes=notes)
 
 
 def rejections_section(files: RunFiles) -> Section:
@@ -693,6 +793,7 @@ def build_report(config: ReportConfig) -> tuple[str, list[Section]]:
     files = RunFiles.locate(config)
     sections = [
         counts_section(files),
+        funnel_section(files),
         rejections_section(files),
         scores_section(files),
         pairs_section(files, config),

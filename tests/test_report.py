@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from dataengine.manifest import make_pair_id, rejections_frame, write_pairs, wri
 from dataengine.report import SECTION_TITLES, SECTIONS, ReportConfig, write_report
 from dataengine.segment import save_masks
 from dataengine.selection import SelectionConfig, summarize
+from dataengine.shards import survival_summary
 from dataengine.video import write_mp4
 from tests.shard_builder import build_shards
 from trainer.eval import EvalConfig, run_eval
@@ -188,6 +190,20 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pd.DataFrame([plan]).to_parquet(run_dir / "portrait_plan.parquet")
 
     build_shards(root / "shards" / "tiny", {(3, 6, 8): 4, (3, 12, 20): 2}, samples_per_shard=2)
+    # the shards step's survival summary: one OpenVE pair of local_add lost while decoding
+    pairs = pd.concat([openve, portraits], ignore_index=True)
+    lost = rejections_frame(
+        [
+            {
+                "pair_id": openve["pair_id"].iloc[0],
+                "stage": "decode",
+                "reason": "missing_file",
+                "detail": "gone",
+            }
+        ]
+    )
+    survival = survival_summary(pairs, pairs.assign(clip_frames=9), lost)
+    (root / "shards" / "tiny" / "summary.json").write_text(json.dumps(survival))
     train = root / "runs" / "debug"
     train.mkdir(parents=True)
     (train / "recipe.resolved.json").write_text(
@@ -260,7 +276,7 @@ def test_full_report_has_every_section_and_its_images_load(full_run: Path) -> No
     page = parse(path)
     assert page.section_ids == list(SECTIONS)
     assert page.external == []  # self-contained: no external asset
-    assert page.svgs == 3  # score histogram, loss curve, R_mask against depth
+    assert page.svgs == 4  # funnel, score histogram, loss curve, R_mask against depth
     text = " ".join(page.text)
     for title in SECTION_TITLES.values():
         assert title in text
@@ -294,6 +310,25 @@ def test_full_report_has_every_section_and_its_images_load(full_run: Path) -> No
     assert "noise: IA 7.0" in text and "target: IA 7.0" in text
 
 
+def _table_rows(html: str) -> list[list[str]]:
+    rows = re.findall(r"<tr>(.*?)</tr>", html)
+    return [re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row) for row in rows]
+
+
+def test_funnel_follows_each_category_from_csv_rows_to_samples(full_run: Path) -> None:
+    _, sections = write_report(_config(full_run))
+    funnel = next(s for s in sections if s.key == "funnel")
+    rows = {row[0]: row[1:] for row in _table_rows(funnel.html.split("<h3>Lost")[0])}
+    # read / probed (one probe rejection) / scored / kept (two below the threshold) / encoded (one lost)
+    assert rows["category"] == ["read", "probed", "scored", "kept", "encoded"]
+    assert rows["local_add"] == ["6", "5", "5", "3", "2"]
+    assert rows["global_style"] == ["2", "2", "2", "2", "2"]
+    assert rows["total (OpenVE)"] == ["8", "7", "7", "5", "4"]
+    assert rows["portrait/portrait_removal"] == ["", "", "", "1", "1"]
+    assert "Lost at the shards step" in funnel.html and "missing_file 1" in funnel.html
+    assert funnel.html.count("<rect") == 5 + 5 * 3 + 2  # legend, 3 full rows, the portrait's two bars
+
+
 def test_missing_parts_say_not_run(tmp_path: Path, full_run: Path) -> None:
     # only the training run exists: every data section says "not run", the loss curve is drawn
     path, sections = write_report(
@@ -306,10 +341,10 @@ def test_missing_parts_say_not_run(tmp_path: Path, full_run: Path) -> None:
     )
     status = {s.key: s.missing for s in sections}
     assert status["training"] is None and status["evaluation"] is None  # eval/ of the training run
-    for key in ("counts", "rejections", "scores", "pairs", "shards", "layers"):
+    for key in ("counts", "funnel", "rejections", "scores", "pairs", "shards", "layers"):
         assert status[key] and status[key].startswith("not run"), status
     text = " ".join(parse(path).text)
-    assert text.count("not run") == 6
+    assert text.count("not run") == 7
 
 
 def test_broken_video_shows_in_place_of_its_thumbnail(tmp_path: Path, full_run: Path) -> None:
