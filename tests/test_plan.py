@@ -229,6 +229,60 @@ def test_predicted_peak_matches_measured_fit_step(
             assert SP_PEAK_BAND[0] <= measured / predicted <= SP_PEAK_BAND[1], (predicted, measured)
 
 
+def test_plan_of_a_shard_set_with_two_frame_count_buckets_is_the_longest_clips(tmp_path: Path) -> None:
+    """A shard set with 9- and 33-frame clips (T' 3 and 9): the plan takes the 33-frame bucket, lists both with
+    their own peaks, and a real two-step fit over both buckets peaks where the plan says (the long bucket's)."""
+    from typer.testing import CliRunner
+
+    from dataengine.recipe import load_recipe
+    from tests.shard_builder import build_shards
+    from trainer.cli import app
+    from trainer.plan import plan_from_recipe
+
+    config = get_config("debug")
+    seq_len = 64
+    build_shards(
+        tmp_path / "shards", {(3, 16, 16): 2, (9, 16, 16): 2}, vlm_dim=config.vlm_dim, seq_lengths=(seq_len,)
+    )
+    recipe = load_recipe(
+        REPO / "manifests" / "train_debug.toml",
+        [f"train.data.shards='{tmp_path / 'shards'}'", "train.parallel.param_dtype='float32'"],
+    )
+    plan = PlanConfig(num_gpus=1, num_condition_tokens=seq_len, reserved_gib=0.0)
+    result = plan_from_recipe(recipe, plan)
+    assert (result.plan.num_frames, result.plan.height, result.plan.width) == (33, 128, 128)
+    assert [(b.name, b.num_frames, b.num_samples) for b in result.buckets] == [
+        ("t3_h16_w16", 9, 2),
+        ("t9_h16_w16", 33, 2),
+    ]
+    short, long = result.buckets
+    assert short.total_bytes < long.total_bytes == result.memory.total
+    explicit = plan_from_recipe(recipe, PlanConfig(1, num_frames=9, height=128, width=128, num_condition_tokens=seq_len,
+                                                   reserved_gib=0.0), from_shards=False)  # fmt: skip
+    assert explicit.buckets == [] and explicit.memory.total == short.total_bytes
+
+    shards = f"train.data.shards='{tmp_path / 'shards'}'"
+    out = CliRunner().invoke(
+        app, ["plan", str(REPO / "manifests" / "train_debug.toml"), shards, "--gpus", "1"]
+    )
+    assert "2 bucket(s)" in out.output and "planned at the largest (t9_h16_w16)" in out.output, out.output
+    assert "clip 33 frames at 128x128" in out.output
+    assert (
+        "clip 9 frames"
+        in CliRunner()
+        .invoke(app, ["plan", str(REPO / "manifests" / "train_debug.toml"), shards, "--frames", "9"])
+        .output
+    )
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    overrides = ["train.parallel.param_dtype='float32'", "train.steps=4"]  # one epoch: both buckets
+    command = [sys.executable, "-m", "tests.test_plan", str(tmp_path), json.dumps(overrides)]
+    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    measured = int(next(line for line in run.stdout.splitlines() if line.startswith("PEAK")).split()[2])
+    assert abs(result.memory.tensors / measured - 1) < PEAK_TOLERANCE, (result.memory.tensors, measured)
+
+
 def test_plan_command_fits_and_suggests(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

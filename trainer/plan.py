@@ -556,6 +556,44 @@ class Recommendation:
     memory: MemoryEstimate
 
 
+@dataclass(frozen=True)
+class BucketPlan:
+    """One latent-shape bucket of a shard set and the per-GPU peak a batch of it needs."""
+
+    name: str
+    latent_shape: tuple[int, int, int]
+    num_samples: int
+    seq_len: int  # L with the plan's condition tokens
+    total_bytes: int  # per-GPU peak (tensors + reserved) for a micro-batch of this bucket
+
+    @property
+    def num_frames(self) -> int:
+        return 1 + 4 * (self.latent_shape[0] - 1)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return 8 * self.latent_shape[1], 8 * self.latent_shape[2]
+
+
+def shard_set_buckets(location: str) -> dict[str, tuple[tuple[int, int, int], int]] | None:
+    """``{bucket: (latent shape, samples)}`` of the shard set at ``location`` (a folder, its index.json or a
+    URL); None when there is no finished shard set there (nothing written yet, or not reachable)."""
+    from dataengine.shard_format import read_index
+
+    if not location:
+        return None
+    try:
+        index = read_index(location)
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+    return {
+        name: (tuple(int(v) for v in b["latent_shape"]), int(b.get("num_samples", 0)))
+        for name, b in index.get("buckets", {}).items()
+        if b.get("num_samples", 0)
+    }
+
+
 @dataclass
 class TrainingPlan:
     """Everything ``trainer plan`` prints."""
@@ -579,6 +617,8 @@ class TrainingPlan:
     fits: bool
     recommended: Recommendation | None = None
     suggestions: list[str] = field(default_factory=list)
+    buckets: list[BucketPlan] = field(default_factory=list)  # the shard set's, when the plan was made from it
+    shards: str = ""  # the shard set those came from
 
     @property
     def budget_bytes(self) -> int:
@@ -858,6 +898,18 @@ def format_plan(result: TrainingPlan) -> str:
             f"  sequence-parallel all-to-alls: {gb:,.1f} GB sent per GPU per step, about "
             f"{gb / ALL_TO_ALL_GBPS:,.2f} s at an assumed {ALL_TO_ALL_GBPS:g} GB/s (not in the step time)"
         )
+    if result.buckets:
+        largest = max(result.buckets, key=lambda b: (b.seq_len, b.total_bytes))
+        lines += [
+            "",
+            f"Shard set {result.shards}: {len(result.buckets)} bucket(s), one per batch; planned at the largest "
+            f"({largest.name})",
+        ]
+        for b in result.buckets:
+            lines.append(
+                f"  {b.name:<16} {b.num_frames:>4} frames {b.size[1]}x{b.size[0]}  {b.num_samples:>8,} samples  "
+                f"L {b.seq_len:>8,}  peak {_gib(b.total_bytes)}"
+            )
     lines += [
         "",
         f"Memory per GPU at the peak ({mem.phase})",
@@ -935,14 +987,37 @@ def format_plan(result: TrainingPlan) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-def plan_from_recipe(recipe: dict, plan: PlanConfig) -> TrainingPlan:
-    """The plan of a recipe's ``[train]`` table (model, ``[train.parallel]``, batch size, accumulation, steps)."""
+def plan_from_recipe(recipe: dict, plan: PlanConfig, from_shards: bool = True) -> TrainingPlan:
+    """The plan of a recipe's ``[train]`` table (model, ``[train.parallel]``, batch size, accumulation, steps).
+
+    With ``from_shards`` and a finished shard set at ``train.data.shards``, the clip shape is its largest
+    bucket's (the most tokens: the peak of the run; the trainer batches one bucket at a time) and every
+    bucket's peak is listed; otherwise ``plan``'s frames and size."""
+    import dataclasses
+
+    from trainer.model import get_config
     from trainer.train import train_config_from_recipe
 
     config = train_config_from_recipe(recipe)
-    return make_plan(
-        config.model, config.parallel, plan, config.data.batch_size, config.grad_accum, config.steps
+    args = (config.data.batch_size, config.grad_accum, config.steps)
+    buckets = shard_set_buckets(config.data.shards) if from_shards else None
+    if not buckets:
+        return make_plan(config.model, config.parallel, plan, *args)
+    model = get_config(config.model)
+    rows = []
+    for name, (shape, samples) in sorted(buckets.items()):
+        frames, height, width = 1 + 4 * (shape[0] - 1), 8 * shape[1], 8 * shape[2]
+        at = dataclasses.replace(plan, num_frames=frames, height=height, width=width)
+        tokens = token_shape(model, frames, height, width, plan.num_condition_tokens).seq_len
+        total = make_plan(config.model, config.parallel, at, *args).memory.total
+        rows.append(BucketPlan(name, shape, samples, tokens, total))
+    largest = max(rows, key=lambda b: (b.seq_len, b.total_bytes))
+    at = dataclasses.replace(
+        plan, num_frames=largest.num_frames, height=largest.size[0], width=largest.size[1]
     )
+    result = make_plan(config.model, config.parallel, at, *args)
+    result.buckets, result.shards = rows, str(config.data.shards)
+    return result
 
 
 def plan_command(
@@ -954,9 +1029,24 @@ def plan_command(
     gpu_memory_gib: Annotated[
         float, typer.Option("--gpu-memory-gib", help="Memory of one GPU in GiB")
     ] = PlanConfig.gpu_memory_gib,
-    frames: Annotated[int, typer.Option("--frames", help="Frames per clip (4n + 1)")] = PlanConfig.num_frames,
-    height: Annotated[int, typer.Option("--height", help="Clip height in pixels")] = PlanConfig.height,
-    width: Annotated[int, typer.Option("--width", help="Clip width in pixels")] = PlanConfig.width,
+    frames: Annotated[
+        int | None,
+        typer.Option(
+            "--frames",
+            help="Frames per clip (4n + 1). Default: the largest bucket of the recipe's shard set if it exists, "
+            f"else {PlanConfig.num_frames}",
+        ),
+    ] = None,
+    height: Annotated[
+        int | None,
+        typer.Option(
+            "--height", help=f"Clip height in pixels (default as --frames, else {PlanConfig.height})"
+        ),
+    ] = None,
+    width: Annotated[
+        int | None,
+        typer.Option("--width", help=f"Clip width in pixels (default as --frames, else {PlanConfig.width})"),
+    ] = None,
     condition_tokens: Annotated[
         int, typer.Option("--condition-tokens", help="Qwen3-VL tokens per sample")
     ] = PlanConfig.num_condition_tokens,
@@ -973,15 +1063,28 @@ def plan_command(
     """Parameters, FLOPs, throughput and per-GPU memory of a recipe; whether it fits, what is recommended and
     what to change if it does not fit.
 
+    The clip shape is the largest bucket of the recipe's shard set (train.data.shards) when one is there,
+    since the trainer batches one bucket at a time and the longest clips set the peak; --frames, --height or
+    --width plan another shape instead.
+
     Exit code 0 when it fits, 1 when it does not, 2 on a bad recipe or option.
     """
     from dataengine.recipe import load_recipe
 
     try:
+        from_shards = frames is None and height is None and width is None
         plan = PlanConfig(
-            gpus, gpu_memory_gib, frames, height, width, condition_tokens, reserved_gib, mfu, peak_tflops
+            gpus,
+            gpu_memory_gib,
+            PlanConfig.num_frames if frames is None else frames,
+            PlanConfig.height if height is None else height,
+            PlanConfig.width if width is None else width,
+            condition_tokens,
+            reserved_gib,
+            mfu,
+            peak_tflops,
         )
-        result = plan_from_recipe(load_recipe(recipe, overrides), plan)
+        result = plan_from_recipe(load_recipe(recipe, overrides), plan, from_shards=from_shards)
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=2) from err
