@@ -176,11 +176,14 @@ def _sparkline(counts: list[int]) -> str:
 def render_summary(summary: dict, title: str = "OpenVE filter") -> None:
     """Print the summary as a rich table (one row per category and a total row)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     reasons = list(summary["total"]["rejected"])
     table = Table(
-        title=f"{title}: threshold {summary['threshold']:g}, at most {summary['max_per_category']} per category"
+        title=escape(
+            f"{title}: threshold {summary['threshold']:g}, at most {summary['max_per_category']} per category"
+        )
     )
     table.add_column("category")
     for name in ("read", "probed", "scored", "kept", *reasons):

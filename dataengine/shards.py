@@ -173,10 +173,11 @@ def survival_summary(pairs: pd.DataFrame, plan: pd.DataFrame, rejections: pd.Dat
 def render_survival(summary: Mapping[str, Any], title: str) -> None:
     """Print :func:`survival_summary` as a table: one row per category and a total row."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     reasons = list(summary["total"]["rejected"])
-    table = Table(title=title)
+    table = Table(title=escape(title))
     table.add_column("category")
     for name in ("in", "encoded", *reasons):
         table.add_column(name, justify="right")
