@@ -184,8 +184,9 @@ _FUNNEL_COLOURS = ("#9aa9c2", "#7390bd", "#4a78c2", "#2f5aa0", "#c2410c")
 def funnel_svg(rows: list[tuple[str, list[int | None]]], title: str) -> str:
     """One block of bars per row (category), one bar per :data:`FUNNEL_STAGES` step, lengths to one scale;
     a step a row does not go through (None) is left out."""
-    bar, gap, left, right, top = 11, 10, 170, 70, 40
-    width = 760
+    bar, gap, right, top = 11, 10, 70, 40
+    left = max(170, 7 * max((len(label) for label, _ in rows), default=0) + 16)  # room for the labels
+    width = left + 590
     plot_w = width - left - right
     peak = max([v for _, values in rows for v in values if v is not None] + [1])
     height = top + len(rows) * (len(FUNNEL_STAGES) * bar + gap) + 8
@@ -401,8 +402,8 @@ def funnel_section(files: RunFiles) -> Section:
             counts = [entry.get(k) for k in ("read", "probed", "scored", "kept")]
             rows.append((category, [*counts, encoded if sharded is not None else None]))
     for key, entry in (sharded or {}).get("categories", {}).items():
-        if not key.startswith("openve/"):
-            rows.append((key, [None, None, None, entry.get("in"), entry.get("encoded")]))
+        if not key.startswith("openve/"):  # portrait categories are named portrait_*
+            rows.append((key.split("/", 1)[1], [None, None, None, entry.get("in"), entry.get("encoded")]))
     for key, entry in (sharded or {}).get("categories", {}).items():
         if entry.get("rejected"):
             reasons = ", ".join(f"{r} {n}" for r, n in entry["rejected"].items())

@@ -324,7 +324,7 @@ def test_funnel_follows_each_category_from_csv_rows_to_samples(full_run: Path) -
     assert rows["local_add"] == ["6", "5", "5", "3", "2"]
     assert rows["global_style"] == ["2", "2", "2", "2", "2"]
     assert rows["total (OpenVE)"] == ["8", "7", "7", "5", "4"]
-    assert rows["portrait/portrait_removal"] == ["", "", "", "1", "1"]
+    assert rows["portrait_removal"] == ["", "", "", "1", "1"]
     assert "Lost at the shards step" in funnel.html and "missing_file 1" in funnel.html
     assert funnel.html.count("<rect") == 5 + 5 * 3 + 2  # legend, 3 full rows, the portrait's two bars
 
