@@ -9,7 +9,7 @@ RECIPE ?= manifests/demo.toml
 DEMO_DIR ?= demo_data
 OUT ?= benchmarks/gpu-results
 
-.PHONY: install demo demo-data filter portraits shards fit sample report test bench bench-gpu lint clean
+.PHONY: install demo demo-data filter portraits shards fit sample report test test-fast bench bench-gpu lint clean
 
 install: .venv/.installed
 
@@ -38,6 +38,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# The same suite without the tests marked slow (the Ray CLI end-to-end runs, kill-resume, cluster, multi-node).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 bench: install
 	$(PY) -m benchmarks.run
