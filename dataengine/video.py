@@ -250,15 +250,26 @@ def read_frames(path: str | os.PathLike, indices: list[int] | np.ndarray | None 
     return _fallback(path, decord_error, with_av)
 
 
+def frames_at_rate(num_frames: int, src_fps: float, rate: float) -> int:
+    """How many frames a clip of ``num_frames`` frames at ``src_fps`` holds at ``rate``: the ticks ``k / rate``
+    (k = 0, 1, ...) that fall within its duration, from its first frame's time (0) to its last one's
+    (``(num_frames - 1) / src_fps``). The one frame-count rule of the project: 97 frames at 24 fps span 4 s,
+    65 ticks at 16 fps; 121 frames at 24 fps span 5 s, 81 ticks."""
+    if rate <= 0 or src_fps <= 0:
+        raise ValueError(f"fps must be positive, got src={src_fps} target={rate}")
+    if num_frames < 1:
+        return 0
+    return int(np.floor((num_frames - 1) * rate / src_fps + 1e-6)) + 1  # 1e-6: 23.976 * k / 16 exact ticks
+
+
 def sample_indices(
     num_frames: int, src_fps: float, target_fps: float, max_frames: int | None = None
 ) -> np.ndarray:
-    """Indices that resample a ``num_frames`` clip at ``src_fps`` to ``target_fps`` (nearest frame)."""
-    if target_fps <= 0 or src_fps <= 0:
-        raise ValueError(f"fps must be positive, got src={src_fps} target={target_fps}")
-    duration = num_frames / src_fps
-    count = max(1, int(np.floor(duration * target_fps + 1e-6)))
+    """Indices that resample a ``num_frames`` clip at ``src_fps`` to ``target_fps``: for each of the
+    :func:`frames_at_rate` ticks, the frame shown at that time (the latest frame whose time is not after it)."""
+    count = max(1, frames_at_rate(num_frames, src_fps, target_fps))
     if max_frames is not None:
         count = min(count, max_frames)
     idx = np.floor(np.arange(count) * src_fps / target_fps + 1e-6).astype(np.int64)
-    return np.clip(idx, 0, num_frames - 1)
+    assert num_frames < 1 or idx[-1] <= num_frames - 1, (num_frames, src_fps, target_fps)
+    return np.clip(idx, 0, max(num_frames - 1, 0))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -16,7 +18,8 @@ from dataengine.clips import (
     resize_and_crop,
 )
 from dataengine.clips import clip_frames as frames_at_rate
-from dataengine.video import VideoInfo, write_mp4
+from dataengine.video import VideoInfo, sample_indices, write_mp4
+from dataengine.video import frames_at_rate as count_at_rate
 
 
 def test_config_validates_frame_count_and_buckets():
@@ -149,33 +152,51 @@ def test_truncated_video_is_undecodable(tmp_path):
     assert info.value.reason in ("undecodable", "too_short", "misaligned")
 
 
-# (frames, fps) of a video -> (clip frames, clip rate) under the paper recipe's rule (docs/shards.md), worked
-# by hand: at 16 fps a video of N frames at f fps holds floor(N / f * 16) frames; the clip is the longest
-# 4n + 1 of them, at most 81; "native" takes min(N, 81) consecutive frames when 16 fps gives fewer than 81.
-HAND_WORKED = [
-    # frames, fps, short_clip_fps="fps" -> (frames, rate), "native" -> (frames, rate)
-    (65, 30.0, (33, 16.0), (65, 30.0)),  # 34 at 16 fps -> 33; native 65
-    (65, 24.0, (41, 16.0), (65, 24.0)),  # 43 -> 41
-    (100, 25.0, (61, 16.0), (81, 25.0)),  # 64 -> 61; native 100 -> 81
-    (129, 30.0, (65, 16.0), (81, 30.0)),  # 68 -> 65
-    (129, 24.0, (81, 16.0), (81, 16.0)),  # 86 -> 81 at 16 fps: long enough, 16 fps either way
-    (129, 25.0, (81, 16.0), (81, 16.0)),  # 82 -> 81
-    (72, 12.0, (81, 16.0), (81, 16.0)),  # 96 at 16 fps (repeats) -> 81; never native
-]
+def clip_from_timestamps(frames: int, fps: str, mode: str, longest: int = 81) -> tuple[list[int], Fraction]:
+    """The paper recipe's clip (docs/shards.md) worked from timestamps, in exact fractions: frame i of the
+    video is at i / fps; a 16 fps tick k / 16 is in the clip while it is not after the last frame's time and
+    shows the latest frame not after it. "native" takes consecutive frames when 16 fps gives fewer than
+    ``longest`` and the video has more; then the longest 4n + 1 of them, at most ``longest``."""
+    rate, tick = Fraction(fps), Fraction(1, 16)
+    times = [Fraction(i) / rate for i in range(frames)]
+    indices: list[int] = []
+    while len(indices) * tick <= times[-1]:
+        t = len(indices) * tick
+        indices.append(max(i for i, time in enumerate(times) if time <= t))
+    clip_rate = Fraction(16)
+    if mode == "native" and len(indices) < longest and rate > 16 and frames > len(indices):
+        indices, clip_rate = list(range(frames)), rate
+    count = max(n for n in range(1, min(len(indices), longest) + 1) if n % 4 == 1)
+    return indices[:count], clip_rate
 
 
-@pytest.mark.parametrize("frames,fps,at_fps,native", HAND_WORKED)
-def test_frame_count_rule(frames, fps, at_fps, native):
-    info = VideoInfo(frames, fps, 1280, 720)
-    for mode, (count, rate) in (("fps", at_fps), ("native", native)):
-        config = ClipConfig(num_frames=81, min_frames=33, fps=16.0, short_clip_fps=mode)
+RATES = ("23.976", "24", "25", "29.97", "30")  # OpenVE-3M's rates; its clips have 65 to 129 frames
+
+
+@pytest.mark.parametrize("fps", RATES)
+@pytest.mark.parametrize("mode", ["fps", "native"])
+def test_frame_count_rule_from_timestamps(fps, mode):
+    config = ClipConfig(num_frames=81, min_frames=33, fps=16.0, short_clip_fps=mode)
+    for frames in range(65, 130):
+        info = VideoInfo(frames, float(fps), 1280, 720)
+        expected, rate = clip_from_timestamps(frames, fps, mode)
         indices, got_rate = frames_at_rate(info, config)
-        assert (len(indices), got_rate) == (count, rate), mode
-        if rate == 16.0:  # nearest earlier frame of each 1/16 s tick
-            assert indices.tolist() == [int(np.floor(i * fps / 16 + 1e-6)) for i in range(count)]
-        else:
-            assert indices.tolist() == list(range(count))
-        assert plan_clip(info, None, config).latent_shape == (1 + (count - 1) // 4, 90, 160)
+        assert (indices.tolist(), got_rate) == (expected, pytest.approx(float(rate))), (frames, fps, mode)
+        assert plan_clip(info, None, config).latent_shape == (len(range(0, len(expected), 4)), 90, 160)
+
+
+def test_frame_counts_of_the_issue():
+    # 97 frames at 24 fps span 4 s: 65 ticks at 16 fps (floor(N / f * 16) counted 64, hence 61 frames)
+    assert count_at_rate(97, 24.0, 16.0) == 65
+    assert len(sample_indices(97, 24.0, 16.0)) == 65
+    paper = ClipConfig(num_frames=81, min_frames=65, fps=16.0, short_clip_fps="native")
+    indices, rate = frames_at_rate(VideoInfo(97, 24.0, 1280, 720), ClipConfig(num_frames=81, min_frames=65))
+    assert (len(indices), rate, indices[-1]) == (65, 16.0, 96)  # the last tick (4 s) shows the last frame
+    # 121 frames at 24 fps span 5 s: 81 frames at 16 fps, not the native-rate fallback
+    indices, rate = frames_at_rate(VideoInfo(121, 24.0, 1280, 720), paper)
+    assert (len(indices), rate, indices[-1]) == (81, 16.0, 120)
+    # upsampling: 10 frames at 10 fps span 0.9 s, 19 ticks at 20 fps
+    assert sample_indices(10, 10.0, 20.0).tolist() == [i // 2 for i in range(19)]
 
 
 def test_frame_count_rule_limits():

@@ -11,7 +11,6 @@ the frame count and rate of the rule in docs/shards.md, worked out here independ
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -42,7 +41,7 @@ CLIP = {"num_frames": 81, "min_frames": 65, "fps": 16.0, "short_clip_fps": "nati
 def expected_clip(frames: int, fps: float) -> tuple[int, float]:
     """The documented rule: 16 fps when the video holds 81 frames at 16 fps, else its native rate; then the
     longest 4n + 1 frames, at most 81."""
-    at_16 = math.floor(frames / fps * 16 + 1e-6)
+    at_16 = sum(1 for k in range(4 * frames) if k / 16 <= (frames - 1) / fps)  # ticks within the video
     count, rate = (81, 16.0) if at_16 >= 81 else (min(frames, 81), fps)
     return count - (count - 1) % 4, rate
 

@@ -152,7 +152,7 @@ def test_video_errors_carry_a_reason(tmp_path):
 
 def test_sample_indices_resamples_by_time():
     assert sample_indices(32, 16, 8).tolist() == list(range(0, 32, 2))
-    assert sample_indices(10, 10, 20).tolist() == [i // 2 for i in range(20)]
+    assert sample_indices(10, 10, 20).tolist() == [i // 2 for i in range(19)]  # 0.9 s: 19 ticks at 20 fps
     assert sample_indices(100, 25, 5, max_frames=3).tolist() == [0, 5, 10]
 
 
