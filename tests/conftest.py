@@ -1,8 +1,30 @@
-"""Shared test setup: offline, tiny models built into temporary folders, generated videos."""
+"""Shared test setup: offline, tiny models built into temporary folders, generated videos.
+
+Build once, check many times. The session fixtures below build each expensive thing once per pytest run;
+a test that only reads an output uses the fixture, and a test that changes an output copies it first
+(``shutil.copytree(fixture_path, tmp_path / ...)``):
+
+- ``tiny_models``: every tiny random model of ``dataengine demo-data`` (Qwen3-VL, open_clip, SAM2, the
+  RT-DETRv2 detector, the Wan VAE and the Wan DiT), each built on first use with demo-data's builders and seeds.
+- ``openve_set``: one small generated OpenVE-style set (every category, a near-copy each, every broken kind).
+- ``ray_session``: one local Ray for the tests where the CLI is not what is under test (its GCS address).
+- ``demo_run``: one finished ``filter``, ``harvest-portraits``, ``synth-portraits`` and ``shards`` run of the
+  demo recipe, through the CLI, joined to ``ray_session``'s Ray.
+- ``trained_debug_run``: one ``trainer fit`` of the debug recipe with checkpoints, on a small shard set whose
+  ``index.json`` names the tiny VAE and Qwen3-VL (so ``trainer sample`` can encode new inputs for it).
+
+Markers (pyproject.toml): ``process`` (starts a subprocess), ``ray`` (starts or joins a Ray), ``fit`` (runs
+``trainer fit``), ``slow`` (more than ~20 s on 2 cores). A test that uses ``ray_session``, ``demo_run`` or
+``trained_debug_run`` is marked by the hook below, so ``-m "not ray"`` never builds a Ray.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -12,13 +34,252 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MIVE_RAY_OBJECT_STORE_BYTES", str(512 * 1024 * 1024))
 
+from tests.helpers import REPO, cli_env, dataengine, run_cli, trainer  # noqa: E402
+
+# fixture -> the markers a test that uses it gets (the fixture starts these things on first use)
+FIXTURE_MARKERS = {
+    "ray_session": ("ray",),
+    "demo_run": ("ray", "process", "slow"),
+    "trained_debug_run": ("process", "fit"),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name in getattr(item, "fixturenames", ()):
+            for marker in FIXTURE_MARKERS.get(name, ()):
+                if marker not in item.keywords:
+                    item.add_marker(getattr(pytest.mark, marker))
+
+
+class TinyModels:
+    """The folder of every tiny random model; each is built on first use (``tiny_models.qwen3vl``) and kept
+    for the session. ``tiny_models / "qwen3vl"`` gives the same folder (built too), as in demo-data's
+    ``models/`` layout: qwen3vl, open_clip, sam2, detector, wan_vae, wan."""
+
+    NAMES = ("qwen3vl", "open_clip", "sam2", "detector", "wan_vae", "wan")
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _build(self, name: str) -> Path:
+        folder = self.root / name
+        marker = folder / ".built"
+        if marker.exists():
+            return folder
+        if name == "qwen3vl":
+            from dataengine.synthetic.qwen3vl import build_tiny_qwen3vl
+
+            build_tiny_qwen3vl(folder, seed=0)
+        elif name == "open_clip":
+            from dataengine.synthetic.clip import build_tiny_open_clip
+
+            build_tiny_open_clip(folder)
+        elif name == "sam2":
+            from dataengine.synthetic.portraits import build_tiny_sam2
+
+            build_tiny_sam2(folder)
+        elif name == "detector":
+            from dataengine.synthetic.detector import build_tiny_detector
+
+            build_tiny_detector(folder)
+        elif name == "wan_vae":
+            from dataengine.synthetic.wan_vae import build_tiny_wan_vae
+
+            build_tiny_wan_vae(folder)
+        elif name == "wan":
+            from dataengine.synthetic.wan_dit import build_tiny_wan_dit
+
+            build_tiny_wan_dit(folder)
+        else:
+            raise KeyError(f"no tiny model {name!r}: one of {', '.join(self.NAMES)}")
+        marker.touch()
+        return folder
+
+    def __truediv__(self, name: str) -> Path:
+        return self._build(name) if name in self.NAMES else self.root / name
+
+    def all(self) -> Path:
+        """Build every model; returns the root (laid out as demo-data's ``models/``)."""
+        for name in self.NAMES:
+            self._build(name)
+        return self.root
+
+    @property
+    def qwen3vl(self) -> Path:
+        return self._build("qwen3vl")
+
+    @property
+    def open_clip(self) -> Path:
+        return self._build("open_clip")
+
+    @property
+    def open_clip_files(self) -> tuple[Path, Path]:
+        """(model config JSON, safetensors weights), as ``build_tiny_open_clip`` returns them."""
+        folder = self._build("open_clip")
+        from dataengine.synthetic.clip import TINY_CLIP_NAME
+
+        return folder / f"{TINY_CLIP_NAME}.json", folder / "tiny_clip.safetensors"
+
+    @property
+    def sam2(self) -> Path:
+        return self._build("sam2")
+
+    @property
+    def detector(self) -> Path:
+        return self._build("detector")
+
+    @property
+    def wan_vae(self) -> Path:
+        return self._build("wan_vae")
+
+    @property
+    def wan(self) -> Path:
+        return self._build("wan")
+
 
 @pytest.fixture(scope="session")
-def tiny_qwen3vl(tmp_path_factory):
-    """The tiny random Qwen3-VL (seed 0), built once per session in the folder test_judge.py also uses."""
-    from dataengine.synthetic.qwen3vl import build_tiny_qwen3vl
+def tiny_models(tmp_path_factory) -> TinyModels:
+    """Every tiny random model of ``dataengine demo-data``, built once per session on first use."""
+    return TinyModels(tmp_path_factory.getbasetemp() / "tiny_models")
 
-    folder = tmp_path_factory.getbasetemp() / "tiny_qwen3vl"
-    if not (folder / "config.json").exists():
-        build_tiny_qwen3vl(folder, seed=0)
-    return folder
+
+@pytest.fixture(scope="session")
+def tiny_qwen3vl(tiny_models) -> Path:
+    """The tiny random Qwen3-VL (seed 0): ``tiny_models.qwen3vl``."""
+    return tiny_models.qwen3vl
+
+
+@pytest.fixture(scope="session")
+def openve_set(tmp_path_factory):
+    """One small generated OpenVE-style set (read-only): 3 pairs and a near-copy per category and one broken
+    row of every kind (``dataengine.synthetic.openve.SyntheticOpenVE``: csv_dir, video_root, the expected
+    rejections and near-copies)."""
+    from dataengine.synthetic.openve import BROKEN_KINDS, SyntheticOpenVEConfig, generate_openve
+
+    config = SyntheticOpenVEConfig(
+        pairs_per_category=3, near_duplicates_per_category=1, broken=tuple(BROKEN_KINDS)
+    )
+    return generate_openve(tmp_path_factory.getbasetemp() / "openve_set", config)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the session (2 CPUs at most, the tests' object store cap); yields its GCS address,
+    which a CLI subprocess joins with ``RAY_ADDRESS`` / ``--ray-address``. In-process jobs (``run_stages``)
+    find it initialised and use it."""
+    import ray
+
+    from pipelines.runtime import init_ray
+
+    started = not ray.is_initialized()
+    init_ray(num_cpus=min(2, os.cpu_count() or 1))
+    yield ray.get_runtime_context().gcs_address
+    if started:
+        ray.shutdown()
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """A finished demo-recipe run in its own working folder ``root`` (read-only for the tests)."""
+
+    root: Path  # the working folder: demo_data/, manifests/demo/, shards/demo/
+    recipe: Path  # the demo recipe (relative paths resolve against root)
+    stdout: dict[str, str] = field(default_factory=dict)  # each job's printed output
+
+    @property
+    def data(self) -> Path:
+        return self.root / "demo_data"
+
+    @property
+    def manifests(self) -> Path:
+        return self.root / "manifests" / "demo"
+
+    @property
+    def shards(self) -> Path:
+        return self.root / "shards" / "demo"
+
+    @property
+    def portrait_pairs(self) -> Path:
+        return self.data / "portrait_pairs"
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, tiny_models, ray_session) -> DemoRun:
+    """``filter``, ``harvest-portraits``, ``synth-portraits`` and ``shards`` of manifests/demo.toml, each through
+    the CLI (joined to the session's Ray), on demo-data's inputs with the session's tiny models."""
+    from dataengine.synthetic.openve import build_filter_demo
+    from dataengine.synthetic.portraits import generate_portraits
+
+    root = tmp_path_factory.getbasetemp() / "demo_run"
+    data = root / "demo_data"
+    (data / "models").mkdir(parents=True)
+    for name in ("qwen3vl", "open_clip", "sam2", "detector", "wan_vae"):
+        (data / "models" / name).symlink_to(tiny_models / name, target_is_directory=True)
+    build_filter_demo(data)
+    generate_portraits(data / "portraits")
+    recipe = REPO / "manifests" / "demo.toml"
+    env = cli_env(RAY_ADDRESS=ray_session)
+    stdout = {}
+    for job in ("filter", "harvest-portraits", "synth-portraits", "shards"):
+        stdout[job] = run_cli(dataengine(job, str(recipe)), cwd=root, env=env).stdout
+    return DemoRun(root=root, recipe=recipe, stdout=stdout)
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A finished ``trainer fit`` of the debug recipe (read-only for the tests)."""
+
+    run: Path  # runs/<name>: metrics.jsonl, recipe.resolved.json, checkpoints/step-*
+    shards: Path  # its shard set (index.json names the tiny VAE and Qwen3-VL)
+    vae: Path
+    vlm: Path
+    steps: int
+    every: int
+    num_frames: int
+    height: int
+    width: int
+
+
+@pytest.fixture(scope="session")
+def trained_debug_run(tmp_path_factory, tiny_models) -> TrainedRun:
+    """``trainer fit manifests/train_debug.toml``, 4 steps with a checkpoint every 2 (both kept), on 2
+    samples of 9 frames at 32 x 64 (latents 3 x 4 x 8) whose index.json records the tiny VAE and Qwen3-VL
+    and the demo's [shards] encoders, as the shards job writes them."""
+    from tests.shard_builder import build_shards
+
+    num_frames, height, width, steps, every = 9, 32, 64, 4, 2
+    root = tmp_path_factory.getbasetemp() / "trained_debug_run"
+    vae, vlm = tiny_models.wan_vae, tiny_models.qwen3vl
+    shards = build_shards(root / "shards", {(3, height // 8, width // 8): 2}, vlm_dim=64)
+    index = json.loads((shards / "index.json").read_text())
+    index["models"] = {"vae": str(vae), "vlm": str(vlm)}
+    index["recipe"] = {
+        "clip": {"num_frames": num_frames, "fps": 0.0, "buckets": [[height, width]], "max_upscale": 1.0},
+        "vae": {"model_id": str(vae), "subfolder": "vae", "dtype": "float32", "device": "cpu"},
+        "vlm": {
+            "model_id": str(vlm),
+            "image_min_pixels": 1024,
+            "image_max_pixels": 4096,
+            "video_min_pixels": 2048,
+            "video_max_pixels": 16384,
+            "video_fps": 4.0,
+            "dtype": "float32",
+            "device": "cpu",
+        },
+    }
+    (shards / "index.json").write_text(json.dumps(index))
+    command = trainer(
+        "fit", str(REPO / "manifests" / "train_debug.toml"),
+        f"train.data.shards='{shards}'", f"train.runs_dir='{root / 'runs'}'", "train.name=tiny",
+        f"train.steps={steps}", f"train.checkpoint.every_steps={every}", "train.checkpoint.keep_last=2",
+        "train.data.verify_checksums=false",
+    )  # fmt: skip
+    run_cli(command, cwd=REPO, env=cli_env(OMP_NUM_THREADS="1"))
+    return TrainedRun(root / "runs" / "tiny", shards, vae, vlm, steps, every, num_frames, height, width)
+
+
+def copy_output(source: Path, destination: Path) -> Path:
+    """A writable copy of a session output (for a test that changes it)."""
+    shutil.copytree(source, destination, symlinks=True)
+    return destination

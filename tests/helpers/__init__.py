@@ -1,0 +1,95 @@
+"""Helpers shared by the tests: the repository root, the environment of a CLI subprocess, and waiting for a
+job's own parts before killing it (a kill chosen by what the job has done, never by a sleep)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a ``dataengine`` / ``trainer`` subprocess: this checkout importable, offline, quiet.
+
+    ``extra`` overrides or adds variables (e.g. ``OMP_NUM_THREADS="1"``, ``RAY_ADDRESS=...``); a value of
+    ``""`` removes the variable. ``RANK`` and ``WORLD_SIZE`` are dropped so a subprocess never believes it is a
+    rank of the test's own launch.
+    """
+    env = dict(os.environ)
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        RAY_USAGE_STATS_ENABLED="0",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+    )
+    for key, value in extra.items():
+        if value == "":
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def dataengine(*args: str) -> list[str]:
+    """The ``dataengine`` command line as a subprocess runs it (this interpreter, this checkout)."""
+    return [sys.executable, "-m", "pipelines.cli", *args]
+
+
+def trainer(*args: str) -> list[str]:
+    """The ``trainer`` command line as a subprocess runs it."""
+    return [sys.executable, "-m", "trainer.cli", *args]
+
+
+def run_cli(
+    command: Sequence[str], cwd: Path | str = REPO, timeout: float = 900, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run a CLI subprocess to its end and assert it succeeded (its output's tail in the message)."""
+    Path(cwd).mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        list(command), cwd=cwd, env=env or cli_env(), capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, (
+        f"{' '.join(command)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+    return result
+
+
+def kill_when(
+    process: subprocess.Popen, ready: Callable[[], bool], timeout: float = 600, poll: float = 0.05
+) -> None:
+    """SIGKILL ``process`` (and its process group when it leads one) as soon as ``ready()`` holds.
+
+    ``ready`` looks at the job's own outputs (e.g. the part store holds k finished parts), so the kill lands
+    at the same point of the job on a fast or a slow machine. Fails if the job ends first or never gets
+    there within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process.poll() is not None:
+            out = process.stdout.read() if process.stdout else ""
+            err = process.stderr.read() if process.stderr else ""
+            raise AssertionError(
+                f"the job ended (exit {process.returncode}) before the kill point\n{out}\n{err}"
+            )
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"the job did not reach the kill point in {timeout} s")
+        time.sleep(poll)  # polling the job's outputs, not waiting for a guessed moment
+    try:
+        if os.getpgid(process.pid) == process.pid:
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.kill()
+    except ProcessLookupError:
+        pass
+    process.wait()
