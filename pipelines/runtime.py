@@ -26,10 +26,11 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+if TYPE_CHECKING:  # imported where used: the CLI's --help and start-up should not pay for pandas
+    import pandas as pd
+    import pyarrow as pa
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
@@ -168,6 +169,8 @@ class PartStore:
 
     def _replaced(self) -> set[str]:
         """Names of the parts that a merged part on disk replaces."""
+        import pyarrow.parquet as pq
+
         replaced: set[str] = set()
         for path in self.folder.glob("part-*.L*.parquet"):
             if path.name not in self._replaces:
@@ -182,6 +185,8 @@ class PartStore:
         return sorted(p for p in self.folder.glob("part-*.parquet") if p.name not in replaced)
 
     def _write(self, table: pa.Table, name: str) -> Path:
+        import pyarrow.parquet as pq
+
         tmp = self.folder / f".{name}.tmp"
         pq.write_table(table, tmp)
         os.replace(tmp, self.folder / name)
@@ -189,6 +194,8 @@ class PartStore:
 
     def append(self, frame: pd.DataFrame | pa.Table) -> Path | None:
         """Write one part atomically (empty frames write nothing), then compact if a level is full."""
+        import pyarrow as pa
+
         table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
         if table.num_rows == 0:
             return None
@@ -198,6 +205,9 @@ class PartStore:
 
     def append_rows(self, rows: list[dict]) -> Path | None:
         """Write ``rows`` as one part (only the schema's columns when the store has one)."""
+        import pandas as pd
+        import pyarrow as pa
+
         if not rows:
             return None
         if self.schema is not None:
@@ -220,6 +230,9 @@ class PartStore:
             level += 1
 
     def _merge(self, parts: list[Path], level: int) -> Path:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         table = pa.concat_tables([pq.ParquetFile(p).read() for p in parts], promote_options="permissive")
         names = [p.name for p in parts]
         metadata = {**(table.schema.metadata or {}), REPLACES_KEY: json.dumps(names).encode()}
@@ -238,6 +251,8 @@ class PartStore:
 
     def completed_ids(self) -> set[str]:
         """Ids of every row in a complete part."""
+        import pyarrow.parquet as pq
+
         ids: set[str] = set()
         for part in self.parts():
             ids.update(pq.ParquetFile(part).read(columns=[self.id_column]).column(0).to_pylist())
@@ -245,6 +260,10 @@ class PartStore:
 
     def read_all(self) -> pd.DataFrame:
         """All rows of all parts, one row per id (the first part that holds it wins), sorted by id."""
+        import pandas as pd
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         parts = self.parts()
         if not parts:
             return pd.DataFrame(columns=[self.id_column])
