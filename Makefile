@@ -36,12 +36,14 @@ fit: install
 demo: install
 	bash scripts/demo.sh
 
+# The whole suite; pytest prints its 20 slowest tests at the end, so creeping slowness shows in every run.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
-# The same suite without the tests marked slow (the Ray CLI end-to-end runs, kill-resume, cluster, multi-node).
+# The suite without the tests marked slow (the Ray CLI end-to-end runs, kill-resume, cluster, multi-node,
+# torchrun): every unit and in-process test, a few minutes. Markers: ray, process, fit, slow (pyproject.toml).
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --durations=20
 
 bench: install
 	$(PY) -m benchmarks.run
