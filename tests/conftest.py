@@ -44,12 +44,67 @@ FIXTURE_MARKERS = {
 }
 
 
+# Tests of files whose markers are kept here rather than in the file: file -> {test name prefix: markers}
+# (a test that starts a process in its body or through a module fixture it uses).
+FILE_MARKERS = {
+    "test_plan.py": {
+        "test_predicted_peak_matches_measured_fit_step": ("process", "fit"),
+        "test_plan_of_a_shard_set_with_two_frame_count_buckets": ("process", "fit"),
+        "test_plan_command_fits_and_suggests": ("process", "fit"),
+    },
+    "test_sample.py": {"test_": ("process", "fit")},  # every test reads the module's trained run
+    "test_eval.py": {"test_eval_command_errors_name_the_input": ("process",)},
+    "test_sequence_parallel.py": {
+        "test_four_ranks_match_one_process": ("process",),
+        "test_world_size_changes_nothing": ("process",),
+    },
+    "test_shards_url.py": {"test_trainer_fit_from_a_plain_http_server": ("process", "fit")},
+}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        for name in getattr(item, "fixturenames", ()):
-            for marker in FIXTURE_MARKERS.get(name, ()):
-                if marker not in item.keywords:
-                    item.add_marker(getattr(pytest.mark, marker))
+        wanted = [m for name in getattr(item, "fixturenames", ()) for m in FIXTURE_MARKERS.get(name, ())]
+        for prefix, markers in FILE_MARKERS.get(item.path.name, {}).items():
+            if item.name.startswith(prefix):
+                wanted += markers
+        for marker in dict.fromkeys(wanted):
+            if marker not in item.keywords:
+                item.add_marker(getattr(pytest.mark, marker))
+
+
+# Every test that starts a process should say so (marker ``process``, or ``ray``): the runs that do are
+# listed at the end of the session, so a missing marker is seen.
+_unmarked_processes: dict[str, str] = {}
+_current: list = [None]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _current[0] = item
+    yield
+    _current[0] = None
+
+
+def pytest_configure(config):
+    import subprocess
+
+    original = subprocess.Popen.__init__
+
+    def watched(self, *args, **kwargs):
+        item = _current[0]
+        if item is not None and not ({"process", "ray"} & set(item.keywords)):
+            _unmarked_processes.setdefault(item.nodeid, str(args[0] if args else kwargs.get("args"))[:120])
+        original(self, *args, **kwargs)
+
+    subprocess.Popen.__init__ = watched
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _unmarked_processes:
+        terminalreporter.section("tests that started a process without the process marker")
+        for nodeid, command in _unmarked_processes.items():
+            terminalreporter.write_line(f"{nodeid}: {command}")
 
 
 class TinyModels:
@@ -184,7 +239,7 @@ class DemoRun:
     """A finished demo-recipe run in its own working folder ``root`` (read-only for the tests)."""
 
     root: Path  # the working folder: demo_data/, manifests/demo/, shards/demo/
-    recipe: Path  # the demo recipe (relative paths resolve against root)
+    recipe: Path  # manifests/demo.toml with its paths made absolute (under root)
     stdout: dict[str, str] = field(default_factory=dict)  # each job's printed output
 
     @property
@@ -218,11 +273,19 @@ def demo_run(tmp_path_factory, tiny_models, ray_session) -> DemoRun:
         (data / "models" / name).symlink_to(tiny_models / name, target_is_directory=True)
     build_filter_demo(data)
     generate_portraits(data / "portraits")
-    recipe = REPO / "manifests" / "demo.toml"
+    # The workers of a joined Ray run in that Ray's folder, not the job's: the recipe's paths are made
+    # absolute (inputs, models, outputs), as a recipe for a cluster has them.
+    text = (REPO / "manifests" / "demo.toml").read_text()
+    for old in ('"demo_data/', '"manifests/', '"manifests"'):
+        assert old in text, old
+        text = text.replace(old, f'"{root}/{old[1:]}')
+    recipe = root / "demo.toml"
+    recipe.write_text(text)
     env = cli_env(RAY_ADDRESS=ray_session)
     stdout = {}
     for job in ("filter", "harvest-portraits", "synth-portraits", "shards"):
-        stdout[job] = run_cli(dataengine(job, str(recipe)), cwd=root, env=env).stdout
+        extra = [f'shards.output="{root}/shards/demo"'] if job == "shards" else []
+        stdout[job] = run_cli(dataengine(job, str(recipe), *extra), cwd=root, env=env).stdout
     return DemoRun(root=root, recipe=recipe, stdout=stdout)
 
 

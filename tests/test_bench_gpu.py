@@ -43,6 +43,7 @@ def smoke(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict, Path]:
     return proc, json.loads((out / "bench_gpu.json").read_text()), out
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_a_killed_section_leaves_the_others_rows_and_says_why(smoke) -> None:
     proc, result, out = smoke
@@ -88,6 +89,7 @@ def test_a_killed_section_leaves_the_others_rows_and_says_why(smoke) -> None:
     assert projection["the paper's whole run"]["value"] == "n/a"
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_token_counts_are_those_of_the_recipe_budgets(smoke) -> None:
     """Vision tokens per judge pair and per encoder sample, against the processors' own arithmetic."""
@@ -106,6 +108,7 @@ def test_token_counts_are_those_of_the_recipe_budgets(smoke) -> None:
     assert rates["judge.video_tokens"] == 2 * (frames // 2) * (height // 32) * (width // 32)
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_the_block_is_measured_as_one_rank_of_each_sequence_parallel_degree(smoke) -> None:
     """The dit section's per-rank shares: ceil(L / N) tokens and H / N heads of the debug block (L = 16 condition

@@ -11,7 +11,6 @@ the frame count and rate of the rule in docs/shards.md, worked out here independ
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -27,10 +26,10 @@ from dataengine.shard_format import read_index
 from dataengine.shards import iter_tar_samples
 from dataengine.synthetic.openve import SyntheticOpenVEConfig, generate_openve
 from dataengine.video import probe
+from tests.helpers import REPO, cli_env
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.process, pytest.mark.fit, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
 # (frames, fps) of the 6 good pairs (one per category), within OpenVE-3M's 65-129 frames at 24-30 fps: by the
 # rule below they give clips of 65, 81, 81, 69, 81 and 73 frames, at 30, 16, 25, 24, 30 and 24 fps
 LENGTHS = ((65, 30.0), (129, 24.0), (100, 25.0), (72, 24.0), (129, 30.0), (76, 24.0))
@@ -47,13 +46,7 @@ def expected_clip(frames: int, fps: float) -> tuple[int, float]:
 
 
 def _env() -> dict[str, str]:
-    return {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "HF_HUB_OFFLINE": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "OMP_NUM_THREADS": "1",
-    }
+    return cli_env(OMP_NUM_THREADS="1")
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -63,11 +56,8 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
+def chain(tmp_path_factory, tiny_models):
     """filter then shards on the generated set, from one working folder; returns what they wrote."""
-    from dataengine.synthetic.qwen3vl import build_tiny_qwen3vl
-    from dataengine.synthetic.wan_vae import build_tiny_wan_vae
-
     root = tmp_path_factory.mktemp("curated")
     data = generate_openve(
         root / "openve",
@@ -75,7 +65,7 @@ def chain(tmp_path_factory):
             pairs_per_category=1, lengths=LENGTHS, broken=("misaligned", "too_small"), num_frames=81, fps=24.0
         ),
     )
-    qwen, vae = build_tiny_qwen3vl(root / "qwen3vl"), build_tiny_wan_vae(root / "wan_vae")
+    qwen, vae = tiny_models.qwen3vl, tiny_models.wan_vae
     overrides = [
         "run='curated'",
         f"filter.csv_dir={json.dumps(str(data.csv_dir))}",

@@ -12,7 +12,7 @@ from PIL import Image
 
 from dataengine.dedup import ClipEmbedder, DedupConfig, find_near_duplicates, pair_embeddings
 from dataengine.openve import read_openve
-from dataengine.synthetic.clip import TINY_CLIP_NAME, build_tiny_open_clip
+from dataengine.synthetic.clip import TINY_CLIP_NAME
 from dataengine.synthetic.openve import SyntheticOpenVEConfig, generate_openve
 from dataengine.video import read_frames
 
@@ -72,8 +72,8 @@ def test_pair_cosine_is_the_mean_of_source_and_edit_cosines():
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    return build_tiny_open_clip(tmp_path_factory.mktemp("tiny_clip"))
+def tiny_clip(tiny_models):
+    return tiny_models.open_clip_files  # build_tiny_open_clip's (config, weights)
 
 
 def test_embedder_loads_through_open_clip_and_finds_the_planted_duplicates(tiny_clip, tmp_path):

@@ -23,7 +23,6 @@ from dataengine.detect import (
     window_indices,
 )
 from dataengine.segment import load_masks
-from dataengine.synthetic.detector import build_tiny_detector
 from dataengine.synthetic.portraits import SyntheticPortraitsConfig, generate_portraits, render_people
 from dataengine.video import VideoInfo, probe
 
@@ -31,8 +30,8 @@ H, W = 100, 200  # frame of the hand-written detections: 20,000 pixels
 
 
 @pytest.fixture(scope="module")
-def tiny_detector(tmp_path_factory):
-    return build_tiny_detector(tmp_path_factory.mktemp("detector") / "model")
+def tiny_detector(tiny_models):
+    return tiny_models.detector  # build_tiny_detector(folder), seed 0
 
 
 def box(x0, y0, x1, y1, score=0.9) -> PersonBox:

@@ -24,17 +24,13 @@ from dataengine.vlm import Qwen3VLEncoder, Qwen3VLEncoderConfig
 
 
 @pytest.fixture(scope="module")
-def tiny_vae(tmp_path_factory):
-    from dataengine.synthetic.wan_vae import build_tiny_wan_vae
-
-    return build_tiny_wan_vae(tmp_path_factory.mktemp("wan_vae"))
+def tiny_vae(tiny_models):
+    return tiny_models.wan_vae
 
 
 @pytest.fixture(scope="module")
-def tiny_qwen(tmp_path_factory):
-    from dataengine.synthetic.qwen3vl import build_tiny_qwen3vl
-
-    return build_tiny_qwen3vl(tmp_path_factory.mktemp("qwen3vl"))
+def tiny_qwen(tiny_models):
+    return tiny_models.qwen3vl
 
 
 def _vlm_config(folder) -> Qwen3VLEncoderConfig:

@@ -18,23 +18,19 @@ import pytest
 
 from dataengine.manifest import PAIR_COLUMNS, read_metadata, read_pairs
 from dataengine.openve import read_openve
-from dataengine.synthetic.clip import build_tiny_open_clip
 from dataengine.synthetic.openve import BROKEN_KINDS, SyntheticOpenVEConfig, generate_openve
-from dataengine.synthetic.qwen3vl import build_tiny_qwen3vl
+from tests.helpers import REPO, cli_env
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.process, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 CAP = 7  # 9 good pairs per category (one a near-copy): both over_cap and duplicate happen
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    base = tmp_path_factory.getbasetemp()
-    qwen = base / "tiny_qwen3vl"  # shared with test_judge.py within a session
-    if not (qwen / "config.json").exists():
-        build_tiny_qwen3vl(qwen, seed=0)
-    clip_config, clip_weights = build_tiny_open_clip(tmp_path_factory.mktemp("clip"))
+def setup(tmp_path_factory, tiny_models):
+    qwen = tiny_models.qwen3vl
+    clip_config, clip_weights = tiny_models.open_clip_files
     data = generate_openve(
         tmp_path_factory.mktemp("openve"),
         SyntheticOpenVEConfig(
@@ -54,7 +50,7 @@ def setup(tmp_path_factory):
         "filter.probe_batch_size=1",
         "filter.judge.batch_size=1",
     ]
-    return {"data": data, "out": out, "overrides": overrides}
+    return {"data": data, "out": out, "overrides": overrides, "qwen": qwen}
 
 
 def _command(setup, run: str) -> list[str]:
@@ -69,8 +65,7 @@ def _command(setup, run: str) -> list[str]:
     ]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+_env = cli_env
 
 
 def _parts(folder: Path) -> dict[str, list[str]]:
@@ -121,7 +116,7 @@ def test_every_row_ends_in_the_manifest_or_the_rejections(setup, uninterrupted):
     assert (manifest["origin"] == "openve").all() and manifest["reference_path"].isna().all()
     assert (manifest["num_frames"] == 17).all() and (manifest["width"] == 64).all()
     meta = read_metadata(folder / "openve.parquet")
-    assert meta["models"]["judge"].endswith("tiny_qwen3vl") and meta["rubric_version"] == "v1"
+    assert meta["models"]["judge"] == str(setup["qwen"]) and meta["rubric_version"] == "v1"
     assert "dataengine filter" in stdout and "over_cap" in stdout
 
 

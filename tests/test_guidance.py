@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from dataengine.recipe import load_recipe
+from tests.helpers import REPO
 from tests.shard_builder import build_shards
 from trainer.model import MiVETransformer, get_config
 from trainer.sample import (
@@ -27,8 +27,6 @@ from trainer.sample import (
     shifted_sigmas,
 )
 from trainer.train import fit, train_config_from_recipe
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +92,7 @@ def test_unconditional_pass_is_trainings_dropped_condition(model):
     torch.testing.assert_close(dropped, none, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.fit
 def test_training_drops_whole_conditions_and_records_the_probability(tmp_path, monkeypatch):
     masks: list[torch.Tensor] = []
     forward = MiVETransformer.forward

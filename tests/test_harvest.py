@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,8 +31,8 @@ from dataengine.portraits import (
 )
 from dataengine.segment import MaskFileReader, SegmenterConfig, load_masks
 from dataengine.synthetic.portraits import SyntheticPortraitsConfig, generate_portraits
+from tests.helpers import cli_env, dataengine
 
-REPO = Path(__file__).resolve().parents[1]
 ENTER_AT = 10  # the late person enters between sampled frames 8 and 12
 EXPECTED = {  # kind -> (list or rejection reason, first frame of the window)
     "centred": ("portrait", 0),
@@ -138,7 +137,7 @@ def test_detector_rejections_of_portraits(pool, tmp_path, kind, policy, reason):
         assert len(json.loads(row["prompt_boxes"])) == 2
 
 
-def test_one_segment_worker_holds_the_detector_and_sam2(pool, tmp_path):
+def test_one_segment_worker_holds_the_detector_and_sam2(pool, tmp_path, tiny_models):
     """The real loading path: a tiny random RT-DETRv2 and SAM2 in one stage worker. The prompt frame is the
     first sampled frame where a direct transformers call finds a person above the threshold chosen here."""
     import torch
@@ -146,12 +145,10 @@ def test_one_segment_worker_holds_the_detector_and_sam2(pool, tmp_path):
 
     from dataengine.detect import TransformersPersonDetector
     from dataengine.segment import Sam2VideoSegmenter
-    from dataengine.synthetic.detector import build_tiny_detector
-    from dataengine.synthetic.portraits import build_tiny_sam2
     from dataengine.video import read_frames
     from pipelines.portraits import SegmentWorker
 
-    detector_dir, sam2_dir = build_tiny_detector(tmp_path / "detector"), build_tiny_sam2(tmp_path / "sam2")
+    detector_dir, sam2_dir = tiny_models.detector, tiny_models.sam2
     name = next(n for n, k in pool.pool.items() if k == "centred")
     path = pool.root / "pool" / name
     sampled = list(range(0, 17, 4))  # the window must fit: starts 0..16 of 33 frames, every 4th sampled
@@ -189,14 +186,20 @@ def test_one_segment_worker_holds_the_detector_and_sam2(pool, tmp_path):
 
 
 def harvest_cli(folder: Path, recipe: Path, **popen) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "pipelines.cli", "harvest-portraits", str(recipe)]
+    command = dataengine("harvest-portraits", str(recipe))
     return subprocess.Popen(
-        command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
+        command,
+        cwd=folder,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
     )
 
 
 @pytest.mark.ray
+@pytest.mark.process
 @pytest.mark.slow
 def test_harvest_job_killed_then_resumed_sorts_every_clip(pool, tmp_path):
     import pandas as pd

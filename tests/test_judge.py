@@ -4,7 +4,6 @@ tiny random Qwen3-VL against direct full forwards computed here."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,19 +13,11 @@ import torch
 from dataengine.judge import AXES, Judge, JudgeConfig, expected_scores, sample_frame_indices
 from dataengine.openve import read_openve
 from dataengine.synthetic.openve import SyntheticOpenVEConfig, generate_openve
-from dataengine.synthetic.qwen3vl import build_tiny_qwen3vl
-
-
-def tiny_qwen(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.getbasetemp() / "tiny_qwen3vl"
-    if not (folder / "config.json").exists():
-        build_tiny_qwen3vl(folder, seed=0)
-    return folder
 
 
 @pytest.fixture(scope="module")
-def judge(tmp_path_factory) -> Judge:
-    return Judge(JudgeConfig(model=str(tiny_qwen(tmp_path_factory)), batch_size=3, fps=4.0, max_frames=4))
+def judge(tiny_qwen3vl) -> Judge:
+    return Judge(JudgeConfig(model=str(tiny_qwen3vl), batch_size=3, fps=4.0, max_frames=4))
 
 
 @pytest.fixture(scope="module")
@@ -139,11 +130,11 @@ def test_a_failing_pair_is_a_scorer_error_and_the_rest_are_scored(judge, pairs, 
     assert retried.loc[0, "score"] == pytest.approx(clean.loc[0, "score"], abs=1e-4)
 
 
-def test_config_errors_are_clear(tmp_path_factory):
+def test_config_errors_are_clear(tiny_qwen3vl):
     with pytest.raises(ValueError, match="rubric_version"):
-        Judge(JudgeConfig(model=str(tiny_qwen(tmp_path_factory)), rubric_version="v99"))
+        Judge(JudgeConfig(model=str(tiny_qwen3vl), rubric_version="v99"))
     with pytest.raises(ValueError, match="dtype"):
-        Judge(JudgeConfig(model=str(tiny_qwen(tmp_path_factory)), dtype="float8"))
+        Judge(JudgeConfig(model=str(tiny_qwen3vl), dtype="float8"))
 
 
 def test_cpu_runs_in_float32(judge):

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,10 +22,10 @@ import pytest
 from dataengine.manifest import PAIR_COLUMNS, read_pairs
 from dataengine.portraits import CATEGORIES, InstructionsConfig, PortraitsConfig, plan_pairs
 from dataengine.segment import GATE_REASONS, SegmenterConfig, load_masks
-from dataengine.synthetic.portraits import SyntheticPortraitsConfig, build_tiny_sam2, generate_portraits
+from dataengine.synthetic.portraits import SyntheticPortraitsConfig, generate_portraits
 from dataengine.video import read_frames
+from tests.helpers import cli_env, dataengine
 
-REPO = Path(__file__).resolve().parents[1]
 PAIRS_PER_TYPE = 3
 
 
@@ -68,10 +67,15 @@ def write_recipe(folder: Path, data, run: str, **extra: str) -> Path:
 
 
 def cli(folder: Path, recipe: Path, *overrides: str, **popen) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "pipelines.cli", "synth-portraits", str(recipe), *overrides]
+    command = dataengine("synth-portraits", str(recipe), *overrides)
     return subprocess.Popen(
-        command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
+        command,
+        cwd=folder,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
     )
 
 
@@ -106,14 +110,15 @@ def test_plan_is_seeded_distinct_and_independent_of_input_order():
     assert capped == {"removal": 12, "addition": 12, "background": 12}
 
 
+@pytest.mark.process
 def test_config_rejects_bad_frame_counts_and_unknown_keys(tmp_path, portrait_data):
     with pytest.raises(ValueError, match="4n \\+ 1"):
         PortraitsConfig(num_frames=16)
     recipe = write_recipe(tmp_path, portrait_data, "bad")
     out = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "synth-portraits", str(recipe), "portraits.pairs_per_typo=3"],
+        dataengine("synth-portraits", str(recipe), "portraits.pairs_per_typo=3"),
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=cli_env(),
         capture_output=True,
         text=True,
     )
@@ -123,10 +128,10 @@ def test_config_rejects_bad_frame_counts_and_unknown_keys(tmp_path, portrait_dat
 # ---------------------------------------------------------------------------------------------- segmentation stage
 
 
-def test_segment_stage_runs_a_tiny_sam2_from_its_folder(tmp_path, portrait_data):
+def test_segment_stage_runs_a_tiny_sam2_from_its_folder(tmp_path, portrait_data, tiny_models):
     from pipelines.portraits import SegmentWorker
 
-    model = build_tiny_sam2(tmp_path / "sam2")
+    model = tiny_models.sam2
     config = PortraitsConfig(
         num_frames=17, width=160, height=96, segmenter=SegmenterConfig(model=str(model), device="cpu")
     )
@@ -188,6 +193,7 @@ def uninterrupted(tmp_path_factory, portrait_data):
 
 
 @pytest.mark.ray
+@pytest.mark.process
 @pytest.mark.slow
 def test_cli_writes_pairs_whose_pixels_match_the_formula(uninterrupted, portrait_data):
     from PIL import Image
@@ -224,6 +230,7 @@ def test_cli_writes_pairs_whose_pixels_match_the_formula(uninterrupted, portrait
 
 
 @pytest.mark.ray
+@pytest.mark.process
 @pytest.mark.slow
 def test_kill_then_resume_gives_the_same_output(tmp_path, uninterrupted, portrait_data):
     folder_a, _ = uninterrupted

@@ -36,14 +36,14 @@ import pytest
 
 from dataengine.shard_format import read_index, shard_set_location
 from dataengine.shards import verify_shards
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the environment's console scripts: dataengine, ray
 JOB_TIMEOUT_S = 300
 START_TIMEOUT_S = 90
 NODE2_RESOURCE = "mive_node2"
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.process, pytest.mark.slow]
 
 
 def _free_port() -> int:

@@ -83,6 +83,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.process
 def test_both_clis_print_a_bad_recipe_in_one_line_and_exit_2(tmp_path):
     data = _run("-m", "pipelines.cli", "shards", "manifests/demo.toml", "shards.clip.num_frames=16.0",
                 "shards.writer.samples_per_shard=\"4\"")  # fmt: skip

@@ -27,10 +27,10 @@ from dataengine.segment import save_masks
 from dataengine.selection import SelectionConfig, summarize
 from dataengine.shards import survival_summary
 from dataengine.video import write_mp4
+from tests.helpers import REPO
 from tests.shard_builder import build_shards
 from trainer.eval import EvalConfig, run_eval
 
-REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 
 
@@ -388,6 +388,7 @@ def test_report_command(full_run: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed")
+@pytest.mark.process
 def test_page_renders_in_headless_chromium(full_run: Path, tmp_path: Path) -> None:
     path, _ = write_report(_config(full_run), tmp_path / "report.html")
     shot = tmp_path / "shot.png"

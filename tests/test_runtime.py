@@ -14,8 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.runtime import PartStore, Progress, part_level
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 def test_part_store_appends_resumes_and_ignores_partial_writes(tmp_path):
@@ -126,6 +125,7 @@ def test_a_kill_at_any_step_of_a_merge_leaves_every_row_once(tmp_path, monkeypat
         _check_every_row_once(folder, 12)
 
 
+@pytest.mark.process
 def test_sigkill_during_appends_and_merges_loses_no_acknowledged_row(tmp_path):
     """A real writer, killed at some moment of a loop of appends that merge every other part."""
     folder = tmp_path / "scores"

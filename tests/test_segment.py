@@ -19,7 +19,6 @@ from dataengine.segment import (
 from dataengine.synthetic.portraits import (
     BAD_PORTRAITS,
     SyntheticPortraitsConfig,
-    build_tiny_sam2,
     generate_portraits,
     render_portrait,
 )
@@ -27,8 +26,8 @@ from dataengine.video import probe
 
 
 @pytest.fixture(scope="session")
-def tiny_sam2(tmp_path_factory):
-    return build_tiny_sam2(tmp_path_factory.mktemp("sam2") / "model")
+def tiny_sam2(tiny_models):
+    return tiny_models.sam2  # build_tiny_sam2(folder), seed 0
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +68,7 @@ def direct_sam2_logits(model_dir, frames: np.ndarray, boxes: list[list[float]]) 
     return torch.stack(logits).numpy()
 
 
+@pytest.mark.process
 def test_tiny_sam2_masks_equal_a_direct_transformers_run(tiny_sam2, clip):
     """Our wrapper against the direct loop: the config's fixed box, and two detector boxes (mask = union)."""
     frames, _ = clip

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,20 +20,16 @@ import webdataset as wds
 from shards_inputs import write_demo_manifests
 
 from dataengine.shard_format import decode_sample, read_index
+from tests.helpers import REPO, cli_env, dataengine
 
-REPO = Path(__file__).resolve().parents[1]
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.process, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def recipe(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    from dataengine.synthetic.qwen3vl import build_tiny_qwen3vl
-    from dataengine.synthetic.wan_vae import build_tiny_wan_vae
-
+def recipe(tmp_path_factory, tiny_models) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("shards_pipeline")
     openve, portraits, expected = write_demo_manifests(root / "inputs", num_openve=4, num_portrait=2)
-    vae = build_tiny_wan_vae(root / "wan_vae")
-    qwen = build_tiny_qwen3vl(root / "qwen3vl")
+    vae, qwen = tiny_models.wan_vae, tiny_models.qwen3vl
     # The demo recipe with this test's inputs and models; one sample per shard so a kill lands mid-run.
     text = (REPO / "manifests/demo.toml").read_text()
     text = text.replace("manifests/demo/openve.parquet", str(openve))
@@ -47,15 +42,8 @@ def recipe(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     return path, expected
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0", TOKENIZERS_PARALLELISM="false")
-    return env
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pipelines.cli", *args]
+_env = cli_env
+_cli = dataengine
 
 
 def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess:

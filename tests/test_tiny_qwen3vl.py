@@ -9,10 +9,8 @@ from PIL import Image
 
 
 @pytest.fixture(scope="module")
-def tiny_qwen(tmp_path_factory):
-    from dataengine.synthetic.qwen3vl import build_tiny_qwen3vl
-
-    return build_tiny_qwen3vl(tmp_path_factory.mktemp("qwen3vl"))
+def tiny_qwen(tiny_models):
+    return tiny_models.qwen3vl  # build_tiny_qwen3vl(folder), seed 0
 
 
 def test_loads_and_runs_with_image_and_video(tiny_qwen):

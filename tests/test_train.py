@@ -25,10 +25,10 @@ import pytest
 import torch
 
 from dataengine.recipe import load_recipe
+from tests.helpers import REPO, cli_env
 from tests.shard_builder import build_shards
 from trainer.train import OptimConfig, fit, lr_factor, train_config_from_recipe
 
-REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "manifests" / "train_debug.toml"
 STEPS = 16
 EVERY = 4
@@ -40,10 +40,7 @@ PARITY_RTOL = 1e-5
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
-    return env
+    return cli_env(OMP_NUM_THREADS="1")  # without RANK / WORLD_SIZE
 
 
 def _overrides(shards: Path, runs: Path, name: str, batch_size: int, steps: int = STEPS) -> list[str]:
@@ -147,6 +144,9 @@ def reference_run(shards, tmp_path_factory) -> Path:
     return runs / "reference"
 
 
+@pytest.mark.process
+@pytest.mark.fit
+@pytest.mark.slow
 def test_cli_debug_recipe_writes_the_run_folder(reference_run):
     losses = _losses(reference_run)
     assert sorted(losses) == list(range(1, STEPS + 1))
@@ -195,6 +195,9 @@ def two_process_run(shards, tmp_path_factory) -> Path:
     return runs / "fsdp2"
 
 
+@pytest.mark.process
+@pytest.mark.fit
+@pytest.mark.slow
 def test_two_process_fsdp2_matches_one_process(two_process_run, reference_run):
     two, one = _losses(two_process_run), _losses(reference_run)
     assert sorted(two) == sorted(one)
@@ -223,6 +226,8 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.process
+@pytest.mark.fit
 @pytest.mark.slow
 def test_two_nodes_by_c10d_rendezvous_match_one_node(shards, two_process_run, tmp_path):
     """The README's multi-node command, launched twice on this machine as two "nodes" of one process each
@@ -266,6 +271,9 @@ def test_two_nodes_by_c10d_rendezvous_match_one_node(shards, two_process_run, tm
     assert resolved["world_size"] == 2
 
 
+@pytest.mark.process
+@pytest.mark.fit
+@pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_resume_gives_the_same_losses(shards, reference_run, tmp_path):
     run_dir = tmp_path / "killed"
     process = subprocess.Popen(
@@ -301,6 +309,8 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_the_same_losses(shards, re
         assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-7), step
 
 
+@pytest.mark.process
+@pytest.mark.fit
 @pytest.mark.slow
 def test_sequence_parallel_run_killed_and_resumed_then_resumed_without_sp(shards, reference_run, tmp_path):
     """2 ranks sharing every sample (train.parallel.sequence_parallel = 2, one data-parallel replica at batch
@@ -338,6 +348,9 @@ def test_sequence_parallel_run_killed_and_resumed_then_resumed_without_sp(shards
         assert resumed[step] == pytest.approx(reference[step], rel=PARITY_RTOL), step
 
 
+@pytest.mark.process
+@pytest.mark.fit
+@pytest.mark.slow
 def test_training_from_shards_served_over_http_gives_the_same_losses(shards, reference_run, tmp_path):
     """``train.data.shards`` as a URL: the shard set served by a real HTTP server on 127.0.0.1 (byte ranges,
     as object storage serves them); the same run as the local reference, the same losses to the last bit."""
@@ -361,12 +374,16 @@ def test_training_from_shards_served_over_http_gives_the_same_losses(shards, ref
     assert resolved["train"]["data"]["shards"] == url
 
 
+@pytest.mark.process
+@pytest.mark.fit
+@pytest.mark.slow
 def test_fit_without_resume_refuses_an_existing_run(shards, reference_run):
     recipe = load_recipe(RECIPE, _overrides(shards, reference_run.parent, "reference", batch_size=2))
     with pytest.raises(ValueError, match="already holds checkpoints: pass --resume"):
         fit(train_config_from_recipe(recipe), recipe=recipe)
 
 
+@pytest.mark.fit
 def test_loss_falls_when_overfitting_two_samples(tmp_path, one_thread):
     shards = build_shards(tmp_path / "two", {(2, 4, 4): 2}, vlm_dim=64, seed=3)
     recipe = load_recipe(
@@ -410,6 +427,7 @@ def test_lr_schedules_against_their_formulas():
         assert lr_factor(110, config, 110) == pytest.approx(1.0 if schedule == "constant" else 0.2)
 
 
+@pytest.mark.fit
 def test_init_from_a_wan_checkpoint_through_the_meta_device_path(tmp_path, one_thread):
     """``train.init`` = a tiny diffusers Wan2.1 DiT: the first checkpoint (lr 0) holds Wan's tensors."""
     import torch.distributed.checkpoint as dcp

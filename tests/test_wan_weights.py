@@ -261,6 +261,7 @@ def test_pipeline_folder_and_hub_id_fetch_only_the_transformer(
 
 
 @pytest.mark.slow
+@pytest.mark.process
 def test_load_into_fsdp2_sharded_model(diffusers_folder: Path, tmp_path: Path) -> None:
     """2 gloo processes: FSDP2 DTensor parameters receive the same values as a plain model."""
     plain = MiVETransformer(CONFIG)
@@ -276,6 +277,7 @@ def test_load_into_fsdp2_sharded_model(diffusers_folder: Path, tmp_path: Path) -
     assert result.stdout.count(" ok") == 2
 
 
+@pytest.mark.process
 def test_loading_works_in_a_fresh_process(diffusers_folder, wan_state):
     """Nothing imports torch.distributed.tensor before the loader in a fresh process (as in `trainer fit`'s
     first import): the loader must not rely on it being imported already."""

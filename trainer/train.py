@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from dataengine.layout import TrainRunLayout
-from dataengine.recipe import build_config, config_to_dict
+from dataengine.recipe import UserError, build_config, config_to_dict
 from trainer.checkpoint import CheckpointConfig, Checkpointer
 from trainer.data import DataConfig, ShardLoader
 from trainer.parallel import (
@@ -155,7 +155,7 @@ class TrainConfig:
 def train_config_from_recipe(recipe: dict[str, Any]) -> TrainConfig:
     """The ``[train]`` table of a recipe as a :class:`TrainConfig` (unknown keys are an error)."""
     if "train" not in recipe:
-        raise ValueError(f"recipe {recipe.get('recipe_path', '')} has no [train] table")
+        raise UserError(f"recipe {recipe.get('recipe_path', '')} has no [train] table")
     return build_config(TrainConfig, recipe["train"], "train")
 
 
@@ -224,7 +224,7 @@ def fit(config: TrainConfig, resume: bool = False, recipe: dict[str, Any] | None
     """Train per ``config``; returns the run folder. Call once per process (under torchrun: on every rank)."""
     run_dir = Path(config.runs_dir) / config.name
     if not resume and Checkpointer(config.checkpoint, run_dir, 0).latest() is not None:
-        raise ValueError(
+        raise UserError(
             f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another train.name"
         )
     runtime = init_distributed(config.parallel)
@@ -267,12 +267,12 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
     # 3. Model: random (seeded) or Wan2.1 init, then activation checkpointing + FSDP2 ---------------------
     model_config = get_config(config.model, residual_dtype=config.parallel.residual_dtype)
     if vlm_dim_shards is not None and vlm_dim_shards != model_config.vlm_dim:
-        raise ValueError(
+        raise UserError(
             f"shards {loader.catalogue.index_path} hold VLM states of width {vlm_dim_shards}, "
             f"model {config.model!r} expects vlm_dim {model_config.vlm_dim}"
         )
     if model_config.num_heads % runtime.sp_size:
-        raise ValueError(
+        raise UserError(
             f"train.parallel.sequence_parallel = {runtime.sp_size} must divide the {model_config.num_heads} "
             f"attention heads of model {config.model!r}"
         )
