@@ -41,6 +41,8 @@ from typing import Literal, Protocol
 import numpy as np
 
 from dataengine.devices import DType, resolve_device, resolve_dtype
+from dataengine.recipe import MissingInput
+from dataengine.segment import InputRejection
 from dataengine.video import VideoInfo, read_frames, sample_indices
 
 BACKENDS = ("transformers", "boxes_file")
@@ -383,18 +385,22 @@ def load_boxes(path: str | os.PathLike) -> tuple[int, int, list[list[PersonBox]]
     """Read a boxes file: (height, width, per-frame boxes), every box checked."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"boxes not found: {path}")
+        raise MissingInput(f"boxes not found: {path}")
     try:
         data = json.loads(path.read_text())
         height, width, frames = int(data["height"]), int(data["width"]), data["frames"]
     except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not a boxes file (JSON with height, width, frames): {err}") from err
+        raise InputRejection(
+            "bad_boxes_file", f"{path} is not a boxes file (JSON with height, width, frames): {err}"
+        ) from err
     out = []
     for t, frame in enumerate(frames):
         row = []
         for box in frame:
             if len(box) != 5 or not box[0] <= box[2] or not box[1] <= box[3]:
-                raise ValueError(f"{path}: frame {t} has a bad box {box}; need [x0, y0, x1, y1, score]")
+                raise InputRejection(
+                    "bad_boxes_file", f"{path}: frame {t} has a bad box {box}; need [x0, y0, x1, y1, score]"
+                )
             row.append(PersonBox.clipped(box[:4], box[4], height, width))
         out.append(row)
     return height, width, out
@@ -495,14 +501,15 @@ class BoxFileReader:
         """The clip's boxes, one list per video frame, checked against its frame count and size."""
         path = boxes_path(clip_path)
         if not path.exists():
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"detector.backend = boxes_file but {path} does not exist (boxes of {clip_path})"
             )
         height, width, frames = load_boxes(path)
         if (len(frames), height, width) != (info.num_frames, info.height, info.width):
-            raise ValueError(
+            raise InputRejection(
+                "bad_boxes_file",
                 f"{path} holds boxes of {len(frames)} frames of {width}x{height} but {clip_path} has "
-                f"{info.num_frames} frames of {info.width}x{info.height}"
+                f"{info.num_frames} frames of {info.width}x{info.height}",
             )
         return frames
 

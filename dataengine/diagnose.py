@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from dataengine.recipe import MissingInput, UserError
 from dataengine.segment import MaskFileReader, SegmenterConfig, load_masks
 from dataengine.vlm import Qwen3VLEncoderConfig
 
@@ -172,6 +173,10 @@ def token_coverage(masks: np.ndarray, grid: TokenGrid) -> tuple[np.ndarray, np.n
 # ---------------------------------------------------------------------------------------------------
 
 
+class InstructionNotFound(ValueError):
+    """The instruction's tokens do not appear as such in the chat sequence (one clip's rejection)."""
+
+
 def instruction_positions(input_ids: np.ndarray, instruction_ids: list[int], end_id: int) -> np.ndarray:
     """Positions of the instruction's own tokens: the last occurrence of ``instruction_ids`` that ends right
     before the turn's end token (``end_id``, ``<|im_end|>``). Not the template, role or timestamp tokens."""
@@ -181,7 +186,7 @@ def instruction_positions(input_ids: np.ndarray, instruction_ids: list[int], end
     for end in ends[::-1]:
         if n and end >= n and ids[end - n : end].tolist() == list(instruction_ids):
             return np.arange(end - n, end)
-    raise ValueError("the instruction's tokens were not found before the end of the user turn")
+    raise InstructionNotFound("the instruction's tokens were not found before the end of the user turn")
 
 
 def mask_ratios(
@@ -241,14 +246,14 @@ def read_clip_table(path: str | os.PathLike, max_clips: int = 0) -> pd.DataFrame
     """The diagnostic's clips: ``clip_id``, ``source_path``, ``instruction``, ``masks_path`` (None: the segmenter)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"diagnose.clips: clip table not found: {path}")
+        raise MissingInput(f"diagnose.clips: clip table not found: {path}")
     table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False)
     missing = [c for c in ("source_path", "instruction") if c not in table.columns]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; need source_path, instruction")
+        raise UserError(f"{path}: missing column(s) {missing}; need source_path, instruction")
     for number, row in enumerate(table.itertuples(index=False), start=2 if path.suffix != ".parquet" else 0):
         if not isinstance(row.instruction, str) or not row.instruction.strip():
-            raise ValueError(f"{path}: empty instruction (row {number})")
+            raise UserError(f"{path}: empty instruction (row {number})")
 
     def resolve(value: Any) -> str | None:
         if not isinstance(value, str) or not value:
@@ -268,7 +273,7 @@ def read_clip_table(path: str | os.PathLike, max_clips: int = 0) -> pd.DataFrame
         }
     )
     if out["clip_id"].duplicated().any():
-        raise ValueError(f"{path}: clip_id {out.loc[out['clip_id'].duplicated(), 'clip_id'].iloc[0]} repeats")
+        raise UserError(f"{path}: clip_id {out.loc[out['clip_id'].duplicated(), 'clip_id'].iloc[0]} repeats")
     return out.head(max_clips) if max_clips else out
 
 
@@ -370,13 +375,16 @@ class LayerDiagnostic:
             return reject("masks_unavailable", str(err))
         if not masks.any():
             return reject("empty_mask", f"no person pixel on any of the {len(masks)} sampled frames")
+        # The forward is not caught: an out-of-memory, a model that cannot run or a bug stops the job (the
+        # same failure would repeat on every clip); only an instruction the tokenizer splits differently
+        # inside the chat template is this clip's own problem.
+        inputs, hidden = self.forward(row["instruction"], frames, indices, fps)
         try:
-            inputs, hidden = self.forward(row["instruction"], frames, indices, fps)
             text, visual, grid = self.positions(inputs, row["instruction"])
-            coverage, touched = token_coverage(masks, grid)
-            ratios = mask_ratios(hidden, text, visual, coverage, touched, self.config.scale)
-        except Exception as err:  # one clip's failure is its rejection, the run goes on
-            return reject("vlm_error", f"{type(err).__name__}: {err}")
+        except InstructionNotFound as err:
+            return reject("instruction_not_found", str(err))
+        coverage, touched = token_coverage(masks, grid)
+        ratios = mask_ratios(hidden, text, visual, coverage, touched, self.config.scale)
         rows = [
             {
                 "clip_id": clip_id,

@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from dataengine.recipe import UserError
+
 INDEX_NAME = "index.json"
 """A shard set's index, written last (``dataengine.shard_format`` describes it)."""
 
@@ -42,7 +44,7 @@ class RunLayout:
 
     def __post_init__(self) -> None:
         if not self.run:
-            raise ValueError("a run needs a name: set the recipe's top-level `run`")
+            raise UserError("a run needs a name: set the recipe's top-level `run`")
         object.__setattr__(self, "manifests_root", Path(self.manifests_root))
         object.__setattr__(self, "shards_dir", Path(self.shards_dir or Path("shards") / self.run))
         object.__setattr__(self, "pairs_dir", Path(self.pairs_dir or Path("portrait_pairs") / self.run))

@@ -19,6 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dataengine.recipe import MissingInput, UserError
+
 TOOL_VERSION = "0.1.0"
 
 ORIGINS = ("openve", "portrait")
@@ -125,11 +127,11 @@ def read_pairs(path: str | os.PathLike) -> pd.DataFrame:
     """Read a pair manifest, failing clearly when it does not follow the contract."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"pair manifest not found: {path}")
+        raise MissingInput(f"pair manifest not found: {path}")
     table = pq.read_table(path)
     missing = [c for c in PAIR_COLUMNS if c not in table.column_names]
     if missing:
-        raise ValueError(f"{path} is not a pair manifest: missing columns {missing}")
+        raise UserError(f"{path} is not a pair manifest: missing columns {missing}")
     return table.to_pandas()
 
 

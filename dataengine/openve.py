@@ -36,6 +36,7 @@ import pandas as pd
 
 from dataengine.clips import ClipConfig
 from dataengine.manifest import REJECTION_COLUMNS, make_pair_id
+from dataengine.recipe import MissingInput, UserError
 from dataengine.video import VideoError, probe
 
 ORIGIN = "openve"
@@ -79,22 +80,22 @@ def find_csvs(csv_dir: str | Path, categories: list[str] | tuple[str, ...] | Non
     """The per-category CSVs under ``csv_dir`` (searched recursively): category (file stem) -> path."""
     csv_dir = Path(csv_dir)
     if not csv_dir.is_dir():
-        raise FileNotFoundError(f"OpenVE CSV folder not found: {csv_dir}")
+        raise MissingInput(f"OpenVE CSV folder not found: {csv_dir}")
     found: dict[str, Path] = {}
     for path in sorted(csv_dir.rglob("*.csv")):
         if path.stem in found:
-            raise ValueError(f"two CSVs for category {path.stem!r}: {found[path.stem]} and {path}; keep one")
+            raise UserError(f"two CSVs for category {path.stem!r}: {found[path.stem]} and {path}; keep one")
         found[path.stem] = path
     if categories:
         missing = [c for c in categories if c not in found]
         if missing:
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"no CSV for categor{'y' if len(missing) == 1 else 'ies'} {missing} under {csv_dir}; "
                 f"found: {sorted(found)}"
             )
         found = {c: found[c] for c in categories}
     if not found:
-        raise FileNotFoundError(f"no *.csv files under {csv_dir}")
+        raise MissingInput(f"no *.csv files under {csv_dir}")
     return found
 
 
@@ -108,7 +109,7 @@ def sniff_delimiter(header_line: str, path: Path) -> str:
         fields = [f.strip().strip('"') for f in header_line.split(delimiter)]
         if all(c in fields for c in REQUIRED_COLUMNS):
             return delimiter
-    raise ValueError(
+    raise UserError(
         f"{path}: header {header_line.strip()[:200]!r} does not hold the columns {list(REQUIRED_COLUMNS)} "
         f"with any of the delimiters {DELIMITERS}"
     )

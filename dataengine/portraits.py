@@ -20,8 +20,10 @@ background clips (no person). The blocks here know nothing of Ray (``pipelines/p
 
 Failures are values, not crashes: each step returns a row with ``reason`` set (one of the video reasons
 ``missing_file``, ``undecodable``, ``too_short``, the detector's ``no_person``, ``multiple_people``,
-``person_too_small``, the harvest's ``no_window`` or the gate's reasons) and a ``detail`` naming the file
-and the frame.
+``person_too_small``, the harvest's ``no_window``, a precomputed masks or boxes file that does not fit
+(``bad_masks_file``, ``bad_boxes_file``), ``no_prompt_box`` or the gate's reasons) and a ``detail``
+naming the file and the frame. An error that is not the clip's own (out of memory, a model that does
+not load, a bug) is not a row: it stops the job.
 """
 
 from __future__ import annotations
@@ -47,8 +49,10 @@ from dataengine.detect import (
     window_indices,
 )
 from dataengine.manifest import make_pair_id
+from dataengine.recipe import MissingInput
 from dataengine.segment import (
     GateConfig,
+    InputRejection,
     MaskFileReader,
     PersonSegmenter,
     SegmenterConfig,
@@ -248,7 +252,7 @@ def list_videos(folder: str | os.PathLike, extensions: tuple[str, ...] = VIDEO_E
     """Video files under ``folder`` (recursive, hidden files skipped), as sorted POSIX paths relative to it."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"input folder not found: {folder}")
+        raise MissingInput(f"input folder not found: {folder}")
     found = [
         p.relative_to(folder).as_posix()
         for p in folder.rglob("*")
@@ -325,7 +329,7 @@ def read_windows(path: str | os.PathLike) -> list[InputClip]:
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"window list not found: {path} (run dataengine harvest-portraits first)")
+        raise MissingInput(f"window list not found: {path} (run dataengine harvest-portraits first)")
     frame = pd.read_parquet(path)
     missing = [c for c in ("clip", "path", "start_frame") if c not in frame.columns]
     if missing:
@@ -427,7 +431,7 @@ def segment_portrait(
         start = start_frame
         if config.segmenter.prompt == "detector":
             if detector is None:
-                raise ValueError('segmenter.prompt = "detector" but no detector was built')
+                raise AssertionError('segmenter.prompt = "detector" but no detector was built')
             last = last_window_start(info.num_frames, info.fps, config.num_frames, config.fps)
             if last is None or last < start_frame:
                 _window(path, info, start_frame, config)  # raises too_short with the numbers
@@ -460,8 +464,10 @@ def segment_portrait(
             first = frames[0]
     except VideoError as err:
         return {**row, "stage": "probe", "reason": err.reason, "detail": f"portrait {path}: {err.detail}"}
-    except (FileNotFoundError, ValueError) as err:  # precomputed masks or boxes missing or of the wrong shape
+    except MissingInput as err:  # precomputed masks or boxes missing
         return {**row, "reason": "missing_file", "detail": f"portrait {path}: {err}"}
+    except InputRejection as err:  # precomputed masks or boxes of the wrong shape, no prompt box
+        return {**row, "reason": err.reason, "detail": f"portrait {path}: {err}"}
     masks_path = Path(masks_dir) / f"{cid}.masks.npz"
     save_masks(masks_path, masks)
     image_path = Path(masks_dir) / f"{cid}.prompt.png"
@@ -516,8 +522,10 @@ def harvest_clip(
         sampled = detect_sampled(detector, path, info, config.detector.sample_fps)
     except VideoError as err:
         return {**row, "stage": "probe", "reason": err.reason, "detail": f"{path}: {err.detail}"}
-    except (FileNotFoundError, ValueError) as err:  # precomputed boxes missing or of the wrong shape
+    except MissingInput as err:  # precomputed boxes missing
         return {**row, "reason": "missing_file", "detail": f"{path}: {err}"}
+    except InputRejection as err:  # precomputed boxes of the wrong shape
+        return {**row, "reason": err.reason, "detail": f"{path}: {err}"}
     window = find_window(
         sampled,
         config.detector,

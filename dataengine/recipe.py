@@ -27,11 +27,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict[st
     """Read a TOML recipe and apply ``section.key=value`` overrides (values parsed as TOML)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"recipe not found: {path}")
+        raise MissingInput(f"recipe not found: {path}")
     try:
         recipe = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"recipe {path} is not valid TOML: {err}") from err
+        raise UserError(f"recipe {path} is not valid TOML: {err}") from err
     recipe = apply_overrides(recipe, overrides or [])
     recipe.setdefault("recipe_path", str(path))
     return recipe
@@ -49,19 +49,29 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
     recipe = json.loads(json.dumps(recipe))  # deep copy of plain data
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form section.key=value")
+            raise UserError(f"override {item!r} is not of the form section.key=value")
         dotted, text = item.split("=", 1)
         keys = dotted.strip().split(".")
         node = recipe
         for key in keys[:-1]:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {key} is not a table")
+                raise UserError(f"override {item!r}: {key} is not a table")
         node[keys[-1]] = _parse_value(text.strip())
     return recipe
 
 
-class RecipeError(ValueError):
+class UserError(ValueError):
+    """An error in what the user gave: a recipe value, an override, a path, an input file or URL. The CLIs
+    print it in one line and exit 2; its message names the file, row or key and says what to do. Every
+    other exception is a bug or an environment failure: traceback and exit 1."""
+
+
+class MissingInput(UserError, FileNotFoundError):
+    """A path or URL the user gave (a recipe, a CSV folder, a shard set) that does not exist."""
+
+
+class RecipeError(UserError):
     """Every invalid value of a recipe, found at once; ``str()`` is one line naming the file and each key."""
 
     def __init__(self, errors: list[str], recipe_path: str = ""):
@@ -215,10 +225,10 @@ def check_placement(placement: dict[str, dict[str, float]], stages: tuple[str, .
     the job's stage names; ``where`` names the table in the error."""
     unknown = sorted(set(placement) - set(stages))
     if unknown:
-        raise ValueError(f"{where} names no stage of this job: {unknown}; its stages are {list(stages)}")
+        raise UserError(f"{where} names no stage of this job: {unknown}; its stages are {list(stages)}")
     for name, resources in placement.items():
         if not resources or any(amount <= 0 for amount in resources.values()):
-            raise ValueError(f"{where}.{name} = {dict(resources)}: give each custom resource an amount > 0")
+            raise UserError(f"{where}.{name} = {dict(resources)}: give each custom resource an amount > 0")
 
 
 def load_step_config(
@@ -231,14 +241,13 @@ def load_step_config(
 
 
 def run_cli(app: Callable[[], Any]) -> None:
-    """Run a command-line app (``dataengine``, ``trainer``); a user error is one line on stderr and exit code 2.
-
-    User errors are ``ValueError`` (a bad recipe value, a refused resume, a malformed input: the message
-    names the file and what to do) and ``FileNotFoundError``. ``MIVE_TRACEBACK=1`` shows the traceback.
-    """
+    """Run a command-line app (``dataengine``, ``trainer``): a :class:`UserError` (a bad recipe value or
+    override, a missing path, a malformed input: the message names the file and what to do) is one line on
+    stderr and exit code 2; anything else is a bug or an environment failure and keeps its traceback (exit
+    code 1). ``MIVE_TRACEBACK=1`` shows the traceback of a user error too."""
     try:
         app()
-    except (ValueError, FileNotFoundError) as err:
+    except UserError as err:
         if os.environ.get("MIVE_TRACEBACK"):
             raise
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)

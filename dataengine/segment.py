@@ -31,6 +31,17 @@ from typing import Literal, Protocol
 import numpy as np
 
 from dataengine.devices import DType, resolve_device, resolve_dtype
+from dataengine.recipe import MissingInput
+
+
+class InputRejection(ValueError):
+    """One clip's input that cannot be used (a masks or boxes file of the wrong shape, no prompt box);
+    ``reason`` is the rejection reason a step records for that clip (the job goes on)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
 
 GATE_REASONS = ("empty_mask", "mask_too_small", "mask_too_large", "mask_unstable")
 MASKS_SUFFIX = ".masks.npz"
@@ -119,10 +130,12 @@ def load_masks(path: str | os.PathLike) -> np.ndarray:
     """Read masks written by :func:`save_masks`: (T, H, W) bool."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"masks not found: {path}")
+        raise MissingInput(f"masks not found: {path}")
     with np.load(path, allow_pickle=False) as data:
         if "bits" not in data or "shape" not in data:
-            raise ValueError(f"{path} is not a masks file: expected arrays 'bits' and 'shape'")
+            raise InputRejection(
+                "bad_masks_file", f"{path} is not a masks file: expected arrays 'bits' and 'shape'"
+            )
         num_frames, height, width = (int(v) for v in data["shape"])
         return (
             np.unpackbits(data["bits"], axis=-1, count=width).astype(bool).reshape(num_frames, height, width)
@@ -234,7 +247,9 @@ class Sam2VideoSegmenter:
         """
         if boxes is not None:
             if not boxes:
-                raise ValueError("segment: an empty list of prompt boxes (the detector found no person)")
+                raise InputRejection(
+                    "no_prompt_box", "segment: an empty list of prompt boxes (the detector found no person)"
+                )
             return {
                 "obj_ids": list(range(1, len(boxes) + 1)),
                 "input_boxes": [[[float(v) for v in box] for box in boxes]],
@@ -281,13 +296,14 @@ class MaskFileReader:
         """The clip's masks, checked against its frame count and size."""
         path = self.masks_path(clip_path)
         if not path.exists():
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"segmenter.backend = mask_files but {path} does not exist (masks of {clip_path})"
             )
         masks = load_masks(path)
         if masks.shape != (num_frames, height, width):
-            raise ValueError(
-                f"{path} holds masks of shape {masks.shape} but {clip_path} has {num_frames} frames of {width}x{height}"
+            raise InputRejection(
+                "bad_masks_file",
+                f"{path} holds masks of shape {masks.shape} but {clip_path} has {num_frames} frames of {width}x{height}",
             )
         return masks
 

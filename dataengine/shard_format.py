@@ -48,6 +48,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from dataengine.layout import INDEX_NAME
+from dataengine.recipe import MissingInput
 
 TENSORS_MEMBER = "tensors.safetensors"
 META_MEMBER = "meta.json"
@@ -129,12 +130,72 @@ def read_index(location: str | os.PathLike) -> dict[str, Any]:
     try:
         index = json.loads(fs.cat_file(path))
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise MissingInput(
             f"no {INDEX_NAME} at {path}: is this a finished shard set? (index.json is written last)"
         ) from None
     if index.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {index.get('format_version')} is not {FORMAT_VERSION}")
     return index
+
+
+def _server(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else url
+
+
+def _short_read(path: str, start: int, end: int, got: int) -> ValueError:
+    """The error for a ranged read that did not return the bytes it asked for."""
+    from dataengine.recipe import UserError
+
+    return UserError(
+        f"{_server(path)} answered a request for bytes {start}-{end - 1} of {path} with {got} bytes, "
+        f"not {end - start}: it does not serve byte ranges (or the file changed). The loader reads samples "
+        "by offset: serve the shard set from a server that answers Range with 206 Partial Content (an "
+        "object store, a CDN, nginx), or copy it to a local folder"
+    )
+
+
+def ranged_read(fs: Any, path: str, start: int, end: int) -> bytes:
+    """Bytes ``start`` to ``end`` (exclusive) of ``path``, checked: exactly ``end - start`` of them."""
+    data = fs.cat_file(path, start=start, end=end)
+    if len(data) != end - start:
+        raise _short_read(path, start, end, len(data))
+    return data
+
+
+def check_range_requests(fs: Any, path: str) -> None:
+    """On ``http(s)://``, ask for one byte of ``path`` and check that the server answers ``206 Partial
+    Content``; a server that ignores ``Range`` (Python's ``http.server``, some proxies) answers 200 with the
+    whole file, which a ranged reader would take for the range. Stops at once, naming the server, before a
+    byte of the body is read. Other filesystems read ranges themselves: nothing to check."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    if not {"http", "https"} & set(protocols):
+        return
+    from fsspec.asyn import sync
+
+    from dataengine.recipe import UserError
+
+    async def first_byte() -> tuple[int, dict[str, str]]:
+        session = await fs.set_session()
+        kwargs = dict(fs.kwargs)
+        headers = {**kwargs.pop("headers", {}), "Range": "bytes=0-0"}
+        async with session.get(fs.encode_url(path), headers=headers, **kwargs) as response:
+            return response.status, dict(response.headers)
+
+    status, headers = sync(fs.loop, first_byte)
+    if status == 206:
+        return
+    if status == 404:
+        raise MissingInput(f"{path}: not found (404 from {_server(path)})")
+    software = f" ({headers['Server']})" if headers.get("Server") else ""
+    raise UserError(
+        f"{_server(path)}{software} ignores range requests: asked for byte 0 of {path}, it answered "
+        f"{status} with {headers.get('Content-Length', 'all the')} bytes. The loader reads samples by "
+        "offset: serve the shard set from a server that answers Range with 206 Partial Content (an object "
+        "store, a CDN, nginx), or copy it to a local folder"
+    )
 
 
 class RangedFile(io.RawIOBase):
@@ -174,7 +235,7 @@ class RangedFile(io.RawIOBase):
         if not (self.start <= self.position and end <= self.start + len(self.data)):
             self.start = self.position
             stop = min(self.size, self.position + max(count, self.window))
-            self.data = self.fs.cat_file(self.path, start=self.start, end=stop)
+            self.data = ranged_read(self.fs, self.path, self.start, stop)
             self.requests += 1
         offset = self.position - self.start
         buffer[:count] = self.data[offset : offset + count]
@@ -218,7 +279,9 @@ def read_members(
     starts = [members[name][0] for name in wanted]
     ends = [members[name][0] + members[name][1] for name in wanted]
     blobs = fs.cat_ranges([path] * len(wanted), starts, ends)
-    for name, blob in zip(wanted, blobs, strict=True):
+    for name, blob, start, end in zip(wanted, blobs, starts, ends, strict=True):
         if isinstance(blob, Exception):
             raise ValueError(f"shard {path}: member {name} could not be read: {blob}") from blob
+        if len(blob) != end - start:
+            raise _short_read(path, start, end, len(blob))
     return dict(zip(wanted, blobs, strict=True))

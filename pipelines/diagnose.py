@@ -17,6 +17,8 @@ from typing import Annotated
 
 import typer
 
+from dataengine.recipe import UserError
+
 
 def diagnose_layers_command(
     recipe: Annotated[
@@ -33,9 +35,7 @@ def diagnose_layers_command(
 
     config, run = load_step_config(DiagnoseConfig, recipe, "diagnose", overrides)
     if not config.clips:
-        raise ValueError(
-            f"recipe {recipe}: set diagnose.clips (a CSV or Parquet of source_path, instruction)"
-        )
+        raise UserError(f"recipe {recipe}: set diagnose.clips (a CSV or Parquet of source_path, instruction)")
     out = RunLayout(run).diagnosis
     summary = run_diagnosis(config, out, progress=True)
     for layer in summary.get("layers", []):
@@ -54,3 +54,10 @@ def diagnose_layers_command(
         f"diagnose-layers: {summary['num_clips']} clips measured, {summary['num_rejected']} rejected; "
         f"wrote {out.folder}/"
     )
+    if not summary["num_clips"]:  # a diagnosis of nothing is a failed job, whatever the reasons
+        typer.echo(
+            f"error: diagnose-layers measured no clip of {config.clips}: every clip was rejected, see "
+            f"{out.rejections}",
+            err=True,
+        )
+        raise typer.Exit(1)

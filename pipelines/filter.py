@@ -32,6 +32,7 @@ import typer
 from dataengine.clips import ClipConfig
 from dataengine.dedup import DedupConfig
 from dataengine.judge import AXES, JudgeConfig
+from dataengine.recipe import UserError
 from dataengine.selection import SelectionConfig
 from pipelines.runtime import PartStore
 from pipelines.stage import Stage, Worker, guard_resume, is_rejected, run_stages, stream_stages
@@ -92,9 +93,9 @@ def build_filter_config(recipe: dict[str, Any]) -> tuple[FilterConfig, str]:
     config = build_config(FilterConfig, recipe.get("filter"), "filter", recipe.get("recipe_path", ""))
     run = str(recipe.get("run") or "")
     if not run:
-        raise ValueError(f"recipe {recipe.get('recipe_path', '')} has no top-level `run` name")
+        raise UserError(f"recipe {recipe.get('recipe_path', '')} has no top-level `run` name")
     if not config.csv_dir or not config.video_root:
-        raise ValueError("[filter] needs csv_dir and video_root (the OpenVE-3M CSV folder and video root)")
+        raise UserError("[filter] needs csv_dir and video_root (the OpenVE-3M CSV folder and video root)")
 
     def local(path: str) -> str:  # a hub id stays as is; an existing local path becomes absolute
         return str(Path(path).resolve()) if path and Path(path).exists() else path

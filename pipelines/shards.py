@@ -40,6 +40,7 @@ import typer
 
 from dataengine.clips import ClipConfig
 from dataengine.layout import INDEX_NAME
+from dataengine.recipe import UserError
 from dataengine.shards import ShardWriterConfig
 from dataengine.vae import WanVaeConfig
 from dataengine.vlm import Qwen3VLEncoderConfig, select_frames
@@ -386,7 +387,7 @@ def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -
     from pipelines.runtime import PartStore
 
     if not config.inputs:
-        raise ValueError("[shards] inputs is empty: list the pair manifests to shard")
+        raise UserError("[shards] inputs is empty: list the pair manifests to shard")
     from dataengine.layout import is_url
 
     remote = RemoteShardSet(config.output) if is_url(config.output) else None

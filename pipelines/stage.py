@@ -40,6 +40,7 @@ from typing import Any
 
 import pandas as pd
 
+from dataengine.recipe import UserError
 from pipelines.runtime import PartStore, Progress
 
 Row = dict[str, Any]
@@ -397,7 +398,7 @@ def guard_resume(
                 if old.get(k) != new.get(k)
             ]
             what = "; ".join(changed[:5]) if changed else "the inputs differ"
-            raise ValueError(
+            raise UserError(
                 f"{path.parent} holds results made with other settings or inputs ({what}): use a new run "
                 f"name, or delete {start_over} to start over"
             )

@@ -179,3 +179,91 @@ def test_the_loader_streams_a_shard_set_over_http_with_ranged_reads_and_exact_re
 def _members(local: str, entry: dict) -> list:
     fs, root = shard_set_location(local)
     return scan_members(fs, f"{root}/{entry['path']}", entry["bytes"])
+
+
+class PlainServer:
+    """The standard library's ``http.server`` as ``python -m http.server`` runs it: it ignores ``Range`` and
+    answers every GET with 200 and the whole file."""
+
+    def __init__(self, folder):
+        import functools
+        import threading
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        class Quiet(SimpleHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+        handler = functools.partial(Quiet, directory=str(folder))
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> PlainServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+def test_a_server_that_ignores_range_requests_stops_the_loader_at_start_naming_it(shard_set):
+    """Against ``http.server`` the index reads (a whole-file GET is right for it), then the loader's first
+    ranged request gets a 200: the loader stops before reading a sample, naming the server and what it did."""
+    from dataengine.recipe import UserError
+    from dataengine.shard_format import check_range_requests, ranged_read
+    from trainer.data import DataConfig, ShardLoader
+
+    local = shard_set / "set"
+    with PlainServer(shard_set) as server:
+        url = f"{server.url}/set"
+        assert read_index(url) == read_index(local)
+        with pytest.raises(UserError, match=rf"{server.url} \(SimpleHTTP.*\) ignores range requests: .* 200"):
+            ShardLoader(DataConfig(shards=url, batch_size=2), seed=3)
+        # the read check by itself, as any filesystem's ranged read: the whole file is not the range asked
+        fs, root = shard_set_location(url)
+        path = f"{root}/{read_index(local)['shards'][0]['path']}"
+        with pytest.raises(UserError, match=rf"{server.url} answered a request for bytes 10-19 .* not 10"):
+            ranged_read(fs, path, 10, 20)
+    with RangeServer(shard_set) as server:  # a server that serves ranges passes both checks
+        fs, root = shard_set_location(f"{server.url}/set")
+        path = f"{root}/{read_index(local)['shards'][0]['path']}"
+        check_range_requests(fs, path)
+        assert (
+            ranged_read(fs, path, 10, 20)
+            == (local / read_index(local)["shards"][0]["path"]).read_bytes()[10:20]
+        )
+
+
+@pytest.mark.process
+@pytest.mark.fit
+def test_trainer_fit_from_a_plain_http_server_exits_2_naming_the_server(shard_set, tmp_path):
+    """``trainer fit`` with ``train.data.shards`` on ``http.server``: exit 2 and one error line naming the
+    server (before the model is built), not a deserialisation error deep in the loader."""
+    import subprocess
+
+    from tests.helpers import REPO, cli_env, trainer
+
+    with PlainServer(shard_set) as server:
+        command = trainer(
+            "fit",
+            str(REPO / "manifests" / "train_debug.toml"),
+            f'train.data.shards="{server.url}/set"',
+            f'train.runs_dir="{tmp_path}"',
+            "train.steps=2",
+        )
+        result = subprocess.run(
+            command,
+            cwd=tmp_path,
+            env=cli_env(OMP_NUM_THREADS="1"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(errors) == 1 and f"{server.url} (SimpleHTTP" in errors[0], result.stderr[-3000:]
+    assert "ignores range requests" in errors[0] and "Traceback" not in result.stderr
