@@ -12,7 +12,13 @@ checkpoint can be resumed on another number of ranks). What a checkpoint holds:
 
 - ``model``, ``optim``: the FSDP2 model and AdamW states (``torch.distributed.checkpoint.state_dict``);
 - ``train``: ``step``, the LR schedule's state and the data cursor (``epoch``, ``position``, ...), plain data;
-- ``rng.rank<N>``: each rank's torch CPU (and CUDA) generator, numpy's and python's ``random`` state, as tensors.
+- ``rng.rank<N>``: each rank's torch CPU (and CUDA) generator, numpy's and python's ``random`` state, as tensors;
+- ``ema``: with ``train.ema_decay`` > 0, the EMA of the weights by parameter name (``trainer.ema``), sharded.
+
+With ``async_save`` the state is staged in host memory and written by a background thread
+(``torch.distributed.checkpoint.async_save`` over a gloo group of its own) while training goes on; the
+``.partial`` folder is renamed only once the write has finished, so a kill during the write leaves a
+partial folder that resume never picks (the next save removes it).
 
 Checkpoints are data, never code: reading one goes through :class:`DataOnlyReader`, whose metadata
 unpickler only accepts the checkpoint-format classes of ``torch.distributed.checkpoint`` and plain values,
@@ -45,6 +51,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 logger = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
+EMA_KEY = "ema"  # the checkpoint entry of the weights' EMA: ema.<parameter name> (trainer.ema)
 
 
 @dataclass
@@ -57,6 +64,10 @@ class CheckpointConfig:
     """Keep the newest this many complete checkpoints, delete older ones (0 keeps all)."""
     folder: str = "checkpoints"
     """Folder for checkpoints, relative to the run folder (must be on a filesystem every node sees)."""
+    async_save: bool = False
+    """Write checkpoints in the background (``torch.distributed.checkpoint.async_save``): the step waits only
+    while the state is copied to host memory (one host copy of this rank's model, optimizer and EMA shards),
+    then training goes on while a thread writes it; the folder is renamed to ``step-N`` once written."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -178,6 +189,8 @@ class Checkpointer:
         self.config = config
         self.folder = Path(run_dir) / config.folder
         self.rank = rank
+        self._group = None  # the gloo group of background saves
+        self._pending = None  # (future, final folder) of the save being written
 
     def complete(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
@@ -191,11 +204,13 @@ class Checkpointer:
         every = self.config.every_steps
         return step == last_step or (every > 0 and step % every == 0)
 
-    def _state(self, model, optimizer, scheduler, train: dict[str, Any]) -> dict[str, Any]:
+    def _state(self, model, optimizer, scheduler, train: dict[str, Any], ema=None) -> dict[str, Any]:
         model_state, optim_state = get_state_dict(model, optimizer)
+        extra = {} if ema is None else {EMA_KEY: ema.state_dict()}
         return {
             "model": model_state,
             "optim": optim_state,
+            **extra,
             "train": {
                 **train,
                 "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
@@ -203,8 +218,14 @@ class Checkpointer:
             f"rng.rank{self.rank}": rng_state(),
         }
 
-    def save(self, step: int, model, optimizer, scheduler, train: dict[str, Any]) -> Path:
-        """Write the state at ``step`` (a collective: every rank calls it); returns the final folder."""
+    def save(self, step: int, model, optimizer, scheduler, train: dict[str, Any], ema=None) -> Path:
+        """Write the state at ``step`` (a collective: every rank calls it); returns the final folder.
+
+        With ``async_save`` this returns once the state is staged in host memory; the folder becomes
+        ``step-N`` when :meth:`commit` finds the write finished (or :meth:`wait` waits for it). A previous
+        save still being written is waited for first: at most one save is in flight.
+        """
+        self.wait()
         final = self.folder / f"step-{step:08d}"
         partial = self.folder / f".{final.name}.partial"
         if self.rank == 0:
@@ -212,9 +233,22 @@ class Checkpointer:
             for stale in self.folder.glob(".step-*.partial"):
                 shutil.rmtree(stale)  # a save that was killed half-way
         dist.barrier()
-        state = self._state(model, optimizer, scheduler, {**train, "step": step})
+        state = self._state(model, optimizer, scheduler, {**train, "step": step}, ema)
+        if self.config.async_save:
+            if self._group is None:  # a CPU (gloo) group of its own: the writer thread's collectives never
+                self._group = dist.new_group(backend="gloo")  # meet the training's NCCL ones
+            self._pending = (
+                dcp.async_save(state, checkpoint_id=str(partial), process_group=self._group),
+                final,
+            )
+            return final
         dcp.save(state, checkpoint_id=str(partial))
         dist.barrier()
+        self._rename(partial, final)
+        dist.barrier()
+        return final
+
+    def _rename(self, partial: Path, final: Path) -> None:
         if self.rank == 0:
             if final.exists():
                 shutil.rmtree(final)
@@ -223,15 +257,29 @@ class Checkpointer:
             if keep > 0:
                 for old in self.complete()[:-keep]:
                     shutil.rmtree(old)
-        dist.barrier()
-        return final
 
-    def load(self, path: Path, model, optimizer, scheduler) -> dict[str, Any]:
-        """Restore model, optimizer, schedule and this rank's RNG from ``path``; returns the ``train`` entry
-        (``step``, ``data`` cursor, ...)."""
+    def commit(self) -> None:
+        """If the background save has finished, make it a complete checkpoint (no collective: rank 0's save
+        finishes after DCP has gathered every rank's write results and written ``.metadata``)."""
+        if self._pending is not None and self._pending[0].done():
+            self.wait()
+
+    def wait(self) -> None:
+        """Wait for the background save, if any, and make it a complete checkpoint."""
+        if self._pending is None:
+            return
+        future, final = self._pending
+        self._pending = None
+        future.result()  # raises the writer's error, if any
+        self._rename(self.folder / f".{final.name}.partial", final)
+
+    def load(self, path: Path, model, optimizer, scheduler, ema=None) -> dict[str, Any]:
+        """Restore model, optimizer, schedule, the EMA (when asked and saved) and this rank's RNG from
+        ``path``; returns the ``train`` entry (``step``, ``data`` cursor, ...; ``ema_restored``)."""
         reader = DataOnlyReader(str(path))
         saved_keys = reader.read_metadata().state_dict_metadata.keys()
-        template = self._state(model, optimizer, scheduler, {"step": 0, "data": {}})
+        has_ema = any(k.startswith(EMA_KEY + ".") for k in saved_keys)
+        template = self._state(model, optimizer, scheduler, {"step": 0, "data": {}}, ema if has_ema else None)
         rng_key = f"rng.rank{self.rank}"
         if not any(k.startswith(rng_key + ".") for k in saved_keys):
             logger.warning(
@@ -250,4 +298,4 @@ class Checkpointer:
         scheduler.load_state_dict({**scheduler.state_dict(), **scheduler_state})
         if rng_key in template:
             set_rng_state(template[rng_key])
-        return template["train"]
+        return {**template["train"], "ema_restored": has_ema and ema is not None}
