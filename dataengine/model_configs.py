@@ -5,9 +5,10 @@ weights runs as fast and as large as the trained one. ``benchmarks/bench_gpu.py`
 way, with nothing downloaded. Each entry of :data:`MODELS` holds
 
 - ``real``: the published configuration (the keys of the checkpoint's ``config.json``), written here from
-  the source its comment names; weights cannot be fetched in this project's sessions, so the values were
-  taken from the model cards and the libraries' own conversion scripts and defaults, and the parameter
-  counts they give are checked against the published figures (``tests/test_model_configs.py``);
+  the source its comment names. The registry downloads no weights and no checkpoint file (the benchmark
+  runs on an air-gapped GPU node), so the values were taken from the model cards and the libraries' own
+  conversion scripts and defaults, and the parameter counts they give are checked against the published
+  figures (``tests/test_model_configs.py``);
 - ``debug``: a configuration of the same structure with tiny widths, for the CPU smoke run of the benchmark
   (torchtitan's ``debugmodel`` beside every real flavour);
 - how to build the library's own class from it.
@@ -28,7 +29,7 @@ Building, three ways:
   code path; only the weight read is replaced (17.6 GB of random bf16 for Qwen3-VL-8B would otherwise be
   written and read back on every benchmark run).
 
-The Qwen3-VL tokenizer cannot be fetched either: the processor here pairs the tiny byte-level BPE tokenizer of
+The Qwen3-VL tokenizer is not downloaded either: the processor here pairs the tiny byte-level BPE tokenizer of
 ``dataengine.synthetic.qwen3vl`` (Qwen's special tokens and digit splitting, a 512-entry vocabulary) with the
 real image and video processor settings (patch 16, merge 2, temporal patch 2, the published pixel budgets).
 Vision token counts are therefore exact; text token counts differ from the real tokenizer's.
