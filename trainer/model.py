@@ -562,7 +562,8 @@ class MiVETransformer(nn.Module):
 
         noisy_latents, source_latents: (B, C, T', H', W'); reference_latents: (B, C, 1, H', W');
         timestep: (B,) in Wan's units [0, 1000]; vlm_first, vlm_last: (B, S, vlm_dim) or None;
-        vlm_mask: (B, S) bool, True = real token (None = all real); sp: the sequence-parallel group this
+        vlm_mask: (B, S) bool, True = real token (None = all real: pass None when no token is padded, so that
+        attention runs without a mask); sp: the sequence-parallel group this
         rank shares the sample with (None: no sequence parallelism). Returns (B, C, T', H', W'), the whole
         velocity on every rank of ``sp``.
         """
@@ -611,7 +612,7 @@ class MiVETransformer(nn.Module):
         # 4. RoPE angles and the key mask of padded condition tokens
         rope = rope_cos_sin(config, grid, num_condition, x.device)
         attn_mask = None
-        if vlm_mask is not None and num_condition and not bool(vlm_mask.all()):
+        if vlm_mask is not None and num_condition:  # no host read of the mask: a given mask is applied
             keys = torch.cat(
                 [vlm_mask.bool(), vlm_mask.new_ones(batch, x.shape[1] - num_condition, dtype=torch.bool)], 1
             )

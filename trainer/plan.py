@@ -446,9 +446,9 @@ def memory_estimate(
     Four moments compete for the peak (P parameters, P_b per block, P_root outside, G GPUs, c compute bytes;
     every activation term per rank, l = ceil(L / N) tokens under sequence parallelism N):
 
-    - end of the forward: float32 params + AdamW state (12 P / G), the root unit gathered (c P_root) and the
-      last block, which the trainer does not reshard after its forward (c P_b), every saved activation,
-      the inputs;
+    - end of the forward: float32 params + AdamW state (12 P / G), the last block, which the trainer does not
+      reshard after its forward (c P_b), the root unit only without ``reshard_after_forward`` (c P_root),
+      every saved activation, the inputs;
     - backward of the last block (the first to run): as above, minus the head's saved tensors, plus the
       prefetched next block (c P_b), the block's unsharded gradient (+ float32 copy), the recomputed block
       (with checkpointing) and the gradients in flight;
@@ -489,10 +489,13 @@ def memory_estimate(
     base = FP32 * shard + 2 * FP32 * shard
 
     accumulated = FP32 * shard if grad_accum > 1 else 0  # earlier micro-batches' reduced gradients
+    # the root unit is resharded after the forward too when ``reshard_after_forward`` (the trainer passes it
+    # to the root's ``fully_shard`` explicitly); the backward gathers it again first
+    root_after_forward = 0 if parallel.reshard_after_forward else params.root
     terms = {
         PHASES[0]: dict(
             grads=accumulated,
-            gathered_params=c * (params.root + params.per_block),
+            gathered_params=c * (root_after_forward + params.per_block),
             gradient_buffers=0,
             activations=kept_blocks + outside,
             block_recompute=0,
