@@ -1,0 +1,76 @@
+"""Validation while training (``[train.validation]``): the losses at fixed noise levels with fixed noise are the
+same to the last bit when evaluated again on the same checkpoint, equal a float64 computation of the same
+definition, and are what the training run logged. (Bitwise after a kill and resume: test_async_checkpoint.py.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests import watch_runs
+from trainer.data import ShardCatalogue
+from trainer.parallel import ParallelConfig, init_distributed, shutdown_distributed
+from trainer.sample import load_dcp_model
+from trainer.validation import ValidationConfig, Validator, load_validation_samples, validation_noise
+
+pytestmark = [pytest.mark.process, pytest.mark.fit]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return watch_runs.reference_run(tmp_path_factory.getbasetemp())
+
+
+def test_validation_losses_are_deterministic_and_match_a_float64_reference(reference, tmp_path):
+    root = reference.parent.parent
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    runtime = init_distributed(ParallelConfig(backend="gloo"))  # a 1-rank group in this process
+    try:
+        model, _ = load_dcp_model(reference / "checkpoints" / "step-00000004", weights="model")
+        config = ValidationConfig(every_steps=2, num_sigmas=4, samples=watch_runs.HELD_OUT)
+        samples = load_validation_samples(config, ShardCatalogue(watch_runs.shards(root)))
+        assert [s["keys"][0] for s in samples] == watch_runs.HELD_OUT
+        validator = Validator(config, samples, shift=5.0, runtime=runtime, run_dir=tmp_path)
+        first, second = validator.losses(model), validator.losses(model)
+    finally:
+        shutdown_distributed()
+        torch.set_num_threads(threads)
+    assert first == second  # the same noise, the same levels, the same arithmetic: every bit
+
+    # what the training run logged at step 4 (its FSDP2 model, checkpointing on) for the same weights
+    logged = watch_runs.metrics(reference)[4]
+    for key, value in first.items():
+        assert value == pytest.approx(logged[key], rel=1e-6), key
+
+    # float64, written out from the definition: sigma_k = shift u / (1 + (shift - 1) u), u = (k + 1/2) / K
+    model64 = model.double()
+    with torch.no_grad():
+        per_level = []
+        for k in range(4):
+            u = (k + 0.5) / 4
+            sigma = 5.0 * u / (1 + 4.0 * u)
+            losses = []
+            for sample in samples:
+                x0 = sample["target_latents"].double()
+                noise = validation_noise(0, sample["keys"][0], k, tuple(x0.shape[1:])).double()[None]
+                pred = model64(
+                    (1 - sigma) * x0 + sigma * noise,
+                    sample["source_latents"].double(),
+                    sample["reference_latents"].double(),
+                    torch.tensor([sigma * 1000.0], dtype=torch.float64),
+                    sample["vlm_first"].double(),
+                    sample["vlm_last"].double(),
+                )
+                losses.append(((pred - (noise - x0)) ** 2).mean().item())
+            per_level.append(sum(losses) / len(losses))
+    for k, value in enumerate(per_level):
+        assert first[f"val_loss_s{k}"] == pytest.approx(value, rel=1e-5), k
+    assert first["val_loss"] == pytest.approx(sum(per_level) / 4, rel=1e-5)
+    # the levels differ: the noise level matters, and a loss at one level is not another's
+    assert len({round(v, 6) for v in per_level}) == 4
+
+
+def test_validation_without_samples_is_a_clear_error():
+    with pytest.raises(ValueError, match="train.validation.samples"):
+        ValidationConfig(every_steps=10)
