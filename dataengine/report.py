@@ -659,9 +659,50 @@ def training_section(files: RunFiles) -> Section:
         if isinstance(last.get(key), int | float):
             facts.append(f"{label} {last[key]:{fmt}}")
     svg = line_svg(steps, losses, "flow-matching loss", "step", "loss")
+    svg += _validation_svg(rows)
+    timed = [r for r in rows if isinstance(r.get("fwd_bwd_s"), int | float)]
+    if timed:  # where a step's time went, averaged over the logged steps (trainer.steptime)
+        means = {p: sum(r[f"{p}_s"] for r in timed) / len(timed) for p in STEP_PHASES}
+        facts.append(
+            "mean step: " + ", ".join(f"{label} {means[p]:.3f} s" for p, label in STEP_PHASES.items())
+        )
     return Section(
         "training", html=svg + f"<p>{esc(' · '.join(facts))}. Source: <code>{esc(files.metrics)}</code></p>"
     )
+
+
+STEP_PHASES = {
+    "data": "data wait",
+    "fwd_bwd": "forward + backward",
+    "optim": "optimizer",
+    "checkpoint": "checkpoint",
+    "validation": "validation",
+}
+
+
+def _validation_svg(rows: list[dict]) -> str:
+    """The validation losses (mean over the noise levels) beside the training loss, and a table of each
+    level's loss at the first and the last evaluation; empty without validation rows."""
+    evaluated = [r for r in rows if isinstance(r.get("val_loss"), int | float)]
+    if not evaluated:
+        return ""
+    svg = line_svg(
+        [r["step"] for r in evaluated],
+        [float(r["val_loss"]) for r in evaluated],
+        "validation loss (fixed samples, noise and levels)",
+        "step",
+        "loss",
+    )
+    levels = sorted((k for k in evaluated[0] if k.startswith("val_loss_s")), key=lambda k: int(k[10:]))
+    first, last = evaluated[0], evaluated[-1]
+    body = table(
+        ["noise level", f"step {first['step']}", f"step {last['step']}"],
+        [
+            [k.removeprefix("val_loss_s"), f"{first[k]:.4f}", f"{last.get(k, float('nan')):.4f}"]
+            for k in levels
+        ],
+    )
+    return svg + body
 
 
 def layers_section(files: RunFiles) -> Section:

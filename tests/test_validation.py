@@ -74,3 +74,15 @@ def test_validation_losses_are_deterministic_and_match_a_float64_reference(refer
 def test_validation_without_samples_is_a_clear_error():
     with pytest.raises(ValueError, match="train.validation.samples"):
         ValidationConfig(every_steps=10)
+
+
+def test_report_plots_the_validation_losses_beside_the_training_loss(reference):
+    from dataengine.report import RunFiles, training_section
+
+    section = training_section(RunFiles(data=None, metrics=reference / "metrics.jsonl", evaluation=None))
+    assert section.missing is None
+    assert section.html.count("<svg") == 2 and "validation loss" in section.html
+    last = watch_runs.metrics(reference)[watch_runs.STEPS]
+    for level in range(4):  # each noise level's loss at the last evaluation, as logged
+        assert f"{last[f'val_loss_s{level}']:.4f}" in section.html
+    assert "forward + backward" in section.html and "checkpoint" in section.html
