@@ -138,6 +138,9 @@ class ResourcesConfig:
     """CPUs per compositing + encoding task."""
     num_cpus: int = 0
     """CPUs of a local Ray instance (0: all of the machine's); ignored when joining a cluster."""
+    wait_for_resources_s: float = 600.0
+    """How long a job waits, before any stage starts, for an autoscaler to add a node that can run a stage
+    the cluster cannot run now (a local Ray instance or a cluster without an autoscaler stops at once)."""
     placement: dict[str, dict[str, float]] = field(default_factory=dict)
     """Custom Ray resources per stage, pinning it to the nodes started with them (``ray start --resources``),
     e.g. ``{segment = {gpu_node = 1}}``; stages: harvest (harvest-portraits), background, segment, composite.

@@ -73,6 +73,9 @@ class FilterConfig:
     placement: dict[str, dict[str, float]] = field(default_factory=dict)
     """Custom Ray resources per stage, pinning it to the nodes started with them (``ray start --resources``),
     e.g. ``{score = {gpu_node = 1}}``; stages: probe, score, dedup. Empty: Ray places every stage."""
+    wait_for_resources_s: float = 600.0
+    """How long a job waits, before any stage starts, for an autoscaler to add a node that can run a stage
+    the cluster cannot run now (a local Ray instance or a cluster without an autoscaler stops at once)."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     """The Qwen3-VL judge (``[filter.judge]``)."""
     dedup: DedupConfig = field(default_factory=DedupConfig)
@@ -168,6 +171,7 @@ def scoring_stages(config: FilterConfig) -> list[Stage]:
             batch_size=config.probe_batch_size,
             memory_bytes=PROBE_MEMORY_BYTES,
             resources=config.placement.get("probe", {}),
+            recipe_keys={"placement": "filter.placement.probe"},
         ),
         Stage(
             "score",
@@ -179,6 +183,11 @@ def scoring_stages(config: FilterConfig) -> list[Stage]:
             resources=config.placement.get("score", {}),
             batch_size=config.judge.batch_size,
             failure_reason="scorer_error",
+            recipe_keys={
+                "CPU": "filter.cpus_per_judge",
+                "GPU": "filter.gpus_per_judge",
+                "placement": "filter.placement.score",
+            },
         ),
     ]
 
@@ -236,9 +245,17 @@ def embed_candidates(config: FilterConfig, candidates: pd.DataFrame, ray_address
         gpus=config.dedup.num_gpus,
         batch_size=config.dedup.batch_size,
         resources=config.placement.get("dedup", {}),
+        recipe_keys={"GPU": "filter.dedup.num_gpus", "placement": "filter.placement.dedup"},
     )
     items = candidates[["pair_id", "source_path", "target_path"]].to_dict("records")
-    rows = {r["pair_id"]: r for r in stream_stages(items, [stage], ray_address=ray_address)}
+    rows = stream_stages(
+        items,
+        [stage],
+        ray_address=ray_address,
+        resource_wait_s=config.wait_for_resources_s,
+        resource_wait_key="filter.wait_for_resources_s",
+    )
+    rows = {r["pair_id"]: r for r in rows}
     failed = [r for r in rows.values() if is_rejected(r)]
     if failed:
         raise RuntimeError(f"near-duplicate embedding failed for {len(failed)} pairs: {failed[0]['detail']}")
@@ -286,6 +303,8 @@ def run_filter(config: FilterConfig, run: str, ray_address: str | None = None) -
         unit="pairs",
         num_done=len(pairs) - len(pending),
         ray_address=ray_address,
+        resource_wait_s=config.wait_for_resources_s,
+        resource_wait_key="filter.wait_for_resources_s",
     )
     results = store.read_all()
     missing = set(pairs["pair_id"]) - set(results["pair_id"])

@@ -99,6 +99,11 @@ def run_harvest(
         cpus=res.harvest_cpus,
         gpus=res.harvest_gpus,
         resources=res.placement.get("harvest", {}),
+        recipe_keys={
+            "CPU": "portraits.resources.harvest_cpus",
+            "GPU": "portraits.resources.harvest_gpus",
+            "placement": "portraits.resources.placement.harvest",
+        },
     )
     if len(items) > len(todo):
         print(f"harvest-portraits: {len(items) - len(todo)} videos already scanned")
@@ -111,6 +116,8 @@ def run_harvest(
         num_done=len(items) - len(todo),
         ray_address=ray_address,
         num_cpus=res.num_cpus or None,
+        resource_wait_s=res.wait_for_resources_s,
+        resource_wait_key="portraits.resources.wait_for_resources_s",
     )
 
     results = store.read_all()

@@ -134,12 +134,21 @@ def run_portraits(
         f"from {sources[1]}; {config.pairs_per_type} pairs per type -> {layout.pairs_dir}"
     )
     res = config.resources
-    ray_options = {"ray_address": ray_address, "num_cpus": res.num_cpus or None}
+    ray_options = {
+        "ray_address": ray_address,
+        "num_cpus": res.num_cpus or None,
+        "resource_wait_s": res.wait_for_resources_s,
+        "resource_wait_key": "portraits.resources.wait_for_resources_s",
+    }
 
     # 1. probe the backgrounds (CPU tasks), then segment and gate the portraits (actor pool)
     background_store = PartStore(layout.portraits_state / "backgrounds", id_column="clip_id")
     background_stage = Stage(
-        "background", check_background_row, cpus=1.0, resources=res.placement.get("background", {})
+        "background",
+        check_background_row,
+        cpus=1.0,
+        resources=res.placement.get("background", {}),
+        recipe_keys={"placement": "portraits.resources.placement.background"},
     )
     _run_clips("background", background_clips, background_stage, background_store, ray_options)
     clip_store = PartStore(layout.portraits_state / "portraits", id_column="clip_id")
@@ -151,6 +160,11 @@ def run_portraits(
         cpus=res.segment_cpus,
         gpus=res.segment_gpus,
         resources=res.placement.get("segment", {}),
+        recipe_keys={
+            "CPU": "portraits.resources.segment_cpus",
+            "GPU": "portraits.resources.segment_gpus",
+            "placement": "portraits.resources.placement.segment",
+        },
     )
     _run_clips("portrait", portrait_clips, segment_stage, clip_store, ray_options)
     clips = _with_columns(clip_store.read_all(), CLIP_COLUMNS)
@@ -197,6 +211,10 @@ def run_portraits(
             kwargs={"config": config},
             cpus=res.composite_cpus,
             resources=res.placement.get("composite", {}),
+            recipe_keys={
+                "CPU": "portraits.resources.composite_cpus",
+                "placement": "portraits.resources.placement.composite",
+            },
         )
     ]
     run_stages(todo, stages, pair_store, description="pairs", unit="pairs", num_done=len(done), **ray_options)

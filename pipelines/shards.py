@@ -68,6 +68,9 @@ class ShardsResources:
     """CPUs per Qwen3-VL actor (it decodes the few frames the VLM sees)."""
     num_cpus: int = 0
     """CPUs of the local Ray instance (0: all); ignored when joining a cluster."""
+    wait_for_resources_s: float = 600.0
+    """How long a job waits, before any stage starts, for an autoscaler to add a node that can run a stage
+    the cluster cannot run now (a local Ray instance or a cluster without an autoscaler stops at once)."""
     writer_threads: int = 2
     """Shards the driver writes at once (tar + sha256 release the GIL): the writer keeps up with many GPUs."""
     placement: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -237,6 +240,14 @@ def shard_items(plan: Any) -> list[dict[str, Any]]:
     ]
 
 
+def _keys(table: str, stage: str) -> dict[str, str]:
+    return {
+        "CPU": f"{table}.{stage}_cpus",
+        "GPU": f"{table}.{stage}_gpus",
+        "placement": f"{table}.placement.{stage}",
+    }
+
+
 def shard_stages(config: ShardsConfig, vlm_dim: int) -> list[Stage]:
     """VAE (actor pool: decode + encode) -> VLM (actor pool: decode its frames + encode + validate)."""
     res = config.resources
@@ -250,6 +261,7 @@ def shard_stages(config: ShardsConfig, vlm_dim: int) -> list[Stage]:
             cpus=res.vae_cpus,
             resources=res.placement.get("vae", {}),
             failure_reason="encode_failed",
+            recipe_keys=_keys("shards.resources", "vae"),
         ),
         Stage(
             "vlm",
@@ -260,6 +272,7 @@ def shard_stages(config: ShardsConfig, vlm_dim: int) -> list[Stage]:
             cpus=res.vlm_cpus,
             resources=res.placement.get("vlm", {}),
             failure_reason="encode_failed",
+            recipe_keys=_keys("shards.resources", "vlm"),
         ),
     ]
 
@@ -430,6 +443,8 @@ def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -
         ordered=True,  # shards complete one after another: the driver holds one shard's samples at a time
         ray_address=ray_address,
         num_cpus=config.resources.num_cpus or None,
+        resource_wait_s=config.resources.wait_for_resources_s,
+        resource_wait_key="shards.resources.wait_for_resources_s",
     )
 
     # 3. outputs: rejections, then index.json last

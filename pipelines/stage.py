@@ -18,6 +18,9 @@ pixels decodes them itself from the paths; nothing big travels between stages ex
   ``detail``; out-of-memory is re-raised (the job should stop, not reject everything after it); a failed
   batch is retried item by item so one bad item does not reject its neighbours; rows already rejected
   by an earlier stage pass through untouched.
+- :func:`check_resources`: before any stage starts, each stage's task or actor must fit on some node of
+  the cluster (a local Ray or a cluster without an autoscaler: a one-line error naming the stage and its
+  recipe key; with an autoscaler: wait up to the recipe's limit).
 - :func:`run_stages`: the one runner: builds the Ray Data pipeline, streams the results into a
   :class:`~pipelines.runtime.PartStore` in small parts as they arrive, and shows progress. Every stage
   records the Ray node that ran each row; at the end the runner prints which nodes ran each stage.
@@ -115,6 +118,19 @@ class Stage:
     """Rows per call."""
     failure_reason: str = "error"
     """The ``reason`` of an item whose processing raised an exception that names none."""
+    recipe_keys: Mapping[str, str] = field(default_factory=dict)
+    """The recipe key that sets each resource (``"CPU"``, ``"GPU"``, ``"memory"``, ``"placement"`` for the
+    custom ones), e.g. ``{"CPU": "shards.resources.vae_cpus"}``: named when the cluster cannot give it."""
+
+    def asks(self) -> dict[str, float]:
+        """What one task or actor of this stage asks Ray for, by Ray resource name."""
+        asked = {"CPU": self.cpus, "GPU": self.gpus, "memory": float(self.memory_bytes), **self.resources}
+        return {name: float(amount) for name, amount in asked.items() if amount}
+
+    def key_of(self, resource: str) -> str:
+        """The recipe key that sets ``resource`` (the stage's name when the job did not say)."""
+        fallback = self.recipe_keys.get("placement") if resource not in ("CPU", "GPU", "memory") else None
+        return self.recipe_keys.get(resource) or fallback or f"stage {self.name}'s {resource}"
 
     def __post_init__(self) -> None:
         if self.actors < 0 or self.batch_size < 1 or self.cpus < 0 or self.gpus < 0:
@@ -283,6 +299,84 @@ def _pipeline(items: list[Row], stages: Sequence[Stage]) -> Any:
     return dataset
 
 
+def _amount(resource: str, value: float) -> str:
+    if resource == "memory" or resource == "object_store_memory":
+        return f"{value / 2**30:.3g} GiB of memory"
+    return f"{value:g} {resource}"
+
+
+def unmet_resources(stages: Sequence[Stage], nodes: Sequence[Mapping[str, float]]) -> list[str]:
+    """For each stage whose one task or actor fits on none of ``nodes`` (each node's total resources), one
+    sentence naming the stage, the recipe key, what it asks for and what the largest node has."""
+    problems = []
+    for stage in stages:
+        asked = stage.asks()
+        if any(all(node.get(name, 0.0) >= amount for name, amount in asked.items()) for node in nodes):
+            continue
+        short = [n for n, a in asked.items() if max((node.get(n, 0.0) for node in nodes), default=0.0) < a]
+        short = short or list(asked)  # enough of each on some node, never all on one
+        per = "actor" if stage.actors else "task"
+        parts = []
+        for name in short:
+            most = max((node.get(name, 0.0) for node in nodes), default=0.0)
+            parts.append(
+                f"{_amount(name, asked[name])} per {per} ({stage.key_of(name)}) but no node has more than "
+                f"{_amount(name, most)}"
+            )
+        problems.append(f"stage {stage.name} asks for " + "; ".join(parts))
+    return problems
+
+
+def _node_resources() -> list[dict[str, float]]:
+    import ray
+
+    return [dict(node.get("Resources", {})) for node in ray.nodes() if node.get("Alive")]
+
+
+def _cluster_can_grow() -> bool:
+    """Whether an autoscaler watches the Ray cluster this process joined (it publishes its status in the
+    cluster's key-value store); a local instance never grows."""
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    return bool(_internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS))
+
+
+def check_resources(
+    stages: Sequence[Stage], *, local: bool, wait_s: float, wait_key: str = "", poll_s: float = 5.0
+) -> None:
+    """Before any stage starts: every stage's task or actor must fit on some node of the Ray cluster, or the
+    job would wait for ever. A local instance or a cluster without an autoscaler cannot grow: raise a
+    :class:`~dataengine.recipe.UserError` (one line: the stage, the recipe key, asked and available). Where
+    an autoscaler may add nodes, say so and wait up to ``wait_s`` seconds (``wait_key``) for them."""
+    from dataengine.recipe import UserError
+
+    problems = unmet_resources(stages, _node_resources())
+    if not problems:
+        return
+    where = "this machine's local Ray instance" if local else "the Ray cluster"
+    if local or wait_s <= 0 or not _cluster_can_grow():
+        grow = "" if local else " (it has no autoscaler to add a node)"
+        raise UserError(
+            f"{'; '.join(problems)}, on {where}{grow}: lower the recipe value, or run on a larger machine "
+            "or cluster"
+        )
+    print(
+        f"{'; '.join(problems)}: an autoscaler watches the cluster; waiting up to {wait_s:g} s for a node "
+        f"({wait_key or 'the job wait limit'})",
+        flush=True,
+    )
+    deadline = time.monotonic() + wait_s
+    while problems and time.monotonic() < deadline:
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        problems = unmet_resources(stages, _node_resources())
+    if problems:
+        raise UserError(
+            f"{'; '.join(problems)}: no node that fits came within {wait_s:g} s ({wait_key}): lower the "
+            "recipe value, raise the wait, or add nodes of that size to the cluster"
+        )
+
+
 def stream_stages(
     items: list[Row],
     stages: Sequence[Stage],
@@ -290,15 +384,24 @@ def stream_stages(
     ordered: bool = False,
     ray_address: str | None = None,
     num_cpus: int | None = None,
+    resource_wait_s: float = 0.0,
+    resource_wait_key: str = "",
 ) -> Iterator[Row]:
-    """The result rows of ``stages`` over ``items``, as they finish (in ``items``' order when ``ordered``)."""
+    """The result rows of ``stages`` over ``items``, as they finish (in ``items``' order when ``ordered``).
+
+    Before the first stage starts, :func:`check_resources` checks that the cluster can run every stage
+    (waiting up to ``resource_wait_s`` where an autoscaler may add nodes)."""
     if not items:
         return
+    import os
+
     import ray
 
     from pipelines.runtime import init_ray
 
     init_ray(ray_address, num_cpus=num_cpus)
+    local = not (ray_address or os.environ.get("RAY_ADDRESS"))
+    check_resources(stages, local=local, wait_s=resource_wait_s, wait_key=resource_wait_key)
     ray.data.DataContext.get_current().execution_options.preserve_order = ordered
     nodes: dict[str, Counter[str]] = {stage.name: Counter() for stage in stages}
     for batch in _pipeline(items, stages).iter_batches(batch_format="pandas", batch_size=None):
@@ -323,6 +426,8 @@ def run_stages(
     ordered: bool = False,
     ray_address: str | None = None,
     num_cpus: int | None = None,
+    resource_wait_s: float = 0.0,
+    resource_wait_key: str = "",
 ) -> None:
     """Run ``stages`` over ``items`` on Ray Data and append the results to ``store`` as they arrive.
 
@@ -334,7 +439,16 @@ def run_stages(
     progress = Progress(num_done + len(items), unit=unit, description=description, initial=num_done)
 
     def counted() -> Iterator[Row]:
-        for row in stream_stages(items, stages, ordered=ordered, ray_address=ray_address, num_cpus=num_cpus):
+        rows = stream_stages(
+            items,
+            stages,
+            ordered=ordered,
+            ray_address=ray_address,
+            num_cpus=num_cpus,
+            resource_wait_s=resource_wait_s,
+            resource_wait_key=resource_wait_key,
+        )
+        for row in rows:
             progress.update(1)
             yield row
 

@@ -1,0 +1,117 @@
+"""Fail at start, not never: before any stage starts, each stage's task or actor is compared with what the
+Ray cluster's nodes have; a cluster that cannot grow stops the job with one line naming the stage, the
+recipe key, what it asked for and what there is."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from dataengine.recipe import UserError
+from pipelines.stage import Stage, check_resources, unmet_resources
+from tests.helpers import REPO, cli_env, dataengine
+
+GIB = 2**30
+NODES = [
+    {"CPU": 2.0, "memory": 8.0 * GIB},
+    {"CPU": 16.0, "GPU": 1.0, "memory": 64.0 * GIB, "gpu_node": 1.0},
+]
+
+
+def _fn(row: dict) -> dict:
+    return row
+
+
+def test_a_stage_fits_when_one_node_has_everything_it_asks_for():
+    fits = [
+        Stage("probe", _fn, cpus=2.0),
+        Stage("vae", _fn, actors=1, cpus=4.0, gpus=0.25, resources={"gpu_node": 1.0}),
+        Stage("big", _fn, cpus=16.0, memory_bytes=64 * GIB),
+    ]
+    assert unmet_resources(fits, NODES) == []
+
+
+def test_what_fits_nowhere_is_named_with_its_recipe_key():
+    keys = {"CPU": "shards.resources.vae_cpus", "placement": "shards.resources.placement.vae"}
+    vae = Stage("vae", _fn, actors=1, cpus=32.0, recipe_keys=keys)
+    (line,) = unmet_resources([vae], NODES)
+    assert line == (
+        "stage vae asks for 32 CPU per actor (shards.resources.vae_cpus) but no node has more than 16 CPU"
+    )
+    pinned = Stage("vae", _fn, actors=1, cpus=1.0, resources={"cpu_node": 1.0}, recipe_keys=keys)
+    assert (
+        "1 cpu_node per actor (shards.resources.placement.vae) but no node has more than 0 cpu_node"
+        in (unmet_resources([pinned], NODES)[0])
+    )
+    # enough of each on some node, but never all on one: 4 CPUs and the small node's label
+    split = Stage("probe", _fn, cpus=4.0, resources={"small": 1.0})
+    assert unmet_resources([split], [{"CPU": 2.0, "small": 1.0}, {"CPU": 8.0}]) == [
+        "stage probe asks for 4 CPU per task (stage probe's CPU) but no node has more than 8 CPU; "
+        "1 small per task (stage probe's small) but no node has more than 1 small"
+    ]
+    memory = Stage("judge", _fn, actors=1, memory_bytes=128 * GIB)
+    assert "128 GiB of memory per actor" in unmet_resources([memory], NODES)[0]
+
+
+def test_a_local_instance_stops_at_once(monkeypatch):
+    import pipelines.stage as stage_module
+
+    monkeypatch.setattr(stage_module, "_node_resources", lambda: [{"CPU": 2.0}])
+    stage = Stage("vae", _fn, actors=1, cpus=4.0, recipe_keys={"CPU": "shards.resources.vae_cpus"})
+    with pytest.raises(
+        UserError, match=r"stage vae asks for 4 CPU .*vae_cpus.* more than 2 CPU, on this machine"
+    ):
+        check_resources([stage], local=True, wait_s=600)
+
+
+def test_an_autoscaler_is_waited_for_up_to_the_recipe_limit(monkeypatch, capsys):
+    import pipelines.stage as stage_module
+
+    grown = iter(
+        [[{"CPU": 2.0}], [{"CPU": 2.0}], [{"CPU": 2.0}, {"CPU": 8.0}]]
+    )  # a node joins on the 3rd look
+    monkeypatch.setattr(stage_module, "_node_resources", lambda: next(grown))
+    monkeypatch.setattr(stage_module, "_cluster_can_grow", lambda: True)
+    stage = Stage("vae", _fn, actors=1, cpus=4.0)
+    check_resources(
+        [stage], local=False, wait_s=60, wait_key="shards.resources.wait_for_resources_s", poll_s=0
+    )
+    assert "waiting up to 60 s for a node (shards.resources.wait_for_resources_s)" in capsys.readouterr().out
+    monkeypatch.setattr(stage_module, "_node_resources", lambda: [{"CPU": 2.0}])
+    with pytest.raises(UserError, match=r"no node that fits came within 0.01 s \(key\)"):
+        check_resources([stage], local=False, wait_s=0.01, wait_key="key", poll_s=0)
+    monkeypatch.setattr(stage_module, "_cluster_can_grow", lambda: False)  # joined, no autoscaler
+    with pytest.raises(UserError, match="it has no autoscaler"):
+        check_resources([stage], local=False, wait_s=60)
+
+
+@pytest.mark.process
+@pytest.mark.ray
+def test_a_stage_asking_for_more_cpus_than_a_local_ray_has_exits_2_naming_it(tmp_path):
+    """``dataengine harvest-portraits`` with ``harvest_cpus = 4`` on a 2-CPU local Ray: exit 2, one line."""
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / "clip.mp4").write_bytes(b"never decoded: the job stops before its stage starts")
+    result = subprocess.run(
+        dataengine(
+            "harvest-portraits",
+            str(REPO / "manifests" / "demo.toml"),
+            "run=edges",
+            f'portraits.harvest.videos_dir="{pool}"',
+            "portraits.resources.harvest_cpus=4",
+            "portraits.resources.num_cpus=2",
+        ),
+        cwd=tmp_path,
+        env=cli_env(RAY_ADDRESS="", OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert errors[0].startswith(
+        "error: stage harvest asks for 4 CPU per actor (portraits.resources.harvest_cpus)"
+    )
+    assert "no node has more than 2 CPU, on this machine's local Ray instance" in errors[0]
