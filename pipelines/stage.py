@@ -334,12 +334,12 @@ def _node_resources() -> list[dict[str, float]]:
 
 
 def _cluster_can_grow() -> bool:
-    """Whether an autoscaler watches the Ray cluster this process joined (it publishes its status in the
-    cluster's key-value store); a local instance never grows."""
-    from ray._private import ray_constants
-    from ray.experimental.internal_kv import _internal_kv_get
+    """Whether an autoscaler may add nodes to the Ray cluster this process joined: Ray Data's own test (a
+    node type of the autoscaler's published cluster config with room to scale up); a local instance or a
+    cluster started by hand publishes none."""
+    from ray.data._internal.cluster_autoscaler.util import is_autoscaling_enabled
 
-    return bool(_internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS))
+    return is_autoscaling_enabled()
 
 
 def check_resources(
