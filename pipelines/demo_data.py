@@ -36,6 +36,7 @@ def demo_data_command(
         ("tiny Wan2.1 DiT", lambda: build_tiny_wan_dit(models / "wan")),
     ]
     for label, step in steps:
-        typer.echo(f"demo-data: {label} ...")
+        began = time.perf_counter()
         step()
+        typer.echo(f"demo-data: {label} ({time.perf_counter() - began:.1f} s)")
     typer.echo(f"demo-data: wrote {out}/ in {time.perf_counter() - start:.1f} s")
