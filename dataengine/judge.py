@@ -72,6 +72,8 @@ class Rubric:
     """The instructions to the judge."""
     with_reference: bool = False
     """Show the reference image (the edited first frame) between the source and the edited clip."""
+    scale: tuple[int, int] = (0, 10)
+    """The integer scores an axis may take, lowest and highest (both one or two digits, within 0..10)."""
 
     @property
     def result_columns(self) -> list[str]:
@@ -89,6 +91,8 @@ class Rubric:
 
 
 _ANSWER_FORMAT = "Answer with one line per axis in the form `<axis>: <score>` and nothing else."
+BENCH_RUBRIC = "openve-bench-v1"
+"""The OpenVE-Bench-style protocol's rubric (``trainer eval``'s ``[eval.bench]``): three axes 1-5, our wording."""
 
 RUBRICS: dict[str, Rubric] = {
     rubric.version: rubric
@@ -140,6 +144,25 @@ RUBRICS: dict[str, Rubric] = {
         ),
     )
 }
+RUBRICS[BENCH_RUBRIC] = Rubric(
+    version=BENCH_RUBRIC,
+    axes=("instruction_compliance", "consistency", "visual_quality"),
+    codes=("IC", "CD", "VQ"),
+    text=(
+        "You are a strict judge of instruction-guided video edits. You see a source video, the edited video "
+        "produced from it, and the editing instruction.\n"
+        "Score the edit on three axes, each an integer from 1 (worst) to 5 (best):\n"
+        "- instruction_compliance: how completely and precisely the edited video does what the instruction "
+        "asks, in every frame, and nothing else.\n"
+        "- consistency: everything the instruction leaves alone (people, objects, background, layout, motion, "
+        "fine detail and texture) matches the source video.\n"
+        "- visual_quality: the edited video is sharp and natural, free of artifacts, and stable over time (no "
+        "flicker, jitter or drifting edits).\n"
+        "An edit that does not carry out the instruction cannot score higher on consistency or visual_quality "
+        "than on instruction_compliance.\n" + _ANSWER_FORMAT
+    ),
+    scale=(1, 5),
+)
 FILTER_RUBRIC = "v1"
 EVAL_RUBRIC = "eval-v1"
 
@@ -171,20 +194,23 @@ class JudgeConfig:
     """"auto" (cuda when available, else cpu) or a torch device string."""
     attn_implementation: str = "sdpa"
     """transformers attention backend: "sdpa", "flash_attention_2" or "eager"."""
+    temperature: float = 0.0
+    """0: an axis' score is the expected value of the model's answer distribution (the default, one pass).
+    > 0: the score is sampled from that distribution at this temperature, as a generating judge would answer
+    (each pair's draw is seeded by ``seed`` and its ``pair_id``, so it does not depend on the batch)."""
+    seed: int = 0
+    """Seed of the sampled scores (``temperature`` > 0)."""
 
 
-def expected_scores(first_logits, after_one_logits, digit_ids: list[int]):
-    """Expected 0..10 score and its probability mass from the two answer-position logits.
-
-    ``first_logits`` (N, V): next-token logits after "``<axis>: ``"; ``after_one_logits`` (N, V): after
-    "``<axis>: 1``"; ``digit_ids``: token ids of "0".."9". Returns (expected (N,), mass (N,)) in float32.
-    """
+def score_probabilities(first_logits, after_one_logits, digit_ids: list[int], temperature: float = 1.0):
+    """P(score = s) for s = 0..10, (N, 11) float32, from the two answer-position logits (at ``temperature``);
+    the rows do not sum to 1: the rest is answers that are not a score (see the module docstring)."""
     import torch
 
     digits = torch.as_tensor(digit_ids, device=first_logits.device)
-    p = torch.softmax(first_logits.float(), dim=-1)[:, digits]  # (N, 10): P(first token = d)
-    q = torch.softmax(after_one_logits.float(), dim=-1)[:, digits]  # (N, 10): P(next = d | "1")
-    probs = torch.cat(
+    p = torch.softmax(first_logits.float() / temperature, dim=-1)[:, digits]  # (N, 10): P(first token = d)
+    q = torch.softmax(after_one_logits.float() / temperature, dim=-1)[:, digits]  # (N, 10): P(next = d | "1")
+    return torch.cat(
         [
             p[:, :1],  # 0
             p[:, 1:2] * (1.0 - q.sum(dim=-1, keepdim=True)),  # 1, not followed by a digit
@@ -192,11 +218,48 @@ def expected_scores(first_logits, after_one_logits, digit_ids: list[int]):
             p[:, 1:2] * q[:, :1],  # 10
         ],
         dim=-1,
-    )  # (N, 11)
-    values = torch.arange(11, dtype=probs.dtype, device=probs.device)
+    )
+
+
+def expected_scores(first_logits, after_one_logits, digit_ids: list[int], scale: tuple[int, int] = (0, 10)):
+    """Expected score over the integers of ``scale`` (default 0..10) and its probability mass, from the two
+    answer-position logits.
+
+    ``first_logits`` (N, V): next-token logits after "``<axis>: ``"; ``after_one_logits`` (N, V): after
+    "``<axis>: 1``"; ``digit_ids``: token ids of "0".."9". Returns (expected (N,), mass (N,)) in float32.
+    """
+    import torch
+
+    low, high = scale
+    probs = score_probabilities(first_logits, after_one_logits, digit_ids)[:, low : high + 1]
+    values = torch.arange(low, high + 1, dtype=probs.dtype, device=probs.device)
     mass = probs.sum(dim=-1)
     expected = (probs * values).sum(dim=-1) / mass.clamp_min(1e-30)
     return expected, mass
+
+
+def sampled_scores(
+    first_logits, after_one_logits, digit_ids: list[int], uniforms, temperature: float, scale=(0, 10)
+):
+    """One score per row drawn from the answer distribution at ``temperature`` restricted to ``scale``, by
+    inverse CDF with the given uniforms (N,) in [0, 1); and the valid mass at that temperature."""
+    import torch
+
+    low, high = scale
+    probs = score_probabilities(first_logits, after_one_logits, digit_ids, temperature)[:, low : high + 1]
+    mass = probs.sum(dim=-1)
+    cdf = torch.cumsum(probs / mass.clamp_min(1e-30)[:, None], dim=-1)
+    u = torch.as_tensor(uniforms, dtype=cdf.dtype, device=cdf.device)
+    index = torch.searchsorted(cdf, u[:, None]).squeeze(-1).clamp_max(high - low)
+    return (index + low).to(torch.float32), mass
+
+
+def pair_uniform(seed: int, key: str, axis: str) -> float:
+    """A uniform number in [0, 1) fixed by (seed, pair id, axis): a sampled score never depends on the batch."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}\0{key}\0{axis}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def sample_frame_indices(num_frames: int, src_fps: float, fps: float, max_frames: int) -> np.ndarray:
@@ -248,6 +311,22 @@ class Judge:
                 )
             axis_ids.append(full)
         return digit_ids, axis_ids
+
+    def with_config(self, config: JudgeConfig) -> Judge:
+        """This judge under another rubric, mode or view of the clips, sharing its loaded model and processor
+        (``config.model`` must be this judge's)."""
+        import copy
+
+        if config.model != self.config.model:
+            raise ValueError(f"with_config keeps the model {self.config.model}, got {config.model}")
+        if config.rubric_version not in RUBRICS:
+            raise ValueError(f"unknown rubric_version {config.rubric_version!r}; known: {sorted(RUBRICS)}")
+        other = copy.copy(self)
+        other.config = config
+        other.rubric = RUBRICS[config.rubric_version]
+        other.axes = other.rubric.axes
+        other.digit_ids, other.axis_ids = other._answer_tokens()
+        return other
 
     @property
     def scorer_model(self) -> str:
@@ -315,8 +394,9 @@ class Judge:
 
     # -- scoring --------------------------------------------------------------------------------------
 
-    def score_inputs(self, inputs: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Per-axis expected scores and answer masses, each (batch, num_axes), from processor outputs."""
+    def score_inputs(self, inputs: dict, keys: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per-axis scores and answer masses, each (batch, num_axes), from processor outputs: expected values,
+        or with ``temperature`` > 0 draws seeded by ``keys`` (the pair ids, in batch order)."""
         import torch
 
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
@@ -365,7 +445,19 @@ class Judge:
             rows = torch.arange(batch * num_axes, device=self.device)
             first = out.logits[rows, answer]  # after "<axis>: "
             after_one = out.logits[rows, answer + 1]  # after "<axis>: 1"
-            expected, mass = expected_scores(first, after_one, self.digit_ids)
+            scale = self.rubric.scale
+            if self.config.temperature > 0:
+                if keys is None or len(keys) != batch:
+                    raise ValueError("sampled scores need the pair ids of the batch (keys)")
+                uniforms = [
+                    pair_uniform(self.config.seed, keys[r // num_axes], self.axes[r % num_axes])
+                    for r in range(batch * num_axes)
+                ]
+                expected, mass = sampled_scores(
+                    first, after_one, self.digit_ids, uniforms, self.config.temperature, scale
+                )
+            else:
+                expected, mass = expected_scores(first, after_one, self.digit_ids, scale)
         return (
             expected.view(batch, num_axes).cpu().numpy().astype(np.float64),
             mass.view(batch, num_axes).cpu().numpy().astype(np.float64),
@@ -396,7 +488,11 @@ class Judge:
         clips = [clip for _, _, src, tgt, _ in items for clip in (src, tgt)]
         images = [reference for *_, reference in items] if self.rubric.with_reference else None
         try:
-            axes, mass = self.score_inputs(self.processor_inputs(texts, clips, images))
+            inputs = self.processor_inputs(texts, clips, images)
+            if self.config.temperature > 0:
+                axes, mass = self.score_inputs(inputs, [str(pid) for pid, *_ in items])
+            else:
+                axes, mass = self.score_inputs(inputs)
             return [self._result(pid, axes[i], mass[i], None) for i, (pid, *_) in enumerate(items)]
         except Exception as err:
             if len(items) == 1:

@@ -304,3 +304,32 @@ class EvalLayout:
     def videos(self, method: str) -> Path:
         """Where a method sampled by the command (our checkpoint) writes ``<pair_id>.mp4``."""
         return self.folder / "videos" / method
+
+    # the OpenVE-Bench-style protocol (``[eval.bench]``, :mod:`trainer.openve_bench`)
+    @property
+    def bench_scores(self) -> Path:
+        """Per method and clip: the three axes (capped, and as the judge gave them) and the sample's mean."""
+        return self.folder / "bench_scores.parquet"
+
+    @property
+    def bench_table(self) -> Path:
+        """Means per method and category, and overall, long form."""
+        return self.folder / "bench_table.parquet"
+
+    @property
+    def bench_table_markdown(self) -> Path:
+        """The benchmark-style table with the published reference rows."""
+        return self.folder / "bench_table.md"
+
+    @property
+    def bench_rejections(self) -> Path:
+        return self.folder / "bench_rejections.parquet"
+
+    @property
+    def bench_summary(self) -> Path:
+        """Judge, rubric, mode, cap rule, methods, categories, counts, the table and the reference rows."""
+        return self.folder / "bench_summary.json"
+
+    def bench_videos(self, method: str) -> Path:
+        """Where our checkpoint's edits of the benchmark's pairs go."""
+        return self.folder / "bench_videos" / method
