@@ -71,9 +71,12 @@ def test_validation_losses_are_deterministic_and_match_a_float64_reference(refer
     assert len({round(v, 6) for v in per_level}) == 4
 
 
-def test_validation_without_samples_is_a_clear_error():
-    with pytest.raises(ValueError, match="train.validation.samples"):
-        ValidationConfig(every_steps=10)
+def test_unknown_validation_sample_is_a_clear_error(reference):
+    from trainer.validation import find_keys
+
+    catalogue = ShardCatalogue(watch_runs.shards(reference.parent.parent))
+    with pytest.raises(ValueError, match=r"train.validation.samples: \['no-such-pair'\]"):
+        find_keys(catalogue, [watch_runs.HELD_OUT[0], "no-such-pair"])
 
 
 def test_report_plots_the_validation_losses_beside_the_training_loss(reference):

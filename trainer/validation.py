@@ -48,9 +48,11 @@ class ValidationConfig:
     shard set: found by scanning its tars' headers at start-up and never trained on."""
     shards: str = ""
     """A shard set of its own (folder, ``index.json`` or URL): its samples (those named in ``samples``, or all
-    of them up to ``max_samples``) are the validation set; the training set stays whole."""
+    of them up to ``max_samples``) are the validation set; the training set stays whole. With neither
+    ``samples`` nor ``shards`` the first ``max_samples`` training samples are used, *not* held out (a tiny
+    demo set has none to spare; a warning says so)."""
     max_samples: int = 8
-    """With ``shards`` and no ``samples``: how many of its samples (in index order) to use."""
+    """Without ``samples``: how many samples (in index order) to use."""
     num_sigmas: int = 8
     """Noise levels per sample, sigma_k = shift(u_k) with u_k = (k + 1/2) / num_sigmas."""
     seed: int = 0
@@ -67,13 +69,8 @@ class ValidationConfig:
     def __post_init__(self) -> None:
         if self.every_steps < 0 or self.render_every_steps < 0:
             raise ValueError("train.validation.every_steps and render_every_steps must be >= 0")
-        if (self.every_steps or self.render_every_steps) and not (self.samples or self.shards):
-            raise ValueError(
-                "train.validation is on but names no samples: set train.validation.samples (pair ids out of the "
-                "training shards) or train.validation.shards (a shard set of its own)"
-            )
-        if self.num_sigmas < 1 or self.render_steps < 1:
-            raise ValueError("train.validation.num_sigmas and render_steps must be >= 1")
+        if self.num_sigmas < 1 or self.render_steps < 1 or self.max_samples < 1:
+            raise ValueError("train.validation.num_sigmas, render_steps and max_samples must be >= 1")
 
     @property
     def enabled(self) -> bool:
