@@ -52,6 +52,7 @@ def overrides(shard_set: Path, runs: Path, name: str) -> list[str]:
         f"train.ema_decay={EMA_DECAY}",
         "train.validation.every_steps=2",
         "train.validation.num_sigmas=4",
+        "train.validation.render_every_steps=0",  # the tiny shard set records no VAE to decode with
         f"train.validation.samples={json.dumps(HELD_OUT)}",
     ]
 

@@ -146,6 +146,12 @@ class Validator:
         self.shards_recipe = shards_recipe or {}
         self.sigmas = validation_sigmas(config.num_sigmas, shift)
         self._vae = None
+        self.can_render = bool(self.shards_recipe.get("vae"))
+        if config.render_every_steps and not self.can_render and runtime.is_main:
+            logger.warning(
+                "train.validation.render_every_steps is set but the shard set's index.json records no VAE "
+                "(recipe.vae) to decode with: no edits are rendered"
+            )
 
     def should_validate(self, step: int, last_step: int) -> bool:
         every = self.config.every_steps
@@ -153,7 +159,7 @@ class Validator:
 
     def should_render(self, step: int, last_step: int) -> bool:
         every = self.config.render_every_steps
-        return every > 0 and (step % every == 0 or step == last_step)
+        return self.can_render and every > 0 and (step % every == 0 or step == last_step)
 
     @torch.no_grad()
     def losses(self, model: torch.nn.Module) -> dict[str, float]:
