@@ -44,15 +44,15 @@ FIXTURE_MARKERS = {
 }
 
 
-# Tests of files whose markers are kept here rather than in the file: file -> {test name prefix: markers}
-# (a test that starts a process in its body or through a module fixture it uses).
+# Tests of files whose markers are kept here rather than in the file: file -> {test name prefix or module
+# fixture name: markers} (a test that starts a process in its body, or uses a module fixture that does).
 FILE_MARKERS = {
-    "test_plan.py": {
-        "test_predicted_peak_matches_measured_fit_step": ("process", "fit"),
-        "test_plan_of_a_shard_set_with_two_frame_count_buckets": ("process", "fit"),
-        "test_plan_command_fits_and_suggests": ("process", "fit"),
+    "test_plan.py": {  # each runs a `trainer fit` subprocess to measure or check a plan
+        "test_predicted_peak_matches_measured_fit_step": ("process", "fit", "slow"),
+        "test_plan_of_a_shard_set_with_two_frame_count_buckets": ("process", "fit", "slow"),
+        "test_plan_command_fits_and_suggests": ("process", "fit", "slow"),
     },
-    "test_sample.py": {"test_": ("process", "fit")},  # every test reads the module's trained run
+    "test_sample.py": {"trained_run": ("process", "fit")},  # a module fixture: a `trainer fit` subprocess
     "test_eval.py": {"test_eval_command_errors_name_the_input": ("process",)},
     "test_sequence_parallel.py": {
         "test_four_ranks_match_one_process": ("process",),
@@ -65,8 +65,8 @@ FILE_MARKERS = {
 def pytest_collection_modifyitems(config, items):
     for item in items:
         wanted = [m for name in getattr(item, "fixturenames", ()) for m in FIXTURE_MARKERS.get(name, ())]
-        for prefix, markers in FILE_MARKERS.get(item.path.name, {}).items():
-            if item.name.startswith(prefix):
+        for key, markers in FILE_MARKERS.get(item.path.name, {}).items():
+            if item.name.startswith(key) or key in getattr(item, "fixturenames", ()):
                 wanted += markers
         for marker in dict.fromkeys(wanted):
             if marker not in item.keywords:

@@ -49,14 +49,16 @@ def _env() -> dict[str, str]:
     return cli_env(OMP_NUM_THREADS="1")
 
 
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+def _run(args: list[str], cwd: Path, ray_address: str = "") -> subprocess.CompletedProcess:
+    """A CLI run to its end; with ``ray_address``, joined to that Ray instead of starting its own."""
+    env = {**_env(), "RAY_ADDRESS": ray_address} if ray_address else _env()
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory, tiny_models):
+def chain(tmp_path_factory, tiny_models, ray_session):
     """filter then shards on the generated set, from one working folder; returns what they wrote."""
     root = tmp_path_factory.mktemp("curated")
     data = generate_openve(
@@ -82,8 +84,9 @@ def chain(tmp_path_factory, tiny_models):
     ]
     recipe = str(REPO / "manifests" / "demo.toml")
     cli = [sys.executable, "-m", "pipelines.cli"]
-    filtered = _run([*cli, "filter", recipe, *overrides], root)
-    sharded = _run([*cli, "shards", recipe, *overrides], root)
+    # both jobs join the session's Ray: inputs and models are absolute paths, outputs are the driver's
+    filtered = _run([*cli, "filter", recipe, *overrides], root, ray_address=ray_session)
+    sharded = _run([*cli, "shards", recipe, *overrides], root, ray_address=ray_session)
     return {"root": root, "data": data, "filter_out": filtered.stdout, "shards_out": sharded.stdout}
 
 

@@ -76,9 +76,16 @@ def _parts(folder: Path) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(setup):
+def uninterrupted(setup, ray_session):
+    # the reference run joins the session's Ray (every path of the run is absolute); the killed and the
+    # resumed runs start their own, as a user's run does
     result = subprocess.run(
-        _command(setup, "whole"), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=540
+        _command(setup, "whole"),
+        cwd=ROOT,
+        env=_env(RAY_ADDRESS=ray_session),
+        capture_output=True,
+        text=True,
+        timeout=540,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return setup["out"] / "whole", result.stdout

@@ -46,9 +46,11 @@ _env = cli_env
 _cli = dataengine
 
 
-def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+def _run(cwd: Path, *args: str, ray_address: str = "") -> subprocess.CompletedProcess:
+    """A CLI run to its end; with ``ray_address``, joined to that Ray instead of starting its own."""
     cwd.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(_cli(*args), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+    env = _env(RAY_ADDRESS=ray_address)
+    result = subprocess.run(_cli(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -58,9 +60,11 @@ def _comparable(index: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(recipe, tmp_path_factory) -> Path:
+def uninterrupted(recipe, tmp_path_factory, ray_session) -> Path:
+    # the reference run joins the session's Ray (the recipe's paths are absolute; the shard writer is the
+    # driver); the killed and the resumed runs below start their own, as a user's run does
     cwd = tmp_path_factory.mktemp("uninterrupted")
-    _run(cwd, "shards", str(recipe[0]))
+    _run(cwd, "shards", str(recipe[0]), ray_address=ray_session)
     return cwd / "shards" / "demo"
 
 
@@ -96,21 +100,24 @@ def test_run_writes_verified_shards_and_rejections(uninterrupted, recipe):
 def test_resume_after_kill_equals_an_uninterrupted_run(uninterrupted, recipe, tmp_path):
     out = tmp_path / "shards" / "demo"
     parts = out / ".parts"
-    process = subprocess.Popen(
-        _cli("shards", str(recipe[0])),
-        cwd=tmp_path,
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the kill takes Ray's local processes with it
-    )
+    with (tmp_path / "killed.log").open("w") as log:
+        process = subprocess.Popen(
+            _cli("shards", str(recipe[0])),
+            cwd=tmp_path,
+            env=_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the kill takes Ray's local processes with it
+        )
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and process.poll() is None:
             if parts.exists() and list(parts.glob("part-*.parquet")):
                 break
             time.sleep(0.05)
-        assert process.poll() is None, "the run ended before it could be killed"
+        assert process.poll() is None, (
+            "the run ended before it could be killed:\n" + (tmp_path / "killed.log").read_text()[-3000:]
+        )
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=60)
     finally:
