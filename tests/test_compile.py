@@ -29,6 +29,7 @@ def _inputs(generator: torch.Generator) -> tuple[torch.Tensor, ...]:
 
 
 @pytest.mark.slow
+@pytest.mark.process  # inductor runs the C++ compiler
 def test_compiled_blocks_equal_eager_forward_and_backward():
     from torch._dynamo.utils import counters
 
