@@ -324,7 +324,8 @@ def backward_transient_bytes(
     Autograd releases a node's saved tensors once the node has run, so the gradients mostly replace what
     they consume. What is alive on top at the worst point (the feed-forward's backward): the gradient with
     respect to the GELU output (c B l F) and two gradients of the residual stream in the residual dtype (the
-    incoming one and the one accumulated for the block input): c B l F + 2 r n.
+    incoming one and the one accumulated for the block input), less the feed-forward's gated-residual update
+    its backward has released (r n): c B l F + r n.
     Under sequence parallelism the attention's backward exchanges the gradients of q, k, v back: their
     head-layout gradients, the copy padded to L_pad, the contiguous send buffer and the receive buffer (4 x 3 c n)
     are alive at once, after the feed-forward's saved tensors (3 r n + c n + 2 c B l F) were freed: that
@@ -333,7 +334,8 @@ def backward_transient_bytes(
     c, r = compute_bytes, residual_bytes
     tokens = tokens_per_rank(shape.seq_len, sequence_parallel)
     n = batch * tokens * config.dim
-    feed_forward = c * batch * tokens * config.ffn_dim + 2 * r * n
+    # the feed-forward's gated residual ran first and released its saved update (r n): one r n on top
+    feed_forward = c * batch * tokens * config.ffn_dim + 2 * r * n - r * n
     if sequence_parallel == 1:
         return feed_forward
     freed = 3 * r * n + c * n + 2 * c * batch * tokens * config.ffn_dim
@@ -484,7 +486,9 @@ def memory_estimate(
     kept_blocks = kept_per_block if offload else layers * kept_per_block
     outside = outside_activation_bytes(config, shape, batch, c, sp)
     head = head_activation_bytes(config, shape, batch, c, sp)
-    recompute = block_saved if checkpointing else 0
+    # with checkpointing the recomputed block's first LayerNorm saves the kept block input itself when the
+    # residual dtype is the compute dtype (no cast makes a copy): counted once, in the kept inputs
+    recompute = block_saved - (block_input if r == c else 0) if checkpointing else 0
     transient = backward_transient_bytes(config, shape, batch, c, r, sp)
     base = FP32 * shard + 2 * FP32 * shard
 
@@ -1062,6 +1066,14 @@ def plan_command(
     peak_tflops: Annotated[
         float, typer.Option("--peak-tflops", help="Dense bf16 peak of one GPU, TFLOP/s")
     ] = PlanConfig.peak_tflops,
+    trace: Annotated[
+        bool,
+        typer.Option(
+            "--trace",
+            help="Also run one real training step on fake tensors (no GPU, no memory) with a fake process group "
+            "of --gpus ranks, and print its memory per phase beside the plan's (about a minute on 2 cores)",
+        ),
+    ] = False,
 ) -> None:
     """Parameters, FLOPs, throughput and per-GPU memory of a recipe; whether it fits, what is recommended and
     what to change if it does not fit.
@@ -1087,9 +1099,22 @@ def plan_command(
             mfu,
             peak_tflops,
         )
-        result = plan_from_recipe(load_recipe(recipe, overrides), plan, from_shards=from_shards)
+        recipe_data = load_recipe(recipe, overrides)
+        result = plan_from_recipe(recipe_data, plan, from_shards=from_shards)
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=2) from err
     typer.echo(format_plan(result))
+    if trace:
+        from trainer.trace import format_trace, trace_report
+        from trainer.train import train_config_from_recipe
+
+        s = result.shape
+        report = trace_report(
+            train_config_from_recipe(recipe_data),
+            (s.latent_frames, s.latent_height, s.latent_width),
+            s.num_condition,
+            plan.num_gpus,
+        )
+        typer.echo(format_trace(report, result.memory, plan.num_gpus))
     raise typer.Exit(code=0 if result.fits else 1)

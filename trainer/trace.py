@@ -140,6 +140,8 @@ class StepTrace:
     phases: dict[str, int] = field(default_factory=dict)  # peak bytes while the phase ran
     breakdown: dict[str, dict[str, int]] = field(default_factory=dict)  # phase -> reference type -> bytes
     forward_end: int = 0  # bytes alive when a micro-batch's loss is computed (the largest over micro-batches)
+    start: int = 0  # bytes alive when tracking began (parameters, inputs)
+    host: int = 0  # bytes offloaded to host memory by one micro-batch's forward (offload_activations)
     seconds: float = 0.0
 
     @property
@@ -178,8 +180,8 @@ def fake_batch(
     }
 
 
-def _device_snapshot(tracker: Any, kind: str) -> dict[str, int]:
-    snap = tracker.get_tracker_snapshot(kind).get(FAKE_DEVICE, {})
+def _device_snapshot(tracker: Any, kind: str, device: torch.device = FAKE_DEVICE) -> dict[str, int]:
+    snap = tracker.get_tracker_snapshot(kind).get(device, {})
     return {str(getattr(k, "value", k)): int(v) for k, v in snap.items()}
 
 
@@ -189,6 +191,87 @@ def _reset_peak(tracker: Any) -> None:
 
     tracker._peak_mem_snap = copy.deepcopy(tracker._curr_mem_snap)
     tracker._peak_mem = {dev: snap["Total"] for dev, snap in tracker._peak_mem_snap.items()}
+
+
+class _HostStandIn(torch.autograd.graph.saved_tensors_hooks):
+    """``torch.autograd.graph.save_on_cpu`` inside a trace. The fake tensors are on the CPU already, where
+    ``save_on_cpu`` keeps the tensor itself: nothing would leave the device. This keeps only the shape and
+    dtype of each saved tensor (its bytes are added to ``packed_bytes``: the host memory) and hands the
+    backward a new tensor on the device, as ``save_on_cpu``'s copy back does."""
+
+    packed_bytes = 0
+
+    def __init__(self, pin_memory: bool = False, device_type: str = "cuda") -> None:
+        def pack(tensor: torch.Tensor) -> tuple[torch.device, torch.Size, torch.dtype]:
+            _HostStandIn.packed_bytes += tensor.numel() * tensor.element_size()
+            return tensor.device, tensor.shape, tensor.dtype
+
+        def unpack(packed: tuple[torch.device, torch.Size, torch.dtype]) -> torch.Tensor:
+            device, shape, dtype = packed
+            return torch.empty(shape, dtype=dtype, device=device)
+
+        super().__init__(pack, unpack)
+
+
+@contextlib.contextmanager
+def _offload_stand_in() -> Iterator[None]:
+    original = torch.autograd.graph.save_on_cpu
+    torch.autograd.graph.save_on_cpu = _HostStandIn
+    try:
+        yield
+    finally:
+        torch.autograd.graph.save_on_cpu = original
+
+
+def track_steps(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batches: list[dict[str, Any]],
+    config: TrainConfig,
+    runtime: Runtime,
+) -> StepTrace:
+    """Two optimizer steps over ``batches`` (one per micro-batch) through ``trainer.train``'s
+    ``micro_batch_loss`` and ``optimizer_step``, the second tracked by ``FSDPMemTracker`` per phase (AdamW
+    makes its state in the first, as torchtitan's estimation does). Fake or real tensors alike."""
+    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+
+    from trainer.train import micro_batch_loss, optimizer_step
+
+    tracker = FSDPMemTracker(model, optimizer)
+    tracker.track_inputs(tuple(batches))
+    result = StepTrace(len(model.blocks))
+    device = runtime.device
+
+    def record(phase: str) -> None:
+        snap = _device_snapshot(tracker, "peak", device)
+        if snap.get("Total", 0) >= result.phases.get(phase, 0):
+            result.phases[phase] = snap.get("Total", 0)
+            result.breakdown[phase] = snap
+
+    with tracker:
+        result.start = _device_snapshot(tracker, "current", device).get("Total", 0)
+        for step in range(2):
+            for micro, batch in enumerate(batches):
+                tracker.reset_mod_stats()  # its per-module stats allow one forward per module
+                _reset_peak(tracker)
+                _HostStandIn.packed_bytes = 0
+                loss = micro_batch_loss(model, batch, config, runtime, step, micro)
+                if step:
+                    result.host = max(result.host, _HostStandIn.packed_bytes)
+                    record("forward")
+                    now = _device_snapshot(tracker, "current", device).get("Total", 0)
+                    result.forward_end = max(result.forward_end, now)
+                _reset_peak(tracker)
+                (loss / config.grad_accum).backward()
+                del loss
+                if step:
+                    record("backward")
+            _reset_peak(tracker)
+            optimizer_step(model, optimizer, scheduler, config.optim.grad_clip)
+            if step:
+                record("optimizer step")
+    return result
 
 
 def trace_training_step(
@@ -205,10 +288,8 @@ def trace_training_step(
     """
     import time
 
-    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
-
     from trainer.model import get_config
-    from trainer.train import lr_factor, micro_batch_loss, optimizer_step
+    from trainer.train import lr_factor
 
     overrides: dict[str, Any] = {"residual_dtype": config.parallel.residual_dtype}
     if num_layers is not None:
@@ -216,7 +297,7 @@ def trace_training_step(
     model_config = get_config(config.model, **overrides)
     optim = config.optim
     start = time.perf_counter()
-    with fake_world(world_size, config.parallel.sequence_parallel) as runtime:
+    with fake_world(world_size, config.parallel.sequence_parallel) as runtime, _offload_stand_in():
         model = sharded_fake_model(model_config, config.parallel, runtime)
         model.train()
         # foreach: AdamW's default on CUDA (one temporary per state tensor at once), not its CPU default
@@ -233,37 +314,106 @@ def trace_training_step(
             fake_batch(model_config, latent_shape, num_condition, config.data.batch_size, runtime.device)
             for _ in range(config.grad_accum)
         ]
-        tracker = FSDPMemTracker(model, optimizer)
-        tracker.track_inputs(tuple(batches))
-        result = StepTrace(model_config.num_layers)
-
-        def record(phase: str) -> None:
-            snap = _device_snapshot(tracker, "peak")
-            if snap.get("Total", 0) >= result.phases.get(phase, 0):
-                result.phases[phase] = snap.get("Total", 0)
-                result.breakdown[phase] = snap
-
-        with tracker:
-            # two optimizer steps, the second recorded: AdamW makes its state in the first (as torchtitan)
-            for step in range(2):
-                for micro, batch in enumerate(batches):
-                    tracker.reset_mod_stats()  # its per-module stats allow one forward per module
-                    _reset_peak(tracker)
-                    loss = micro_batch_loss(model, batch, config, runtime, step, micro)
-                    if step:
-                        record("forward")
-                        result.forward_end = max(
-                            result.forward_end, _device_snapshot(tracker, "current")["Total"]
-                        )
-                    _reset_peak(tracker)
-                    (loss / config.grad_accum).backward()
-                    del loss
-                    if step:
-                        record("backward")
-                _reset_peak(tracker)
-                optimizer_step(model, optimizer, scheduler, optim.grad_clip)
-                if step:
-                    record("optimizer step")
+        result = track_steps(model, optimizer, scheduler, batches, config, runtime)
         del model, optimizer, scheduler, batches
     result.seconds = time.perf_counter() - start
     return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# Beside the plan: ``trainer plan --trace``
+# ---------------------------------------------------------------------------------------------------
+
+TRACE_BLOCKS = (3, 4)  # traced models of this many blocks at the recipe's width; 40 blocks are extrapolated
+
+
+@dataclass
+class TraceReport:
+    """The step's memory per phase at the recipe's depth, extrapolated from two traced depths."""
+
+    num_layers: int
+    traced: tuple[StepTrace, StepTrace]
+    phases: dict[str, int]  # "forward end", "forward", "backward", "optimizer step" -> bytes
+    categories: dict[str, int]  # at the peak phase
+
+    @property
+    def peak(self) -> int:
+        return max(self.phases.values())
+
+
+def _linear(a: int, b: int, la: int, lb: int, layers: int) -> int:
+    """The value at ``layers`` blocks of a quantity that is a at la blocks and b at lb: per block (b - a) /
+    (lb - la). Sharded state and kept block inputs grow by a block each; the rest does not change."""
+    return round(b + (b - a) * (layers - lb) / (lb - la))
+
+
+def trace_report(
+    config: TrainConfig,
+    latent_shape: tuple[int, int, int],
+    num_condition: int,
+    world_size: int,
+    blocks: tuple[int, int] = TRACE_BLOCKS,
+) -> TraceReport:
+    """Trace the step at two depths (``blocks``) and extrapolate every phase and category per block to the
+    model's own depth (exact when the depth is one of them)."""
+    from trainer.model import get_config
+
+    layers = get_config(config.model).num_layers
+    first, second = (trace_training_step(config, latent_shape, num_condition, world_size, n) for n in blocks)
+    la, lb = blocks
+
+    def at(a: int, b: int) -> int:
+        return _linear(a, b, la, lb, layers)
+
+    phases = {"forward end": at(first.forward_end, second.forward_end)}
+    for phase in TRACE_PHASES:
+        phases[phase] = at(first.phases[phase], second.phases[phase])
+    peak_phase = max(TRACE_PHASES, key=phases.__getitem__)
+    ca, cb = first.categories(peak_phase), second.categories(peak_phase)
+    categories = {name: at(ca[name], cb[name]) for name in CATEGORIES}
+    return TraceReport(layers, (first, second), phases, categories)
+
+
+def plan_phases(memory: Any) -> dict[str, int]:
+    """The plan's tensor bytes on the trace's phases (its two backward moments are one phase here)."""
+    p = memory.phases
+    return {
+        "forward end": p["forward end"],
+        "backward": max(p["backward, last block"], p["backward, first block"]),
+        "optimizer step": p["optimizer step"],
+    }
+
+
+def format_trace(report: TraceReport, memory: Any, world_size: int) -> str:
+    """The trace beside the plan's figures (``memory``: the plan's ``MemoryEstimate``)."""
+    planned = plan_phases(memory)
+    a, b = report.traced
+    lines = [
+        "",
+        f"Trace: one optimizer step of the real code (trainer.train.micro_batch_loss, optimizer_step) on fake CPU "
+        f"tensors, rank 0 of a fake process group of {world_size}, FSDPMemTracker (tensors only, no reserved)",
+        f"  traced at {a.num_layers} and {b.num_layers} blocks of the recipe's width ({a.seconds:.0f} s + "
+        f"{b.seconds:.0f} s), extrapolated per block to {report.num_layers}"
+        if report.num_layers not in (a.num_layers, b.num_layers)
+        else f"  traced at the model's own {report.num_layers} blocks",
+        f"  {'phase':<16}{'trace':>12}{'plan':>12}{'difference':>12}",
+    ]
+    for phase, value in planned.items():
+        traced = report.phases[phase]
+        lines.append(
+            f"  {phase:<16}{traced / GIB:>8.2f} GiB{value / GIB:>8.2f} GiB{(value - traced) / traced:>+12.1%}"
+        )
+    lines.append(
+        f"  {'forward (peak)':<16}{report.phases['forward'] / GIB:>8.2f} GiB{'':>12}   inside a block"
+    )
+    peak_phase = max(TRACE_PHASES, key=report.phases.__getitem__)
+    lines.append(
+        f"  at the trace's peak ({peak_phase}): "
+        + ", ".join(f"{name} {value / GIB:.2f} GiB" for name, value in report.categories.items())
+    )
+    plan_peak = memory.tensors
+    lines.append(
+        f"trace: peak {report.peak / GIB:.2f} GiB, plan {plan_peak / GIB:.2f} GiB, difference "
+        f"{(plan_peak - report.peak) / report.peak:+.1%}"
+    )
+    return "\n".join(lines)
