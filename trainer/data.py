@@ -245,7 +245,8 @@ def collate(
 
     Returns ``source_latents``, ``target_latents`` (B, 16, T', H', W'), ``reference_latents`` (B, 16, 1, H', W'),
     ``vlm_first``, ``vlm_last`` (B, S_max, D_vlm), ``vlm_mask`` (B, S_max) bool (True = real token),
-    ``vlm_token_types`` (B, S_max) uint8 (padding 0), ``keys`` and ``metas``.
+    ``vlm_token_types`` (B, S_max) uint8 (padding 0), ``vlm_lengths`` (the real VLM tokens of each sample, a
+    list of ints), ``keys`` and ``metas``.
     """
     keys = [key for key, _, _ in samples]
     shapes = {key: tuple(t["target_latents"].shape) for key, t, _ in samples}
@@ -276,6 +277,7 @@ def collate(
         types[i, :length] = tensors["vlm_token_types"]
         mask[i, :length] = True
     batch.update(vlm_first=first, vlm_last=last, vlm_mask=mask, vlm_token_types=types)
+    batch["vlm_lengths"] = lengths  # the real tokens per sample, known on the host (no device read)
     batch["keys"] = keys
     batch["metas"] = [meta for _, _, meta in samples]
     return batch

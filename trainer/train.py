@@ -216,6 +216,85 @@ def _format_line(row: dict[str, Any], steps: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
+# The step: what one micro-batch and one optimizer step run (``trainer.trace`` runs these at real size)
+# ---------------------------------------------------------------------------------------------------
+
+
+def micro_batch_loss(
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    config: TrainConfig,
+    runtime: Runtime,
+    step: int,
+    micro: int,
+) -> torch.Tensor:
+    """The flow-matching loss of one micro-batch (a scalar tensor, before the backward).
+
+    Nothing here reads a tensor's value in Python: the condition mask is passed only when some sample has
+    padded VLM tokens (``batch["vlm_lengths"]``, known on the host) or condition dropout is on."""
+    device, flow = runtime.device, config.flow
+    x0 = batch["target_latents"].to(device, non_blocking=True).float()  # (B, 16, T', H', W')
+    source = batch["source_latents"].to(device, non_blocking=True)
+    reference = batch["reference_latents"].to(device, non_blocking=True)  # (B, 16, 1, H', W')
+    vlm_first = batch["vlm_first"].to(device, non_blocking=True)  # (B, S, D_vlm)
+    vlm_last = batch["vlm_last"].to(device, non_blocking=True)
+    padded = min(batch["vlm_lengths"]) < vlm_first.shape[1]
+
+    # Flow matching (rectified flow, Wan's convention): per sample u -> shifted sigma,
+    # x_t = (1 - sigma) x0 + sigma noise, the model predicts the velocity noise - x0 at t = 1000 sigma.
+    us, noises, dropped = [], [], []
+    for i in range(x0.shape[0]):
+        generator = sample_generator(
+            config.seed, step, micro, runtime.dp_rank * config.data.batch_size + i, device
+        )
+        if flow.timestep_sampling == "uniform":
+            u = torch.rand(1, generator=generator, device=device)
+        else:
+            normal = torch.randn(1, generator=generator, device=device)
+            u = torch.sigmoid(flow.logit_mean + flow.logit_std * normal)
+        us.append(u)
+        noises.append(torch.randn(x0.shape[1:], generator=generator, device=device))
+        if config.condition_dropout > 0:  # drawn last: without dropout the draws are unchanged
+            dropped.append(torch.rand(1, generator=generator, device=device) < config.condition_dropout)
+    u = torch.cat(us)  # (B,)
+    noise = torch.stack(noises)  # (B, 16, T', H', W')
+    sigma = shift_sigma(u, flow.shift)  # (B,) in (0, 1)
+    s = sigma[:, None, None, None, None]
+    x_t = (1 - s) * x0 + s * noise
+    target = noise - x0
+    # True = real token; a dropped condition is every condition token masked out (the model sees none);
+    # None when every token is real and nothing is dropped (the attention then needs no mask)
+    condition_mask = None
+    if padded or dropped:
+        condition_mask = batch["vlm_mask"].to(device, non_blocking=True)  # (B, S)
+        if dropped:
+            condition_mask = condition_mask & ~torch.cat(dropped)[:, None]
+    # the model already drops the reference frame and the condition tokens: the loss is on target
+    # patches. Under SP every rank of the group gets the whole prediction and computes the same loss.
+    pred = model(x_t, source, reference, sigma * 1000, vlm_first, vlm_last, condition_mask, sp=runtime.sp)
+    return F.mse_loss(pred.float(), target)
+
+
+def optimizer_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    grad_clip: float,
+) -> torch.Tensor:
+    """Clip the global gradient norm (0: no clipping), step AdamW and the schedule, free the gradients;
+    returns the norm before clipping as a device tensor (read with the step's log line, never here)."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        model.parameters(), grad_clip if grad_clip > 0 else float("inf")
+    )
+    if hasattr(grad_norm, "full_tensor"):
+        grad_norm = grad_norm.full_tensor()
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+# ---------------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------------
 
@@ -342,7 +421,7 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
             )
 
     # 6. The loop -------------------------------------------------------------------------------------------
-    flow, batch_size = config.flow, config.data.batch_size
+    batch_size = config.data.batch_size
     peak = peak_flops(config, device)
     model.train()
     if runtime.is_main:
@@ -376,45 +455,7 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
         flops, tokens, samples = 0.0, 0, 0
         for micro in range(config.grad_accum):
             batch = next(loader)
-            x0 = batch["target_latents"].to(device, non_blocking=True).float()  # (B, 16, T', H', W')
-            source = batch["source_latents"].to(device, non_blocking=True)
-            reference = batch["reference_latents"].to(device, non_blocking=True)  # (B, 16, 1, H', W')
-            vlm_first = batch["vlm_first"].to(device, non_blocking=True)  # (B, S, D_vlm)
-            vlm_last = batch["vlm_last"].to(device, non_blocking=True)
-            vlm_mask = batch["vlm_mask"].to(device, non_blocking=True)  # (B, S) True = real token
-
-            # Flow matching (rectified flow, Wan's convention): per sample u -> shifted sigma,
-            # x_t = (1 - sigma) x0 + sigma noise, the model predicts the velocity noise - x0 at t = 1000 sigma.
-            us, noises, dropped = [], [], []
-            for i in range(x0.shape[0]):
-                generator = sample_generator(
-                    config.seed, step, micro, runtime.dp_rank * batch_size + i, device
-                )
-                if flow.timestep_sampling == "uniform":
-                    u = torch.rand(1, generator=generator, device=device)
-                else:
-                    normal = torch.randn(1, generator=generator, device=device)
-                    u = torch.sigmoid(flow.logit_mean + flow.logit_std * normal)
-                us.append(u)
-                noises.append(torch.randn(x0.shape[1:], generator=generator, device=device))
-                if config.condition_dropout > 0:  # drawn last: without dropout the draws are unchanged
-                    dropped.append(
-                        torch.rand(1, generator=generator, device=device) < config.condition_dropout
-                    )
-            u = torch.cat(us)  # (B,)
-            noise = torch.stack(noises)  # (B, 16, T', H', W')
-            sigma = shift_sigma(u, flow.shift)  # (B,) in (0, 1)
-            s = sigma[:, None, None, None, None]
-            x_t = (1 - s) * x0 + s * noise
-            target = noise - x0
-            # a dropped condition is every condition token masked out (the model then sees none of them)
-            condition_mask = vlm_mask & ~torch.cat(dropped)[:, None] if dropped else vlm_mask  # (B, S)
-            # the model already drops the reference frame and the condition tokens: the loss is on target
-            # patches. Under SP every rank of the group gets the whole prediction and computes the same loss.
-            pred = model(
-                x_t, source, reference, sigma * 1000, vlm_first, vlm_last, condition_mask, sp=runtime.sp
-            )
-            loss = F.mse_loss(pred.float(), target)
+            loss = micro_batch_loss(model, batch, config, runtime, step, micro)
             # every micro-batch's backward reduce-scatters its gradients into the float32 shards, which
             # accumulate: skipping the sync would make FSDP2 keep unsharded float32 gradients of the whole
             # model on every rank until the last micro-batch (4 bytes x 10 B parameters for the 14B model)
@@ -423,22 +464,16 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
 
             # accounting: visual tokens include the reference frame; condition tokens count real ones only.
             # An SP group shares its samples: each rank counts 1/N of them (and does 1/N of their FLOPs).
-            for num_condition in vlm_mask.sum(1).tolist():
-                shape = token_shape_from_latents(model_config, tuple(x0.shape[2:]), int(num_condition))
+            latent_shape = tuple(batch["target_latents"].shape[2:])
+            for num_condition in batch["vlm_lengths"]:  # host numbers: no device read
+                shape = token_shape_from_latents(model_config, latent_shape, num_condition)
                 flops += 3 * mive_flops(model_config, shape.num_visual, shape.num_condition, shape.num_target)
                 tokens += shape.seq_len
-            samples += x0.shape[0]
+            samples += len(batch["vlm_lengths"])
         flops, tokens, samples = flops / runtime.sp_size, tokens / runtime.sp_size, samples / runtime.sp_size
 
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            model.parameters(), optim.grad_clip if optim.grad_clip > 0 else float("inf")
-        )
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
         lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(model, optimizer, scheduler, optim.grad_clip)
         step += 1
 
         # one log line: the loss averaged over micro-batches and ranks, throughput summed over ranks
@@ -450,6 +485,8 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
             ]
         )
         dist.all_reduce(stats)
+        # the log line's numbers and the grad norm: one device-to-host copy, once per step, after the optimizer
+        values = torch.cat([stats, grad_norm.detach().float().reshape(1)]).tolist()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start
@@ -457,11 +494,11 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
             tflops = flops / elapsed / 1e12  # this rank's model FLOPs (recomputation not counted)
             row = {
                 "step": step,
-                "loss": stats[0].item() / runtime.world_size,
-                "grad_norm": grad_norm.item(),
+                "loss": values[0] / runtime.world_size,
+                "grad_norm": values[-1],
                 "lr": lr,
-                "samples_per_s": stats[1].item() / elapsed,
-                "tokens_per_s": stats[2].item() / elapsed,
+                "samples_per_s": values[1] / elapsed,
+                "tokens_per_s": values[2] / elapsed,
                 "tflops_per_device": tflops,
                 "mfu": tflops * 1e12 / peak if peak else None,
                 "peak_memory_gib": peak_memory_gib(device),
