@@ -88,8 +88,12 @@ def test_an_autoscaler_is_waited_for_up_to_the_recipe_limit(monkeypatch, capsys)
 
 @pytest.mark.process
 @pytest.mark.ray
-def test_a_stage_asking_for_more_cpus_than_a_local_ray_has_exits_2_naming_it(tmp_path):
-    """``dataengine harvest-portraits`` with ``harvest_cpus = 4`` on a 2-CPU local Ray: exit 2, one line."""
+def test_a_stage_asking_for_more_cpus_than_the_ray_has_exits_2_naming_it(tmp_path, ray_session):
+    """``dataengine harvest-portraits`` with ``harvest_cpus = 64`` joining the tests' local Ray (2 CPUs, no
+    autoscaler): exit 2 and one line, before the stage starts (the one video is not even a video)."""
+    import ray
+
+    most = max(node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"])
     pool = tmp_path / "pool"
     pool.mkdir()
     (pool / "clip.mp4").write_bytes(b"never decoded: the job stops before its stage starts")
@@ -99,11 +103,10 @@ def test_a_stage_asking_for_more_cpus_than_a_local_ray_has_exits_2_naming_it(tmp
             str(REPO / "manifests" / "demo.toml"),
             "run=edges",
             f'portraits.harvest.videos_dir="{pool}"',
-            "portraits.resources.harvest_cpus=4",
-            "portraits.resources.num_cpus=2",
+            "portraits.resources.harvest_cpus=64",
         ),
         cwd=tmp_path,
-        env=cli_env(RAY_ADDRESS="", OMP_NUM_THREADS="1"),
+        env=cli_env(RAY_ADDRESS=ray_session, OMP_NUM_THREADS="1"),
         capture_output=True,
         text=True,
         timeout=300,
@@ -112,6 +115,7 @@ def test_a_stage_asking_for_more_cpus_than_a_local_ray_has_exits_2_naming_it(tmp
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert errors[0].startswith(
-        "error: stage harvest asks for 4 CPU per actor (portraits.resources.harvest_cpus)"
-    )
-    assert "no node has more than 2 CPU, on this machine's local Ray instance" in errors[0]
+        "error: stage harvest asks for 64 CPU per actor (portraits.resources.harvest_cpus) but no node has "
+        f"more than {most:g} CPU, on the Ray cluster (it has no autoscaler to add a node)"
+    ), errors[0]
+    assert not (tmp_path / "manifests" / "edges" / "harvest" / "windows.parquet").exists()
