@@ -377,6 +377,23 @@ def check_resources(
         )
 
 
+def start_cluster(
+    stages: Sequence[Stage],
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+    resource_wait_s: float = 0.0,
+    resource_wait_key: str = "",
+) -> None:
+    """Start or join Ray and :func:`check_resources` for ``stages`` (once per process is enough; cheap again)."""
+    import os
+
+    from pipelines.runtime import init_ray
+
+    init_ray(ray_address, num_cpus=num_cpus)
+    local = not (ray_address or os.environ.get("RAY_ADDRESS"))
+    check_resources(stages, local=local, wait_s=resource_wait_s, wait_key=resource_wait_key)
+
+
 def stream_stages(
     items: list[Row],
     stages: Sequence[Stage],
@@ -393,15 +410,9 @@ def stream_stages(
     (waiting up to ``resource_wait_s`` where an autoscaler may add nodes)."""
     if not items:
         return
-    import os
-
     import ray
 
-    from pipelines.runtime import init_ray
-
-    init_ray(ray_address, num_cpus=num_cpus)
-    local = not (ray_address or os.environ.get("RAY_ADDRESS"))
-    check_resources(stages, local=local, wait_s=resource_wait_s, wait_key=resource_wait_key)
+    start_cluster(stages, ray_address, num_cpus, resource_wait_s, resource_wait_key)
     ray.data.DataContext.get_current().execution_options.preserve_order = ordered
     nodes: dict[str, Counter[str]] = {stage.name: Counter() for stage in stages}
     for batch in _pipeline(items, stages).iter_batches(batch_format="pandas", batch_size=None):
@@ -436,6 +447,8 @@ def run_stages(
     it to store one record per written shard. Parts are written every ``FLUSH_ROWS`` records (about a
     tenth of the run on small runs) or ``FLUSH_SECONDS``, so a kill loses little and a rerun skips the rest.
     """
+    if items:  # before the progress line: a stage the cluster cannot run stops the job here
+        start_cluster(stages, ray_address, num_cpus, resource_wait_s, resource_wait_key)
     progress = Progress(num_done + len(items), unit=unit, description=description, initial=num_done)
 
     def counted() -> Iterator[Row]:
