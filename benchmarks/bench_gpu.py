@@ -120,6 +120,9 @@ class Profile:
     """Sequence-parallel degrees whose per-rank share of the block is measured (each divides the heads)."""
     dit_reps: int = 2
     """Timed forward + backward runs of the block per degree, after one warm-up (the fastest is kept)."""
+    dit_compiled: bool = True
+    """Also time the block at SP 1 with its forward compiled (``train.parallel.compile_blocks``): the
+    compiled-vs-eager row. The compilation (inductor) runs in the warm-up."""
     warmup: int = 1
     """Untimed runs before each timed measurement (kernel selection, autotuning, caches)."""
     min_reps: int = 2
@@ -158,6 +161,7 @@ PROFILES = {
         dit_condition=16,
         dit_sp_degrees=(1, 2, 4),  # the debug model's 4 heads
         dit_reps=1,
+        dit_compiled=False,  # inductor's C++ build of the block takes minutes on a CPU
         warmup=0,
         min_reps=1,
         time_limits=dict.fromkeys(SECTIONS, 120.0),
@@ -657,6 +661,36 @@ def block_tflops_key(degree: int) -> str:
     return "dit.block_tflops" if degree == 1 else f"dit.block_tflops_sp{degree}"
 
 
+def _compiled_rows(
+    bench: Bench, config: Any, seq: int, dtype: Any, residual: str, eager_s: float
+) -> Iterator[dict]:
+    """The block at SP 1 with its forward compiled (``train.parallel.compile_blocks``) against eager."""
+    from benchmarks.bench_model import measure_block
+
+    profile = bench.profile
+    try:
+        m = measure_block(
+            config.dim, config.num_heads, config.ffn_dim, seq, profile.dit_condition, dtype, 1,
+            device=bench.device, reps=profile.dit_reps, residual_dtype=residual, compiled=True,
+        )  # fmt: skip
+    except Exception as err:
+        if not _is_oom(err):
+            raise
+        yield _row("dit", "SP 1 compiled", "OOM", "", f"{type(err).__name__}: {str(err)[:120]}")
+        return
+    yield _row("dit", "SP 1 compiled: block fwd+bwd", m["seconds"] * 1e3, "ms", "torch.compile'd forward")
+    yield _row(
+        "dit",
+        "SP 1 compiled vs eager",
+        eager_s / m["seconds"],
+        "x",
+        "eager time / compiled time (above 1: compiling pays)",
+        key="dit.compiled_speedup",
+    )
+    if m["peak_memory_gib"] is not None:
+        yield _row("dit", "SP 1 compiled: peak memory", m["peak_memory_gib"], "GiB", "above the weights")
+
+
 def bench_dit(bench: Bench) -> Iterator[dict]:
     """One MiVE block of the real width, fwd+bwd at the plan's sequence, as one rank of each sequence-parallel
     degree (``benchmarks.bench_model.measure_block``), next to the plan's per-block numbers; the SDPA backend.
@@ -669,7 +703,11 @@ def bench_dit(bench: Bench) -> Iterator[dict]:
     warm-up + ``dit_reps`` (2) timed runs each: 3 x 1.875 x 1.7 = 10 s. Building the four 246M-parameter blocks
     on the GPU, a second or two; the backend probe (one forward, 0.5 s) and the three backends' attention
     forward alone (1.35e14 FLOP, 3 runs each, the efficient one slower): about 5 s. About 20 s in all, 40 s at
-    half the rate: 80 s leaves room for a slower GPU or backend.
+    half the rate: 80 s leaves room for a slower GPU or backend. The compiled block at SP 1 (``dit_compiled``)
+    comes last: inductor compiles its forward and backward in the warm-up (not measured on a GPU; on 2 CPU cores
+    the debug model took 134 s; a GPU build with Triton kernels is assumed under 60 s), then 2 timed runs of
+    1.2-1.7 s. If that overruns the section's limit only its rows are lost (the rows so far are kept); give it
+    room with ``--time-limit dit=150``.
     """
     import torch
 
@@ -685,6 +723,7 @@ def bench_dit(bench: Bench) -> Iterator[dict]:
     frames, height, width = profile.dit_grid
     seq = profile.dit_condition + frames * height * width
     params = parameter_breakdown(config)
+    eager_seconds = None  # the SP 1 block's, for the compiled-vs-eager row
     yield _row(
         "dit",
         "plan: parameters per block",
@@ -744,6 +783,8 @@ def bench_dit(bench: Bench) -> Iterator[dict]:
             )
         else:
             yield _row("dit", f"{label}: plan's block memory", m["plan_block_gib"], "GiB", plan)
+        if degree == 1:
+            eager_seconds = m["seconds"]
 
     # which SDPA kernel the block's attention dispatches to (SP 1, the whole sequence)
     device = torch.device(bench.device)
@@ -765,6 +806,8 @@ def bench_dit(bench: Bench) -> Iterator[dict]:
         "the aten op the block's attention ran",
     )
     yield from _attention_rows(bench, config.num_heads, config.head_dim, seq, dtype)
+    if profile.dit_compiled and eager_seconds is not None:
+        yield from _compiled_rows(bench, config, seq, dtype, residual, eager_seconds)
 
 
 BENCHMARKS: dict[str, Callable[[Bench], Iterator[dict]]] = {

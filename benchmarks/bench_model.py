@@ -376,8 +376,12 @@ def measure_block(
     device: str | torch.device | None = None,
     reps: int = 3,
     residual_dtype: str = "float32",
+    compiled: bool = False,
 ) -> dict:
     """One ``MiVEBlock``'s forward + backward as one rank of a sequence-parallel group of ``sp_degree`` does it.
+
+    ``compiled``: the block's forward goes through ``torch.compile`` first, as ``train.parallel.compile_blocks``
+    does (``trainer.parallel.apply_compile``); the compilation happens in the untimed warm-up.
 
     ``seq_len`` is the whole unified sequence L (condition + visual tokens); the rank holds
     l = ceil(L / N) tokens and attends over L tokens with H/N heads (:class:`EmulatedSequenceParallel`).
@@ -402,6 +406,8 @@ def measure_block(
     torch.manual_seed(0)
     with torch.device(device):  # initialised where it runs: a 14B-wide block is 246M parameters
         block = MiVEBlock(config).to(dtype)
+    if compiled:
+        block.forward = torch.compile(block.forward)
     sp = EmulatedSequenceParallel(sp_degree) if sp_degree > 1 else None
     shard = SequenceShard(sp, seq_len) if sp is not None else None
     tokens = shard.chunk if shard is not None else seq_len
@@ -440,6 +446,7 @@ def measure_block(
         "num_condition": num_condition,
         "dtype": str(dtype).removeprefix("torch."),
         "sp_degree": sp_degree,
+        "compiled": compiled,
         "tokens_per_rank": tokens,
         "heads_per_rank": heads // sp_degree,
         "seconds": seconds,
