@@ -447,8 +447,6 @@ def run_stages(
     it to store one record per written shard. Parts are written every ``FLUSH_ROWS`` records (about a
     tenth of the run on small runs) or ``FLUSH_SECONDS``, so a kill loses little and a rerun skips the rest.
     """
-    if items:  # before the progress line: a stage the cluster cannot run stops the job here
-        start_cluster(stages, ray_address, num_cpus, resource_wait_s, resource_wait_key)
     progress = Progress(num_done + len(items), unit=unit, description=description, initial=num_done)
 
     def counted() -> Iterator[Row]:
