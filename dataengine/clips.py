@@ -225,8 +225,9 @@ def longest_clip(available: int) -> int:
 def clip_frames(info: VideoInfo, config: ClipConfig) -> tuple[np.ndarray, float]:
     """The frame indices (from the start) and the frame rate of the clip a video gives, or ``too_short``.
 
-    At ``config.fps`` (or the native rate when it is 0) the video holds some number of frames; the clip is
-    the longest ``4n + 1`` of them, at most ``num_frames``. With ``short_clip_fps = "native"``, a video too
+    At ``config.fps`` (or the native rate when it is 0) the video holds some number of frames (the ticks
+    within its duration: :func:`dataengine.video.frames_at_rate`); the clip is the longest ``4n + 1`` of them,
+    at most ``num_frames``. With ``short_clip_fps = "native"``, a video too
     short for ``num_frames`` at ``fps`` but denser than ``fps`` is taken at its native rate instead, when
     that gives more frames. Fewer than ``min_frames`` (``num_frames`` when 0) is ``too_short``."""
     native = np.arange(min(info.num_frames, config.num_frames))
