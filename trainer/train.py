@@ -33,6 +33,7 @@ from dataengine.layout import TrainRunLayout
 from dataengine.recipe import UserError, build_config, config_to_dict
 from trainer.checkpoint import CheckpointConfig, Checkpointer
 from trainer.data import DataConfig, ShardLoader
+from trainer.ema import WeightAverage
 from trainer.parallel import (
     MIVE_PLAN,
     ParallelConfig,
@@ -41,6 +42,8 @@ from trainer.parallel import (
     init_distributed,
     shutdown_distributed,
 )
+from trainer.steptime import StepClock
+from trainer.validation import ValidationConfig
 
 logger = logging.getLogger("trainer")
 
@@ -131,7 +134,13 @@ class TrainConfig:
     source latents stay), so that the model also learns the unconditional velocity classifier-free guidance
     needs (``trainer sample --guidance-scale``). The paper does not mention guidance: 0, the default, trains as
     it does; 0.1 is the usual value. Recorded in the run's resolved recipe, which sampling reads."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the weights, ``ema <- decay ema + (1 - decay) param`` after every
+    optimizer step (float32, sharded like the parameters: 4 bytes per parameter / ranks), saved in the
+    checkpoints; ``trainer sample`` and ``trainer export --ema`` use it. 0 = off; 0.999 averages about the last
+    1000 steps (the 8000-step paper run), 0.9 suits the 20-step debug run."""
     data: DataConfig = field(default_factory=DataConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -150,6 +159,8 @@ class TrainConfig:
             )
         if not 0.0 <= self.condition_dropout < 1.0:
             raise ValueError(f"train.condition_dropout must be in [0, 1), got {self.condition_dropout}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1) (0 = no EMA), got {self.ema_decay}")
 
 
 def train_config_from_recipe(recipe: dict[str, Any]) -> TrainConfig:
@@ -211,7 +222,18 @@ def _format_line(row: dict[str, Any], steps: int) -> str:
         f"step {row['step']:>6d}/{steps} | loss {row['loss']:.5f} | grad norm {row['grad_norm']:.4f} | "
         f"lr {row['lr']:.3e} | {row['samples_per_s']:.2f} samples/s | {row['tokens_per_s']:,.0f} tok/s | "
         f"{row['tflops_per_device']:.3g} TFLOP/s/dev | MFU {opt(row['mfu'], '.1%')} | "
-        f"{'mem' if row['device'] == 'cuda' else 'rss'} {row['peak_memory_gib']:.2f} GiB | {row['step_time_s']:.3f} s"
+        f"{'mem' if row['device'] == 'cuda' else 'rss'} {row['peak_memory_gib']:.2f} GiB | {row['step_time_s']:.3f} s "
+        f"(data {row['data_s']:.3f} fwd+bwd {row['fwd_bwd_s']:.3f} optim {row['optim_s']:.3f} "
+        f"ckpt {row['checkpoint_s']:.3f} val {row['validation_s']:.3f})"
+    )
+
+
+def _format_validation(row: dict[str, Any]) -> str:
+    levels = sorted(
+        (k for k in row if k.startswith("val_loss_s")), key=lambda k: int(k.removeprefix("val_loss_s"))
+    )
+    return f"step {row['step']:>6d} validation | loss {row['val_loss']:.5f} | per noise level " + " ".join(
+        f"{row[k]:.4f}" for k in levels
     )
 
 
@@ -375,6 +397,42 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
     num_params = sum(p.numel() for p in model.parameters())
     if runtime.is_main:
         logger.info("model %s: %s parameters (%.3f B)", config.model, f"{num_params:,}", num_params / 1e9)
+    # the EMA of the weights: float32 shards beside the parameters' (trainer.ema)
+    ema = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
+    # validation samples: read once, held out of the training plan when they come from the training shards
+    validator = None
+    if config.validation.enabled:
+        from trainer.validation import Validator, find_keys, load_validation_samples
+
+        validation = config.validation
+        if validation.samples and not validation.shards:
+            loader.hold_out(list(find_keys(loader.catalogue, list(validation.samples)).values()))
+        elif not validation.shards and runtime.is_main:
+            logger.warning(
+                "train.validation names no samples nor shards: validating on the first %d training samples, "
+                "which are not held out (name train.validation.samples or .shards for a held-out set)",
+                validation.max_samples,
+            )
+        validator = Validator(
+            validation,
+            load_validation_samples(validation, loader.catalogue),
+            config.flow.shift,
+            runtime,
+            run_dir,
+            loader.catalogue.index.get("recipe") or {},
+        )
+        if runtime.is_main:
+            logger.info(
+                "validation: %d sample(s) x %d noise levels every %d steps%s; EMA %s; checkpoints %s",
+                len(validator.samples),
+                validation.num_sigmas,
+                validation.every_steps,
+                f", {validation.render_samples} rendered every {validation.render_every_steps}"
+                if validation.render_every_steps
+                else "",
+                f"decay {config.ema_decay}" if ema else "off",
+                "asynchronous" if config.checkpoint.async_save else "synchronous",
+            )
 
     # 4. Optimizer and schedule ---------------------------------------------------------------------------
     optim = config.optim
@@ -393,8 +451,12 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
                     "--resume: no complete checkpoint in %s, starting from step 0", checkpointer.folder
                 )
         else:
-            train_state = checkpointer.load(latest, model, optimizer, scheduler)
+            train_state = checkpointer.load(latest, model, optimizer, scheduler, ema)
             step = int(train_state["step"])
+            if ema is not None and not train_state["ema_restored"]:
+                ema.reset_to_parameters()
+                if runtime.is_main:
+                    logger.warning("%s holds no EMA of the weights: the EMA restarts at its weights", latest)
             loader.load_state_dict(train_state["data"])
             if runtime.is_main:
                 logger.info("resumed from %s (step %d, data cursor %s)", latest, step, train_state["data"])
@@ -436,14 +498,9 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
             config.grad_accum,
             runtime.dp_size * batch_size * config.grad_accum,
         )
+    clock = StepClock(device)
     while True:
-        # maybe checkpoint, stop?
-        if (
-            step > 0
-            and checkpointer.should_save(step, config.steps)
-            and (latest is None or step > _step_of(latest))
-        ):
-            latest = checkpointer.save(step, model, optimizer, scheduler, {"data": loader.state_dict()})
+        # stop? (the checkpoint of a step is written at its end, below)
         if step >= config.steps:
             break
 
@@ -454,13 +511,17 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
         loss_sum = torch.zeros((), device=device)
         flops, tokens, samples = 0.0, 0, 0
         for micro in range(config.grad_accum):
+            clock.start("data")
             batch = next(loader)
+            clock.stop("data")
+            clock.start("fwd_bwd")
             loss = micro_batch_loss(model, batch, config, runtime, step, micro)
             # every micro-batch's backward reduce-scatters its gradients into the float32 shards, which
             # accumulate: skipping the sync would make FSDP2 keep unsharded float32 gradients of the whole
             # model on every rank until the last micro-batch (4 bytes x 10 B parameters for the 14B model)
             (loss / config.grad_accum).backward()
             loss_sum += loss.detach()
+            clock.stop("fwd_bwd")
 
             # accounting: visual tokens include the reference frame; condition tokens count real ones only.
             # An SP group shares its samples: each rank counts 1/N of them (and does 1/N of their FLOPs).
@@ -473,8 +534,27 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
         flops, tokens, samples = flops / runtime.sp_size, tokens / runtime.sp_size, samples / runtime.sp_size
 
         lr = scheduler.get_last_lr()[0]
+        clock.start("optim")
         grad_norm = optimizer_step(model, optimizer, scheduler, optim.grad_clip)
+        if ema is not None:
+            ema.update()
+        clock.stop("optim")
         step += 1
+
+        # validation, then the checkpoint of the state after this step (a background save's blocking part is
+        # the copy to host memory; the previous background save is committed once written)
+        clock.start("validation")
+        validation_row = {}
+        if validator is not None and validator.should_validate(step, config.steps):
+            validation_row = validator.losses(model)
+        if validator is not None and validator.should_render(step, config.steps):
+            validator.render(model, step, guidance_ok=config.condition_dropout > 0)
+        clock.stop("validation")
+        clock.start("checkpoint")
+        checkpointer.commit()
+        if checkpointer.should_save(step, config.steps):
+            checkpointer.save(step, model, optimizer, scheduler, {"data": loader.state_dict()}, ema)
+        clock.stop("checkpoint")
 
         # one log line: the loss averaged over micro-batches and ranks, throughput summed over ranks
         stats = torch.stack(
@@ -490,23 +570,29 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start
+        phases = clock.seconds()
+        compute = phases["fwd_bwd"] + phases["optim"]  # tokens/s and MFU: compute time alone
         if runtime.is_main and (step % config.log_every == 0 or step == config.steps):
-            tflops = flops / elapsed / 1e12  # this rank's model FLOPs (recomputation not counted)
+            tflops = flops / compute / 1e12  # this rank's model FLOPs (recomputation not counted)
             row = {
                 "step": step,
                 "loss": values[0] / runtime.world_size,
                 "grad_norm": values[-1],
                 "lr": lr,
-                "samples_per_s": values[1] / elapsed,
-                "tokens_per_s": values[2] / elapsed,
+                "samples_per_s": values[1] / compute,
+                "tokens_per_s": values[2] / compute,
                 "tflops_per_device": tflops,
                 "mfu": tflops * 1e12 / peak if peak else None,
                 "peak_memory_gib": peak_memory_gib(device),
                 "device": device.type,
                 "step_time_s": elapsed,
+                **{f"{phase}_s": seconds for phase, seconds in phases.items()},
                 "epoch": loader.epoch,
+                **validation_row,
             }
             print(_format_line(row, config.steps), flush=True)
+            if validation_row:
+                print(_format_validation(row), flush=True)
             with metrics_path.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
             if writer is not None:
@@ -514,13 +600,10 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
                     if isinstance(value, int | float) and key != "step":
                         writer.add_scalar(f"train/{key}", value, step)
 
+    checkpointer.wait()  # the last background save, if any, is written and committed before the run ends
     if writer is not None:
         writer.close()
     dist.barrier()
-
-
-def _step_of(checkpoint: Path) -> int:
-    return int(checkpoint.name.removeprefix("step-"))
 
 
 def configure_logging() -> None:
