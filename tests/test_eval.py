@@ -98,14 +98,26 @@ def test_six_dimension_rubric_equals_direct_forwards(judge, eval_set):
 
 def test_eval_tables_methods_and_resume(judge, eval_set, tmp_path, monkeypatch):
     root = eval_set["root"].iloc[0]
-    calls = []
+    calls, loads = [], []
 
-    def fake_sample(checkpoint, source, instruction, reference, out, config=None, **_):
+    class FakeSampler:
         """Stands in for the checkpoint: 'edits' by copying the source (the plumbing, not the model)."""
-        calls.append((checkpoint, source, instruction, reference, config.num_steps))
-        shutil.copy(source, out)
 
-    monkeypatch.setattr("trainer.sample.sample_video", fake_sample)
+        def __init__(self, checkpoint, config=None, **_):
+            self.checkpoint, self.config = checkpoint, config
+
+        def __enter__(self):
+            loads.append(self.checkpoint)
+            return self
+
+        def __exit__(self, *_):
+            pass
+
+        def sample(self, source, instruction, reference, out, compare=False):
+            calls.append((self.checkpoint, source, instruction, reference, self.config.num_steps))
+            shutil.copy(source, out)
+
+    monkeypatch.setattr("trainer.sample.Sampler", FakeSampler)
     config = evaluation.EvalConfig(
         pairs=f"{root}/set.csv", output_dir=str(tmp_path / "eval"), checkpoint="runs/fake", method_name="ours",
         methods={"noise": f"{root}/noise"}, score_targets=True, subsets=SUBSETS, judge=judge.config,
@@ -114,6 +126,9 @@ def test_eval_tables_methods_and_resume(judge, eval_set, tmp_path, monkeypatch):
     summary = evaluation.run_eval(config, judge=judge)
 
     assert [c[1].rsplit("/", 1)[-1] for c in calls] == [f"pair{i}_source.mp4" for i in range(4)]
+    assert loads == [
+        "runs/fake"
+    ]  # one load for the four clips (the real loads are counted in test_sample.py)
     assert calls[0][0] == "runs/fake" and calls[0][4] == 3 and calls[1][2] == eval_set["instruction"][1]
     scores = pd.read_parquet(tmp_path / "eval" / "scores.parquet")
     assert summary["methods"] == ["ours", "noise", "target"]
@@ -152,6 +167,10 @@ def test_eval_tables_methods_and_resume(judge, eval_set, tmp_path, monkeypatch):
     videos, rejected = evaluation.sample_ours(config, pairs, tmp_path / "eval" / "videos" / "ours")
     assert [c[1].rsplit("/", 1)[-1] for c in calls] == ["pair1_source.mp4"] and not rejected
     assert sorted(videos) == [f"pair{i}" for i in range(4)]
+    # nothing left to sample: the checkpoint is not even loaded
+    loads.clear()
+    evaluation.sample_ours(config, pairs, tmp_path / "eval" / "videos" / "ours")
+    assert loads == []
 
 
 def test_eval_command_errors_name_the_input(tmp_path):

@@ -154,6 +154,58 @@ def test_export_round_trips(trained_run: Path, tmp_path: Path) -> None:
         torch.randn(1, 5, 64, generator=generator),
     )
     assert torch.equal(euler_sample(dcp_model, cond, 2, 5.0, 0), euler_sample(export_model, cond, 2, 5.0, 0))
+    # read straight into bfloat16 (built on meta, each stored tensor converted in place): the float32 model
+    # converted afterwards, bit for bit, from either format
+    for checkpoint in (step_dir, exported):
+        direct, _ = load_checkpoint(checkpoint, "cpu", torch.bfloat16)
+        converted = load_checkpoint(checkpoint)[0].to(torch.bfloat16).state_dict()
+        for name, value in direct.state_dict().items():
+            assert value.dtype == torch.bfloat16 and torch.equal(value, converted[name]), name
+
+
+def test_eval_loads_the_models_once_for_all_clips(trained_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """``trainer eval`` samples three clips with one DiT, one VAE and one VLM (loads counted at their
+    constructors), and each clip is the video ``trainer sample`` makes of it alone."""
+    import pandas as pd
+
+    import dataengine.vae
+    import dataengine.vlm
+    import trainer.sample
+    from trainer.eval import EvalConfig, sample_ours
+
+    loads = {"dit": 0, "vae": 0, "vlm": 0}
+
+    def counted(key, function):
+        def wrapper(*args, **kwargs):
+            loads[key] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(trainer.sample, "load_checkpoint", counted("dit", trainer.sample.load_checkpoint))
+    monkeypatch.setattr(dataengine.vae, "WanVaeEncoder", counted("vae", dataengine.vae.WanVaeEncoder))
+    monkeypatch.setattr(dataengine.vlm, "Qwen3VLEncoder", counted("vlm", dataengine.vlm.Qwen3VLEncoder))
+    instructions = ["Add a red hat.", "Remove the square.", "Make it night."]
+    pairs = pd.DataFrame(
+        {
+            "pair_id": ["a", "b", "c"],
+            "source_path": [str(trained_run / "source.mp4")] * 3,
+            "instruction": instructions,
+            "reference_path": [str(trained_run / "reference.png")] * 3,
+            "subset": ["simple"] * 3,
+        }
+    )
+    config = EvalConfig(checkpoint=str(trained_run / "runs" / "tiny"), sample=SampleConfig(num_steps=2))
+    videos, rejected = sample_ours(config, pairs, tmp_path / "ours")
+    assert not rejected and sorted(videos) == ["a", "b", "c"]
+    assert loads == {"dit": 1, "vae": 1, "vlm": 1}
+    alone = tmp_path / "alone.mp4"
+    sample_video(config.checkpoint, pairs.source_path[2], instructions[2], pairs.reference_path[2], alone,
+                 config=SampleConfig(num_steps=2))  # fmt: skip
+    assert loads == {"dit": 2, "vae": 2, "vlm": 2}
+    indices = list(range(NUM_FRAMES))
+    third, single = (read_frames(p, indices).astype(float) for p in (videos["c"], alone))
+    assert np.abs(third - single).mean() < 2.0  # the same edit (two H.264 encodes of the same frames)
 
 
 def test_sample_command_errors_name_the_file(trained_run: Path, tmp_path: Path) -> None:

@@ -116,3 +116,132 @@ def test_emulated_rank_has_the_real_exchange_shapes_and_measure_block_runs_on_th
     assert gib[0] > gib[1] > gib[2]
     with pytest.raises(ValueError, match="sp_degree 3 must divide heads 4"):
         measure_block(64, 4, 128, 101, 9, torch.float32, 3, device="cpu")
+
+
+# the debug recipe's training settings (its lr, warm-up and cosine schedule; float32, checkpointing on)
+RECIPE = """
+[train]
+model = "debug"
+seed = 0
+[train.data]
+verify_checksums = false
+[train.optim]
+lr = 1e-3
+warmup_steps = 5
+schedule = "cosine"
+min_lr_ratio = 0.1
+grad_clip = 1.0
+[train.parallel]
+param_dtype = "float32"
+reduce_dtype = "float32"
+activation_checkpointing = true
+"""
+WIDE = {"dim": 768, "num_layers": 6, "num_heads": 6, "ffn_dim": 3072, "vlm_dim": 64}
+
+
+def _wide_checkpoints(root: Path) -> tuple[Path, Path, dict]:
+    """A DCP checkpoint in a run folder and the same weights as an exported folder, of a model 768 wide with
+    6 blocks (46M parameters, 185 MB in float32; its largest tensor 2.4M). Random values: only the reading
+    is measured."""
+    from dataclasses import asdict
+
+    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import save_file
+
+    from trainer.model import MiVEConfig
+
+    config = MiVEConfig(**WIDE)
+    with torch.device("meta"):
+        model = MiVETransformer(config)
+    model.to_empty(device="cpu")
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        state[name] = torch.randn(tensor.shape, generator=generator)
+    run = root / "runs" / "wide"
+    step_dir = run / "checkpoints" / "step-00000001"
+    dcp.save({"model": state}, checkpoint_id=str(step_dir), no_dist=True)
+    resolved = {"train": {"model": "wide_test", "data": {"shards": str(root / "no_shards")}}, "recipe": {}}
+    (run / "recipe.resolved.json").write_text(json.dumps(resolved))
+    exported = root / "exported"
+    exported.mkdir()
+    save_file(state, str(exported / "model.safetensors"))
+    (exported / "config.json").write_text(json.dumps({"model_name": "wide_test", "model": asdict(config)}))
+    sizes = {
+        "parameters": sum(t.numel() for t in state.values()),
+        "largest": max(t.numel() for t in state.values()),
+    }
+    return step_dir, exported, sizes
+
+
+@pytest.mark.slow
+def test_world_size_changes_nothing_two_ranks(tmp_path: Path) -> None:
+    """One ``torchrun`` launch of 2 gloo ranks (``tests/world_size_worker.py``), three things that must not
+    depend on the number of processes:
+
+    - ``trainer fit`` from Wan weights (``train.init``, the paper's path) with condition tokens of several
+      lengths: 2 data-parallel ranks at batch 1 and one sequence-parallel group of 2 at batch 2 train as one
+      process at batch 2 (loss and grad norm at every step; before the fresh context adapter was drawn whole
+      from a seeded generator, the grad norm differed by 0.5% at step 1);
+    - the ranks of a sequence-parallel group compare their samples at every micro-batch: a run whose loader
+      is given the process rank (so the two ranks read different samples) stops before its first forward;
+    - each rank's host peak while reading a checkpoint for sampling into bfloat16 (DCP and exported
+      folder) stays within the model's bfloat16 bytes plus two copies of the largest float32 tensor (the
+      stored chunk and its decoded tensor) and 32 MiB; reading into float32, the control, needs the float32
+      model, which that bound would not hold.
+    """
+    from dataengine.synthetic.wan_dit import build_tiny_wan_dit
+    from tests.shard_builder import build_shards
+
+    shards = build_shards(
+        tmp_path / "shards", {(2, 4, 4): 4, (1, 4, 6): 4}, vlm_dim=64, seq_lengths=(5, 8, 3, 7)
+    )
+    wan = build_tiny_wan_dit(tmp_path / "wan")
+    step_dir, exported, sizes = _wide_checkpoints(tmp_path / "wide")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE)
+    args = {
+        "out": str(tmp_path / "results.json"), "shards": str(shards), "wan": str(wan), "runs": str(tmp_path / "runs"),
+        "steps": 4, "dcp": str(step_dir), "export": str(exported), "wide_config": WIDE, "recipe": str(recipe),
+    }  # fmt: skip
+    (tmp_path / "args.json").write_text(json.dumps(args))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("RANK", None), env.pop("WORLD_SIZE", None)
+    reference = [sys.executable, "-m", "trainer.cli", "fit", str(recipe)]
+    reference += [
+        f'train.data.shards="{shards}"', f'train.runs_dir="{tmp_path / "runs"}"', 'train.name="one"',
+        "train.steps=4", "train.data.batch_size=2", "train.checkpoint.every_steps=0", f'train.init="{wan}"',
+    ]  # fmt: skip
+    run = subprocess.run(reference, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-4000:]
+    rows = [
+        json.loads(line) for line in (tmp_path / "runs" / "one" / "metrics.jsonl").read_text().splitlines()
+    ]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    command += [str(REPO / "tests" / "world_size_worker.py"), str(tmp_path / "args.json")]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-4000:]
+    ranks = json.loads((tmp_path / "results.json").read_text())
+    assert [r["rank"] for r in ranks] == [0, 1]
+
+    fit = ranks[0]["fit"]
+    assert len(rows) == 4 and len({round(r["loss"], 6) for r in rows}) == 4  # four different steps
+    for case in ("dp2_batch1", "sp2_batch2"):
+        assert [r["step"] for r in fit[case]] == [1, 2, 3, 4], case
+        for ours, one in zip(fit[case], rows, strict=True):
+            assert ours["loss"] == pytest.approx(one["loss"], rel=RTOL), (case, ours, one)
+            assert ours["grad_norm"] == pytest.approx(one["grad_norm"], rel=RTOL), (case, ours, one)
+
+    for result in ranks:
+        check = result["sp_check"]
+        assert check["no_sp_group"] and check["same"] is None
+        assert "hold different samples" in check["different"]
+        assert check["error"] is not None and "step 1, micro-batch 0" in check["error"], check["error"]
+
+        bound = 2 * sizes["parameters"] + 2 * 4 * sizes["largest"] + 32 * 2**20
+        for kind in ("dcp", "export"):
+            assert result["load"][f"{kind}_bfloat16"] <= bound, (result["rank"], kind, result["load"], bound)
+            assert result["load"][f"{kind}_float32"] >= 4 * sizes["parameters"] > bound, (
+                kind,
+                result["load"],
+            )

@@ -82,11 +82,13 @@ def fit_command(
 from trainer.eval import eval_command  # noqa: E402
 from trainer.plan import plan_command  # noqa: E402
 from trainer.sample import export_command, sample_command  # noqa: E402
+from trainer.sample_trace import sample_trace_command  # noqa: E402
 
 app.command("plan")(plan_command)
 app.command("sample")(sample_command)
 app.command("export")(export_command)
 app.command("eval")(eval_command)
+app.command("sample-trace")(sample_trace_command)
 
 
 def entry_point() -> None:

@@ -283,6 +283,15 @@ def collate(
     return batch
 
 
+def batch_digest(keys: list[str]) -> int:
+    """A 63-bit digest of a micro-batch's sample keys, in order: what the ranks of a sequence-parallel group
+    compare to check that they hold the same samples (``trainer.parallel.count_sp_mismatches``)."""
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(keys).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 class ShardBatches(IterableDataset):
     """One rank's micro-batches, from (``epoch``, ``start``) on, split over the loader's workers."""
 
@@ -352,6 +361,23 @@ class ShardLoader:
                 padding,
             )
         self._iterator = None
+
+    def hold_out(self, refs: list[SampleRef]) -> None:
+        """Never train on ``refs`` (validation samples taken out of this shard set); before the first ``next()``."""
+        if self._iterator is not None:
+            raise RuntimeError("ShardLoader.hold_out must be called before iterating")
+        removed = set(refs)
+        for bucket in list(self.catalogue.buckets):
+            kept = [ref for ref in self.catalogue.buckets[bucket] if ref not in removed]
+            if kept:
+                self.catalogue.buckets[bucket] = kept
+            else:
+                del self.catalogue.buckets[bucket]
+        self.catalogue.num_samples = sum(len(r) for r in self.catalogue.buckets.values())
+        if not self.catalogue.buckets:
+            raise ValueError(
+                "train.validation.samples hold out every training sample: nothing left to train on"
+            )
 
     @property
     def steps_per_epoch(self) -> int:

@@ -10,8 +10,8 @@ What it does, in order:
    ``reference_path``, ``subset`` (the paper: ``simple`` / ``complex``; without the column, a pair
    manifest's ``category`` is the subset), optionally ``target_path`` (a ground truth, scored as the method
    ``target`` when ``score_targets``);
-2. our checkpoint (``eval.checkpoint``), if given, edits every clip through ``trainer.sample.sample_video``
-   (the same code as ``trainer sample``) into ``<output_dir>/videos/<method_name>/<pair_id>.mp4``; a clip
+2. our checkpoint (``eval.checkpoint``), if given, edits every clip through ``trainer.sample.Sampler``
+   (the same code as ``trainer sample``; the DiT, the VAE and the VLM are loaded once for all clips) into ``<output_dir>/videos/<method_name>/<pair_id>.mp4``; a clip
    sampled by an earlier run is kept, so an interrupted evaluation resumes;
 3. every other method is a folder of ``<pair_id>.mp4`` (``[eval.methods]``: name = folder), matched by pair
    id; a pair a method has no video for is a rejection ``(pair_id, "eval", "missing_video", method)``;
@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from dataengine.judge import EVAL_RUBRIC, RUBRICS, JudgeConfig
+from trainer.openve_bench import BenchConfig
 from trainer.sample import SampleConfig
 
 if TYPE_CHECKING:  # pandas is imported where it is used, so that ``trainer --help`` stays instant
@@ -81,6 +82,9 @@ class EvalConfig:
     """The judge (``eval-v1`` rubric: the paper's six dimensions)."""
     sample: SampleConfig = field(default_factory=SampleConfig)
     """How our checkpoint samples (steps, shift, seed, device)."""
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    """The OpenVE-Bench-style protocol beside the six dimensions (``trainer.openve_bench``): the benchmark's
+    pairs folder, the methods' folders, the judge's mode; off while ``bench.pairs_dir`` is empty."""
 
     def __post_init__(self) -> None:
         if self.judge.rubric_version not in RUBRICS:
@@ -155,32 +159,39 @@ def read_eval_set(path: str | os.PathLike, max_per_subset: int = 0) -> pd.DataFr
 
 
 def sample_ours(config: EvalConfig, pairs: pd.DataFrame, folder: Path) -> tuple[dict[str, str], list[dict]]:
-    """Edit every pair with our checkpoint (``trainer.sample.sample_video``) into ``folder/<pair_id>.mp4``.
+    """Edit every pair with our checkpoint into ``folder/<pair_id>.mp4`` (``trainer.sample.Sampler``: the DiT,
+    the VAE and the VLM are loaded once for all clips, and not at all when every video is already there).
 
     Returns (pair_id -> video, rejections); a video already there (an earlier, interrupted run) is kept.
     """
-    from trainer.sample import sample_video
+    import contextlib
+
+    from trainer.sample import Sampler
 
     videos, rejections = {}, []
     folder.mkdir(parents=True, exist_ok=True)
-    for row in pairs.itertuples(index=False):
-        out = folder / f"{row.pair_id}.mp4"
-        if not out.exists():
-            try:
-                sample_video(
-                    config.checkpoint,
-                    row.source_path,
-                    row.instruction,
-                    row.reference_path,
-                    out,
-                    config=config.sample,
-                    vae_model=config.vae or None,
-                    vlm_model=config.vlm or None,
-                )
-            except (ValueError, FileNotFoundError) as err:
-                rejections.append(_rejection(row.pair_id, "sample_failed", f"{config.method_name}: {err}"))
-                continue
-        videos[row.pair_id] = str(out)
+    with contextlib.ExitStack() as stack:
+        sampler = None
+        for row in pairs.itertuples(index=False):
+            out = folder / f"{row.pair_id}.mp4"
+            if not out.exists():
+                if sampler is None:
+                    sampler = stack.enter_context(
+                        Sampler(
+                            config.checkpoint,
+                            config=config.sample,
+                            vae_model=config.vae or None,
+                            vlm_model=config.vlm or None,
+                        )
+                    )
+                try:
+                    sampler.sample(row.source_path, row.instruction, row.reference_path, out)
+                except (ValueError, FileNotFoundError) as err:
+                    rejections.append(
+                        _rejection(row.pair_id, "sample_failed", f"{config.method_name}: {err}")
+                    )
+                    continue
+            videos[row.pair_id] = str(out)
     return videos, rejections
 
 
@@ -285,7 +296,24 @@ def output_layout(config: EvalConfig) -> EvalLayout:
 
 
 def run_eval(config: EvalConfig, judge: Any | None = None) -> dict[str, Any]:
-    """The whole evaluation (see the module docstring); returns what ``summary.json`` holds."""
+    """The six dimensions (when ``eval.pairs`` is set) and the OpenVE-Bench-style protocol (when
+    ``eval.bench.pairs_dir`` is), one judge model for both; returns the six-dimension summary with the
+    benchmark's under ``bench``."""
+    if not config.pairs and not config.bench.pairs_dir:
+        raise ValueError("eval: set eval.pairs (the six dimensions) or eval.bench.pairs_dir (the benchmark)")
+    summary: dict[str, Any] = {}
+    if config.pairs:
+        summary, judge = run_six_dimensions(config, judge)
+    if config.bench.pairs_dir:
+        from trainer.openve_bench import run_bench
+
+        summary["bench"] = run_bench(config, output_layout(config), judge)
+    return summary
+
+
+def run_six_dimensions(config: EvalConfig, judge: Any | None = None) -> tuple[dict[str, Any], Any]:
+    """The paper's six-dimension evaluation (see the module docstring); returns (what ``summary.json``
+    holds, the judge, for the benchmark to share its model)."""
     from dataengine.judge import Judge
     from dataengine.manifest import rejections_frame, write_rejections, write_table, write_text
 
@@ -337,7 +365,7 @@ def run_eval(config: EvalConfig, judge: Any | None = None) -> dict[str, Any]:
     }
     summary["output"] = str(out.folder)
     write_text(out.summary, json.dumps(summary, indent=2, default=str) + "\n")
-    return summary
+    return summary, judge
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -375,9 +403,18 @@ def eval_command(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=2) from err
     out = output_layout(config)
-    typer.echo(out.table_markdown.read_text().rstrip())
-    typer.echo(
-        f"scored {summary['num_scored']} clips of {summary['num_pairs']} pairs x {len(summary['methods'])} methods "
-        f"({summary['num_rejected']} rejected) with {summary['judge_model']} rubric {summary['rubric_version']}; "
-        f"wrote {out.folder}/: scores.parquet, table.parquet, table.md, summary.json"
-    )
+    if "num_scored" in summary:
+        typer.echo(out.table_markdown.read_text().rstrip())
+        typer.echo(
+            f"scored {summary['num_scored']} clips of {summary['num_pairs']} pairs x {len(summary['methods'])} methods "
+            f"({summary['num_rejected']} rejected) with {summary['judge_model']} rubric {summary['rubric_version']}; "
+            f"wrote {out.folder}/: scores.parquet, table.parquet, table.md, summary.json"
+        )
+    if "bench" in summary:
+        bench = summary["bench"]
+        typer.echo("\n" + out.bench_table_markdown.read_text().rstrip())
+        typer.echo(
+            f"benchmark: scored {bench['num_scored']} clips of {bench['num_pairs']} pairs x {len(bench['methods'])} "
+            f"methods ({bench['num_rejected']} rejected), {bench['mode']}; wrote {out.folder}/: bench_scores.parquet, "
+            "bench_table.parquet, bench_table.md, bench_summary.json"
+        )

@@ -481,6 +481,23 @@ class MiVEBlock(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 
 
+@torch.no_grad()
+def init_context_adapter(
+    adapter: ContextAdapter, config: MiVEConfig, generator: torch.Generator | None = None
+) -> None:
+    """Initialise a context adapter per ``config.adapter_init`` (``zero_fusion``: fusion weight and bias are
+    zero), drawing from ``generator`` (default: torch's global one). ``trainer.wan_weights`` draws a whole
+    adapter on the CPU from a generator seeded by the recipe, so the values do not depend on the mesh."""
+    std = config.init_std
+    for linear in (adapter.proj_first, adapter.proj_last, adapter.fusion):
+        nn.init.trunc_normal_(linear.weight, std=std, a=-2 * std, b=2 * std, generator=generator)
+        nn.init.zeros_(linear.bias)
+    nn.init.ones_(adapter.norm_first.weight)
+    nn.init.ones_(adapter.norm_last.weight)
+    if config.adapter_init == "zero_fusion":
+        nn.init.zeros_(adapter.fusion.weight)
+
+
 class MiVETransformer(nn.Module):
     """The MiVE DiT. ``blocks`` are the FSDP2 / activation-checkpointing units."""
 
@@ -535,15 +552,7 @@ class MiVETransformer(nn.Module):
     @torch.no_grad()
     def init_context_adapter(self) -> None:
         """Initialise the adapter per ``adapter_init`` (``zero_fusion``: fusion weight and bias are zero)."""
-        std = self.config.init_std
-        adapter = self.context_adapter
-        for linear in (adapter.proj_first, adapter.proj_last, adapter.fusion):
-            nn.init.trunc_normal_(linear.weight, std=std, a=-2 * std, b=2 * std)
-            nn.init.zeros_(linear.bias)
-        nn.init.ones_(adapter.norm_first.weight)
-        nn.init.ones_(adapter.norm_last.weight)
-        if self.config.adapter_init == "zero_fusion":
-            nn.init.zeros_(adapter.fusion.weight)
+        init_context_adapter(self.context_adapter, self.config)
 
     # ----- forward -----------------------------------------------------------------------------------
 

@@ -59,6 +59,10 @@ class ParallelConfig:
     offload_activations: bool = False
     """Keep each checkpointed block's saved input in pinned host memory between the forward and its
     backward (``torch.autograd.graph.save_on_cpu``); needs ``activation_checkpointing``."""
+    compile_blocks: bool = False
+    """``torch.compile`` each block's forward (regional compilation: the 40 Wan blocks share one compiled
+    graph per input shape; checkpointing and FSDP2 hooks stay eager around it). Costs a compile per new
+    sequence length (each bucket) at start-up; see docs/training.md."""
 
     def __post_init__(self) -> None:
         if self.sequence_parallel < 1:
@@ -196,6 +200,41 @@ def broadcast_tensors(
     return out
 
 
+def sample_check_group(runtime: Runtime) -> dist.ProcessGroup | None:
+    """A host-side (gloo) process group over this rank's sequence-parallel row, for
+    :func:`check_same_samples`; None without SP. With NCCL the rows get gloo groups of their own (every rank
+    makes every row's group, in order, as ``new_group`` requires), so the check never touches the GPU."""
+    if runtime.sp is None:
+        return None
+    if dist.get_backend(runtime.sp.group) == "gloo":
+        return runtime.sp.group
+    size, mine = runtime.sp_size, None
+    for start in range(0, runtime.world_size, size):  # rank = dp_rank * sp + sp_rank: rows are consecutive
+        group = dist.new_group(list(range(start, start + size)), backend="gloo")
+        if start <= runtime.rank < start + size:
+            mine = group
+    return mine
+
+
+def check_same_samples(group: dist.ProcessGroup | None, keys: list[str], where: str) -> None:
+    """Stop unless every rank of this sequence-parallel group holds the micro-batch ``keys`` (sample keys, in
+    order): a digest of them is all-gathered on the host (8 bytes per rank, no device work) when the batch is
+    built, before the forward. Every rank of the group sees the same digests, so all of them raise."""
+    if group is None:
+        return
+    from trainer.data import batch_digest
+
+    mine = torch.tensor([batch_digest(keys)], dtype=torch.int64)
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, mine, group=group)
+    if any(not torch.equal(other, gathered[0]) for other in gathered):
+        raise RuntimeError(
+            f"{where}: the ranks of a sequence-parallel group hold different samples (this rank: {keys[:4]}; "
+            f"digests {[int(g) for g in gathered]}): every rank of a group must read the same micro-batches "
+            "(the loader takes the data-parallel rank and count, never the process rank)"
+        )
+
+
 def _pattern(pattern: str) -> re.Pattern[str]:
     # ``*`` stands for one name component (``blocks.*`` matches ``blocks.3``, not ``blocks.3.attn``)
     return re.compile("[^.]+".join(re.escape(part) for part in pattern.split("*")) + "$")
@@ -251,6 +290,19 @@ def apply_activation_offload(model: nn.Module, patterns: tuple[str, ...]) -> int
     return len(units)
 
 
+def apply_compile(model: nn.Module, patterns: tuple[str, ...]) -> int:
+    """Replace each matching module's ``forward`` by its ``torch.compile`` (inductor); returns how many.
+
+    Only the block's own computation is compiled: the hooks of activation checkpointing and FSDP2 run in
+    ``Module.__call__``, outside it, so sharding, recomputation and parameter names are unchanged. Every
+    block compiles the same code: after the first, the others reuse its cache entry (their parameters are
+    graph inputs)."""
+    units = _matching(model, patterns)
+    for _, module in units:
+        module.forward = torch.compile(module.forward)
+    return len(units)
+
+
 def apply_parallel(
     model: nn.Module, plan: ParallelPlan, config: ParallelConfig, runtime: Runtime
 ) -> nn.Module:
@@ -261,6 +313,8 @@ def apply_parallel(
         raise ValueError(
             f"train.parallel dtypes must be one of {sorted(DTYPES)}, got {config.param_dtype}/{config.reduce_dtype}"
         )
+    if config.compile_blocks:
+        apply_compile(model, plan.checkpoint_units)
     if config.activation_checkpointing:
         num_checkpointed = apply_activation_checkpointing(model, plan.checkpoint_units)
         if num_checkpointed == 0:
@@ -283,7 +337,7 @@ def apply_parallel(
     if runtime.is_main:
         logger.info(
             "FSDP2 over %d rank(s) (%d data-parallel x %d sequence-parallel): %d block units + root, params %s, "
-            "reduce %s, activation checkpointing %s%s, residual %s",
+            "reduce %s, activation checkpointing %s%s, residual %s%s",
             runtime.world_size,
             runtime.dp_size,
             runtime.sp_size,
@@ -293,5 +347,6 @@ def apply_parallel(
             "on" if config.activation_checkpointing else "off",
             " (inputs offloaded to host)" if config.offload_activations else "",
             config.residual_dtype,
+            ", blocks compiled" if config.compile_blocks else "",
         )
     return model

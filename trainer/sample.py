@@ -34,12 +34,17 @@ Where the settings come from: the model config and the flow shift from the train
 ``recipe.resolved.json``; the clip preparation and the two encoders from the shard set it trained on
 (``index.json``'s resolved ``[shards]`` recipe); ``--steps``, ``--vae``, ``--vlm`` override. ``trainer export``
 copies all of it into the exported folder (``config.json``, ``sampling.json``) so that folder samples alone.
+
+Weights: a DCP checkpoint of a run trained with ``train.ema_decay`` > 0 also holds the EMA of the weights;
+``trainer sample`` then samples with the EMA, and ``trainer export --ema`` exports it (``sampling.json``'s
+``weights`` says which an exported folder holds).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -89,6 +94,7 @@ class SamplingContext:
     shards_recipe: dict[str, Any]  # the resolved [shards] table: clip, vae, vlm
     sample: dict[str, Any] = field(default_factory=dict)  # the recipe's [sample] table, if any
     condition_dropout: float = 0.0  # train.condition_dropout: > 0 means the model can be guided
+    weights: str = "model"  # which weights a DCP checkpoint gave: "model" or "ema" (its EMA, when saved)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -166,50 +172,140 @@ def context_from_export(folder: Path) -> SamplingContext:
         shards_recipe=sampling.get("shards_recipe", {}),
         sample=sampling.get("sample", {}),
         condition_dropout=float(sampling.get("condition_dropout", 0.0)),
+        weights=sampling.get("weights", "model"),
     )
 
 
-def build_model(context: SamplingContext) -> MiVETransformer:
+def meta_model(context: SamplingContext, dtype: torch.dtype | None = None) -> MiVETransformer:
+    """The model on the meta device, its parameters in ``dtype`` (default float32): no memory, no init.
+    Built in the dtype (``.to(dtype)`` of a meta model fails inside a fake-tensor trace); build it outside
+    one (``trainer.sample_trace``)."""
+    import torch
+
     from trainer.model import MiVEConfig, MiVETransformer
 
-    return MiVETransformer(MiVEConfig(**context.model))
+    previous = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(dtype or torch.float32)
+        with torch.device("meta"):
+            return MiVETransformer(MiVEConfig(**context.model))
+    finally:
+        torch.set_default_dtype(previous)
 
 
-def load_dcp_model(step_dir: Path) -> tuple[MiVETransformer, SamplingContext]:
-    """The model of a DCP checkpoint, read into a plain (unsharded) model on the CPU.
+def build_empty_model(
+    context: SamplingContext, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> MiVETransformer:
+    """The model's parameters allocated in ``dtype`` (default float32) on ``device``, not initialised: built on
+    the meta device, so nothing is drawn and no float32 copy exists before the checkpoint is read into it."""
+    return meta_model(context, dtype).to_empty(device=device)
+
+
+def load_dcp_model(
+    step_dir: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, weights: str = "auto"
+) -> tuple[MiVETransformer, SamplingContext]:
+    """The model of a DCP checkpoint, read straight into a plain (unsharded) model in ``dtype`` on ``device``.
 
     Only the ``model.*`` entries are read (``torch.distributed.checkpoint.load`` with the trainer's data-only
-    reader and planner: nothing is unpickled), whatever number of ranks wrote them.
+    reader and planner: nothing is unpickled), whatever number of ranks wrote them. DCP reads one stored
+    chunk at a time on the host and copies it into the parameter it belongs to (converting the dtype there):
+    the host holds one chunk, never the model.
+
+    ``weights``: ``model`` (the trained weights), ``ema`` (their EMA, ``train.ema_decay``) or ``auto`` (the EMA
+    when the checkpoint holds one); ``context.weights`` says which were read.
     """
     import torch.distributed.checkpoint as dcp
 
-    from trainer.checkpoint import DataOnlyLoadPlanner, DataOnlyReader
+    from trainer.checkpoint import EMA_KEY, DataOnlyLoadPlanner, DataOnlyReader
 
     context = context_from_run(_find_run_dir(step_dir))
-    model = build_model(context)
     reader = DataOnlyReader(str(step_dir))
-    saved = {
-        k.removeprefix("model.") for k in reader.read_metadata().state_dict_metadata if k.startswith("model.")
-    }
-    state = model.state_dict()
+    saved_keys = reader.read_metadata().state_dict_metadata
+    has_ema = any(k.startswith(EMA_KEY + ".") for k in saved_keys)
+    if weights == "ema" and not has_ema:
+        raise ValueError(f"{step_dir} holds no EMA of the weights (train.ema_decay was 0): export without --ema")
+    prefix = EMA_KEY if weights == "ema" or (weights == "auto" and has_ema) else "model"
+    context.weights = prefix
+    saved = {k.removeprefix(prefix + ".") for k in saved_keys if k.startswith(prefix + ".")}
+    model = build_empty_model(context, device, dtype)
+    state = model.state_dict()  # the parameters themselves: DCP copies into them in place
     missing = sorted(set(state) - saved)
     if missing:
         raise ValueError(
             f"{step_dir}: checkpoint lacks model entries {missing[:5]} (of {len(missing)}): another model?"
         )
-    wrapped = {"model": state}
-    dcp.load(wrapped, storage_reader=reader, planner=DataOnlyLoadPlanner(), no_dist=True)
-    model.load_state_dict(wrapped["model"])
+    dcp.load({prefix: state}, storage_reader=reader, planner=DataOnlyLoadPlanner(), no_dist=True)
     return model, context
 
 
-def load_exported_model(folder: Path) -> tuple[MiVETransformer, SamplingContext]:
-    from safetensors.torch import load_file
+_SAFETENSORS_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+}  # fmt: skip
 
+
+def read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of a safetensors file, one tensor at a time, each read into its own host buffer (no
+    memory map: the file's pages never count in the process's memory, and only the tensor being read is
+    held). Names in file order."""
+    import torch
+
+    with open(path, "rb") as handle:
+        header_size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(header_size))
+        header.pop("__metadata__", None)
+        start = 8 + header_size
+        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            if info["dtype"] not in _SAFETENSORS_DTYPES:
+                raise ValueError(f"{path}: {name} has dtype {info['dtype']}, not one sampling reads")
+            dtype = getattr(torch, _SAFETENSORS_DTYPES[info["dtype"]])
+            begin, end = info["data_offsets"]
+            tensor = torch.empty(info["shape"], dtype=dtype)
+            if end > begin:
+                handle.seek(start + begin)
+                view = tensor.view(-1).view(torch.uint8).numpy()  # the tensor's own bytes
+                if handle.readinto(view) != end - begin:
+                    raise ValueError(f"{path}: {name} is cut short: the file is incomplete")
+            yield name, tensor
+            del tensor
+
+
+def load_exported_model(
+    folder: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> tuple[MiVETransformer, SamplingContext]:
+    """The model of an exported folder, read one tensor at a time into a model in ``dtype`` on ``device``."""
     context = context_from_export(folder)
-    model = build_model(context)
-    model.load_state_dict(load_file(folder / WEIGHTS_NAME))
+    model = build_empty_model(context, device, dtype)
+    fill_model(model, read_safetensors(folder / WEIGHTS_NAME), f"{folder / WEIGHTS_NAME}", context.model_name)
     return model, context
+
+
+def fill_model(
+    model: MiVETransformer, tensors: Iterable[tuple[str, torch.Tensor]], where: str, model_name: str = ""
+) -> None:
+    """Copy every ``(name, tensor)`` into the model's parameter of that name (converting the dtype and
+    moving it to the parameter's device there); every parameter must come exactly once."""
+    import torch
+
+    state = model.state_dict()
+    seen: set[str] = set()
+    with torch.no_grad():
+        for name, tensor in tensors:
+            if name not in state:
+                raise ValueError(
+                    f"{where}: {name} is not a parameter of the model {model_name}: another model?"
+                )
+            if tensor.shape != state[name].shape:
+                raise ValueError(
+                    f"{where}: {name} has shape {tuple(tensor.shape)}, the model {model_name} "
+                    f"{tuple(state[name].shape)}"
+                )
+            state[name].copy_(tensor)
+            seen.add(name)
+            del tensor  # before the reader makes the next one: one tensor on the host at a time
+    missing = sorted(set(state) - seen)
+    if missing:
+        raise ValueError(f"{where}: lacks {missing[:5]} (of {len(missing)}): another model?")
 
 
 def load_context(path: str | Path) -> SamplingContext:
@@ -228,18 +324,26 @@ def check_guidance(scale: float, context: SamplingContext, checkpoint: str | Pat
         )
 
 
-def load_checkpoint(path: str | Path) -> tuple[MiVETransformer, SamplingContext]:
-    """A DCP checkpoint (or a run folder: its latest) or an exported folder -> (model on CPU, context)."""
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> tuple[MiVETransformer, SamplingContext]:
+    """A DCP checkpoint (or a run folder: its latest) or an exported folder -> (model, context): the model in
+    ``dtype`` (default float32) on ``device`` (default the CPU), read tensor by tensor into its place."""
     kind, folder = resolve_checkpoint(path)
-    model, context = load_exported_model(folder) if kind == "export" else load_dcp_model(folder)
+    load = load_exported_model if kind == "export" else load_dcp_model
+    model, context = load(folder, device, dtype)
     return model.eval().requires_grad_(False), context
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Write ``out_dir/model.safetensors`` (consolidated weights), ``config.json`` and ``sampling.json``."""
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, ema: bool = False) -> Path:
+    """Write ``out_dir/model.safetensors`` (consolidated weights: the trained ones, or with ``ema`` their EMA),
+    ``config.json`` and ``sampling.json``."""
     from safetensors.torch import save_file
 
-    model, context = load_checkpoint(checkpoint)
+    kind, folder = resolve_checkpoint(checkpoint)
+    if kind == "export":
+        raise ValueError(f"{checkpoint} is already an exported folder: export a DCP checkpoint or a run folder")
+    model, context = load_dcp_model(folder, weights="ema" if ema else "model")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
@@ -254,6 +358,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
         "shards_recipe": context.shards_recipe,
         "sample": context.sample,
         "condition_dropout": context.condition_dropout,
+        "weights": context.weights,
     }
     (out / SAMPLING_NAME).write_text(json.dumps(sampling, indent=2))
     return out
@@ -317,8 +422,14 @@ def euler_sample(
             "vlm_first": cond.vlm_first.to(device, dtype),
             "vlm_last": cond.vlm_last.to(device, dtype),
         }
-        sigmas = shifted_sigmas(num_steps, shift)
-        for sigma, sigma_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist(), strict=True):
+        # the schedule as Python floats (the float64 values of ``shifted_sigmas``, computed the same way):
+        # no tensor is read back, so the sampler also runs on fake tensors (``trainer.sample_trace``)
+        from trainer.train import shift_sigma
+
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        sigmas = [shift_sigma(1.0 - i / num_steps, shift) for i in range(num_steps + 1)]
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
             timestep = torch.full((1,), sigma * 1000.0, device=device, dtype=torch.float32)
             velocity = model(
                 x.to(dtype),
@@ -423,126 +534,161 @@ def sample_video(
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank calls this: they share each denoising step as one
     sequence-parallel group, rank 0 encodes, decodes and writes; every rank returns the same result.
+    Several clips with one checkpoint: :class:`Sampler` loads the models once.
     """
-    from trainer.parallel import ParallelConfig, init_distributed, shutdown_distributed
+    with Sampler(checkpoint, config, vae_model, vlm_model) as sampler:
+        return sampler.sample(source, instruction, reference, out, compare)
 
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if world_size == 1:
-        return _sample_video(
-            checkpoint, source, instruction, reference, out, compare, config, vae_model, vlm_model
+
+class Sampler:
+    """A checkpoint ready to edit many clips: the DiT, the Wan VAE and the VLM are loaded once.
+
+        with Sampler("runs/debug", SampleConfig(num_steps=20)) as sampler:
+            for clip in clips:
+                sampler.sample(clip.source, clip.instruction, clip.reference, clip.out)
+
+    The DiT is built on the meta device and the checkpoint read straight into the sampling dtype on the
+    sampling device, one stored tensor at a time (:func:`load_checkpoint`): no float32 model ever exists on
+    the host. Under ``torchrun`` (``WORLD_SIZE`` > 1) entering the context joins the process group (every
+    rank keeps the whole model on its own device: each denoising step is split over the ranks' tokens, not
+    their weights) and only rank 0 loads the VAE and the VLM; leaving it leaves the group.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        config: SampleConfig | None = None,
+        vae_model: str | None = None,
+        vlm_model: str | None = None,
+    ) -> None:
+        self.checkpoint, self.config = checkpoint, config
+        self.vae_model, self.vlm_model = vae_model, vlm_model
+        self.runtime: Runtime | None = None
+
+    def __enter__(self) -> Sampler:
+        from trainer.parallel import ParallelConfig, init_distributed, shutdown_distributed
+
+        world_size = int(os.environ.get("WORLD_SIZE", 1))
+        if world_size > 1:
+            self.runtime = init_distributed(ParallelConfig(sequence_parallel=world_size))
+        try:
+            self._load()
+        except BaseException:
+            if self.runtime is not None:
+                shutdown_distributed(synchronize=False)
+            raise
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, traceback: Any) -> None:
+        from trainer.parallel import shutdown_distributed
+
+        if self.runtime is not None:
+            shutdown_distributed(synchronize=kind is None)  # a failed peer may never reach a barrier
+
+    def _load(self) -> None:
+        from dataengine.clips import ClipConfig
+        from dataengine.devices import resolve_device, resolve_dtype
+        from dataengine.recipe import build_config
+        from dataengine.vae import WanVaeConfig, WanVaeEncoder
+        from dataengine.vlm import Qwen3VLEncoder, Qwen3VLEncoderConfig
+
+        checkpoint, runtime = self.checkpoint, self.runtime
+        context = load_context(checkpoint)
+        explicit = {} if self.config is None else _explicit(self.config)
+        sample = build_config(SampleConfig, {**context.sample, **explicit}, "sample")
+        check_guidance(sample.guidance_scale, context, checkpoint)  # before the weights are read
+        if runtime is not None and context.model["num_heads"] % runtime.sp_size:
+            raise ValueError(
+                f"{runtime.sp_size} processes cannot share the model's {context.model['num_heads']} attention "
+                "heads: launch a number of processes that divides them"
+            )
+        device = runtime.device if runtime is not None else resolve_device(sample.device)
+        dtype_name = (
+            sample.dtype if sample.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
         )
-    runtime = init_distributed(ParallelConfig(sequence_parallel=world_size))
-    try:
-        result = _sample_video(
-            checkpoint, source, instruction, reference, out, compare, config, vae_model, vlm_model, runtime
-        )
-    except BaseException:
-        shutdown_distributed(synchronize=False)
-        raise
-    shutdown_distributed()
-    return result
+        self.model, self.context = load_checkpoint(checkpoint, device, resolve_dtype(dtype_name))
+        self.sample_config = sample
+        self.shift = sample.shift if sample.shift is not None else self.context.flow_shift
+        recipe = self.context.shards_recipe
+        self.clip_config = build_config(ClipConfig, recipe.get("clip"), "shards.clip")
+        vae_table = dict(recipe.get("vae") or {})
+        vlm_table = dict(recipe.get("vlm") or {})
+        if self.vae_model:
+            vae_table["model_id"] = self.vae_model
+        if self.vlm_model:
+            vlm_table["model_id"] = self.vlm_model
+        self.vlm_config = build_config(Qwen3VLEncoderConfig, vlm_table, "shards.vlm")
+        self.vae = self.vlm = None
+        if runtime is None or runtime.is_main:  # the encoders run on rank 0 only
+            self.vae = WanVaeEncoder(build_config(WanVaeConfig, vae_table, "shards.vae"))
+            self.vlm = Qwen3VLEncoder(self.vlm_config)
 
+    def sample(
+        self,
+        source: str | Path,
+        instruction: str,
+        reference: str | Path,
+        out: str | Path,
+        compare: bool = False,
+    ) -> SampleResult:
+        """Edit one clip (on every rank under ``torchrun``); write the mp4 (rank 0) and return what was done."""
+        import torch
 
-def _sample_video(
-    checkpoint: str | Path,
-    source: str | Path,
-    instruction: str,
-    reference: str | Path,
-    out: str | Path,
-    compare: bool,
-    config: SampleConfig | None,
-    vae_model: str | None,
-    vlm_model: str | None,
-    runtime: Runtime | None = None,
-) -> SampleResult:
-    import torch
+        from trainer.parallel import broadcast_tensors
 
-    from dataengine.clips import ClipConfig
-    from dataengine.devices import resolve_device, resolve_dtype
-    from dataengine.recipe import build_config
-    from dataengine.vae import WanVaeConfig, WanVaeEncoder
-    from dataengine.video import write_mp4
-    from dataengine.vlm import Qwen3VLEncoder, Qwen3VLEncoderConfig
-    from trainer.parallel import broadcast_tensors
+        runtime, model, sample = self.runtime, self.model, self.sample_config
+        is_main = runtime is None or runtime.is_main
+        # 1-2. the clip and its encodings, exactly as the shards step computes them (the clip checks run on
+        #      every rank, so a bad input stops all of them; the encoders run on rank 0 only)
+        frames, reference_image, fps = prepare_source(source, reference, self.clip_config)
+        encoded = None
+        if is_main:
+            source_latents = self.vae.encode(frames)  # (16, T', H', W') bf16
+            reference_latents = self.vae.encode(reference_image[None])  # (16, 1, H', W') bf16
+            vlm_indices = self.vlm.select_frames(len(frames), fps)
+            states = self.vlm.encode(
+                instruction, reference_image, frames[vlm_indices], fps, frame_indices=vlm_indices.tolist()
+            )
+            encoded = [source_latents, reference_latents, states.first, states.last]
+        if runtime is not None:
+            encoded = [t.cpu() for t in broadcast_tensors(encoded, runtime.device)]
+        source_latents, reference_latents, vlm_first, vlm_last = encoded
+        if vlm_first.shape[-1] != model.config.vlm_dim:
+            raise ValueError(
+                f"the VLM {self.vlm_config.model_id} gives width {vlm_first.shape[-1]}, the model expects "
+                f"{model.config.vlm_dim}"
+            )
 
-    is_main = runtime is None or runtime.is_main
-    context = load_context(checkpoint)
-    sample = build_config(
-        SampleConfig, {**context.sample, **({} if config is None else _explicit(config))}, "sample"
-    )
-    check_guidance(sample.guidance_scale, context, checkpoint)  # before the weights are read
-    model, context = load_checkpoint(checkpoint)
-    if runtime is not None and model.config.num_heads % runtime.sp_size:
-        raise ValueError(
-            f"{runtime.sp_size} processes cannot share the model's {model.config.num_heads} attention heads: "
-            "launch a number of processes that divides them"
-        )
-    shift = sample.shift if sample.shift is not None else context.flow_shift
-    recipe = context.shards_recipe
-    clip_config = build_config(ClipConfig, recipe.get("clip"), "shards.clip")
-    vae_table = dict(recipe.get("vae") or {})
-    vlm_table = dict(recipe.get("vlm") or {})
-    if vae_model:
-        vae_table["model_id"] = vae_model
-    if vlm_model:
-        vlm_table["model_id"] = vlm_model
-    vae_config = build_config(WanVaeConfig, vae_table, "shards.vae")
-    vlm_config = build_config(Qwen3VLEncoderConfig, vlm_table, "shards.vlm")
-
-    # 1-2. the clip and its encodings, exactly as the shards step computes them (the clip checks run on
-    #      every rank, so a bad input stops all of them; the encoders run on rank 0 only)
-    frames, reference_image, fps = prepare_source(source, reference, clip_config)
-    encoded = None
-    if is_main:
-        vae = WanVaeEncoder(vae_config)
-        source_latents = vae.encode(frames)  # (16, T', H', W') bf16
-        reference_latents = vae.encode(reference_image[None])  # (16, 1, H', W') bf16
-        vlm = Qwen3VLEncoder(vlm_config)
-        vlm_indices = vlm.select_frames(len(frames), fps)
-        states = vlm.encode(
-            instruction, reference_image, frames[vlm_indices], fps, frame_indices=vlm_indices.tolist()
-        )
-        del vlm
-        encoded = [source_latents, reference_latents, states.first, states.last]
-    if runtime is not None:
-        encoded = [t.cpu() for t in broadcast_tensors(encoded, runtime.device)]
-    source_latents, reference_latents, vlm_first, vlm_last = encoded
-    if vlm_first.shape[-1] != model.config.vlm_dim:
-        raise ValueError(
-            f"the VLM {vlm_config.model_id} gives width {vlm_first.shape[-1]}, the model expects {model.config.vlm_dim}"
+        # 3. the flow-matching sampler (split over the ranks under torchrun)
+        cond = Conditioning(source_latents[None], reference_latents[None], vlm_first[None], vlm_last[None])
+        sp = runtime.sp if runtime is not None else None
+        latents = euler_sample(
+            model, cond, sample.num_steps, self.shift, sample.seed, sp, sample.guidance_scale
         )
 
-    # 3. the flow-matching sampler (split over the ranks under torchrun)
-    device = runtime.device if runtime is not None else resolve_device(sample.device)
-    dtype_name = (
-        sample.dtype if sample.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
-    )
-    model.to(device, resolve_dtype(dtype_name))
-    cond = Conditioning(source_latents[None], reference_latents[None], vlm_first[None], vlm_last[None])
-    sp = runtime.sp if runtime is not None else None
-    latents = euler_sample(model, cond, sample.num_steps, shift, sample.seed, sp, sample.guidance_scale)
+        # 4. decode and write (rank 0)
+        out = Path(out)
+        compare_path = out.with_name(f"{out.stem}.compare{out.suffix}") if compare else None
+        if is_main:
+            from dataengine.video import write_mp4
 
-    # 4. decode and write (rank 0)
-    out = Path(out)
-    compare_path = out.with_name(f"{out.stem}.compare{out.suffix}") if compare else None
-    if is_main:
-        edited = vae.decode(latents[0].to(torch.float32))  # (T, H, W, 3) uint8
-        write_mp4(out, edited, fps)
-        if compare_path is not None:
-            write_mp4(compare_path, side_by_side(frames, reference_image, edited), fps)
-    height, width = frames.shape[1:3]
-    return SampleResult(
-        out=out,
-        compare=compare_path,
-        num_frames=1 + 4 * (latents.shape[2] - 1),  # what the Wan VAE decodes T' latent frames to
-        width=int(width),
-        height=int(height),
-        fps=fps,
-        num_condition_tokens=int(vlm_first.shape[0]),
-        steps=sample.num_steps,
-        shift=float(shift),
-        guidance_scale=sample.guidance_scale,
-    )
+            edited = self.vae.decode(latents[0].to(torch.float32))  # (T, H, W, 3) uint8
+            write_mp4(out, edited, fps)
+            if compare_path is not None:
+                write_mp4(compare_path, side_by_side(frames, reference_image, edited), fps)
+        height, width = frames.shape[1:3]
+        return SampleResult(
+            out=out,
+            compare=compare_path,
+            num_frames=1 + 4 * (latents.shape[2] - 1),  # what the Wan VAE decodes T' latent frames to
+            width=int(width),
+            height=int(height),
+            fps=fps,
+            num_condition_tokens=int(vlm_first.shape[0]),
+            steps=sample.num_steps,
+            shift=float(self.shift),
+            guidance_scale=sample.guidance_scale,
+        )
 
 
 def _explicit(config: SampleConfig) -> dict[str, Any]:
@@ -630,10 +776,13 @@ def export_command(
     out_dir: Annotated[
         Path, typer.Argument(help="Output folder: model.safetensors, config.json, sampling.json")
     ],
+    ema: Annotated[
+        bool, typer.Option("--ema", help="Export the EMA of the weights (a run trained with train.ema_decay)")
+    ] = False,
 ) -> None:
     """Consolidate a DCP checkpoint into one safetensors file with the model config (no optimizer state)."""
     try:
-        out = export_checkpoint(checkpoint, out_dir)
+        out = export_checkpoint(checkpoint, out_dir, ema)
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=2) from err

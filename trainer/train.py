@@ -39,7 +39,9 @@ from trainer.parallel import (
     ParallelConfig,
     Runtime,
     apply_parallel,
+    check_same_samples,
     init_distributed,
+    sample_check_group,
     shutdown_distributed,
 )
 from trainer.steptime import StepClock
@@ -387,7 +389,7 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
         apply_parallel(model, MIVE_PLAN, config.parallel, runtime)
         model.to_empty(device=device)
         model.init_weights()
-        report = load_wan_weights(model, config.init)
+        report = load_wan_weights(model, config.init, seed=config.seed)
         if runtime.is_main:
             logger.info(report.summary())
     else:
@@ -484,6 +486,7 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
 
     # 6. The loop -------------------------------------------------------------------------------------------
     batch_size = config.data.batch_size
+    sample_group = sample_check_group(runtime)  # the ranks of an SP group compare their samples
     peak = peak_flops(config, device)
     model.train()
     if runtime.is_main:
@@ -515,6 +518,7 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
             batch = next(loader)
             clock.stop("data")
             clock.start("fwd_bwd")
+            check_same_samples(sample_group, batch["keys"], f"step {step + 1}, micro-batch {micro}")
             loss = micro_batch_loss(model, batch, config, runtime, step, micro)
             # every micro-batch's backward reduce-scatters its gradients into the float32 shards, which
             # accumulate: skipping the sync would make FSDP2 keep unsharded float32 gradients of the whole

@@ -19,7 +19,9 @@ What is copied: self-attention (q, k, v, o and the qk RMSNorms), FFN, modulation
 and projection, head. Patch embedding: Wan's weights go to the noisy branch's 16 input channels, the
 control branch's 16 start at zero. Left out: cross-attention, its norm and the text embedder (and the
 image embedder of I2V checkpoints). Fresh: the context adapter, initialised per the config's
-``adapter_init`` (default ``zero_fusion``: condition tokens start as zeros).
+``adapter_init`` (default ``zero_fusion``: condition tokens start as zeros), drawn whole on the CPU from a
+generator seeded by the recipe's ``train.seed`` and then sharded like Wan's tensors, so a run on N processes
+starts from exactly the model a run on one process starts from.
 
 Memory: tensors are read one at a time, shard by shard (``*.safetensors.index.json``), and copied into
 the model (materialised model, or FSDP2 DTensor parameters) or assigned to it (meta-device model). The
@@ -39,7 +41,7 @@ from huggingface_hub import snapshot_download
 from safetensors import safe_open
 from torch import nn
 
-from trainer.model import MiVETransformer
+from trainer.model import ContextAdapter, MiVEConfig, MiVETransformer, init_context_adapter
 
 # checkpoint name pattern -> our parameter name (re.sub template), per layout
 _DIFFUSERS_RULES: list[tuple[str, str]] = [
@@ -277,18 +279,30 @@ def _set_tensor(
             param.copy_(tensor)
 
 
+def fresh_context_adapter(config: MiVEConfig, seed: int) -> dict[str, torch.Tensor]:
+    """The context adapter's initial tensors (float32, CPU, whole), a function of the config and ``seed`` only."""
+    with torch.device("meta"):  # no draw from torch's global generator
+        adapter = ContextAdapter(config.vlm_dim, config.dim, config.eps)
+    adapter = adapter.to_empty(device="cpu")
+    generator = torch.Generator().manual_seed(seed)
+    init_context_adapter(adapter, config, generator)
+    return {name: tensor.detach() for name, tensor in adapter.state_dict().items()}
+
+
 def load_wan_weights(
     model: MiVETransformer,
     source: str | Path,
     *,
     subfolder: str | None = None,
     device: str | torch.device | None = None,
+    seed: int = 0,
 ) -> WanLoadReport:
     """Fill ``model`` from a Wan2.1 DiT checkpoint (hub id or folder, either layout); return a report.
 
     ``model`` may be materialised (tensors are copied in, also into FSDP2-sharded parameters) or on the
     meta device (tensors are assigned, on ``device``, default CPU, in the model's dtype). Parameters not
-    in Wan (the context adapter) are initialised per ``model.config.adapter_init``. Raises ValueError when
+    in Wan (the context adapter) are initialised per ``model.config.adapter_init``, drawn whole from a
+    generator seeded by ``seed`` (:func:`fresh_context_adapter`), whatever the sharding. Raises ValueError when
     a tensor's shape does not match or when a parameter that Wan should provide is missing.
     """
     folder = resolve_checkpoint_folder(source, subfolder)
@@ -336,10 +350,11 @@ def load_wan_weights(
         report.loaded.append(target)
         del tensor
 
-    # Fresh parts: the control branch of the patch embedding (zeroed above) and the context adapter.
-    if any(p.is_meta for p in model.context_adapter.parameters()):
-        model.context_adapter.to_empty(device=device or "cpu")
-    model.init_context_adapter()
+    # Fresh parts: the control branch of the patch embedding (zeroed above) and the context adapter, drawn
+    # whole on the CPU from a generator seeded by ``seed`` and copied in like Wan's tensors (each rank keeps
+    # its shard): the same values whatever the mesh, so 1 and N processes train the same model.
+    for name, tensor in fresh_context_adapter(model.config, seed).items():
+        _set_tensor(model, f"context_adapter.{name}", tensor, device, where="fresh context adapter")
     channels = model.config.latent_channels
     report.fresh = [f"patch_embedding.weight[:, {channels}:] (zeros)"] + [
         f"{n} ({model.config.adapter_init})" for n in adapter

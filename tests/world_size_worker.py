@@ -1,0 +1,151 @@
+"""torchrun worker for tests/test_sequence_parallel.py: what must not depend on the number of processes, 2 ranks.
+
+    torchrun --standalone --nproc-per-node 2 tests/world_size_worker.py ARGS.json
+
+One launch, every comparison reported to ``ARGS["out"]`` (rank 0 writes what every rank measured):
+
+- ``fit``: the production path of ``trainer fit`` (``trainer.train.train``, in this process, the group made
+  once): ``train.init`` = a tiny Wan2.1 folder, condition tokens of several lengths, 2 data-parallel ranks at
+  batch 1 and one sequence-parallel group of 2 at batch 2; each run's losses and grad norms per step. The
+  test compares them with one process at batch 2.
+- ``sp_check``: ``trainer.parallel.check_same_samples`` on equal and on different batches, and a
+  ``train`` whose SP ranks are handed different samples (the loader given the process rank): it must stop
+  at its first micro-batch, before the forward, with the error, on both ranks.
+- ``load``: each rank's host peak while reading a wide checkpoint (DCP and exported folder) into bfloat16
+  (the sampling path), and, as a control, into float32.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from dataengine.recipe import load_recipe
+from trainer import model as model_module
+from trainer.model import MiVEConfig
+from trainer.parallel import (
+    ParallelConfig,
+    check_same_samples,
+    init_distributed,
+    sample_check_group,
+    shutdown_distributed,
+)
+from trainer.train import train, train_config_from_recipe
+
+
+def host_peak_bytes(function) -> int:  # noqa: ANN001
+    """The peak resident set (VmHWM, reset through /proc/self/clear_refs) while ``function`` runs, above
+    the resident set before it. Freed memory the allocator kept is given back first (``malloc_trim``), so
+    that reusing it cannot hide an allocation."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+
+    def status(key: str) -> int:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key))
+        return int(line.split()[1]) * 1024
+
+    before = status("VmRSS:")
+    result = function()
+    peak = status("VmHWM:")
+    del result
+    return peak - before
+
+
+def run_fit(args: dict, name: str, sequence_parallel: int, batch_size: int, loader=None) -> list[dict]:  # noqa: ANN001
+    overrides = [
+        f'train.data.shards="{args["shards"]}"',
+        f'train.runs_dir="{args["runs"]}"',
+        f'train.name="{name}"',
+        f"train.steps={args['steps']}",
+        f"train.data.batch_size={batch_size}",
+        "train.checkpoint.every_steps=0",
+        f'train.init="{args["wan"]}"',
+        f"train.parallel.sequence_parallel={sequence_parallel}",
+    ]
+    recipe = load_recipe(args["recipe"], overrides)
+    config = train_config_from_recipe(recipe)
+    runtime = init_distributed(config.parallel)  # the group exists: only the (dp, sp) mesh is made
+    run_dir = Path(config.runs_dir) / config.name
+    if loader is not None:
+        import trainer.train
+
+        original, trainer.train.ShardLoader = trainer.train.ShardLoader, loader
+    try:
+        train(config, runtime, run_dir, False, recipe)
+    finally:
+        if loader is not None:
+            trainer.train.ShardLoader = original
+    dist.barrier()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    return [{"step": r["step"], "loss": r["loss"], "grad_norm": r["grad_norm"]} for r in rows]
+
+
+def main(args_path: str) -> None:
+    args = json.loads(Path(args_path).read_text())
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    assert world == 2, "run with --nproc-per-node 2"
+    results: dict = {"rank": rank}
+
+    # 1. trainer fit from Wan weights: DP 2 at batch 1, SP 2 at batch 2
+    results["fit"] = {
+        "dp2_batch1": run_fit(args, "dp2", 1, 1),
+        "sp2_batch2": run_fit(args, "sp2", 2, 2),
+    }
+
+    # 2. the SP group's samples are compared at every micro-batch
+    def outcome(group, keys: list[str]) -> str | None:  # noqa: ANN001
+        try:
+            check_same_samples(group, keys, "check")
+        except RuntimeError as err:
+            return str(err)
+        return None
+
+    dp2 = init_distributed(ParallelConfig())  # no SP
+    sp2 = init_distributed(ParallelConfig(sequence_parallel=2))
+    check = {
+        "no_sp_group": sample_check_group(dp2) is None,
+        "same": outcome(sample_check_group(sp2), ["a/0", "b/1"]),
+        "different": outcome(sample_check_group(sp2), ["a/0", f"b/{rank}"]),
+    }
+    from trainer.data import ShardLoader
+
+    def wrong_loader(data, seed, dp_rank, dp_size):  # noqa: ANN001
+        return ShardLoader(data, seed, dist.get_rank(), dist.get_world_size())  # the process rank: wrong
+
+    try:
+        run_fit(args, "sp2_wrong_data", 2, 1, loader=wrong_loader)
+        check["error"] = None
+    except RuntimeError as err:
+        check["error"] = str(err)
+    results["sp_check"] = check
+
+    # 3. host peak of each rank while reading the wide checkpoint (the sampling path)
+    from trainer.sample import load_checkpoint
+
+    model_module.CONFIGS["wide_test"] = MiVEConfig(**args["wide_config"])
+    results["load"] = {}
+    for kind in ("dcp", "export"):
+        path = args[kind]
+        for dtype in (torch.bfloat16, torch.float32):
+            dist.barrier()  # one rank's reading does not overlap the other's measurement start
+            peak = host_peak_bytes(lambda path=path, dtype=dtype: load_checkpoint(path, "cpu", dtype))
+            results["load"][f"{kind}_{str(dtype).removeprefix('torch.')}"] = peak
+
+    gathered = [None] * world
+    dist.all_gather_object(gathered, results)
+    if rank == 0:
+        Path(args["out"]).write_text(json.dumps(gathered, indent=1))
+    shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
