@@ -2,7 +2,7 @@
 
 Build once, check many times. The session fixtures below build each expensive thing once per pytest run;
 a test that only reads an output uses the fixture, and a test that changes an output copies it first
-(``shutil.copytree(fixture_path, tmp_path / ...)``):
+(``tests.helpers.copy_output(fixture_path, tmp_path / ...)``):
 
 - ``tiny_models``: every tiny random model of ``dataengine demo-data`` (Qwen3-VL, open_clip, SAM2, the
   RT-DETRv2 detector, the Wan VAE and the Wan DiT), each built on first use with demo-data's builders and seeds.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -340,9 +339,3 @@ def trained_debug_run(tmp_path_factory, tiny_models) -> TrainedRun:
     )  # fmt: skip
     run_cli(command, cwd=REPO, env=cli_env(OMP_NUM_THREADS="1"))
     return TrainedRun(root / "runs" / "tiny", shards, vae, vlm, steps, every, num_frames, height, width)
-
-
-def copy_output(source: Path, destination: Path) -> Path:
-    """A writable copy of a session output (for a test that changes it)."""
-    shutil.copytree(source, destination, symlinks=True)
-    return destination

@@ -4,6 +4,7 @@ job's own parts before killing it (a kill chosen by what the job has done, never
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -93,3 +94,9 @@ def kill_when(
     except ProcessLookupError:
         pass
     process.wait()
+
+
+def copy_output(source: Path, destination: Path) -> Path:
+    """A writable copy of a session fixture's output, for a test that changes it (the fixture's stays as is)."""
+    shutil.copytree(source, destination, symlinks=True)
+    return destination
