@@ -227,7 +227,14 @@ def ray_session():
     from pipelines.runtime import init_ray
 
     started = not ray.is_initialized()
-    init_ray(num_cpus=min(2, os.cpu_count() or 1))
+    for attempt in range(3):
+        try:
+            init_ray(num_cpus=min(2, os.cpu_count() or 1))
+            break
+        except Exception as err:  # Ray gives its raylet 30 s to register; a loaded machine can take longer
+            ray.shutdown()
+            if attempt == 2 or "timed out during startup" not in str(err):
+                raise
     yield ray.get_runtime_context().gcs_address
     if started:
         ray.shutdown()
