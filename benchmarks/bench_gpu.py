@@ -930,7 +930,10 @@ def projection_rows(rows: list[dict], num_gpus: int) -> list[dict]:
     ]
     out: list[dict] = []
     hours_each: list[float] = []
-    for label, count, seconds, note in items:
+    # the `dataengine reproduce` step each row projects: it reads ``gpu_seconds_each`` and multiplies it by
+    # the item count of the recipe it runs
+    step_names = ("filter", "harvest-portraits", "synth-portraits", "shards", "fit")
+    for step, (label, count, seconds, note) in zip(step_names, items, strict=True):
         if seconds is None:
             out.append(
                 _row("projection", label, "n/a", "GPU-h", "its section has no rate (failed or skipped)")
@@ -938,9 +941,10 @@ def projection_rows(rows: list[dict], num_gpus: int) -> list[dict]:
             continue
         hours = count * seconds / 3600
         hours_each.append(hours)
-        out.append(
-            _row("projection", label, hours, "GPU-h", f"{hours / num_gpus:,.1f} h on {num_gpus} GPUs; {note}")
+        row = _row(
+            "projection", label, hours, "GPU-h", f"{hours / num_gpus:,.1f} h on {num_gpus} GPUs; {note}"
         )
+        out.append({**row, "step": step, "gpu_seconds_each": seconds})
     reference = samples * plan.flops.train_per_sample / (REFERENCE_TFLOPS_PER_GPU * 1e12 * 3600)
     paper_rate = samples * plan.flops.train_per_sample / (PAPER_TRAIN_GPU_HOURS * 3600) / 1e12
     note = (
