@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("pipelines.shards", "verify_command"),
     "report": ("pipelines.report", "report_command"),
     "diagnose-layers": ("pipelines.diagnose", "diagnose_layers_command"),
+    "reproduce": ("pipelines.reproduce", "reproduce_command"),
 }
 
 
