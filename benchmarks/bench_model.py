@@ -52,7 +52,6 @@ NUM_CONDITION_GPU = (
     3600  # condition tokens in the GPU row (text + reference image + video tokens; one 45x80 frame's worth)
 )
 PAPER_GRID = (22, 45, 80)  # (T'+1, H'/2, W'/2) for 81 frames at 720P: 79,200 visual tokens
-DENSE_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense (no sparsity) bf16 FLOP/s
 
 
 def _block_config(dim: int, ffn_dim: int, num_heads: int) -> MiVEConfig:
@@ -254,7 +253,9 @@ def _cpu_rows(quick: bool) -> list[dict]:
 
 
 def _gpu_peak(name: str) -> float | None:
-    return next((peak for key, peak in DENSE_BF16_PEAK.items() if key in name), None)
+    from trainer.flops import peak_bf16_flops
+
+    return peak_bf16_flops(name)
 
 
 def _block_rows(

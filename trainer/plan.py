@@ -42,6 +42,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from trainer.flops import (  # noqa: F401  (re-exported: trainer.plan's public names)
+    H100_BF16_TFLOPS,
+    REFERENCE_TFLOPS_PER_GPU,
+    TokenShape,
+    token_shape,
+    token_shape_from_latents,
+)
+
 if TYPE_CHECKING:  # torch-heavy modules load inside the functions: ``trainer --help`` stays instant
     from trainer.model import MiVEConfig
     from trainer.parallel import ParallelConfig
@@ -50,10 +58,6 @@ GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 FP32 = 4  # bytes of a float32 element
 
-# Throughput measured for Wan2.1-14B training on H100 with FSDP2 on 8 GPUs (NeMo DFM, sequence 37,440):
-# 175.9 TFLOP/s per GPU of H100's 989 dense bf16 TFLOP/s. The default MFU assumption of the step time.
-REFERENCE_TFLOPS_PER_GPU = 175.9
-H100_BF16_TFLOPS = 989.0
 HEADROOM = 0.10  # a recommended configuration leaves at least this fraction of the GPU memory free
 # All-to-all bandwidth per GPU assumed for the sequence-parallel exchange inside one NVLink node (H100 SXM:
 # 450 GB/s per direction; all-to-alls reach well below that). An assumption, not a measurement.
@@ -86,53 +90,6 @@ class PlanConfig:
     175.9 of 989 TFLOP/s, about 0.178: a measured figure for this architecture, not a target."""
     peak_tflops: float = H100_BF16_TFLOPS
     """Dense bf16 peak of one GPU in TFLOP/s (H100 SXM: 989)."""
-
-
-# ---------------------------------------------------------------------------------------------------
-# Shapes
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TokenShape:
-    """The token counts of one sample."""
-
-    latent_frames: int  # T' = 1 + (F - 1) / 4
-    latent_height: int  # H' = H / 8
-    latent_width: int  # W' = W / 8
-    num_visual: int  # (T' + 1) * H'/2 * W'/2: reference frame + target frames, patch (1, 2, 2)
-    num_target: int  # T' * H'/2 * W'/2: the patches the head runs on
-    num_condition: int  # S: VLM tokens
-    seq_len: int  # L = S + num_visual: the sequence every block attends over
-
-    @property
-    def latent_elements(self) -> int:
-        """Elements of one (16, T', H', W') latent (per sample)."""
-        return 16 * self.latent_frames * self.latent_height * self.latent_width
-
-
-def token_shape(
-    config: MiVEConfig, num_frames: int, height: int, width: int, num_condition: int
-) -> TokenShape:
-    """Token counts of a clip: Wan VAE stride (4, 8, 8) with a causal first frame, then the patch size."""
-    if num_frames < 1 or (num_frames - 1) % 4:
-        raise ValueError(f"num_frames must be 4n + 1 (e.g. 81), got {num_frames}")
-    p_t, p_h, p_w = config.patch_size
-    if height % (8 * p_h) or width % (8 * p_w):
-        raise ValueError(f"height and width must be multiples of {8 * p_h}, got {width}x{height}")
-    frames, lat_h, lat_w = 1 + (num_frames - 1) // 4, height // 8, width // 8
-    per_frame = (lat_h // p_h) * (lat_w // p_w)
-    num_visual = (frames + 1) // p_t * per_frame
-    num_target = frames // p_t * per_frame
-    return TokenShape(frames, lat_h, lat_w, num_visual, num_target, num_condition, num_condition + num_visual)
-
-
-def token_shape_from_latents(
-    config: MiVEConfig, latent_shape: tuple[int, int, int], num_condition: int
-) -> TokenShape:
-    """Token counts of a latent shape (T', H', W') as stored in shards."""
-    frames, lat_h, lat_w = latent_shape
-    return token_shape(config, 4 * (frames - 1) + 1, 8 * lat_h, 8 * lat_w, num_condition)
 
 
 # ---------------------------------------------------------------------------------------------------

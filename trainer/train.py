@@ -34,6 +34,7 @@ from dataengine.recipe import UserError, build_config, config_to_dict
 from trainer.checkpoint import CheckpointConfig, Checkpointer
 from trainer.data import DataConfig, ShardLoader
 from trainer.ema import WeightAverage
+from trainer.flops import peak_bf16_flops, token_shape_from_latents
 from trainer.parallel import (
     MIVE_PLAN,
     ParallelConfig,
@@ -49,17 +50,6 @@ from trainer.validation import ValidationConfig
 
 logger = logging.getLogger("trainer")
 
-# Dense bf16 peak FLOP/s per GPU, by a substring of torch.cuda.get_device_name() (first match wins).
-PEAK_BF16_FLOPS = {
-    "H200": 989e12,
-    "H100 PCIe": 756e12,
-    "H100": 989e12,  # SXM
-    "H20": 148e12,
-    "B200": 2250e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "A10G": 125e12,
-}
 SCHEDULES = ("constant", "cosine", "linear")
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 
@@ -204,8 +194,7 @@ def peak_flops(config: TrainConfig, device: torch.device) -> float | None:
     if config.peak_tflops:
         return config.peak_tflops * 1e12
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+        return peak_bf16_flops(torch.cuda.get_device_name(device))
     return None
 
 
@@ -343,7 +332,6 @@ def fit(config: TrainConfig, resume: bool = False, recipe: dict[str, Any] | None
 def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, recipe: dict[str, Any]) -> None:
     """The training run itself, top to bottom, on an initialised process group."""
     from trainer.model import MiVETransformer, get_config, mive_flops
-    from trainer.plan import token_shape_from_latents
 
     # 1. Run folder -------------------------------------------------------------------------------------
     device = runtime.device
