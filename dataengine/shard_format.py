@@ -48,7 +48,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from dataengine.layout import INDEX_NAME
-from dataengine.recipe import MissingInput
+from dataengine.recipe import MissingInput, UserError
 
 TENSORS_MEMBER = "tensors.safetensors"
 META_MEMBER = "meta.json"
@@ -147,8 +147,6 @@ def _server(url: str) -> str:
 
 def _short_read(path: str, start: int, end: int, got: int) -> ValueError:
     """The error for a ranged read that did not return the bytes it asked for."""
-    from dataengine.recipe import UserError
-
     return UserError(
         f"{_server(path)} answered a request for bytes {start}-{end - 1} of {path} with {got} bytes, "
         f"not {end - start}: it does not serve byte ranges (or the file changed). The loader reads samples "
@@ -175,8 +173,6 @@ def check_range_requests(fs: Any, path: str) -> None:
         return
     from fsspec.asyn import sync
 
-    from dataengine.recipe import UserError
-
     async def first_byte() -> tuple[int, dict[str, str]]:
         session = await fs.set_session()
         kwargs = dict(fs.kwargs)
@@ -188,11 +184,13 @@ def check_range_requests(fs: Any, path: str) -> None:
     if status == 206:
         return
     if status == 404:
-        raise MissingInput(f"{path}: not found (404 from {_server(path)})")
+        raise MissingInput(f"{path}: not found (404 from {_server(path)}): is the shard set at this URL?")
+    if status != 200:
+        raise UserError(f"{_server(path)} answered {status} to a request for byte 0 of {path}")
     software = f" ({headers['Server']})" if headers.get("Server") else ""
     raise UserError(
         f"{_server(path)}{software} ignores range requests: asked for byte 0 of {path}, it answered "
-        f"{status} with {headers.get('Content-Length', 'all the')} bytes. The loader reads samples by "
+        f"200 with {headers.get('Content-Length', 'all the')} bytes. The loader reads samples by "
         "offset: serve the shard set from a server that answers Range with 206 Partial Content (an object "
         "store, a CDN, nginx), or copy it to a local folder"
     )
