@@ -564,7 +564,7 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
         elapsed = time.perf_counter() - start
         phases = clock.seconds()
         compute = phases["fwd_bwd"] + phases["optim"]  # tokens/s and MFU: compute time alone
-        if runtime.is_main and (step % config.log_every == 0 or step == config.steps):
+        if runtime.is_main and (step % config.log_every == 0 or step == config.steps or validation_row):
             tflops = flops / compute / 1e12  # this rank's model FLOPs (recomputation not counted)
             row = {
                 "step": step,
