@@ -1,4 +1,5 @@
-"""The ``trainer`` command: train the MiVE DiT (``fit``), ``sample``, ``plan``, ``export`` and ``eval``.
+"""The ``trainer`` command: train the MiVE DiT (``fit``), ``sample``, ``sample-trace``, ``plan``, ``export``
+and ``eval``.
 
 Each command is a small function here with light imports (torch and the model load inside it), so
 ``trainer --help`` is instant. Register a new command with ``app.command("name")(function)``.
