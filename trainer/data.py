@@ -285,7 +285,7 @@ def collate(
 
 def batch_digest(keys: list[str]) -> int:
     """A 63-bit digest of a micro-batch's sample keys, in order: what the ranks of a sequence-parallel group
-    compare to check that they hold the same samples (``trainer.parallel.count_sp_mismatches``)."""
+    compare to check that they hold the same samples (``trainer.parallel.check_same_samples``)."""
     import hashlib
 
     digest = hashlib.sha256("\n".join(keys).encode()).digest()
