@@ -11,8 +11,10 @@ SVG charts, thumbnails as base64 PNG data URIs: no external asset, it opens from
 4. shard statistics from ``index.json`` (buckets, samples, shards, bytes, models);
 5. the loss curve of the training run from ``metrics.jsonl`` (inline SVG);
 6. the layer diagnostic (``dataengine diagnose-layers``): R_mask against depth and the layer pair it picks;
-7. the evaluation of the training run (``trainer eval``, in its ``eval/`` folder): the table of means per
-   method and subset, and a few pairs side by side (source, reference, every method's edit) with their scores.
+7. the evaluation of the training run (``trainer eval``, in its ``eval/`` folder): the six-dimension table of
+   means per method and subset, and a few pairs side by side (source, reference, every method's edit) with
+   their scores; and the OpenVE-Bench-style table per category and overall, with the published reference rows
+   labelled by judge, and a few of its pairs side by side (source, every method's edit with its three axes).
 
 Every part degrades on its own: a step that did not run shows "not run" and the file it looked for; an
 unreadable video or image shows what failed in place of its thumbnail. Nothing here imports Ray or torch.
@@ -746,9 +748,68 @@ def _score_caption(row: Any, axes: dict[str, str]) -> str:
 
 def evaluation_section(files: RunFiles, config: ReportConfig) -> Section:
     evaluation = files.evaluation
-    if evaluation is None or not evaluation.summary.exists():
+    has_six = evaluation is not None and evaluation.summary.exists()
+    has_bench = evaluation is not None and evaluation.bench_summary.exists()
+    if not has_six and not has_bench:
         where = evaluation.summary if evaluation is not None else "the training run's eval/summary.json"
         return Section("evaluation", missing=f"not run: {where} does not exist")
+    parts = ["<h3>The paper's six dimensions</h3>", six_dimension_html(evaluation, config)] if has_six else []
+    if has_bench:
+        parts += ["<h3>OpenVE-Bench-style protocol</h3>", bench_html(evaluation, config)]
+    return Section("evaluation", html="".join(parts))
+
+
+def bench_html(evaluation: EvalLayout, config: ReportConfig) -> str:
+    """The benchmark-style table (per category and overall, the published reference rows labelled with their
+    judge) and the first pairs side by side: source, every method's edit with its three capped axes."""
+    summary = json.loads(evaluation.bench_summary.read_text())
+    means = pd.read_parquet(evaluation.bench_table)
+    scores = pd.read_parquet(evaluation.bench_scores)
+    categories = summary["categories"]
+    header = ["method", "judge", *categories, "Overall", "source"]
+    rows = []
+    for method in summary["methods"]:
+        mine = means[means["method"] == method]
+        cells: list[Any] = [method, f"{summary['judge_model']} ({summary['mode']})"]
+        for category in [*categories, "Overall"]:
+            match = mine[mine["category"] == category]
+            cells.append(f"{match.iloc[0]['score']:.2f}" if len(match) else "-")
+        rows.append([*cells, "this run"])
+    for ref in summary["reference_rows"]:
+        rows.append(
+            [ref["method"], ref["judge"], *(["-"] * len(categories)), f"{ref['overall']:.2f}", ref["source"]]
+        )
+    codes = summary["axes"]  # code -> axis
+    parts = [
+        f"<p>Judge <code>{esc(summary['judge_model'])}</code>, rubric {esc(summary['rubric_version'])}, "
+        f"{esc(summary['mode'])}: {esc(', '.join(f'{c} = {a}' for c, a in codes.items()))}, 1-5, "
+        f"{esc(summary['cap_rule'])}; a sample's score is the mean of the three, a category's the mean of its "
+        f"samples, Overall the mean of all samples. {summary['num_scored']} clips scored, "
+        f"{summary['num_rejected']} rejected. <b>Rows from different judges do not compare directly</b>: the "
+        "reference rows are the published overall scores, judged by another model.</p>",
+        table(header, rows, numeric_from=2, numeric_to=len(header) - 1),
+    ]
+    width = config.thumbnail_width
+    for pair_id, group in list(scores.groupby("pair_id", sort=False))[: config.eval_pairs]:
+        first = group.iloc[0]
+        cells = [_thumbnail("source (middle frame)", _middle_frame, first["source_path"], width)]
+        for row in group.itertuples(index=False):
+            if isinstance(row.reason, str) and row.reason:
+                caption = row.reason
+            else:
+                caption = (
+                    " ".join(f"{c} {getattr(row, a):.1f}" for c, a in codes.items()) + f" · {row.score:.2f}"
+                )
+            cells.append(_thumbnail(f"{row.method}: {caption}", _middle_frame, row.video_path, width))
+        parts.append(
+            f'<div class="pair"><div class="caption"><b>{esc(first["category"])}</b> <code>{esc(pair_id)}</code><br>'
+            f'{esc(first["instruction"])}</div><div class="thumbs">{"".join(cells)}</div></div>'
+        )
+    return "".join(parts)
+
+
+def six_dimension_html(evaluation: EvalLayout, config: ReportConfig) -> str:
+    """The six-dimension table per method and subset, and the first pairs side by side."""
     summary = json.loads(evaluation.summary.read_text())
     axes: dict[str, str] = summary["axes"]  # code -> axis
     means = pd.read_parquet(evaluation.table)
@@ -783,7 +844,7 @@ def evaluation_section(files: RunFiles, config: ReportConfig) -> Section:
             f'<div class="pair"><div class="caption"><b>{esc(first["subset"])}</b> <code>{esc(pair_id)}</code><br>'
             f'{esc(first["instruction"])}</div><div class="thumbs">{"".join(cells)}</div></div>'
         )
-    return Section("evaluation", html="".join(parts))
+    return "".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------------

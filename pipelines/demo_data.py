@@ -3,7 +3,8 @@
 Writes under ``--out`` (``demo_data`` by default):
 ``openve/`` (OpenVE-style CSVs and clips, some rows broken on purpose), ``portraits/people`` and
 ``portraits/backgrounds`` and the harvest pool ``portraits/pool`` (generated clips with their ground-truth
-masks and person boxes), and ``models/``: tiny random Qwen3-VL (``qwen3vl``), open_clip (``open_clip``), SAM2
+masks and person boxes), ``openve_bench/`` (an OpenVE-Bench-style folder for ``trainer eval``'s
+``[eval.bench]``), and ``models/``: tiny random Qwen3-VL (``qwen3vl``), open_clip (``open_clip``), SAM2
 (``sam2``), RT-DETRv2 person detector (``detector``), Wan2.1 VAE (``wan_vae``) and Wan2.1 DiT (``wan``), each saved in its library's own format and loaded back through ``from_pretrained`` by the jobs.
 """
 
@@ -21,6 +22,7 @@ def demo_data_command(
     """Generate the demo's inputs: OpenVE-style data, portrait and background clips, tiny random models."""
     from dataengine.synthetic.detector import build_tiny_detector
     from dataengine.synthetic.openve import build_filter_demo
+    from dataengine.synthetic.openve_bench import build_bench_demo
     from dataengine.synthetic.portraits import build_tiny_sam2, generate_portraits
     from dataengine.synthetic.wan_dit import build_tiny_wan_dit
     from dataengine.synthetic.wan_vae import build_tiny_wan_vae
@@ -30,6 +32,10 @@ def demo_data_command(
     steps = [
         ("OpenVE-style dataset, tiny Qwen3-VL and open_clip", lambda: build_filter_demo(out)),
         ("portrait, background and pool clips", lambda: generate_portraits(out / "portraits")),
+        (
+            "an OpenVE-Bench-style folder (pairs, references, two methods' edits)",
+            lambda: build_bench_demo(out / "openve_bench", out / "openve" / "csv", out / "openve" / "videos"),
+        ),
         ("tiny SAM2", lambda: build_tiny_sam2(models / "sam2")),
         ("tiny RT-DETRv2 person detector", lambda: build_tiny_detector(models / "detector")),
         ("tiny Wan2.1 VAE", lambda: build_tiny_wan_vae(models / "wan_vae")),

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from dataengine.judge import EVAL_RUBRIC, Judge, JudgeConfig, expected_scores, sampled_scores
-from dataengine.layout import EvalLayout
+from dataengine.layout import EvalLayout, RunLayout
 from dataengine.openve import read_openve
+from dataengine.report import ReportConfig, RunFiles, evaluation_section
 from dataengine.synthetic.openve import SyntheticOpenVEConfig, generate_openve
 from trainer.eval import EvalConfig, eval_config_from_recipe, run_eval
 from trainer.openve_bench import (
@@ -211,6 +212,15 @@ def test_a_methods_scores_do_not_depend_on_the_others(tmp_path, bench_folder, be
     assert "do not compare directly" in text
     assert together["mode"] == ("expected value" if temperature == 0 else "sampled at temperature 1")
     assert together["methods"] == ["C", "A", "B"]
+
+    # the report's evaluation section shows the benchmark table per category and a few pairs side by side
+    section = evaluation_section(RunFiles(RunLayout("bench"), None, layout), ReportConfig(run="bench"))
+    assert section.missing is None and "OpenVE-Bench-style protocol" in section.html
+    assert "six dimensions" not in section.html  # not run here
+    for method, score in overall.items():
+        assert f"<td>{method}</td>" in section.html and f"<td class=num>{score:.2f}</td>" in section.html
+    assert "Runway Aleph" in section.html and "do not compare directly" in section.html
+    assert section.html.count('class="pair"') == 3 and section.html.count("<figure") >= 3 * 2
 
 
 def test_bench_table_in_a_recipe_and_errors(tmp_path, bench_folder):
