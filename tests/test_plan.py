@@ -36,10 +36,8 @@ from trainer.plan import (
 
 REPO = Path(__file__).resolve().parents[1]
 PEAK_TOLERANCE = 0.10  # the plan's predicted peak within 10% of the measured one (seen: -1% .. +6%)
-# Under sequence parallelism on gloo the measured peak also holds buffers of finished collectives: gloo keeps
-# them alive for a while (16 blocking 4 MB all-to-alls in a row leave 16 to 28 MB allocated, seen here), a
-# CPU-test artifact the plan does not model. Seen: measured / predicted 1.07 .. 1.49 over 8 runs.
-SP_PEAK_BAND = (1.0, 1.75)
+# Sequence parallelism is checked against the fake-tensor trace at 14B width (tests/test_trace.py): on gloo the
+# allocator's peak also holds buffers of finished collectives for a while, which no GPU run has.
 
 
 def test_debug_parameter_count_is_exact() -> None:
@@ -181,7 +179,6 @@ def measure_fit_peak(work: Path, overrides: list[str]) -> int:
     [
         ("float32", True, (8, 16, 16), 64, 1),
         ("bfloat16", False, (4, 16, 24), 32, 1),
-        pytest.param("float32", True, (8, 16, 16), 65, 2, marks=pytest.mark.slow),
     ],
 )
 def test_predicted_peak_matches_measured_fit_step(
@@ -192,10 +189,7 @@ def test_predicted_peak_matches_measured_fit_step(
     seq_len: int,
     sequence_parallel: int,
 ) -> None:
-    """Under sequence parallelism 2 processes (torchrun, gloo) share each sample; each rank's own peak is
-    measured (L = 9 x 8 x 8 + 65 = 641 tokens: 321 per rank, the last one padded) and compared with the wider
-    ``SP_PEAK_BAND``. Its lower end fails a plan that does not split the activations: it predicts 17.6 MB,
-    above every measured peak (12.1 to 16.9 MB; the plan with the split: 11.4 MB)."""
+    """One process; a ``sequence_parallel`` above 1 runs under torchrun and measures each rank's peak."""
     from tests.shard_builder import build_shards
 
     config = get_config("debug")
@@ -223,10 +217,7 @@ def test_predicted_peak_matches_measured_fit_step(
         config, parameter_breakdown(config), parallel, shape, num_gpus=sequence_parallel
     ).tensors
     for measured in peaks:
-        if sequence_parallel == 1:
-            assert abs(predicted / measured - 1) < PEAK_TOLERANCE, (predicted, measured)
-        else:
-            assert SP_PEAK_BAND[0] <= measured / predicted <= SP_PEAK_BAND[1], (predicted, measured)
+        assert abs(predicted / measured - 1) < PEAK_TOLERANCE, (predicted, measured)
 
 
 def test_plan_of_a_shard_set_with_two_frame_count_buckets_is_the_longest_clips(tmp_path: Path) -> None:

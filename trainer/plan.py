@@ -418,8 +418,8 @@ def memory_estimate(
     With gradient accumulation every micro-batch reduce-scatters its gradients into the float32 shards
     (``trainer/train.py``), so from the second micro-batch on all 4 P / G of them exist in every phase.
 
-    With ``offload_activations`` the checkpointed block inputs are in host memory (``host``) and one of
-    them is on the GPU, in every phase (conservative at the forward's end).
+    With ``offload_activations`` the checkpointed block inputs are in host memory (``host``); in the backward
+    one of them is back on the GPU (the block being recomputed), at the forward's end none.
     """
     if parallel.param_dtype not in DTYPE_BYTES or parallel.reduce_dtype not in DTYPE_BYTES:
         raise ValueError(f"unknown dtype in train.parallel: {parallel.param_dtype}/{parallel.reduce_dtype}")
@@ -458,7 +458,7 @@ def memory_estimate(
             grads=accumulated,
             gathered_params=c * (root_after_forward + params.per_block),
             gradient_buffers=0,
-            activations=kept_blocks + outside,
+            activations=(0 if offload else kept_blocks) + outside,  # offloaded: every block input on the host
             block_recompute=0,
             transient=0,
         ),
