@@ -62,6 +62,15 @@ def test_export_ema_writes_the_average(reference, tmp_path):
     ema = watch_runs.read_entries(final, "ema")
     assert exported.keys() == ema.keys() and all(torch.equal(exported[k], ema[k]) for k in ema)
     assert json.loads((out / "sampling.json").read_text())["weights"] == "ema"
+    # what trainer sample and trainer eval read (``auto``: the EMA when saved); the library default stays
+    # the trained weights
+    from trainer.sample import load_checkpoint
+
+    sampled, context = load_checkpoint(final, weights="auto")
+    assert context.weights == "ema"
+    assert all(torch.equal(value, ema[name]) for name, value in sampled.state_dict().items())
+    trained = watch_runs.read_entries(final, "model")
+    assert all(torch.equal(v, trained[k]) for k, v in load_checkpoint(final)[0].state_dict().items())
 
 
 @pytest.mark.slow

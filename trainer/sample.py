@@ -202,7 +202,10 @@ def build_empty_model(
 
 
 def load_dcp_model(
-    step_dir: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, weights: str = "auto"
+    step_dir: Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    weights: str = "model",
 ) -> tuple[MiVETransformer, SamplingContext]:
     """The model of a DCP checkpoint, read straight into a plain (unsharded) model in ``dtype`` on ``device``.
 
@@ -223,7 +226,9 @@ def load_dcp_model(
     saved_keys = reader.read_metadata().state_dict_metadata
     has_ema = any(k.startswith(EMA_KEY + ".") for k in saved_keys)
     if weights == "ema" and not has_ema:
-        raise ValueError(f"{step_dir} holds no EMA of the weights (train.ema_decay was 0): export without --ema")
+        raise ValueError(
+            f"{step_dir} holds no EMA of the weights (train.ema_decay was 0): export without --ema"
+        )
     prefix = EMA_KEY if weights == "ema" or (weights == "auto" and has_ema) else "model"
     context.weights = prefix
     saved = {k.removeprefix(prefix + ".") for k in saved_keys if k.startswith(prefix + ".")}
@@ -325,13 +330,20 @@ def check_guidance(scale: float, context: SamplingContext, checkpoint: str | Pat
 
 
 def load_checkpoint(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    weights: str = "model",
 ) -> tuple[MiVETransformer, SamplingContext]:
     """A DCP checkpoint (or a run folder: its latest) or an exported folder -> (model, context): the model in
-    ``dtype`` (default float32) on ``device`` (default the CPU), read tensor by tensor into its place."""
+    ``dtype`` (default float32) on ``device`` (default the CPU), read tensor by tensor into its place.
+    ``weights`` picks a DCP checkpoint's trained weights (``model``), their EMA (``ema``) or the EMA when
+    saved (``auto``, what ``trainer sample`` and ``trainer eval`` use); an exported folder holds one set."""
     kind, folder = resolve_checkpoint(path)
-    load = load_exported_model if kind == "export" else load_dcp_model
-    model, context = load(folder, device, dtype)
+    if kind == "export":
+        model, context = load_exported_model(folder, device, dtype)
+    else:
+        model, context = load_dcp_model(folder, device, dtype, weights)
     return model.eval().requires_grad_(False), context
 
 
@@ -342,7 +354,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, ema: bool = F
 
     kind, folder = resolve_checkpoint(checkpoint)
     if kind == "export":
-        raise ValueError(f"{checkpoint} is already an exported folder: export a DCP checkpoint or a run folder")
+        raise ValueError(
+            f"{checkpoint} is already an exported folder: export a DCP checkpoint or a run folder"
+        )
     model, context = load_dcp_model(folder, weights="ema" if ema else "model")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -606,7 +620,8 @@ class Sampler:
         dtype_name = (
             sample.dtype if sample.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
         )
-        self.model, self.context = load_checkpoint(checkpoint, device, resolve_dtype(dtype_name))
+        # the EMA of the weights when the checkpoint holds one (train.ema_decay), else the trained weights
+        self.model, self.context = load_checkpoint(checkpoint, device, resolve_dtype(dtype_name), "auto")
         self.sample_config = sample
         self.shift = sample.shift if sample.shift is not None else self.context.flow_shift
         recipe = self.context.shards_recipe
