@@ -9,7 +9,7 @@ RECIPE ?= manifests/demo.toml
 DEMO_DIR ?= demo_data
 OUT ?= benchmarks/gpu-results
 
-.PHONY: install demo demo-data filter portraits shards fit sample report test test-fast bench bench-gpu lint clean
+.PHONY: install demo paper demo-data filter portraits shards fit sample report test test-fast bench bench-gpu lint clean
 
 install: .venv/.installed
 
@@ -35,6 +35,12 @@ fit: install
 
 demo: install
 	bash scripts/demo.sh
+
+# The paper's whole run in one command (docs/reproduce.md): the steps, which are complete and the projected
+# GPU-hours up front, then every step that is not complete; after a failure the same command goes on from
+# there. BENCH=folder/bench_gpu.json projects with measured rates; ARGS passes more options (--dry-run, --nodes).
+paper: install
+	.venv/bin/dataengine reproduce manifests/openve.toml --train manifests/train_mive_14b.toml $(if $(BENCH),--bench $(BENCH)) $(ARGS)
 
 # The whole suite; pytest prints its 20 slowest tests at the end, so creeping slowness shows in every run.
 test: install

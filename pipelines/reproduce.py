@@ -156,6 +156,8 @@ class RunPlan:
     records: Path
     data_recipe: dict
     train_recipe: dict | None
+    num_gpus: int = 0
+    """GPUs of the whole run (nodes x GPUs per node): the wall-clock hours printed beside the GPU-hours."""
 
 
 def gpu_count() -> int:
@@ -365,7 +367,7 @@ def plan_run(
         step.projection = projection(
             step.name, data, train, assumptions, bench, max(nodes, 1) * gpus_per_node
         )
-    return RunPlan(steps, records, data, train)
+    return RunPlan(steps, records, data, train, max(nodes, 1) * gpus_per_node)
 
 
 def _with_extra_steps(steps: list[Step], data: dict, data_path: str, train_path: str | None) -> list[Step]:
@@ -573,7 +575,7 @@ def _hours(value: float | None) -> str:
 
 def format_plan(plan: RunPlan, selected: list[str]) -> str:
     """The up-front table: step, state, GPU-hours, command, inputs -> outputs, and the projection's sources."""
-    lines = ["step                 state            GPU-h    command / inputs -> outputs"]
+    lines = [f"{'step':<20} {'state':<16} {'GPU-h':>8}    command / inputs -> outputs"]
     total, complete = 0.0, True
     for step in plan.steps:
         state = status(plan, step) if step.name in selected else "not selected"
@@ -600,7 +602,12 @@ def format_plan(plan: RunPlan, selected: list[str]) -> str:
     if cpu:
         lines.append(f"  on the CPU (0 GPU-h): {', '.join(cpu)}")
     suffix = "" if complete else " (steps without a rate not counted)"
-    lines.append(f"  still to run: {_hours(total)} GPU-h{suffix}")
+    wall = (
+        f", about {_hours(total / plan.num_gpus)} h on {plan.num_gpus} GPUs"
+        if plan.num_gpus and total
+        else ""
+    )
+    lines.append(f"  still to run: {_hours(total)} GPU-h{wall}{suffix}")
     return "\n".join(lines)
 
 
@@ -610,16 +617,20 @@ def format_plan(plan: RunPlan, selected: list[str]) -> str:
 
 
 class LocalRay:
-    """A local Ray head (``ray start --head --block``) for the data jobs to join, started on first use."""
+    """A local Ray head (``ray start --head --block``) for the data jobs to join, started on first use, with
+    token authentication as Ray turns it on for a cluster (the head and every job read one token file). Its
+    workers run in the working folder, so the recipes' relative paths mean the same to them."""
 
     def __init__(self) -> None:
         self.process: subprocess.Popen | None = None
-        self.address = ""
-        self.log: Path | None = None
+        self.env: dict[str, str] = {}
+        self.folder: Path | None = None
 
-    def start(self) -> str:
+    def start(self) -> dict[str, str]:
+        """The environment a job needs to join it (``RAY_ADDRESS`` and the token)."""
         if self.process is not None:
-            return self.address
+            return self.env
+        import secrets
         import socket
         import tempfile
 
@@ -629,28 +640,25 @@ class LocalRay:
                 return s.getsockname()[1]
 
         port = free_port()
-        handle, name = tempfile.mkstemp(prefix="ray-head-", suffix=".log")
-        os.close(handle)
-        self.log = Path(name)
+        self.folder = Path(tempfile.mkdtemp(prefix="ray-head-"))
+        log, token = self.folder / "ray.log", self.folder / "auth_token"
+        token.write_text(secrets.token_hex(32) + "\n")
+        auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
         ray = Path(sys.executable).with_name("ray")
-        command = [
-            str(ray) if ray.is_file() else "ray",
-            "start",
-            "--head",
-            "--block",
-            "--disable-usage-stats",
-        ]
-        command += ["--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=false"]
-        command += [f"--dashboard-agent-listen-port={free_port()}"]
-        with self.log.open("w") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        while "block forever" not in self.log.read_text(errors="replace"):
+        command = [str(ray) if ray.is_file() else "ray", "start", "--head", "--block"]
+        command += ["--disable-usage-stats", "--node-ip-address=127.0.0.1", f"--port={port}"]
+        command += ["--include-dashboard=false", f"--dashboard-agent-listen-port={free_port()}"]
+        with log.open("w") as out:
+            self.process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **auth}
+            )
+        while "block forever" not in log.read_text(errors="replace"):
             if self.process.poll() is not None:
-                raise RuntimeError(f"ray start failed:\n{self.log.read_text(errors='replace')[-2000:]}")
+                raise RuntimeError(f"ray start failed:\n{log.read_text(errors='replace')[-2000:]}")
             time.sleep(0.2)
-        self.address = f"127.0.0.1:{port}"
-        print(f"started a local Ray head at {self.address} for the data jobs", flush=True)
-        return self.address
+        self.env = {"RAY_ADDRESS": f"127.0.0.1:{port}", **auth}
+        print(f"started a local Ray head at {self.env['RAY_ADDRESS']} for the data jobs", flush=True)
+        return self.env
 
     def stop(self) -> None:
         if self.process is not None:
@@ -661,9 +669,11 @@ class LocalRay:
                 self.process.kill()
                 self.process.wait()
             self.process = None
-        if self.log is not None:
-            self.log.unlink(missing_ok=True)
-            self.log = None
+        if self.folder is not None:
+            import shutil
+
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
 
 
 def run_logged(argv: list[str], log: Path, env: dict[str, str]) -> int:
@@ -719,7 +729,7 @@ def execute(plan: RunPlan, selected: list[str], ray_address: str | None, rerun_h
             print(f"\n=== {step.name}", flush=True)
             env = dict(os.environ)
             if step.ray:
-                env["RAY_ADDRESS"] = address or ray.start()
+                env.update({"RAY_ADDRESS": address} if address else ray.start())
             if step.wait_for:
                 print(f"{step.name}: start this on every node, then this command waits for {step.wait_for}:")
                 for line in step.per_node:
