@@ -721,6 +721,11 @@ def execute(plan: RunPlan, selected: list[str], ray_address: str | None, rerun_h
     """Run the selected steps that are not complete, in order; 0, or the failed step's exit code."""
     ray = LocalRay()
     address = ray_address or os.environ.get("RAY_ADDRESS", "")
+
+    def terminated(signum: int, frame: Any) -> None:  # a SIGTERM stops the local Ray head too (finally below)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminated)
     pending = [s for s in plan.steps if s.name in selected and status(plan, s) != "done"]
     last_ray = max((i for i, s in enumerate(pending) if s.ray), default=-1)
     try:
