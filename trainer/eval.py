@@ -21,7 +21,11 @@ What it does, in order:
 5. writes ``scores.parquet`` (per method and clip), ``table.parquet`` (means per method and subset, long
    form), ``table.md`` (the paper's layout: one row per method, the six dimensions per subset),
    ``rejections.parquet`` and ``summary.json`` (judge model, rubric version and a digest of its text,
-   the resolved config).
+   the resolved config);
+6. with ``[eval.bench]``, the OpenVE-Bench-style protocol beside the six dimensions
+   (:mod:`trainer.openve_bench`): the benchmark's pairs from a user's folder, every method's edits scored on
+   three axes 1-5 with the cap rule by the same judge model, ``bench_table.md`` per category and overall with
+   the published scores as labelled reference rows.
 
 See ``docs/evaluation.md``.
 """
