@@ -169,17 +169,21 @@ def _kill_session(proc: subprocess.Popen) -> None:
                 pass
 
 
-def test_a_killed_then_resumed_run_equals_an_uninterrupted_one(setup, uninterrupted):
+def test_a_killed_then_resumed_run_equals_an_uninterrupted_one(setup, uninterrupted, tmp_path):
     whole, _ = uninterrupted
     run = setup["out"] / "resumed"
-    proc = subprocess.Popen(
-        _command(setup, "resumed"), cwd=ROOT, env=_env(), start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    log = tmp_path / "killed.log"  # the killed run's output, shown if it ends on its own
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            _command(setup, "resumed"), cwd=ROOT, env=_env(), start_new_session=True,
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
         deadline = time.monotonic() + 400
         while not list((run / "scores").glob("part-*.parquet")):
-            assert proc.poll() is None, "the run ended before writing a score part"
+            assert proc.poll() is None, (
+                "the run ended before writing a score part:\n" + log.read_text()[-3000:]
+            )
             assert time.monotonic() < deadline, "no score part appeared"
             time.sleep(0.01)
     finally:
