@@ -344,6 +344,8 @@ class TraceReport:
 def _linear(a: int, b: int, la: int, lb: int, layers: int) -> int:
     """The value at ``layers`` blocks of a quantity that is a at la blocks and b at lb: per block (b - a) /
     (lb - la). Sharded state and kept block inputs grow by a block each; the rest does not change."""
+    if la == lb:
+        return b
     return round(b + (b - a) * (layers - lb) / (lb - la))
 
 
@@ -359,7 +361,13 @@ def trace_report(
     from trainer.model import get_config
 
     layers = get_config(config.model).num_layers
-    first, second = (trace_training_step(config, latent_shape, num_condition, world_size, n) for n in blocks)
+    if layers <= max(blocks):  # a small model: traced at its own depth, nothing extrapolated
+        blocks = (layers, layers)
+        first = second = trace_training_step(config, latent_shape, num_condition, world_size)
+    else:
+        first, second = (
+            trace_training_step(config, latent_shape, num_condition, world_size, n) for n in blocks
+        )
     la, lb = blocks
 
     def at(a: int, b: int) -> int:
@@ -384,6 +392,10 @@ def plan_phases(memory: Any) -> dict[str, int]:
     }
 
 
+def _size(num_bytes: float) -> str:
+    return f"{num_bytes / GIB:.2f} GiB" if num_bytes >= GIB else f"{num_bytes / 2**20:.1f} MiB"
+
+
 def format_trace(report: TraceReport, memory: Any, world_size: int) -> str:
     """The trace beside the plan's figures (``memory``: the plan's ``MemoryEstimate``)."""
     planned = plan_phases(memory)
@@ -400,20 +412,16 @@ def format_trace(report: TraceReport, memory: Any, world_size: int) -> str:
     ]
     for phase, value in planned.items():
         traced = report.phases[phase]
-        lines.append(
-            f"  {phase:<16}{traced / GIB:>8.2f} GiB{value / GIB:>8.2f} GiB{(value - traced) / traced:>+12.1%}"
-        )
-    lines.append(
-        f"  {'forward (peak)':<16}{report.phases['forward'] / GIB:>8.2f} GiB{'':>12}   inside a block"
-    )
+        lines.append(f"  {phase:<16}{_size(traced):>12}{_size(value):>12}{(value - traced) / traced:>+12.1%}")
+    lines.append(f"  {'forward (peak)':<16}{_size(report.phases['forward']):>12}{'':>12}   inside a block")
     peak_phase = max(TRACE_PHASES, key=report.phases.__getitem__)
     lines.append(
         f"  at the trace's peak ({peak_phase}): "
-        + ", ".join(f"{name} {value / GIB:.2f} GiB" for name, value in report.categories.items())
+        + ", ".join(f"{name} {_size(value)}" for name, value in report.categories.items())
     )
     plan_peak = memory.tensors
     lines.append(
-        f"trace: peak {report.peak / GIB:.2f} GiB, plan {plan_peak / GIB:.2f} GiB, difference "
+        f"trace: peak {_size(report.peak)}, plan {_size(plan_peak)}, difference "
         f"{(plan_peak - report.peak) / report.peak:+.1%}"
     )
     return "\n".join(lines)
