@@ -289,6 +289,9 @@ class MemoryEstimate:
     phases: dict[str, int] = field(default_factory=dict)  # tensor bytes of every phase
     reserved: int = 0  # not for tensors: context, NCCL, workspaces, fragmentation
     host: int = 0  # pinned host memory per GPU: the offloaded block inputs (0 without offload)
+    ema: int = (
+        0  # train.ema_decay > 0: the EMA of the weights, float32 shards (``ema_bytes``), in every phase
+    )
 
     @property
     def state(self) -> int:
@@ -324,8 +327,10 @@ def memory_estimate(
     checkpointing: bool | None = None,
     reserved_bytes: int = 0,
     grad_accum: int = 1,
+    ema: bool = False,
 ) -> MemoryEstimate:
-    """Per-GPU memory of a training step; ``checkpointing`` None follows the recipe.
+    """Per-GPU memory of a training step; ``checkpointing`` None follows the recipe; ``ema``: the run keeps an
+    EMA of the weights (``train.ema_decay`` > 0), 4 P / G more in every phase.
 
     Four moments compete for the peak (P parameters, P_b per block, P_root outside, G GPUs, c compute bytes;
     every activation term per rank, l = ceil(L / N) tokens under sequence parallelism N):
@@ -372,7 +377,8 @@ def memory_estimate(
     # residual dtype is the compute dtype (no cast makes a copy): counted once, in the kept inputs
     recompute = block_saved - (block_input if r == c else 0) if checkpointing else 0
     transient = backward_transient_bytes(config, shape, batch, c, r, sp)
-    base = FP32 * shard + 2 * FP32 * shard
+    average = ema_bytes(params, num_gpus) if ema else 0
+    base = FP32 * shard + 2 * FP32 * shard + average
 
     accumulated = FP32 * shard if grad_accum > 1 else 0  # earlier micro-batches' reduced gradients
     # the root unit is resharded after the forward too when ``reshard_after_forward`` (the trainer passes it
@@ -424,5 +430,36 @@ def memory_estimate(
         phases=phases,
         reserved=reserved_bytes,
         host=layers * block_input if offload else 0,
+        ema=average,
         **terms[peak],
     )
+
+
+def ema_bytes(params: ParameterBreakdown, num_gpus: int) -> int:
+    """The EMA of the weights (``trainer.ema``): a float32 copy of every parameter shard, 4 P / G per GPU,
+    alive for the whole run (the 14B model on 8 GPUs: 4.7 GiB)."""
+    return FP32 * math.ceil(params.total / num_gpus)
+
+
+def validation_bytes(
+    config: MiVEConfig, params: ParameterBreakdown, parallel: ParallelConfig, shape: TokenShape, num_gpus: int
+) -> int:
+    """Device tensor bytes per GPU during a validation step (``trainer.validation``): it runs after the
+    optimizer step (no gradients) with the training model, one sample per forward, under ``no_grad``: the
+    float32 state (12 P / G; the EMA is counted by ``ema_bytes``), the root unit and two gathered blocks
+    (one running, one prefetched), the sample's inputs, and one block's working set, bounded by what the
+    block would save for a backward (nothing is kept from one block to the next). Below the training peak:
+    no saved activations, no gradients."""
+    c, r = DTYPE_BYTES[parallel.param_dtype], DTYPE_BYTES[parallel.residual_dtype]
+    sp = parallel.sequence_parallel
+    state = 3 * FP32 * math.ceil(params.total / num_gpus)
+    gathered = c * (params.root + 2 * params.per_block)
+    working = block_activation_bytes(config, shape.seq_len, 1, c, r, sp)
+    return state + gathered + batch_bytes(config, shape, 1, c, sp) + working
+
+
+def checkpoint_staging_bytes(params: ParameterBreakdown, num_gpus: int, ema: bool) -> int:
+    """Host bytes per GPU a background checkpoint (``train.checkpoint.async_save``) holds while it is written:
+    this rank's float32 parameters and AdamW state (12 P / G), and its EMA shards (4 P / G) when kept. Not
+    device memory: the staging copies the state to host memory, then the step goes on."""
+    return (3 + (1 if ema else 0)) * FP32 * math.ceil(params.total / num_gpus)

@@ -14,10 +14,12 @@ from trainer.plan.memory import (
     all_to_all_bytes,
     attention_scores_bytes,
     check_sequence_parallel,
+    checkpoint_staging_bytes,
     flops_estimate,
     memory_estimate,
     parameter_breakdown,
     tokens_per_rank,
+    validation_bytes,
 )
 
 if TYPE_CHECKING:  # torch-heavy modules load inside the functions: ``trainer --help`` stays instant
@@ -106,6 +108,8 @@ class TrainingPlan:
     suggestions: list[str] = field(default_factory=list)
     buckets: list[BucketPlan] = field(default_factory=list)  # the shard set's, when the plan was made from it
     shards: str = ""  # the shard set those came from
+    validation_bytes: int = 0  # device tensors during a validation step (0: validation off)
+    staging_host_bytes: int = 0  # host memory per GPU of a background checkpoint (0: synchronous saves)
 
     @property
     def budget_bytes(self) -> int:
@@ -150,6 +154,7 @@ def _estimate(
     width: int | None = None,
     checkpointing: bool | None = None,
     grad_accum: int = 1,
+    ema: bool = False,
 ) -> MemoryEstimate:
     shape = token_shape(
         model,
@@ -168,6 +173,7 @@ def _estimate(
         checkpointing,
         int(plan.reserved_gib * GIB),
         grad_accum,
+        ema,
     )
 
 
@@ -187,6 +193,7 @@ def recommend(
     plan: PlanConfig,
     batch: int,
     global_batch: int,
+    ema: bool = False,
 ) -> Recommendation | None:
     """See :class:`Recommendation`; None when nothing leaves the headroom."""
     from dataclasses import replace
@@ -202,7 +209,7 @@ def recommend(
                 activation_checkpointing=True,
             )
             accum = _accumulation(global_batch, plan.num_gpus // sp, batch)
-            memory = _estimate(model, params, candidate, plan, batch, grad_accum=accum)
+            memory = _estimate(model, params, candidate, plan, batch, grad_accum=accum, ema=ema)
             if memory.total <= budget:
                 return Recommendation(candidate, accum, plan.num_gpus // sp * batch * accum, memory)
     return None
@@ -215,6 +222,7 @@ def suggest(
     plan: PlanConfig,
     batch: int,
     grad_accum: int = 1,
+    ema: bool = False,
 ) -> list[str]:
     """What to change so that a plan that does not fit does: each option alone, the others kept."""
     from dataclasses import replace
@@ -224,7 +232,7 @@ def suggest(
     global_batch = plan.num_gpus // sp * batch * grad_accum
 
     def fits(par: ParallelConfig = parallel, accum: int = grad_accum, micro: int = batch, **kw: int) -> bool:
-        return _estimate(model, params, par, plan, micro, grad_accum=accum, **kw).total <= budget
+        return _estimate(model, params, par, plan, micro, grad_accum=accum, ema=ema, **kw).total <= budget
 
     out: list[str] = []
     if not parallel.activation_checkpointing and fits(checkpointing=True):
@@ -281,8 +289,12 @@ def make_plan(
     samples_per_gpu: int = 1,
     grad_accum: int = 1,
     steps: int = 8000,
+    ema: bool = False,
+    async_save: bool = False,
+    validation: bool = False,
 ) -> TrainingPlan:
-    """The plan of a model config (``trainer.model.get_config`` name) under ``parallel`` on ``plan``'s GPUs."""
+    """The plan of a model config (``trainer.model.get_config`` name) under ``parallel`` on ``plan``'s GPUs;
+    ``ema``, ``async_save``, ``validation``: the recipe's EMA, background checkpoints and validation."""
     from trainer.model import get_config
 
     if plan.num_gpus < 1 or plan.gpu_memory_gib <= 0:
@@ -297,10 +309,10 @@ def make_plan(
     params = parameter_breakdown(model)
     shape = token_shape(model, plan.num_frames, plan.height, plan.width, plan.num_condition_tokens)
     with_ac = _estimate(
-        model, params, parallel, plan, samples_per_gpu, checkpointing=True, grad_accum=grad_accum
+        model, params, parallel, plan, samples_per_gpu, checkpointing=True, grad_accum=grad_accum, ema=ema
     )
     without_ac = _estimate(
-        model, params, parallel, plan, samples_per_gpu, checkpointing=False, grad_accum=grad_accum
+        model, params, parallel, plan, samples_per_gpu, checkpointing=False, grad_accum=grad_accum, ema=ema
     )
     memory = with_ac if parallel.activation_checkpointing else without_ac
     c = DTYPE_BYTES[parallel.param_dtype]
@@ -332,8 +344,10 @@ def make_plan(
         attention_matrix_bytes=attention_scores_bytes(model, shape, samples_per_gpu, c, sp),
         all_to_all_bytes=all_to_all_bytes(model, shape, samples_per_gpu, c, sp),
         fits=fits,
-        recommended=recommend(model, params, parallel, plan, samples_per_gpu, global_batch),
-        suggestions=[] if fits else suggest(model, params, parallel, plan, samples_per_gpu, grad_accum),
+        recommended=recommend(model, params, parallel, plan, samples_per_gpu, global_batch, ema),
+        suggestions=[] if fits else suggest(model, params, parallel, plan, samples_per_gpu, grad_accum, ema),
+        validation_bytes=validation_bytes(model, params, parallel, shape, plan.num_gpus) if validation else 0,
+        staging_host_bytes=checkpoint_staging_bytes(params, plan.num_gpus, ema) if async_save else 0,
     )
 
 
@@ -349,7 +363,14 @@ def plan_from_recipe(recipe: dict, plan: PlanConfig, from_shards: bool = True) -
     from trainer.train import train_config_from_recipe
 
     config = train_config_from_recipe(recipe)
-    args = (config.data.batch_size, config.grad_accum, config.steps)
+    args = (
+        config.data.batch_size,
+        config.grad_accum,
+        config.steps,
+        config.ema_decay > 0,
+        config.checkpoint.async_save,
+        config.validation.enabled,
+    )
     buckets = shard_set_buckets(config.data.shards) if from_shards else None
     if not buckets:
         return make_plan(config.model, config.parallel, plan, *args)

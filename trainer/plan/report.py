@@ -77,6 +77,11 @@ def format_plan(result: TrainingPlan) -> str:
         f"Memory per GPU at the peak ({mem.phase})",
         f"  parameters (fp32 shards)       {_gib(mem.params):>14}   4 P / G",
         f"  AdamW state (fp32 shards)      {_gib(mem.optimizer):>14}   8 P / G",
+        *(
+            [f"  EMA of the weights (fp32)      {_gib(mem.ema):>14}   4 P / G (train.ema_decay)"]
+            if mem.ema
+            else []
+        ),
         f"  gradients (fp32 shards)        {_gib(mem.grads):>14}   4 P / G once reduced (at this phase)",
         f"  gathered parameters            {_gib(mem.gathered_params):>14}   root unit + block(s) in {par.param_dtype}",
         f"  block gradient buffers         {_gib(mem.gradient_buffers):>14}   unsharded grad (+ fp32 copy to reduce)",
@@ -109,6 +114,17 @@ def format_plan(result: TrainingPlan) -> str:
         lines.append(
             f"  host memory: {_gib(mem.host)} pinned per GPU ({_gib(mem.host * min(plan.num_gpus, 8))} per "
             f"node of {min(plan.num_gpus, 8)} GPUs)"
+        )
+    if result.validation_bytes:
+        lines.append(
+            f"  validation step (after the optimizer, no_grad, one sample): {_gib(result.validation_bytes + mem.ema + mem.reserved)}"
+            f" (tensors + reserved), below the training peak {_gib(mem.total)}: no second copy of the model"
+        )
+    if result.staging_host_bytes:
+        node = min(plan.num_gpus, 8)
+        lines.append(
+            f"  background checkpoint: {_gib(result.staging_host_bytes)} of host memory per GPU while it is "
+            f"written ({_gib(result.staging_host_bytes * node)} per node of {node} GPUs; the state's host copy)"
         )
     lines.append("")
     rec = result.recommended
