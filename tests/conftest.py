@@ -9,7 +9,7 @@ a test that only reads an output uses the fixture, and a test that changes an ou
 - ``openve_set``: one small generated OpenVE-style set (every category, a near-copy each, every broken kind).
 - ``ray_session``: one local Ray for the tests where the CLI is not what is under test (its GCS address).
 - ``demo_run``: one finished ``filter``, ``harvest-portraits``, ``synth-portraits`` and ``shards`` run of the
-  demo recipe, through the CLI, joined to ``ray_session``'s Ray.
+  demo recipe, through ``dataengine reproduce`` (the real run's one command), joined to ``ray_session``'s Ray.
 - ``trained_debug_run``: one ``trainer fit`` of the debug recipe with checkpoints, on a small shard set whose
   ``index.json`` names the tiny VAE and Qwen3-VL (so ``trainer sample`` can encode new inputs for it).
 
@@ -246,7 +246,9 @@ class DemoRun:
 
     root: Path  # the working folder: demo_data/, manifests/demo/, shards/demo/
     recipe: Path  # manifests/demo.toml with its paths made absolute (under root)
-    stdout: dict[str, str] = field(default_factory=dict)  # each job's printed output
+    stdout: dict[str, str] = field(default_factory=dict)  # each job's printed output (its step's log)
+    overrides: tuple[str, ...] = ()  # the data recipe's overrides the run was made with
+    ray_address: str = ""  # the session's Ray it joined
 
     @property
     def data(self) -> Path:
@@ -288,11 +290,13 @@ def demo_run(tmp_path_factory, tiny_models, ray_session) -> DemoRun:
     recipe = root / "demo.toml"
     recipe.write_text(text)
     env = cli_env(RAY_ADDRESS=ray_session)
-    stdout = {}
-    for job in ("filter", "harvest-portraits", "synth-portraits", "shards"):
-        extra = [f'shards.output="{root}/shards/demo"'] if job == "shards" else []
-        stdout[job] = run_cli(dataengine(job, str(recipe), *extra), cwd=root, env=env).stdout
-    return DemoRun(root=root, recipe=recipe, stdout=stdout)
+    # the four jobs through the one command a real run uses (`dataengine reproduce`, its data steps only):
+    # each step a subprocess of the real CLI, its output kept in manifests/demo/reproduce/<step>.log
+    jobs = ("filter", "harvest-portraits", "synth-portraits", "shards")
+    overrides = (f'shards.output="{root}/shards/demo"',)
+    run_cli(dataengine("reproduce", str(recipe), *overrides, "--steps", ",".join(jobs)), cwd=root, env=env)
+    stdout = {job: (root / "manifests" / "demo" / "reproduce" / f"{job}.log").read_text() for job in jobs}
+    return DemoRun(root=root, recipe=recipe, stdout=stdout, overrides=overrides, ray_address=ray_session)
 
 
 @dataclass(frozen=True)

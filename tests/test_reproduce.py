@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -264,3 +265,70 @@ def test_a_failing_step_stops_the_run_with_its_command(tmp_path):
     # `one` not redone; `two`, run alone outside the orchestrator, has no record: the run resumes it once more
     assert _started(tmp_path) == ["one", "two", "two", "two", "three"]
     assert os.path.exists(tmp_path / "out" / "three.txt")
+
+
+DEMO_DATA_STEPS = ("filter", "harvest-portraits", "synth-portraits", "shards")
+DEMO_STEPS = (*DEMO_DATA_STEPS, "verify", "plan", "fit", "sample", "diagnose-layers", "eval", "report")
+
+
+@pytest.mark.process
+@pytest.mark.fit
+@pytest.mark.slow
+def test_the_demo_end_to_end_killed_and_rerun(demo_run, tiny_models):
+    """The demo recipes through the one command: the session's ``demo_run`` ran the data steps through it; here
+    the rest of the run goes on in the same folder (adding the training, evaluation and report beside the data
+    outputs, which it must not touch), killed at a step boundary and in the middle of ``fit``, then rerun."""
+    import pandas as pd
+
+    from dataengine.synthetic.openve_bench import build_bench_demo
+
+    root = demo_run.root
+    records = root / "manifests" / "demo" / "reproduce"
+    data_records = {name: (records / f"{name}.json").read_text() for name in DEMO_DATA_STEPS}
+    shutil.copy(REPO / "manifests" / "diagnose_demo.csv", root / "manifests" / "diagnose_demo.csv")
+    bench = build_bench_demo(
+        root / "demo_data" / "openve_bench", demo_run.data / "openve/csv", demo_run.data / "openve/videos"
+    )
+    pairs = pd.read_csv(bench / "pairs.csv")
+    pairs.head(2).to_csv(bench / "pairs.csv", index=False)  # two benchmark pairs are enough here
+    command = dataengine(
+        "reproduce", str(demo_run.recipe), *demo_run.overrides, "--train", str(REPO / "manifests" / "train_debug.toml"),
+        f"train.init={tiny_models.wan}", "train.steps=4", "train.checkpoint.every_steps=2", "train.checkpoint.keep_last=2",
+        "--steps", ",".join(DEMO_STEPS),
+    )  # fmt: skip
+    env = cli_env(RAY_ADDRESS=demo_run.ray_address, OMP_NUM_THREADS="1")
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(
+            command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+
+    # 1. at the boundary after verify; 2. in the middle of fit, once its first checkpoint is written
+    kill_when(start(), lambda: (records / "verify.json").exists())
+    verify_record = (records / "verify.json").read_text()
+    first_checkpoint = root / "runs" / "debug" / "checkpoints" / "step-00000002" / ".metadata"
+    kill_when(start(), lambda: first_checkpoint.exists())
+    assert not (records / "fit.json").exists()
+    # 3. to the end
+    final = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=1800)
+    assert final.returncode == 0, final.stdout[-4000:] + final.stderr[-4000:]
+
+    for name in DEMO_DATA_STEPS:  # finished before: not redone
+        assert re.search(rf"^{name} +done", final.stdout, re.M), name
+        assert (records / f"{name}.json").read_text() == data_records[name]
+    assert (records / "verify.json").read_text() == verify_record
+    assert re.search(r"^fit +to run", final.stdout, re.M)
+    assert "resumed from" in (records / "fit.log").read_text()  # the killed fit went on from its checkpoint
+    for name in DEMO_STEPS:
+        assert json.loads((records / f"{name}.json").read_text())["step"] == name
+    assert (root / "runs" / "debug" / "checkpoints" / "step-00000004" / ".metadata").exists()
+    assert (root / "runs" / "debug" / "samples" / "edited.mp4").stat().st_size > 0
+    evaluation = root / "runs" / "debug" / "eval"
+    six = json.loads((evaluation / "summary.json").read_text())
+    bench_summary = json.loads((evaluation / "bench_summary.json").read_text())
+    assert "MiVE-debug" in six["methods"] and six["num_scored"] > 0
+    assert bench_summary["methods"] == ["MiVE-debug", "no edit (source)", "generated target"]
+    assert bench_summary["num_scored"] == 2 * 3
+    report = (root / "manifests" / "demo" / "report.html").read_text()
+    assert "six dimensions" in report and "OpenVE-Bench-style protocol" in report and "Runway Aleph" in report
