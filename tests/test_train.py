@@ -43,8 +43,13 @@ def _env() -> dict[str, str]:
     return cli_env(OMP_NUM_THREADS="1")  # without RANK / WORLD_SIZE
 
 
-def _overrides(shards: Path, runs: Path, name: str, batch_size: int, steps: int = STEPS) -> list[str]:
+def _overrides(
+    shards: Path | str, runs: Path, name: str, batch_size: int, steps: int = STEPS, init: Path | None = None
+) -> list[str]:
+    """The debug recipe at this test's sizes; ``init`` = a Wan folder runs the production path (``train.init``:
+    Wan's tensors loaded, the fresh context adapter and patch-embedding channels drawn from the recipe's seed)."""
     return [
+        *([f'train.init="{init}"'] if init else []),
         f'train.data.shards="{shards}"',
         f'train.runs_dir="{runs}"',
         f'train.name="{name}"',
@@ -130,11 +135,18 @@ def shards(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference_run(shards, tmp_path_factory) -> Path:
+def wan_init(tiny_models) -> Path:
+    """The demo's tiny Wan2.1 DiT (diffusers layout, the debug model's widths): every run below starts from it,
+    as the paper's run starts from Wan2.1-T2V-14B, so the equality tests cover the fresh parameters' init."""
+    return tiny_models.wan
+
+
+@pytest.fixture(scope="module")
+def reference_run(shards, wan_init, tmp_path_factory) -> Path:
     """The uninterrupted 1-process run: ``trainer fit`` on the debug recipe, batch 2, checkpoints every 4."""
     runs = tmp_path_factory.mktemp("runs")
     result = subprocess.run(
-        _cli(_overrides(shards, runs, "reference", batch_size=2)),
+        _cli(_overrides(shards, runs, "reference", batch_size=2, init=wan_init)),
         env=_env(),
         cwd=REPO,
         capture_output=True,
@@ -181,11 +193,11 @@ def test_cli_debug_recipe_writes_the_run_folder(reference_run):
 
 
 @pytest.fixture(scope="module")
-def two_process_run(shards, tmp_path_factory) -> Path:
+def two_process_run(shards, wan_init, tmp_path_factory) -> Path:
     """One node, two ranks (``torchrun --standalone --nproc-per-node 2``), batch 1 per rank."""
     runs = tmp_path_factory.mktemp("runs_fsdp2")
     result = subprocess.run(
-        _cli(_overrides(shards, runs, "fsdp2", batch_size=1), torchrun_ranks=2),
+        _cli(_overrides(shards, runs, "fsdp2", batch_size=1, init=wan_init), torchrun_ranks=2),
         env=_env(),
         cwd=REPO,
         capture_output=True,
@@ -229,7 +241,7 @@ def _free_port() -> int:
 @pytest.mark.process
 @pytest.mark.fit
 @pytest.mark.slow
-def test_two_nodes_by_c10d_rendezvous_match_one_node(shards, two_process_run, tmp_path):
+def test_two_nodes_by_c10d_rendezvous_match_one_node(shards, wan_init, two_process_run, tmp_path):
     """The README's multi-node command, launched twice on this machine as two "nodes" of one process each
     (the rendezvous endpoint ``$HEAD:29500`` becomes 127.0.0.1 and a free port, 8 processes per node become 1,
     the paper's recipe the debug one): the same losses as one node with two processes."""
@@ -244,7 +256,7 @@ def test_two_nodes_by_c10d_rendezvous_match_one_node(shards, two_process_run, tm
     command = [swap.get(token, token) for token in command]
     command[command.index("--nproc-per-node") + 1] = "1"
     launcher = [sys.executable, "-m", "torch.distributed.run", *command[1:]]
-    args = _overrides(shards, tmp_path, "two_nodes", batch_size=1)
+    args = _overrides(shards, tmp_path, "two_nodes", batch_size=1, init=wan_init)
     nodes = [
         subprocess.Popen(
             [*launcher, *args],
@@ -274,10 +286,12 @@ def test_two_nodes_by_c10d_rendezvous_match_one_node(shards, two_process_run, tm
 @pytest.mark.process
 @pytest.mark.fit
 @pytest.mark.slow
-def test_sigkill_after_a_checkpoint_then_resume_gives_the_same_losses(shards, reference_run, tmp_path):
+def test_sigkill_after_a_checkpoint_then_resume_gives_the_same_losses(
+    shards, wan_init, reference_run, tmp_path
+):
     run_dir = tmp_path / "killed"
     process = subprocess.Popen(
-        _cli(_overrides(shards, tmp_path, "killed", batch_size=2)),
+        _cli(_overrides(shards, tmp_path, "killed", batch_size=2, init=wan_init)),
         env=_env(),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
@@ -294,7 +308,7 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_the_same_losses(shards, re
     assert killed_at < STEPS
 
     result = subprocess.run(
-        _cli([*_overrides(shards, tmp_path, "killed", batch_size=2), "--resume"]),
+        _cli([*_overrides(shards, tmp_path, "killed", batch_size=2, init=wan_init), "--resume"]),
         env=_env(),
         cwd=REPO,
         capture_output=True,
@@ -312,12 +326,17 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_the_same_losses(shards, re
 @pytest.mark.process
 @pytest.mark.fit
 @pytest.mark.slow
-def test_sequence_parallel_run_killed_and_resumed_then_resumed_without_sp(shards, reference_run, tmp_path):
+def test_sequence_parallel_run_killed_and_resumed_then_resumed_without_sp(
+    shards, wan_init, reference_run, tmp_path
+):
     """2 ranks sharing every sample (train.parallel.sequence_parallel = 2, one data-parallel replica at batch
     2): the same samples, noise and losses as the 1-process run. Killed after its first checkpoint and
     resumed under SP 2; then its step-12 checkpoint is resumed by one process without SP."""
     run_dir = tmp_path / "sp2"
-    args = [*_overrides(shards, tmp_path, "sp2", batch_size=2), "train.parallel.sequence_parallel=2"]
+    args = [
+        *_overrides(shards, tmp_path, "sp2", batch_size=2, init=wan_init),
+        "train.parallel.sequence_parallel=2",
+    ]
     _run_until_checkpoint(_cli(args, torchrun_ranks=2), run_dir / "checkpoints" / f"step-{EVERY:08d}")
     killed_at = max(int(p.name[5:]) for p in (run_dir / "checkpoints").glob("step-*"))
     assert killed_at < STEPS
@@ -339,7 +358,7 @@ def test_sequence_parallel_run_killed_and_resumed_then_resumed_without_sp(shards
 
     # the SP 2 checkpoint of step 12, resumed by one process without sequence parallelism
     shutil.rmtree(run_dir / "checkpoints" / f"step-{STEPS:08d}")
-    result = subprocess.run(_cli([*_overrides(shards, tmp_path, "sp2", batch_size=2), "--resume"]), env=_env(),
+    result = subprocess.run(_cli([*_overrides(shards, tmp_path, "sp2", batch_size=2, init=wan_init), "--resume"]), env=_env(),
                             cwd=REPO, capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     assert f"(step {STEPS - EVERY}," in result.stderr
@@ -351,7 +370,9 @@ def test_sequence_parallel_run_killed_and_resumed_then_resumed_without_sp(shards
 @pytest.mark.process
 @pytest.mark.fit
 @pytest.mark.slow
-def test_training_from_shards_served_over_http_gives_the_same_losses(shards, reference_run, tmp_path):
+def test_training_from_shards_served_over_http_gives_the_same_losses(
+    shards, wan_init, reference_run, tmp_path
+):
     """``train.data.shards`` as a URL: the shard set served by a real HTTP server on 127.0.0.1 (byte ranges,
     as object storage serves them); the same run as the local reference, the same losses to the last bit."""
     from tests.range_server import RangeServer
@@ -359,7 +380,7 @@ def test_training_from_shards_served_over_http_gives_the_same_losses(shards, ref
     with RangeServer(shards.parent) as server:
         url = f"{server.url}/{shards.name}"
         result = subprocess.run(
-            _cli(_overrides(url, tmp_path, "http", batch_size=2)),
+            _cli(_overrides(url, tmp_path, "http", batch_size=2, init=wan_init)),
             env=_env(),
             cwd=REPO,
             capture_output=True,
@@ -377,8 +398,10 @@ def test_training_from_shards_served_over_http_gives_the_same_losses(shards, ref
 @pytest.mark.process
 @pytest.mark.fit
 @pytest.mark.slow
-def test_fit_without_resume_refuses_an_existing_run(shards, reference_run):
-    recipe = load_recipe(RECIPE, _overrides(shards, reference_run.parent, "reference", batch_size=2))
+def test_fit_without_resume_refuses_an_existing_run(shards, wan_init, reference_run):
+    recipe = load_recipe(
+        RECIPE, _overrides(shards, reference_run.parent, "reference", batch_size=2, init=wan_init)
+    )
     with pytest.raises(ValueError, match="already holds checkpoints: pass --resume"):
         fit(train_config_from_recipe(recipe), recipe=recipe)
 
