@@ -40,6 +40,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from dataengine.atomic import write_text
 from dataengine.devices import DType, resolve_device, resolve_dtype
 from dataengine.recipe import MissingInput
 from dataengine.segment import InputRejection
@@ -373,12 +374,8 @@ def save_boxes(
         for box in frame:
             if len(box) != 5:
                 raise ValueError(f"save_boxes({path}): frame {t} has a box of {len(box)} numbers, need 5")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     payload = {"height": int(height), "width": int(width), "num_frames": len(frames), "frames": frames}
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(payload))
 
 
 def load_boxes(path: str | os.PathLike) -> tuple[int, int, list[list[PersonBox]]]:

@@ -19,6 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dataengine.atomic import atomic_path
+from dataengine.atomic import write_text as write_text  # its home is dataengine.atomic
 from dataengine.recipe import MissingInput, UserError
 
 TOOL_VERSION = "0.1.0"
@@ -79,11 +81,8 @@ def _write_table(
         raise ValueError(f"cannot write {path}: missing columns {missing}")
     table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
     table = table.replace_schema_metadata(_metadata(metadata))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)  # atomic: a reader never sees a half-written manifest
+    with atomic_path(path) as tmp:  # a reader never sees a half-written manifest
+        pq.write_table(table, tmp)
 
 
 def write_pairs(df: pd.DataFrame, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
@@ -100,15 +99,6 @@ def write_pairs(df: pd.DataFrame, path: str | os.PathLike, metadata: Mapping[str
 def write_table(df: pd.DataFrame, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
     """Write any table (atomically) as Parquet, with the key-value metadata of the manifests."""
     _write_table(df, pa.Schema.from_pandas(df, preserve_index=False), path, metadata)
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a small text file (a JSON summary, a Markdown table, an SVG) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_rejections(

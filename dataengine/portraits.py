@@ -33,10 +33,11 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from dataengine.atomic import atomic_path
 from dataengine.clips import resize_and_crop, resize_and_crop_box, resize_and_crop_masks
 from dataengine.composite import EDIT_TYPES, compose_pair, feather_alpha, loop_indices
 from dataengine.detect import (
@@ -49,7 +50,7 @@ from dataengine.detect import (
     window_indices,
 )
 from dataengine.manifest import make_pair_id
-from dataengine.recipe import MissingInput
+from dataengine.recipe import MissingInput, StageResources
 from dataengine.segment import (
     GateConfig,
     InputRejection,
@@ -119,8 +120,12 @@ class InstructionsConfig:
 
 
 @dataclass(frozen=True)
-class ResourcesConfig:
-    """Ray resources of the portrait pipeline (the ``[portraits.resources]`` table)."""
+class ResourcesConfig(StageResources):
+    """Ray resources of the portrait pipeline (the ``[portraits.resources]`` table; ``placement`` stages:
+    harvest (harvest-portraits), background, segment, composite)."""
+
+    TABLE: ClassVar[str] = "portraits.resources"
+    STAGES: ClassVar[tuple[str, ...]] = ("harvest", "background", "segment", "composite")
 
     segment_actors: int = 1
     """Segmentation actors (each loads the model once); one per GPU on a GPU node."""
@@ -136,22 +141,6 @@ class ResourcesConfig:
     """CPUs per harvest actor (decoding the sampled frames happens in the actor)."""
     composite_cpus: float = 1.0
     """CPUs per compositing + encoding task."""
-    num_cpus: int = 0
-    """CPUs of a local Ray instance (0: all of the machine's); ignored when joining a cluster."""
-    wait_for_resources_s: float = 600.0
-    """How long a job waits, before any stage starts, for an autoscaler to add a node that can run a stage
-    the cluster cannot run now (a local Ray instance or a cluster without an autoscaler stops at once)."""
-    placement: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Custom Ray resources per stage, pinning it to the nodes started with them (``ray start --resources``),
-    e.g. ``{segment = {gpu_node = 1}}``; stages: harvest (harvest-portraits), background, segment, composite.
-    Empty: Ray places every stage."""
-
-    def __post_init__(self) -> None:
-        from dataengine.recipe import check_placement
-
-        check_placement(
-            self.placement, ("harvest", "background", "segment", "composite"), "portraits.resources.placement"
-        )
 
 
 @dataclass(frozen=True)
@@ -474,9 +463,8 @@ def segment_portrait(
     masks_path = Path(masks_dir) / f"{cid}.masks.npz"
     save_masks(masks_path, masks)
     image_path = Path(masks_dir) / f"{cid}.prompt.png"
-    tmp = image_path.with_name(f".{image_path.stem}.tmp.png")
-    Image.fromarray(first).save(tmp)
-    os.replace(tmp, image_path)
+    with atomic_path(image_path, keep_suffix=True) as tmp:
+        Image.fromarray(first).save(tmp)
     verdict = check_masks(masks, config.gate)
     return {
         **row,
@@ -657,9 +645,8 @@ def synthesize_pair(plan_row: dict[str, Any], masks_path: str, config: Portraits
     write_mp4(row["source_path"], source, config.fps, crf=config.crf)
     write_mp4(row["target_path"], target, config.fps, crf=config.crf)
     reference = Path(row["reference_path"])
-    tmp = reference.with_name(f".{reference.stem}.tmp.png")
-    Image.fromarray(target[0]).save(tmp)
-    os.replace(tmp, reference)
+    with atomic_path(reference, keep_suffix=True) as tmp:
+        Image.fromarray(target[0]).save(tmp)
     return row
 
 

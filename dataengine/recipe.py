@@ -18,7 +18,7 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T")
 
@@ -229,6 +229,46 @@ def check_placement(placement: dict[str, dict[str, float]], stages: tuple[str, .
     for name, resources in placement.items():
         if not resources or any(amount <= 0 for amount in resources.values()):
             raise UserError(f"{where}.{name} = {dict(resources)}: give each custom resource an amount > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageResources:
+    """The one shape of a job's ``[<step>.resources]`` recipe table: per stage ``<stage>_actors``,
+    ``<stage>_cpus``, ``<stage>_gpus`` (declared by each job's subclass, for the stages that have them),
+    and these fields shared by every job. :meth:`stage` turns them into a stage's resource arguments, each
+    named by its recipe key."""
+
+    TABLE: ClassVar[str] = ""
+    """The recipe table, e.g. ``shards.resources``."""
+    STAGES: ClassVar[tuple[str, ...]] = ()
+    """The job's stage names (the keys ``placement`` may use)."""
+
+    num_cpus: int = 0
+    """CPUs of the local Ray instance (0: all of the machine's); ignored when joining a cluster."""
+    wait_for_resources_s: float = 600.0
+    """How long a job waits, before any stage starts, for an autoscaler to add a node that can run a stage
+    the cluster cannot run now (a local Ray instance or a cluster without an autoscaler stops at once)."""
+    placement: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    """Custom Ray resources per stage, pinning it to the nodes started with them (``ray start --resources``),
+    e.g. ``{vae = {gpu_node = 1}}``; the stages are the subclass's ``STAGES``. Empty: Ray places every stage."""
+
+    def __post_init__(self) -> None:
+        check_placement(self.placement, self.STAGES, f"{self.TABLE}.placement")
+
+    def stage(self, name: str) -> dict[str, Any]:
+        """The resource arguments of stage ``name`` (``actors``, ``cpus``, ``gpus``, ``resources``,
+        ``recipe_keys``): the fields ``<name>_actors``, ``<name>_cpus``, ``<name>_gpus`` the table has."""
+        assert name in self.STAGES, f"{name} is not a stage of {self.TABLE}"
+        out: dict[str, Any] = {"resources": self.placement.get(name, {})}
+        keys = {"placement": f"{self.TABLE}.placement.{name}"}
+        for arg, resource in (("actors", None), ("cpus", "CPU"), ("gpus", "GPU")):
+            field_name = f"{name}_{arg}"
+            if hasattr(self, field_name):
+                out[arg] = getattr(self, field_name)
+                if resource:
+                    keys[resource] = f"{self.TABLE}.{field_name}"
+        out["recipe_keys"] = keys
+        return out
 
 
 def load_step_config(

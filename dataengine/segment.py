@@ -30,6 +30,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from dataengine.atomic import atomic_path
 from dataengine.devices import DType, resolve_device, resolve_dtype
 from dataengine.recipe import MissingInput
 
@@ -119,11 +120,8 @@ def save_masks(path: str | os.PathLike, masks: np.ndarray) -> None:
     masks = np.asarray(masks)
     if masks.ndim != 3:
         raise ValueError(f"save_masks({path}): expected (T, H, W) masks, got shape {masks.shape}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, bits=np.packbits(masks.astype(bool), axis=-1), shape=np.asarray(masks.shape))
-    os.replace(tmp, path)
+    with atomic_path(path, keep_suffix=True) as tmp:  # np.savez keeps a name that ends in .npz
+        np.savez_compressed(tmp, bits=np.packbits(masks.astype(bool), axis=-1), shape=np.asarray(masks.shape))
 
 
 def load_masks(path: str | os.PathLike) -> np.ndarray:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from dataengine.atomic import atomic_path, write_text
 from dataengine.clips import ClipConfig, ClipRejection, plan_clip
 from dataengine.layout import INDEX_NAME
 from dataengine.vae import LATENT_CHANNELS
@@ -275,33 +276,30 @@ def write_shard(
     ordered = sorted(samples, key=lambda s: s[0])
     if not ordered:
         raise ValueError(f"shard {relative_path}: no samples to write")
-    path = Path(root) / relative_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    digest, num_bytes = hashlib.sha256(), 0
-    with open(tmp, "wb") as handle, ThreadPoolExecutor(1) as hasher:  # one thread: blocks hashed in order
+    with atomic_path(Path(root) / relative_path) as tmp:  # the tar is flushed to disk before its rename
+        digest, num_bytes = hashlib.sha256(), 0
+        with open(tmp, "wb") as handle, ThreadPoolExecutor(1) as hasher:  # one thread: blocks hashed in order
 
-        def write(block: bytes) -> None:
-            nonlocal num_bytes
-            handle.write(block)  # file writes and sha256 of large blocks release the GIL: they overlap
-            hasher.submit(digest.update, block)
-            num_bytes += len(block)
+            def write(block: bytes) -> None:
+                nonlocal num_bytes
+                handle.write(block)  # file writes and sha256 of large blocks release the GIL: they overlap
+                hasher.submit(digest.update, block)
+                num_bytes += len(block)
 
-        for pair_id, tensors, meta in ordered:
-            sample = encode_sample(pair_id, tensors, meta)
-            for name in sorted(k for k in sample if k != "__key__"):
-                data = sample[name]
-                write(_tar_header(f"{pair_id}.{name}", len(data)))
-                write(data)
-                if len(data) % tarfile.BLOCKSIZE:
-                    write(tarfile.NUL * (tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE))
-        write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))  # end of archive, then pad to a whole record
-        if num_bytes % tarfile.RECORDSIZE:
-            write(tarfile.NUL * (tarfile.RECORDSIZE - num_bytes % tarfile.RECORDSIZE))
-        hasher.shutdown(wait=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+            for pair_id, tensors, meta in ordered:
+                sample = encode_sample(pair_id, tensors, meta)
+                for name in sorted(k for k in sample if k != "__key__"):
+                    data = sample[name]
+                    write(_tar_header(f"{pair_id}.{name}", len(data)))
+                    write(data)
+                    if len(data) % tarfile.BLOCKSIZE:
+                        write(tarfile.NUL * (tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE))
+            write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))  # end of archive, then pad to a whole record
+            if num_bytes % tarfile.RECORDSIZE:
+                write(tarfile.NUL * (tarfile.RECORDSIZE - num_bytes % tarfile.RECORDSIZE))
+            hasher.shutdown(wait=True)
+            handle.flush()
+            os.fsync(handle.fileno())
     return {
         "path": relative_path,
         "bucket": relative_path.split("/")[0],
@@ -350,10 +348,7 @@ def write_index(
         "shards": shards,
         "created_unix": round(time.time(), 3),
     }
-    path = Path(root) / INDEX_NAME
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(index, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_text(Path(root) / INDEX_NAME, json.dumps(index, indent=1, sort_keys=False) + "\n")
     return index
 
 

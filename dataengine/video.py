@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dataengine.atomic import atomic_path
+
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -71,11 +73,8 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int 
         raise ValueError(f"write_mp4({path}): no frames")
     if height % 2 or width % 2:
         raise ValueError(f"write_mp4({path}): H.264 needs even sizes, got {width}x{height}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(tmp), mode="w") as container:
+    with atomic_path(path, keep_suffix=True) as tmp, av.open(str(tmp), mode="w") as container:
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"crf": str(crf), "preset": "veryfast"}
@@ -85,7 +84,6 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int 
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    os.replace(tmp, path)
 
 
 def local_file(location: str | os.PathLike, folder: str | os.PathLike) -> Path:

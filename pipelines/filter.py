@@ -29,13 +29,14 @@ from typing import Any
 import pandas as pd
 import typer
 
+from dataengine.atomic import write_text
 from dataengine.clips import ClipConfig
 from dataengine.dedup import DedupConfig
 from dataengine.judge import AXES, JudgeConfig
 from dataengine.recipe import UserError
 from dataengine.selection import SelectionConfig
 from pipelines.runtime import PartStore
-from pipelines.stage import Stage, Worker, guard_resume, is_rejected, run_stages, stream_stages
+from pipelines.stage import RayOptions, Stage, Worker, guard_resume, is_rejected, run_resumable, stream_stages
 
 # Memory a probe task reserves (decord holds one decoded frame at a time). Declaring it also keeps Ray
 # Data from fusing the probe tasks into the judge actors when both ask for the same CPUs.
@@ -249,11 +250,7 @@ def embed_candidates(config: FilterConfig, candidates: pd.DataFrame, ray_address
     )
     items = candidates[["pair_id", "source_path", "target_path"]].to_dict("records")
     rows = stream_stages(
-        items,
-        [stage],
-        ray_address=ray_address,
-        resource_wait_s=config.wait_for_resources_s,
-        resource_wait_key="filter.wait_for_resources_s",
+        items, [stage], **RayOptions.of(config, ray_address, "filter.wait_for_resources_s").kwargs()
     )
     rows = {r["pair_id"]: r for r in rows}
     failed = [r for r in rows.values() if is_rejected(r)]
@@ -291,29 +288,18 @@ def run_filter(config: FilterConfig, run: str, ray_address: str | None = None) -
     # 2. probe + score what is not done yet (scores are keyed by pair_id, a hash of the pair's content)
     guard_resume(layout.scores_fingerprint, scoring_settings(config), start_over=str(layout.run_dir))
     store = PartStore(layout.scores, schema=part_schema())
-    done = store.completed_ids()
-    pending = pairs[~pairs["pair_id"].isin(done)]
-    if done:
-        print(f"resuming: {len(done)} pairs already scored in {store.folder}, {len(pending)} to go")
-    run_stages(
-        pending.to_dict("records"),
+    scoring = run_resumable(
+        pairs.to_dict("records"),
         scoring_stages(config),
         store,
         description="probe+judge",
         unit="pairs",
-        num_done=len(pairs) - len(pending),
-        ray_address=ray_address,
-        resource_wait_s=config.wait_for_resources_s,
-        resource_wait_key="filter.wait_for_resources_s",
+        resumed=lambda done, todo: (
+            f"resuming: {done} pairs already scored in {store.folder}, {todo} to go" if done else None
+        ),
+        ray=RayOptions.of(config, ray_address, "filter.wait_for_resources_s"),
     )
-    results = store.read_all()
-    missing = set(pairs["pair_id"]) - set(results["pair_id"])
-    if missing:
-        raise RuntimeError(
-            f"{len(missing)} pairs have no result in {store.folder} after scoring (e.g. {min(missing)})"
-        )
-    results = results[results["pair_id"].isin(set(pairs["pair_id"]))]
-    info = pairs.merge(results, on="pair_id", how="inner")
+    info = pairs.merge(scoring.results, on="pair_id", how="inner")
     failed = info[info["reason"].notna()]
     scored = info[info["reason"].isna()]
 
@@ -397,9 +383,7 @@ def write_outputs(
     summary.update({"run": run, "judge": config.judge.model, "rubric_version": config.judge.rubric_version})
     summary["clips"] = clip_statistics(pd.concat([scored, failed], ignore_index=True), manifest, config.clip)
     summary["read_notes"] = read.notes
-    tmp = layout.summary.with_name(".summary.json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(layout.summary)
+    write_text(layout.summary, json.dumps(summary, indent=2))
     render_summary(summary, title=f"dataengine filter [{run}]")
     return summary
 

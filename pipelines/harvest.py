@@ -19,13 +19,12 @@ video, with its reason) and ``harvest_summary.json``.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from pipelines.stage import Stage, Worker, guard_resume, run_stages
+from pipelines.stage import RayOptions, Stage, Worker, guard_resume, run_resumable
 
 RESULT_COLUMNS = ["clip_id", "clip", "path", "kind", "reason", "stage", "detail"]
 
@@ -57,20 +56,15 @@ def harvest_settings(config: Any) -> dict[str, Any]:
     return {"detector": detector, "source": source, "window": window}
 
 
-def _write_parquet(frame: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
 def run_harvest(
     config: Any, run: str, ray_address: str | None = None, manifests_root: str = "manifests"
 ) -> dict:
     """Scan the recipe's video pool and write the window lists, rejections and summary; returns the summary."""
+    from dataengine.atomic import write_parquet, write_text
     from dataengine.layout import RunLayout
     from dataengine.manifest import rejections_frame, write_rejections
     from dataengine.portraits import WINDOW_COLUMNS, clip_id, harvest_inputs
+    from pipelines.portraits import rejection_rows
     from pipelines.runtime import PartStore
 
     layout = RunLayout(run, manifests_root=Path(manifests_root))
@@ -86,84 +80,48 @@ def run_harvest(
         f"{detector.model if detector.backend == 'transformers' else '(<clip>.boxes.json)'} at "
         f"{detector.sample_fps:g} frames/s; windows of {config.num_frames} frames at {config.fps:g} fps"
     )
-    store = PartStore(layout.harvest_state, id_column="clip_id")
-    done = store.completed_ids()
+
+    # 1. read, 2. the one stage, resumed
     items = [{"clip_id": clip_id("pool", key), "clip": key, "path": path} for key, path in inputs]
-    todo = [item for item in items if item["clip_id"] not in done]
-    res = config.resources
-    stage = Stage(
-        "harvest",
-        HarvestWorker,
-        kwargs={"config": config},
-        actors=res.harvest_actors,
-        cpus=res.harvest_cpus,
-        gpus=res.harvest_gpus,
-        resources=res.placement.get("harvest", {}),
-        recipe_keys={
-            "CPU": "portraits.resources.harvest_cpus",
-            "GPU": "portraits.resources.harvest_gpus",
-            "placement": "portraits.resources.placement.harvest",
-        },
-    )
-    if len(items) > len(todo):
-        print(f"harvest-portraits: {len(items) - len(todo)} videos already scanned")
-    run_stages(
-        todo,
+    stage = Stage("harvest", HarvestWorker, kwargs={"config": config}, **config.resources.stage("harvest"))
+    scan = run_resumable(
+        items,
         [stage],
-        store,
+        PartStore(layout.harvest_state, id_column="clip_id"),
         description="harvest",
         unit="clips",
-        num_done=len(items) - len(todo),
-        ray_address=ray_address,
-        num_cpus=res.num_cpus or None,
-        resource_wait_s=res.wait_for_resources_s,
-        resource_wait_key="portraits.resources.wait_for_resources_s",
+        columns=[*RESULT_COLUMNS, *WINDOW_COLUMNS],
+        resumed=lambda done, todo: f"harvest-portraits: {done} videos already scanned" if done else None,
+        ray=RayOptions.of(config.resources, ray_address, "portraits.resources.wait_for_resources_s"),
     )
 
-    results = store.read_all()
-    for column in (*RESULT_COLUMNS, *WINDOW_COLUMNS):
-        if column not in results.columns:
-            results[column] = None
-    results = results[results["clip_id"].isin({item["clip_id"] for item in items})]
-    missing = len(items) - len(results)
-    if missing:
-        raise RuntimeError(f"harvest-portraits: {missing} videos have no result; rerun to resume")
-    lists = {}
+    # 3. write: the two window lists, the rejections, the summary
+    results, lists = scan.results, {}
     for kind, path in (("portrait", layout.portrait_windows), ("background", layout.background_windows)):
         windows = results[results["kind"] == kind].sort_values("clip", kind="stable")[WINDOW_COLUMNS]
         windows = windows.astype({"start_frame": "int64", "video_frames": "int64", "num_sampled": "int64"})
-        _write_parquet(windows.reset_index(drop=True), path)
+        write_parquet(windows.reset_index(drop=True), path)
         lists[kind] = len(windows)
-    rejected = results[results["kind"].isna()]
-    rejections = rejections_frame(
-        sorted(
-            (
-                {"pair_id": r["clip_id"], "stage": r["stage"], "reason": r["reason"], "detail": r["detail"]}
-                for r in rejected.to_dict("records")
-            ),
-            key=lambda r: r["pair_id"],
-        )
-    )
-    write_rejections(
-        rejections, layout.harvest_rejections, metadata={"run": run, "step": "harvest-portraits"}
-    )
+    rejected = sorted(rejection_rows(results[results["kind"].isna()], "clip_id"), key=lambda r: r["pair_id"])
+    metadata = {"run": run, "step": "harvest-portraits"}
+    write_rejections(rejections_frame(rejected), layout.harvest_rejections, metadata=metadata)
     summary = {
         "run": run,
         "scanned": len(items),
         "portrait_windows": lists["portrait"],
         "background_windows": lists["background"],
-        "rejected": {k: int(v) for k, v in rejected["reason"].value_counts().sort_index().items()},
+        "rejected": scan.rejected(),
         "outputs": {
             "portrait_windows": str(layout.portrait_windows),
             "background_windows": str(layout.background_windows),
             "rejections": str(layout.harvest_rejections),
         },
     }
-    layout.harvest_summary.write_text(json.dumps(summary, indent=1) + "\n")
+    write_text(layout.harvest_summary, json.dumps(summary, indent=1) + "\n")
     print(
         f"harvest-portraits: {len(items)} videos: {lists['portrait']} portrait windows -> "
         f"{layout.portrait_windows}, {lists['background']} background windows -> {layout.background_windows}, "
-        f"{len(rejected)} rejected {summary['rejected'] or '{}'} -> {layout.harvest_rejections}"
+        f"{sum(summary['rejected'].values())} rejected {summary['rejected'] or '{}'} -> {layout.harvest_rejections}"
     )
     return summary
 

@@ -28,7 +28,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipelines.stage import Stage, Worker, guard_resume, run_stages
+from pipelines.stage import RayOptions, Stage, StageRun, Worker, guard_resume, run_resumable
 
 CLIP_COLUMNS = [
     "clip_id",
@@ -104,11 +104,9 @@ def run_portraits(
     config: Any, run: str, ray_address: str | None = None, manifests_root: str = "manifests"
 ) -> dict:
     """Segment, plan, composite and write everything of one run; returns the summary (also written as JSON)."""
-    import pandas as pd
-
     from dataengine.layout import RunLayout
     from dataengine.manifest import PAIR_COLUMNS
-    from dataengine.portraits import PLAN_COLUMNS, input_clips, plan_pairs
+    from dataengine.portraits import input_clips
     from dataengine.recipe import config_to_dict
     from pipelines.runtime import PartStore
 
@@ -133,48 +131,79 @@ def run_portraits(
         f"synth-portraits: {len(portraits)} portrait clips from {sources[0]}, {len(backgrounds)} background clips "
         f"from {sources[1]}; {config.pairs_per_type} pairs per type -> {layout.pairs_dir}"
     )
-    res = config.resources
-    ray_options = {
-        "ray_address": ray_address,
-        "num_cpus": res.num_cpus or None,
-        "resource_wait_s": res.wait_for_resources_s,
-        "resource_wait_key": "portraits.resources.wait_for_resources_s",
-    }
+    res, state = config.resources, layout.portraits_state
+    ray = RayOptions.of(res, ray_address, "portraits.resources.wait_for_resources_s")
 
     # 1. probe the backgrounds (CPU tasks), then segment and gate the portraits (actor pool)
-    background_store = PartStore(layout.portraits_state / "backgrounds", id_column="clip_id")
-    background_stage = Stage(
-        "background",
-        check_background_row,
-        cpus=1.0,
-        resources=res.placement.get("background", {}),
-        recipe_keys={"placement": "portraits.resources.placement.background"},
+    background = Stage("background", check_background_row, **res.stage("background"))
+    usable = run_resumable(
+        clip_items("background", background_clips),
+        [background],
+        PartStore(state / "backgrounds", id_column="clip_id"),
+        description="backgrounds",
+        unit="clips",
+        columns=BACKGROUND_COLUMNS,
+        ray=ray,
     )
-    _run_clips("background", background_clips, background_stage, background_store, ray_options)
-    clip_store = PartStore(layout.portraits_state / "portraits", id_column="clip_id")
-    segment_stage = Stage(
-        "segment",
-        SegmentWorker,
-        kwargs={"config": config, "masks_dir": str(layout.masks_dir.resolve())},
-        actors=res.segment_actors,
-        cpus=res.segment_cpus,
-        gpus=res.segment_gpus,
-        resources=res.placement.get("segment", {}),
-        recipe_keys={
-            "CPU": "portraits.resources.segment_cpus",
-            "GPU": "portraits.resources.segment_gpus",
-            "placement": "portraits.resources.placement.segment",
-        },
+    masks_dir = str(layout.masks_dir.resolve())
+    segment = Stage(
+        "segment", SegmentWorker, kwargs={"config": config, "masks_dir": masks_dir}, **res.stage("segment")
     )
-    _run_clips("portrait", portrait_clips, segment_stage, clip_store, ray_options)
-    clips = _with_columns(clip_store.read_all(), CLIP_COLUMNS)
-    clips = clips[clips["portrait"].isin(portraits)]
-    usable = _with_columns(background_store.read_all(), BACKGROUND_COLUMNS)
-    usable = usable[usable["background"].isin(backgrounds)]
-    accepted = clips[clips["reason"].isna()]
-    good_backgrounds = usable[usable["reason"].isna()]
+    clips = run_resumable(
+        clip_items("portrait", portrait_clips),
+        [segment],
+        PartStore(state / "portraits", id_column="clip_id"),
+        description="segment",
+        unit="clips",
+        columns=CLIP_COLUMNS,
+        ray=ray,
+    )
 
     # 2. the plan
+    plan_frame, planned = plan_pairs_of(config, run, clips.results, usable.results)
+
+    # 3. composite + encode (CPU tasks); a recorded pair whose files went missing is redone
+    composite = Stage("composite", composite_row, kwargs={"config": config}, **res.stage("composite"))
+    pairs = run_resumable(
+        plan_frame.to_dict("records"),
+        [composite],
+        PartStore(state / "pairs", id_column="pair_id"),
+        description="pairs",
+        unit="pairs",
+        columns=[*PAIR_COLUMNS, "reason", "stage", "detail"],
+        still_valid=_still_valid,
+        resumed=lambda done, todo: f"synth-portraits: {len(plan_frame)} pairs planned, {done} already done",
+        ray=ray,
+    )
+
+    # 4. outputs
+    summary = write_outputs(
+        layout, config, resolved, portraits, backgrounds, clips, usable, plan_frame, planned, pairs.results
+    )
+    _print_summary(summary)
+    return summary
+
+
+def clip_items(kind: str, clips: list[Any]) -> list[dict[str, Any]]:
+    """The rows of the input clips (``InputClip``) of one kind (``portrait`` or ``background``): the clip's
+    id, name, path and window start."""
+    from dataengine.portraits import clip_id
+
+    return [
+        {"clip_id": clip_id(kind, c.key), kind: c.key, "path": c.path, "start_frame": c.start_frame}
+        for c in clips
+    ]
+
+
+def plan_pairs_of(config: Any, run: str, clips: Any, usable: Any) -> tuple[Any, dict[str, int]]:
+    """The planned pairs (``dataengine.portraits.plan_pairs`` over the accepted clips) with each pair's
+    portrait and background columns; and the number planned per edit type."""
+    import pandas as pd
+
+    from dataengine.portraits import PLAN_COLUMNS, plan_pairs
+
+    accepted = clips[clips["reason"].isna()]
+    good_backgrounds = usable[usable["reason"].isna()]
     plan, planned = plan_pairs(list(accepted["portrait"]), list(good_backgrounds["background"]), config, run)
     for edit_type, count in planned.items():
         if count < config.pairs_per_type:
@@ -197,56 +226,16 @@ def run_portraits(
     plan_frame["background_path"] = background_of["path"].reindex(plan_frame["background"]).to_list()
     starts = background_of["start_frame"].fillna(0).astype(int)
     plan_frame["background_start"] = starts.reindex(plan_frame["background"]).to_list()
+    return plan_frame, planned
 
-    # 3. composite + encode (CPU tasks); a recorded pair whose files went missing is redone
-    pair_store = PartStore(layout.portraits_state / "pairs", id_column="pair_id")
-    recorded = _with_columns(pair_store.read_all(), [*PAIR_COLUMNS, "reason", "stage", "detail"])
-    done = set(_still_valid(recorded)["pair_id"]) & set(plan_frame["pair_id"])
-    todo = [row for row in plan_frame.to_dict("records") if row["pair_id"] not in done]
-    print(f"synth-portraits: {len(plan_frame)} pairs planned, {len(done)} already done")
-    stages = [
-        Stage(
-            "composite",
-            composite_row,
-            kwargs={"config": config},
-            cpus=res.composite_cpus,
-            resources=res.placement.get("composite", {}),
-            recipe_keys={
-                "CPU": "portraits.resources.composite_cpus",
-                "placement": "portraits.resources.placement.composite",
-            },
-        )
+
+def rejection_rows(frame: Any, id_column: str) -> list[dict[str, Any]]:
+    """The rejection rows (``pair_id``, ``stage``, ``reason``, ``detail``) of ``frame``'s rejected rows,
+    each named by its ``id_column`` (a clip's ``clip_id``, a pair's ``pair_id``)."""
+    return [
+        {"pair_id": r[id_column], "stage": r["stage"], "reason": r["reason"], "detail": r["detail"]}
+        for r in frame[frame["reason"].notna()].to_dict("records")
     ]
-    run_stages(todo, stages, pair_store, description="pairs", unit="pairs", num_done=len(done), **ray_options)
-
-    # 4. outputs
-    results = _with_columns(pair_store.read_all(), [*PAIR_COLUMNS, "reason", "stage", "detail"])
-    results = results[results["pair_id"].isin(set(plan_frame["pair_id"]))]
-    results = _still_valid(results)
-    missing = set(plan_frame["pair_id"]) - set(results["pair_id"])
-    if missing:
-        raise RuntimeError(f"synth-portraits: {len(missing)} planned pairs have no result; rerun to resume")
-    summary = write_outputs(
-        layout, config, resolved, portraits, backgrounds, clips, usable, plan_frame, planned, results
-    )
-    _print_summary(summary)
-    return summary
-
-
-def _run_clips(kind: str, clips: list[Any], stage: Stage, store: Any, ray_options: dict[str, Any]) -> None:
-    """Run ``stage`` over the input clips (``InputClip``) of one kind (``portrait`` or ``background``) not in
-    ``store`` yet; a row carries the clip's name, path and window start."""
-    from dataengine.portraits import clip_id
-
-    done = store.completed_ids()
-    items = [
-        {"clip_id": clip_id(kind, c.key), kind: c.key, "path": c.path, "start_frame": c.start_frame}
-        for c in clips
-    ]
-    todo = [item for item in items if item["clip_id"] not in done]
-    description = "segment" if kind == "portrait" else "backgrounds"
-    run_stages(todo, [stage], store, description=description, unit="clips", num_done=len(items) - len(todo),
-               **ray_options)  # fmt: skip
 
 
 def write_outputs(
@@ -255,31 +244,27 @@ def write_outputs(
     resolved: dict,
     portraits: list[str],
     backgrounds: list[str],
-    clips: Any,
-    usable: Any,
+    clips: StageRun,
+    usable: StageRun,
     plan_frame: Any,
     planned: dict[str, int],
     results: Any,
 ) -> dict:
     """The pair manifest, the rejections (clips and pairs), the plan and the summary; returns the summary."""
+    from dataengine.atomic import write_parquet, write_text
     from dataengine.manifest import PAIR_COLUMNS, rejections_frame, write_pairs, write_rejections
     from dataengine.portraits import CATEGORIES
 
     run = layout.run
+    clip_rejected, background_rejected = clips.rejected(), usable.rejected()
+    clips, usable = clips.results, usable.results
     accepted = clips[clips["reason"].isna()]
     good_backgrounds = usable[usable["reason"].isna()]
     is_ok = results["reason"].isna()
     pairs = results[is_ok].sort_values(["category", "pair_id"], kind="stable").reset_index(drop=True)
     pairs["score"] = None
-    rejected_rows = [
-        {"pair_id": r["clip_id"], "stage": r["stage"], "reason": r["reason"], "detail": r["detail"]}
-        for frame in (clips, usable)
-        for r in frame[frame["reason"].notna()].to_dict("records")
-    ]
-    rejected_rows += [
-        {"pair_id": r["pair_id"], "stage": r["stage"], "reason": r["reason"], "detail": r["detail"]}
-        for r in results[~is_ok].to_dict("records")
-    ]
+    rejected_rows = rejection_rows(clips, "clip_id") + rejection_rows(usable, "clip_id")
+    rejected_rows += rejection_rows(results, "pair_id")
     rejections = rejections_frame(sorted(rejected_rows, key=lambda r: (r["stage"], r["pair_id"])))
     models = {
         "segmenter": config.segmenter.model if config.segmenter.backend == "transformers" else "mask_files"
@@ -291,19 +276,19 @@ def write_outputs(
     write_pairs(pairs[PAIR_COLUMNS], layout.portraits, metadata=metadata)
     write_rejections(rejections, layout.portrait_rejections, metadata=metadata)
     plan_out = plan_frame.sort_values(["category", "pair_id"], kind="stable").reset_index(drop=True)
-    plan_out.to_parquet(layout.portrait_plan, index=False)
+    write_parquet(plan_out, layout.portrait_plan)
 
     summary = {
         "run": run,
         "portraits": {
             "seen": len(portraits),
             "accepted": len(accepted),
-            "rejected": {k: int(v) for k, v in clips["reason"].value_counts().sort_index().items()},
+            "rejected": clip_rejected,
         },
         "backgrounds": {
             "seen": len(backgrounds),
             "usable": len(good_backgrounds),
-            "rejected": {k: int(v) for k, v in usable["reason"].value_counts().sort_index().items()},
+            "rejected": background_rejected,
         },
         "types": {},
         "outputs": {
@@ -323,16 +308,8 @@ def write_outputs(
             "rejected": int(of_type["reason"].notna().sum()),
         }
     summary["num_rejections"] = len(rejections)
-    layout.portraits_summary.write_text(json.dumps(summary, indent=1) + "\n")
+    write_text(layout.portraits_summary, json.dumps(summary, indent=1) + "\n")
     return summary
-
-
-def _with_columns(frame: Any, columns: list[str]) -> Any:
-    """A PartStore read (only the id column when nothing was recorded) with the expected columns."""
-    for column in columns:
-        if column not in frame.columns:
-            frame[column] = None
-    return frame
 
 
 def _still_valid(results: Any) -> Any:

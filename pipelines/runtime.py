@@ -28,6 +28,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dataengine.atomic import atomic_path
+
 if TYPE_CHECKING:  # imported where used: the CLI's --help and start-up should not pay for pandas
     import pandas as pd
     import pyarrow as pa
@@ -187,9 +189,8 @@ class PartStore:
     def _write(self, table: pa.Table, name: str) -> Path:
         import pyarrow.parquet as pq
 
-        tmp = self.folder / f".{name}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.folder / name)
+        with atomic_path(self.folder / name) as tmp:
+            pq.write_table(table, tmp)
         return self.folder / name
 
     def append(self, frame: pd.DataFrame | pa.Table) -> Path | None:
@@ -239,11 +240,8 @@ class PartStore:
         table = table.replace_schema_metadata(metadata)
         stamp = parts[0].name.split("-")[1]  # the oldest input's time: parts keep their order
         name = f"part-{stamp}-{uuid.uuid4().hex[:8]}.L{level}.parquet"
-        tmp = self.folder / f".{name}.tmp"
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as handle:  # on disk before its inputs go: a power cut loses no rows either
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.folder / name)
+        with atomic_path(self.folder / name, fsync=True) as tmp:  # on disk before its inputs go
+            pq.write_table(table, tmp)
         self._replaces[name] = names
         for part in parts:
             part.unlink(missing_ok=True)

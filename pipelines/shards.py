@@ -33,26 +33,38 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import typer
 
 from dataengine.clips import ClipConfig
 from dataengine.layout import INDEX_NAME
-from dataengine.recipe import UserError
+from dataengine.recipe import StageResources, UserError
 from dataengine.shards import ShardWriterConfig
 from dataengine.vae import WanVaeConfig
 from dataengine.vlm import Qwen3VLEncoderConfig, select_frames
-from pipelines.stage import Rejected, Stage, Worker, guard_resume, is_rejected, run_stages
+from pipelines.stage import (
+    RayOptions,
+    Rejected,
+    Stage,
+    Worker,
+    guard_resume,
+    is_rejected,
+    run_resumable,
+    with_columns,
+)
 
 STAGES = ("plan", "decode", "vae", "vlm", "validate")
 """The ``stage`` values of the shard step's rejections."""
 
 
 @dataclass(frozen=True)
-class ShardsResources:
-    """Ray resources of the stages (the ``[shards.resources]`` recipe table)."""
+class ShardsResources(StageResources):
+    """Ray resources of the stages (the ``[shards.resources]`` recipe table; ``placement`` stages: vae, vlm)."""
+
+    TABLE: ClassVar[str] = "shards.resources"
+    STAGES: ClassVar[tuple[str, ...]] = ("vae", "vlm")
 
     vae_actors: int = 1
     """Number of VAE actors (each loads the VAE once)."""
@@ -66,21 +78,8 @@ class ShardsResources:
     """GPUs per Qwen3-VL actor."""
     vlm_cpus: float = 1.0
     """CPUs per Qwen3-VL actor (it decodes the few frames the VLM sees)."""
-    num_cpus: int = 0
-    """CPUs of the local Ray instance (0: all); ignored when joining a cluster."""
-    wait_for_resources_s: float = 600.0
-    """How long a job waits, before any stage starts, for an autoscaler to add a node that can run a stage
-    the cluster cannot run now (a local Ray instance or a cluster without an autoscaler stops at once)."""
     writer_threads: int = 2
     """Shards the driver writes at once (tar + sha256 release the GIL): the writer keeps up with many GPUs."""
-    placement: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Custom Ray resources per stage, pinning it to the nodes started with them (``ray start --resources``),
-    e.g. ``{vae = {gpu_node = 1}}``; stages: vae, vlm. Empty: Ray places every stage."""
-
-    def __post_init__(self) -> None:
-        from dataengine.recipe import check_placement
-
-        check_placement(self.placement, ("vae", "vlm"), "shards.resources.placement")
 
 
 @dataclass(frozen=True)
@@ -240,14 +239,6 @@ def shard_items(plan: Any) -> list[dict[str, Any]]:
     ]
 
 
-def _keys(table: str, stage: str) -> dict[str, str]:
-    return {
-        "CPU": f"{table}.{stage}_cpus",
-        "GPU": f"{table}.{stage}_gpus",
-        "placement": f"{table}.placement.{stage}",
-    }
-
-
 def shard_stages(config: ShardsConfig, vlm_dim: int) -> list[Stage]:
     """VAE (actor pool: decode + encode) -> VLM (actor pool: decode its frames + encode + validate)."""
     res = config.resources
@@ -256,23 +247,15 @@ def shard_stages(config: ShardsConfig, vlm_dim: int) -> list[Stage]:
             "vae",
             VaeWorker,
             kwargs={"clip": config.clip, "vae": config.vae},
-            actors=res.vae_actors,
-            gpus=res.vae_gpus,
-            cpus=res.vae_cpus,
-            resources=res.placement.get("vae", {}),
             failure_reason="encode_failed",
-            recipe_keys=_keys("shards.resources", "vae"),
+            **res.stage("vae"),
         ),
         Stage(
             "vlm",
             VlmWorker,
             kwargs={"config": config, "vlm_dim": vlm_dim},
-            actors=res.vlm_actors,
-            gpus=res.vlm_gpus,
-            cpus=res.vlm_cpus,
-            resources=res.placement.get("vlm", {}),
             failure_reason="encode_failed",
-            recipe_keys=_keys("shards.resources", "vlm"),
+            **res.stage("vlm"),
         ),
     ]
 
@@ -365,25 +348,45 @@ class RemoteShardSet:
         return {path[len(self.root) :].lstrip("/"): int(info["size"]) for path, info in found.items()}
 
 
+def still_written(root: Path, remote: RemoteShardSet | None = None) -> Any:
+    """The filter of stored shard records that still hold: a record whose tar is missing (on disk, or at the
+    remote destination) or has another size than recorded is dropped, so its shard is redone."""
+
+    def keep(records: Any) -> Any:
+        sizes = remote.sizes() if remote is not None else None
+        valid = []
+        for record in records.to_dict("records"):
+            entry = json.loads(record["entry"]) if record["entry"] else None
+            if entry is not None:
+                if sizes is not None:
+                    size = sizes.get(entry["path"])
+                else:
+                    path = root / entry["path"]
+                    size = path.stat().st_size if path.exists() else None
+                valid.append(size == entry["bytes"])
+            else:
+                valid.append(True)
+        return records[np.array(valid, dtype=bool)] if len(records) else records
+
+    return keep
+
+
 def _completed_records(
     root: Path, store: Any, remote: RemoteShardSet | None = None
 ) -> dict[str, dict[str, Any]]:
-    """Recorded shards whose tar is still there (on disk, or at the remote destination) with the recorded
-    size: a missing or changed tar is redone."""
-    done = {}
-    sizes = remote.sizes() if remote is not None else None
-    for record in store.read_all().to_dict("records"):
-        entry = json.loads(record["entry"]) if record["entry"] else None
-        if entry is not None:
-            if sizes is not None:
-                size = sizes.get(entry["path"])
-            else:
-                path = root / entry["path"]
-                size = path.stat().st_size if path.exists() else None
-            if size != entry["bytes"]:
-                continue
-        done[record["shard"]] = {"entry": entry, "rejections": json.loads(record["rejections"])}
-    return done
+    """Recorded shards whose tar is still there with the recorded size, by shard: entry and rejections."""
+    records = still_written(root, remote)(with_columns(store.read_all(), RECORD_COLUMNS))
+    return {
+        r["shard"]: {
+            "entry": json.loads(r["entry"]) if r["entry"] else None,
+            "rejections": json.loads(r["rejections"]),
+        }
+        for r in records.to_dict("records")
+    }
+
+
+RECORD_COLUMNS = ["shard", "entry", "rejections"]
+"""The columns of the shard writer's records (one per written shard): the unit of resume."""
 
 
 # -- the job -------------------------------------------------------------------------------------------
@@ -393,7 +396,7 @@ def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -
     """Plan, encode and write the shard set of ``config``; returns the index (also in ``<output>/index.json``)."""
     import pandas as pd
 
-    from dataengine.layout import RunLayout
+    from dataengine.layout import RunLayout, is_url
     from dataengine.manifest import read_pairs, rejections_frame, write_rejections, write_text
     from dataengine.recipe import config_to_dict
     from dataengine.shards import plan_shards, render_survival, survival_summary, write_index
@@ -401,8 +404,6 @@ def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -
 
     if not config.inputs:
         raise UserError("[shards] inputs is empty: list the pair manifests to shard")
-    from dataengine.layout import is_url
-
     remote = RemoteShardSet(config.output) if is_url(config.output) else None
     layout = RunLayout(run, shards_dir=Path(config.output) if config.output and remote is None else None)
     root = layout.shards_dir  # with a URL output: the local staging folder
@@ -423,37 +424,32 @@ def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -
     layout.shards_index.unlink(missing_ok=True)  # an index only ever describes a finished run
     if remote is not None:
         remote.remove(INDEX_NAME)
-    store = PartStore(layout.shards_state, id_column="shard")
-    done = _completed_records(root, store, remote)
-    todo = plan[~plan["shard"].isin(done)].reset_index(drop=True)
-    print(
-        f"shards: {len(pairs)} pairs -> {len(plan)} planned in {plan['shard'].nunique()} shards "
-        f"({len(plan_rejections)} rejected by the plan); {len(done)} shards already done, {len(todo)} samples to encode"
-    )
 
     # 2. encode (VAE, VLM) and write each shard as its last sample arrives, in the plan's order
-    run_stages(
-        shard_items(todo),
+    def resumed(done: int, todo: int) -> str:
+        return (
+            f"shards: {len(pairs)} pairs -> {len(plan)} planned in {plan['shard'].nunique()} shards "
+            f"({len(plan_rejections)} rejected by the plan); {done} shards already done, {todo} samples to encode"
+        )
+
+    written = run_resumable(
+        shard_items(plan),
         shard_stages(config, vlm_dim),
-        store,
+        PartStore(layout.shards_state, id_column="shard"),
         description="shards",
         unit="samples",
-        num_done=len(plan) - len(todo),
-        collect=ShardAssembler(root, todo, config.resources.writer_threads, remote).records,
+        columns=RECORD_COLUMNS,
+        still_valid=still_written(root, remote),
+        resumed=resumed,
+        collect=ShardAssembler(root, plan, config.resources.writer_threads, remote).records,
         ordered=True,  # shards complete one after another: the driver holds one shard's samples at a time
-        ray_address=ray_address,
-        num_cpus=config.resources.num_cpus or None,
-        resource_wait_s=config.resources.wait_for_resources_s,
-        resource_wait_key="shards.resources.wait_for_resources_s",
+        ray=RayOptions.of(config.resources, ray_address, "shards.resources.wait_for_resources_s"),
     )
 
     # 3. outputs: rejections, then index.json last
-    done = _completed_records(root, store, remote)
-    missing = sorted(set(plan["shard"]) - set(done))
-    if missing:
-        raise RuntimeError(f"shards not written: {missing[:5]} ... rerun to resume")
-    entries = [d["entry"] for d in done.values() if d["entry"] is not None]
-    rejected = plan_rejections + [r for d in done.values() for r in d["rejections"]]
+    records = written.results.to_dict("records")
+    entries = [json.loads(r["entry"]) for r in records if r["entry"]]
+    rejected = plan_rejections + [x for r in records for x in json.loads(r["rejections"])]
     rejections = rejections_frame(sorted(rejected, key=lambda r: (r["pair_id"], r["stage"])))
     models = {"vae": config.vae.model_id, "vlm": config.vlm.model_id}
     write_rejections(rejections, layout.shard_rejections, metadata={"models": models, "run": run})

@@ -24,6 +24,9 @@ pixels decodes them itself from the paths; nothing big travels between stages ex
 - :func:`run_stages`: the one runner: builds the Ray Data pipeline, streams the results into a
   :class:`~pipelines.runtime.PartStore` in small parts as they arrive, and shows progress. Every stage
   records the Ray node that ran each row; at the end the runner prints which nodes ran each stage.
+- :func:`run_resumable`: the runner with resume, what every job calls: given the store and its id column,
+  it skips the items whose result is already stored, runs the stages over the rest, reads every result
+  back, checks that each item has one, and counts per stage (in, kept, rejected by reason).
 - :func:`guard_resume`: the one resume check: a run remembers the settings and inputs its stored results
   were made from (its fingerprint file); a rerun with others is refused, naming what differs.
 """
@@ -43,6 +46,7 @@ from typing import Any
 
 import pandas as pd
 
+from dataengine.atomic import write_text
 from dataengine.recipe import UserError
 from pipelines.runtime import PartStore, Progress
 
@@ -481,6 +485,142 @@ def run_stages(
 # -- resume ------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RayOptions:
+    """Where a job's stages run: the Ray cluster, the local instance's size, the wait for resources."""
+
+    address: str | None = None
+    """Join this Ray cluster (or ``RAY_ADDRESS``); None starts a local instance."""
+    num_cpus: int | None = None
+    """CPUs of a local instance (None: all); ignored when joining a cluster."""
+    wait_s: float = 0.0
+    """How long to wait for an autoscaler to add a node a stage needs (:func:`check_resources`)."""
+    wait_key: str = ""
+    """The recipe key of ``wait_s``, named in the message."""
+
+    @classmethod
+    def of(cls, resources: Any, address: str | None, wait_key: str) -> RayOptions:
+        """The options of a job whose recipe table ``resources`` has ``num_cpus`` (optional) and
+        ``wait_for_resources_s`` (a :class:`~dataengine.recipe.StageResources`, or the filter's table)."""
+        return cls(
+            address, getattr(resources, "num_cpus", 0) or None, resources.wait_for_resources_s, wait_key
+        )
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`run_stages` and :func:`stream_stages`."""
+        return {
+            "ray_address": self.address,
+            "num_cpus": self.num_cpus,
+            "resource_wait_s": self.wait_s,
+            "resource_wait_key": self.wait_key,
+        }
+
+
+def with_columns(frame: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
+    """``frame`` with every one of ``columns`` (missing ones filled with None): a store that recorded only
+    rejections, or nothing, still reads with the columns a job expects."""
+    for column in columns:
+        if column not in frame.columns:
+            frame[column] = None
+    return frame
+
+
+def stage_counts(results: pd.DataFrame, stages: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per stage, in pipeline order: items that reached it (``in``), passed it (``kept``) and its rejections
+    by reason (``rejected``), from the results' ``stage`` and ``reason`` columns. A rejection names a
+    stage of ``stages`` or another one (a ``decode`` raised inside the VAE stage): those follow, in name order.
+    """
+    if "reason" in results.columns and len(results):
+        rejected = results[results["reason"].map(lambda r: isinstance(r, str) and bool(r))]
+    else:
+        rejected = results.iloc[0:0].assign(stage=None, reason=None)
+    names = list(stages) + sorted(set(rejected["stage"].dropna()) - set(stages))
+    counts, remaining = {}, len(results)
+    for name in names:
+        mine = rejected[rejected["stage"] == name]
+        by_reason = {str(k): int(v) for k, v in mine["reason"].value_counts().sort_index().items()}
+        counts[name] = {"in": remaining, "kept": remaining - len(mine), "rejected": by_reason}
+        remaining -= len(mine)
+    return counts
+
+
+@dataclass
+class StageRun:
+    """What :func:`run_resumable` returns: every item's stored result and the counts over the whole run."""
+
+    results: pd.DataFrame
+    """One row per id of the items (this run's and the earlier runs' results), sorted by id."""
+    counts: dict[str, dict[str, Any]]
+    """:func:`stage_counts` of ``results``."""
+    num_done: int
+    """Ids whose results an earlier run had stored (skipped by this one)."""
+
+    def rejected(self) -> dict[str, int]:
+        """Rejections by reason, over every stage, in reason order."""
+        total: Counter[str] = Counter()
+        for count in self.counts.values():
+            total.update(count["rejected"])
+        return dict(sorted(total.items()))
+
+
+def run_resumable(
+    items: list[Row],
+    stages: Sequence[Stage],
+    store: PartStore,
+    *,
+    description: str,
+    unit: str = "items",
+    columns: Iterable[str] = (),
+    still_valid: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+    resumed: Callable[[int, int], str | None] | None = None,
+    stage_names: Sequence[str] | None = None,
+    collect: Callable[[Iterator[Row]], Iterator[Row]] | None = None,
+    ordered: bool = False,
+    ray: RayOptions = RayOptions(),
+) -> StageRun:
+    """Run ``stages`` over the ``items`` whose result ``store`` does not hold yet; every item's result.
+
+    An item's id is its ``store.id_column`` value (several items may share one: the shard writer stores
+    one record per shard). The stored results are read with ``columns``; ``still_valid`` drops recorded
+    results that no longer hold (a written file that went missing), so their items run again.
+    ``resumed(num_done_ids, num_todo_items)`` is the line printed before the run (None: nothing). After
+    the run every id must have a result, or a ``RuntimeError`` names one that has none.
+    """
+    id_column = store.id_column
+    wanted = {item[id_column] for item in items}
+
+    def stored() -> pd.DataFrame:
+        frame = with_columns(store.read_all(), [id_column, *columns])
+        return still_valid(frame) if still_valid is not None else frame
+
+    done = set(stored()[id_column]) & wanted
+    todo = [item for item in items if item[id_column] not in done]
+    line = resumed(len(done), len(todo)) if resumed is not None else None
+    if line:
+        print(line, flush=True)
+    run_stages(
+        todo,
+        stages,
+        store,
+        description=description,
+        unit=unit,
+        num_done=len(items) - len(todo),
+        collect=collect,
+        ordered=ordered,
+        **ray.kwargs(),
+    )
+    results = stored()
+    results = results[results[id_column].isin(wanted)].reset_index(drop=True)
+    missing = wanted - set(results[id_column])
+    if missing:
+        raise RuntimeError(
+            f"{description}: {len(missing)} of {len(wanted)} have no result in {store.folder} after the run "
+            f"(e.g. {min(missing)}): rerun the same command to resume"
+        )
+    names = [stage.name for stage in stages] if stage_names is None else stage_names
+    return StageRun(results, stage_counts(results, names), len(done))
+
+
 def fingerprint(settings: Mapping[str, Any], inputs: Iterable[str] = ()) -> str:
     """sha256 of the settings (JSON, sorted keys) and the inputs (one per line, in the order given)."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
@@ -528,7 +668,6 @@ def guard_resume(
                 f"name, or delete {start_over} to start over"
             )
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"fingerprint": stamp, "settings": settings}, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_text(
+        path, json.dumps({"fingerprint": stamp, "settings": settings}, indent=1, sort_keys=True) + "\n"
+    )
