@@ -18,7 +18,7 @@ the same sequence (per-sample timestep) for comparison. Then :func:`measure_bloc
 tokens for sequence-parallel degrees 1, 2, 4, 8: one rank's share of a block on one GPU, next to the
 plan's per-block figures.
 
-:func:`measure_block` is public (``benchmarks/bench_gpu.py`` calls it): it emulates one rank of a
+:func:`measure_block` is public (``benchmarks.bench_gpu.dit`` calls it): it emulates one rank of a
 sequence-parallel group on one device. The block code is ``trainer.model.MiVEBlock`` as the trainer runs
 it under ``sp``; only the exchanges are replaced by local copies of the same sizes
 (:class:`EmulatedSequenceParallel`): norms, projections, FFN and modulation on L/N tokens, attention over

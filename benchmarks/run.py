@@ -1,6 +1,6 @@
 """`make bench`: run every ``benchmarks/bench_*.py`` and print one table.
 
-Each module exposes ``run(quick: bool = False) -> list[dict]`` whose rows hold ``benchmark``, ``metric``,
+Each module (or package, like ``bench_gpu``) exposes ``run(quick: bool = False) -> list[dict]`` whose rows hold ``benchmark``, ``metric``,
 ``value``, ``unit`` and optionally ``note``. ``python -m benchmarks.run [NAME ...] [--quick]`` runs a
 subset; ``--json PATH`` also writes the rows. Record GPU figures in ``benchmarks/RESULTS.md``.
 """
@@ -53,7 +53,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
     folder = Path(__file__).parent
-    names = args.names or sorted(p.stem.removeprefix("bench_") for p in folder.glob("bench_*.py"))
+    found = [p for p in folder.glob("bench_*") if p.suffix == ".py" or (p / "__init__.py").exists()]
+    names = args.names or sorted(p.stem.removeprefix("bench_") for p in found)
     device = (
         torch.cuda.get_device_name()
         if torch.cuda.is_available()

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -179,7 +180,10 @@ def test_projection_of_the_sequence_parallel_recipe_against_a_hand_computation()
     assert train_row["value"] == pytest.approx(8000 * global_batch * flops / 250e12 / 3600, rel=0.002)
     assert f"the plan's {math.ceil(seq / 2):,} tokens per GPU (SP 2)" in train_row["note"]
 
-    sampled = math.floor(97 / 24 * portraits["detector"]["sample_fps"])  # 8 frames of a 97-frame 24 fps clip
+    # the detector's ticks that fall within a 97-frame 24 fps clip's span (96/24 = 4 s), at exact timestamps:
+    # 0, 0.5, ..., 4.0 s at 2 fps, 9 frames
+    span, rate = Fraction(96, 24), Fraction(portraits["detector"]["sample_fps"]).limit_denominator()
+    sampled = sum(1 for k in range(1000) if k / rate <= span)
     harvest = 2_450_000 * sampled / 400 * portraits["resources"]["harvest_gpus"] / 3600
     assert projection["harvest: detect people in 2.45M source videos"]["value"] == pytest.approx(harvest)
     clips = 3 * portraits["pairs_per_type"]
@@ -219,8 +223,8 @@ def test_random_weights_judge_equals_one_loaded_from_saved_weights(tmp_path) -> 
     from transformers import Qwen3VLForConditionalGeneration
     from transformers.video_utils import VideoMetadata
 
+    from benchmarks.bench_gpu.model_configs import random_weights, write_model_folder
     from dataengine.judge import Judge, JudgeConfig
-    from dataengine.model_configs import random_weights, write_model_folder
 
     folder = write_model_folder("qwen3vl_8b", tmp_path / "config_only", "debug")
     torch.manual_seed(0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dataengine.model_configs import (
+from benchmarks.bench_gpu.model_configs import (
     MODELS,
     build_random,
     library_config,

@@ -1,7 +1,7 @@
 """The published configurations of the models the data engine runs, as data, and builders with random weights.
 
 Speed and memory do not depend on the weights' values: a model built from its real configuration with random
-weights runs as fast and as large as the trained one. ``benchmarks/bench_gpu.py`` measures every model that
+weights runs as fast and as large as the trained one. ``benchmarks.bench_gpu`` measures every model that
 way, with nothing downloaded. Each entry of :data:`MODELS` holds
 
 - ``real``: the published configuration (the keys of the checkpoint's ``config.json``), written here from
@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from unittest import mock
+
+from dataengine.synthetic.detector import TINY_DETECTOR_CONFIG
 
 if TYPE_CHECKING:
     import torch
@@ -393,32 +395,8 @@ RTDETR_V2_R50 = {
     "label2id": {name.replace("_", " "): i for i, name in enumerate(COCO_LABELS)},
 }
 
-# The tiny one of dataengine.synthetic.detector: 4-stage basic-block ResNet of 8 to 64 channels, 16 wide, 10
-# queries; two decoder layers (the box heads of layers 1.. are tied to layer 0's).
-RTDETR_V2_DEBUG = {
-    "model_type": "rt_detr_v2",
-    "backbone_config": {
-        "model_type": "rt_detr_resnet",
-        "embedding_size": 8,
-        "hidden_sizes": [8, 16, 32, 64],
-        "depths": [1, 1, 1, 1],
-        "layer_type": "basic",
-        "out_features": ["stage2", "stage3", "stage4"],
-    },
-    "encoder_hidden_dim": 16,
-    "encoder_in_channels": [16, 32, 64],
-    "encoder_ffn_dim": 32,
-    "encoder_attention_heads": 2,
-    "d_model": 16,
-    "num_queries": 10,
-    "decoder_in_channels": [16, 16, 16],
-    "decoder_ffn_dim": 32,
-    "decoder_layers": 2,
-    "decoder_attention_heads": 2,
-    "num_denoising": 0,
-    "id2label": {"0": "person", "1": "car"},
-    "label2id": {"person": 0, "car": 1},
-}
+# The tiny one is dataengine.synthetic.detector's (the demo's and the tests' detector).
+RTDETR_V2_DEBUG = TINY_DETECTOR_CONFIG
 
 
 def get_spec(name: str) -> ModelSpec:
