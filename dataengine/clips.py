@@ -29,6 +29,23 @@ import numpy as np
 
 from dataengine.video import VideoError, VideoInfo, probe, read_frames, sample_indices
 
+# The latents' geometry (the Wan VAE's): channels, and a causal first frame plus one latent frame per 4
+# frames, stride 8 in space. Clip arithmetic: the VAE encoder (``dataengine.vae``) imports it from here.
+LATENT_CHANNELS = 16
+TEMPORAL_STRIDE = 4
+SPATIAL_STRIDE = 8
+
+
+def latent_shape(num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+    """``(T', H', W')`` of a clip: the Wan VAE's causal first frame plus one latent frame per 4, stride 8."""
+    if (num_frames - 1) % TEMPORAL_STRIDE or height % SPATIAL_STRIDE or width % SPATIAL_STRIDE:
+        raise ValueError(
+            f"a {num_frames}x{height}x{width} clip does not fit the Wan VAE: frames must be 4n + 1 "
+            "and height and width multiples of 8"
+        )
+    return 1 + (num_frames - 1) // TEMPORAL_STRIDE, height // SPATIAL_STRIDE, width // SPATIAL_STRIDE
+
+
 REJECTION_REASONS = (
     "missing_file",  # a source, target or reference file does not exist
     "undecodable",  # a file exists but cannot be decoded
@@ -124,7 +141,6 @@ class ClipPlan:
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         """(T', H', W') of the clip's Wan VAE latents: the shard bucket it lands in."""
-        from dataengine.vae import latent_shape
 
         return latent_shape(self.num_frames, *self.bucket)
 

@@ -18,24 +18,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dataengine.clips import LATENT_CHANNELS as LATENT_CHANNELS  # the latents' geometry: clip arithmetic
+from dataengine.clips import latent_shape as latent_shape
 from dataengine.devices import DType, resolve_device, resolve_dtype
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI imports this module for its config
     import torch
-
-LATENT_CHANNELS = 16
-TEMPORAL_STRIDE = 4
-SPATIAL_STRIDE = 8
-
-
-def latent_shape(num_frames: int, height: int, width: int) -> tuple[int, int, int]:
-    """``(T', H', W')`` of a clip: the Wan VAE's causal first frame plus one latent frame per 4, stride 8."""
-    if (num_frames - 1) % TEMPORAL_STRIDE or height % SPATIAL_STRIDE or width % SPATIAL_STRIDE:
-        raise ValueError(
-            f"a {num_frames}x{height}x{width} clip does not fit the Wan VAE: frames must be 4n + 1 "
-            "and height and width multiples of 8"
-        )
-    return 1 + (num_frames - 1) // TEMPORAL_STRIDE, height // SPATIAL_STRIDE, width // SPATIAL_STRIDE
 
 
 @dataclass(frozen=True)
