@@ -34,16 +34,24 @@ def _plan_and_trace(parallel: ParallelConfig, grad_accum: int = 1, layers: int =
 
 
 @pytest.mark.parametrize(
-    ("sequence_parallel", "offload"),
+    ("sequence_parallel", "offload", "residual"),
     [
-        pytest.param(1, False, marks=pytest.mark.slow),  # the most tokens per rank: the longest trace
-        (2, False),
-        (4, False),
-        pytest.param(2, True, marks=pytest.mark.slow),
+        pytest.param(1, False, "float32", marks=pytest.mark.slow),  # the most tokens per rank: the longest
+        (2, False, "float32"),
+        (4, False, "float32"),
+        pytest.param(2, True, "float32", marks=pytest.mark.slow),
+        # a bfloat16 residual: no float32 copies of the gradients, the feed-forward's B l F gradient is the peak
+        pytest.param(1, False, "bfloat16", marks=pytest.mark.slow),
+        (2, False, "bfloat16"),
+        (4, False, "bfloat16"),
     ],
 )
-def test_plan_agrees_with_the_trace_per_phase_at_14b_width(sequence_parallel: int, offload: bool) -> None:
-    parallel = ParallelConfig(sequence_parallel=sequence_parallel, offload_activations=offload)
+def test_plan_agrees_with_the_trace_per_phase_at_14b_width(
+    sequence_parallel: int, offload: bool, residual: str
+) -> None:
+    parallel = ParallelConfig(
+        sequence_parallel=sequence_parallel, offload_activations=offload, residual_dtype=residual
+    )
     planned, traced = _plan_and_trace(parallel)
     for phase, value in planned.items():
         assert abs(value / traced[phase] - 1) < TOLERANCE, (phase, value, traced[phase])

@@ -387,7 +387,7 @@ def plan_phases(memory: Any) -> dict[str, int]:
     p = memory.phases
     return {
         "forward end": p["forward end"],
-        "backward": max(p["backward, last block"], p["backward, first block"]),
+        "backward": max(v for k, v in p.items() if k.startswith("backward")),
         "optimizer step": p["optimizer step"],
     }
 

@@ -201,27 +201,45 @@ def backward_transient_bytes(
     residual_bytes: int = FP32,
     sequence_parallel: int = 1,
 ) -> int:
-    """Working memory of one block's backward on top of its saved tensors: the gradients in flight.
+    """Working memory of one recomputed block's backward on top of everything it saved (its whole
+    :func:`block_activation_bytes`): the gradients in flight, at the worst of three moments, as the fake-tensor
+    trace of the 14B block shows them op by op (``trainer/trace.py``; ``tests/test_trace.py``).
 
-    Autograd releases a node's saved tensors once the node has run, so the gradients mostly replace what
-    they consume. What is alive on top at the worst point (the feed-forward's backward): the gradient with
-    respect to the GELU output (c B l F) and two gradients of the residual stream in the residual dtype (the
-    incoming one and the one accumulated for the block input), less the feed-forward's gated-residual update
-    its backward has released (r n): c B l F + r n.
-    Under sequence parallelism the attention's backward exchanges the gradients of q, k, v back: their
-    head-layout gradients, the copy padded to L_pad, the contiguous send buffer and the receive buffer (4 x 3 c n)
-    are alive at once, after the feed-forward's saved tensors (3 r n + c n + 2 c B l F) were freed: that
-    moment is counted too, and the larger of the two is the transient (for the 14B model the feed-forward's).
+    Its backward starts with the feed-forward's gated residual ``(x.to(r) + gate * update).type_as(x)``. The
+    incoming gradient is in the compute dtype (c n). With a float32 residual (r != c) the casts are copies:
+    the gradient in float32 (r n) and the residual branch's gradient cast back for the block input (c n);
+    with a bfloat16 residual (r = c) they are no-ops and the one incoming gradient serves all three.
+
+    - the gated residual's backward, its saved update still alive: the update's gradient on the noisy tokens
+      and its full-size ``slice_backward`` (2 r n; the bound of the rank without clean tokens):
+      c n + 2 r n (+ (r + c) n for a float32 residual);
+    - the output projection's backward, the update released (- r n): the update's gradient in the compute
+      dtype (c n), the gradient of the GELU output (c B l F) and the projection's weight gradient
+      (c (F D + D)): c n + c n + c B l F + c (F D + D) - r n (+ c n for a float32 residual);
+    - under sequence parallelism, the exchange of the q, k, v gradients: their head-layout gradients, the copy
+      padded to L_pad, the send and the receive buffer (4 x 3 c n) and two gradients of the residual stream
+      (2 r n), once the feed-forward's saved tensors (3 r n + c n + 2 c B l F) and the attention's (its update
+      r n, the output projection's input c n, SDPA's q, k, v 3 c n and output c B L D / N) are released.
+
+    With a float32 residual the first moment is the largest (14B width), with a bfloat16 residual the second:
+    the copies of the first are gone, the feed-forward's B l F gradient stays.
     """
     c, r = compute_bytes, residual_bytes
     tokens = tokens_per_rank(shape.seq_len, sequence_parallel)
     n = batch * tokens * config.dim
-    # the feed-forward's gated residual ran first and released its saved update (r n): one r n on top
-    feed_forward = c * batch * tokens * config.ffn_dim + 2 * r * n - r * n
-    if sequence_parallel == 1:
-        return feed_forward
-    freed = 3 * r * n + c * n + 2 * c * batch * tokens * config.ffn_dim
-    return max(feed_forward, 4 * 3 * c * n + 2 * r * n - freed)
+    ffn = c * batch * tokens * config.ffn_dim
+    casts = r != c  # a float32 residual: the incoming gradient's float32 copy and the residual branch's cast
+    gated_residual = c * n + (r + c) * n * casts + 2 * r * n
+    weight_grad = c * (config.ffn_dim * config.dim + config.dim)
+    projection = c * n + c * n * casts + c * n + ffn + weight_grad - r * n
+    moments = [gated_residual, projection]
+    if sequence_parallel > 1:
+        feed_forward_saved = 3 * r * n + c * n + 2 * ffn
+        attention_released = (
+            r * n + c * n + 3 * c * n + c * batch * shape.seq_len * config.dim // sequence_parallel
+        )
+        moments.append(4 * 3 * c * n + 2 * r * n - feed_forward_saved - attention_released)
+    return max(moments)
 
 
 def all_to_all_bytes(
@@ -269,18 +287,24 @@ def batch_bytes(
 # Per-GPU memory at the peak of a step
 # ---------------------------------------------------------------------------------------------------
 
-PHASES = ("forward end", "backward, last block", "backward, first block", "optimizer step")
+PHASES = (
+    "forward end",
+    "backward, last block",
+    "backward, next-to-last block",
+    "backward, first block",
+    "optimizer step",
+)
 
 
 @dataclass
 class MemoryEstimate:
-    """Bytes per GPU, by term, at the peak of a training step: the largest of four phases (``PHASES``)."""
+    """Bytes per GPU, by term, at the peak of a training step: the largest of the phases (``PHASES``)."""
 
     params: int  # float32 sharded master parameters: 4 P / N
     optimizer: int  # AdamW exp_avg + exp_avg_sq, float32: 8 P / N
     grads: int  # float32 sharded gradients alive at the peak phase (all 4 P / N at the optimizer step)
     gathered_params: int  # unsharded (all-gathered) parameters in the compute dtype at the peak phase
-    gradient_buffers: int  # a block's unsharded gradient c P_b (+ its float32 copy for the reduce-scatter)
+    gradient_buffers: int  # the block above's reduce-scatter input in flight (reduce dtype x P_b)
     activations: int  # saved for the backward and still alive at the peak phase
     block_recompute: int  # checkpointing: the block being back-propagated, recomputed (0 without)
     transient: int  # gradients in flight inside a block's backward, or the optimizer's temporaries
@@ -332,24 +356,30 @@ def memory_estimate(
     """Per-GPU memory of a training step; ``checkpointing`` None follows the recipe; ``ema``: the run keeps an
     EMA of the weights (``train.ema_decay`` > 0), 4 P / G more in every phase.
 
-    Four moments compete for the peak (P parameters, P_b per block, P_root outside, G GPUs, c compute bytes;
-    every activation term per rank, l = ceil(L / N) tokens under sequence parallelism N):
+    Five moments compete for the peak (P parameters, P_b per block, P_root outside, G GPUs, c compute bytes;
+    every activation term per rank, l = ceil(L / N) tokens under sequence parallelism N; K the kept block
+    inputs, or every block's saved tensors without checkpointing):
 
     - end of the forward: float32 params + AdamW state (12 P / G), the last block, which the trainer does not
       reshard after its forward (c P_b), the root unit only without ``reshard_after_forward`` (c P_root),
       every saved activation, the inputs;
     - backward of the last block (the first to run): as above, minus the head's saved tensors, plus the
-      prefetched next block (c P_b), the block's unsharded gradient (+ float32 copy), the recomputed block
-      (with checkpointing) and the gradients in flight;
+      prefetched next block (c P_b), the recomputed block (with checkpointing) and the gradients in flight
+      (:func:`backward_transient_bytes`, the block's own weight gradients among them);
+    - backward of the next-to-last block: the last block's input is released (one K fewer), its gradient is
+      in flight: the reduce-scatter input (reduce dtype x P_b, FSDP2 frees it once the next reduce-scatter
+      is issued) and its float32 shard (4 P_b / G). The 14B model's peak: the trace shows it there;
     - backward of block 0 (the last to run): the other blocks' activations are freed, their float32 sharded
-      gradients exist (4 (L - 1) P_b / G), no block left to prefetch;
+      gradients exist (4 (L - 1) P_b / G), block 1's reduce-scatter input is in flight, no block to prefetch;
     - the optimizer step: 16 P / G plus AdamW's (foreach) temporary, one float32 tensor per parameter shard.
 
     With gradient accumulation every micro-batch reduce-scatters its gradients into the float32 shards
     (``trainer/train.py``), so from the second micro-batch on all 4 P / G of them exist in every phase.
 
-    With ``offload_activations`` the checkpointed block inputs are in host memory (``host``); in the backward
-    one of them is back on the GPU (the block being recomputed), at the forward's end none.
+    With ``offload_activations`` the checkpointed block inputs are in host memory (``host``), at the forward's
+    end none on the GPU. In the backward the block being recomputed has its input back on the GPU; it stays
+    there past the recomputation only when the block's first LayerNorm saves it, that is with a bfloat16
+    residual (a float32 residual saves its float32 copy, counted in the recomputed block).
     """
     if parallel.param_dtype not in DTYPE_BYTES or parallel.reduce_dtype not in DTYPE_BYTES:
         raise ValueError(f"unknown dtype in train.parallel: {parallel.param_dtype}/{parallel.reduce_dtype}")
@@ -363,14 +393,20 @@ def memory_estimate(
         params.total / num_gpus
     )  # FSDP2 pads dim 0 of each tensor to a multiple of G: close enough
     block_shard = math.ceil(params.per_block / num_gpus)
-    reduce_copy = FP32 * params.per_block if parallel.reduce_dtype != parallel.param_dtype else 0
-    grad_buffers = c * params.per_block + reduce_copy
+    # FSDP2's reduce-scatter input: the block's gradients copied into one buffer of the reduce dtype
+    reduce_buffer = DTYPE_BYTES[parallel.reduce_dtype] * params.per_block
     inputs = batch_bytes(config, shape, batch, c, sp)
 
     block_saved = block_activation_bytes(config, shape.seq_len, batch, c, r, sp)
     block_input = batch * tokens_per_rank(shape.seq_len, sp) * config.dim * c
     kept_per_block = block_input if checkpointing else block_saved
-    kept_blocks = kept_per_block if offload else layers * kept_per_block
+    # offloaded: the recomputed block's input, back on the device, outlives its recomputation only when saved
+    back_on_device = block_input if r == c else 0
+
+    def kept(blocks: int) -> int:
+        """The kept block inputs (or saved tensors) on the device while ``blocks`` of them are kept."""
+        return back_on_device if offload else blocks * kept_per_block
+
     outside = outside_activation_bytes(config, shape, batch, c, sp)
     head = head_activation_bytes(config, shape, batch, c, sp)
     # with checkpointing the recomputed block's first LayerNorm saves the kept block input itself when the
@@ -389,27 +425,36 @@ def memory_estimate(
             grads=accumulated,
             gathered_params=c * (root_after_forward + params.per_block),
             gradient_buffers=0,
-            activations=(0 if offload else kept_blocks) + outside,  # offloaded: every block input on the host
+            activations=(0 if offload else kept(layers))
+            + outside,  # offloaded: every block input on the host
             block_recompute=0,
             transient=0,
         ),
         PHASES[1]: dict(
             grads=accumulated,
-            gathered_params=c * (params.root + 2 * params.per_block),
-            gradient_buffers=grad_buffers,
-            activations=kept_blocks + outside - head,
+            gathered_params=c * (params.root + min(layers, 2) * params.per_block),
+            gradient_buffers=0,
+            activations=kept(layers) + outside - head,
             block_recompute=recompute,
             transient=transient,
         ),
         PHASES[2]: dict(
-            grads=max(accumulated, FP32 * (layers - 1) * block_shard),
-            gathered_params=c * (params.root + params.per_block),
-            gradient_buffers=grad_buffers,
-            activations=kept_per_block + outside - head,
+            grads=max(accumulated, FP32 * block_shard),
+            gathered_params=c * (params.root + min(layers - 1, 2) * params.per_block),
+            gradient_buffers=reduce_buffer,
+            activations=kept(layers - 1) + outside - head,
             block_recompute=recompute,
             transient=transient,
         ),
         PHASES[3]: dict(
+            grads=max(accumulated, FP32 * (layers - 1) * block_shard),
+            gathered_params=c * (params.root + params.per_block),
+            gradient_buffers=reduce_buffer if layers > 1 else 0,
+            activations=kept(1) + outside - head,
+            block_recompute=recompute,
+            transient=transient,
+        ),
+        PHASES[4]: dict(
             grads=FP32 * shard,
             gathered_params=0,
             gradient_buffers=0,
@@ -418,14 +463,16 @@ def memory_estimate(
             transient=FP32 * shard,
         ),
     }
+    if layers < 2:  # one block: it is the last and the first, there is no next-to-last
+        del terms[PHASES[2]]
     phases = {}
     for name, t in terms.items():
-        phases[name] = base + sum(t.values()) + (inputs if name != PHASES[3] else 0)
+        phases[name] = base + sum(t.values()) + (inputs if name != PHASES[4] else 0)
     peak = max(phases, key=phases.__getitem__)
     return MemoryEstimate(
         params=FP32 * shard,
         optimizer=2 * FP32 * shard,
-        inputs=inputs if peak != PHASES[3] else 0,
+        inputs=inputs if peak != PHASES[4] else 0,
         phase=peak,
         phases=phases,
         reserved=reserved_bytes,
