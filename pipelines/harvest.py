@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipelines.stage import RayOptions, Stage, Worker, guard_resume, run_resumable
+from pipelines.stage import RayOptions, Stage, StageRun, Worker, guard_resume, run_resumable
 
 RESULT_COLUMNS = ["clip_id", "clip", "path", "kind", "reason", "stage", "detail"]
 
@@ -60,11 +60,8 @@ def run_harvest(
     config: Any, run: str, ray_address: str | None = None, manifests_root: str = "manifests"
 ) -> dict:
     """Scan the recipe's video pool and write the window lists, rejections and summary; returns the summary."""
-    from dataengine.atomic import write_parquet, write_text
     from dataengine.layout import RunLayout
-    from dataengine.manifest import rejections_frame, write_rejections
     from dataengine.portraits import WINDOW_COLUMNS, clip_id, harvest_inputs
-    from pipelines.portraits import rejection_rows
     from pipelines.runtime import PartStore
 
     layout = RunLayout(run, manifests_root=Path(manifests_root))
@@ -96,6 +93,16 @@ def run_harvest(
     )
 
     # 3. write: the two window lists, the rejections, the summary
+    return write_outputs(layout, run, scan)
+
+
+def write_outputs(layout: Any, run: str, scan: StageRun) -> dict:
+    """The portrait and background window lists, the rejections and the summary; returns the summary."""
+    from dataengine.atomic import write_parquet, write_text
+    from dataengine.manifest import rejections_frame, write_rejections
+    from dataengine.portraits import WINDOW_COLUMNS
+    from pipelines.portraits import rejection_rows
+
     results, lists = scan.results, {}
     for kind, path in (("portrait", layout.portrait_windows), ("background", layout.background_windows)):
         windows = results[results["kind"] == kind].sort_values("clip", kind="stable")[WINDOW_COLUMNS]
@@ -107,7 +114,7 @@ def run_harvest(
     write_rejections(rejections_frame(rejected), layout.harvest_rejections, metadata=metadata)
     summary = {
         "run": run,
-        "scanned": len(items),
+        "scanned": len(results),
         "portrait_windows": lists["portrait"],
         "background_windows": lists["background"],
         "rejected": scan.rejected(),
@@ -119,7 +126,7 @@ def run_harvest(
     }
     write_text(layout.harvest_summary, json.dumps(summary, indent=1) + "\n")
     print(
-        f"harvest-portraits: {len(items)} videos: {lists['portrait']} portrait windows -> "
+        f"harvest-portraits: {len(results)} videos: {lists['portrait']} portrait windows -> "
         f"{layout.portrait_windows}, {lists['background']} background windows -> {layout.background_windows}, "
         f"{sum(summary['rejected'].values())} rejected {summary['rejected'] or '{}'} -> {layout.harvest_rejections}"
     )

@@ -48,6 +48,7 @@ from pipelines.stage import (
     RayOptions,
     Rejected,
     Stage,
+    StageRun,
     Worker,
     guard_resume,
     is_rejected,
@@ -397,9 +398,9 @@ def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -
     import pandas as pd
 
     from dataengine.layout import RunLayout, is_url
-    from dataengine.manifest import read_pairs, rejections_frame, write_rejections, write_text
+    from dataengine.manifest import read_pairs
     from dataengine.recipe import config_to_dict
-    from dataengine.shards import plan_shards, render_survival, survival_summary, write_index
+    from dataengine.shards import plan_shards
     from pipelines.runtime import PartStore
 
     if not config.inputs:
@@ -440,6 +441,7 @@ def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -
         unit="samples",
         columns=RECORD_COLUMNS,
         still_valid=still_written(root, remote),
+        stage_names=(),  # a record is a shard: its samples' rejections are counted by survival_summary
         resumed=resumed,
         collect=ShardAssembler(root, plan, config.resources.writer_threads, remote).records,
         ordered=True,  # shards complete one after another: the driver holds one shard's samples at a time
@@ -447,6 +449,27 @@ def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -
     )
 
     # 3. outputs: rejections, then index.json last
+    return write_outputs(layout, config, run, pairs, plan, plan_rejections, written, vlm_dim, remote)
+
+
+def write_outputs(
+    layout: Any,
+    config: ShardsConfig,
+    run: str,
+    pairs: Any,
+    plan: Any,
+    plan_rejections: list[dict[str, Any]],
+    written: StageRun,
+    vlm_dim: int,
+    remote: RemoteShardSet | None,
+) -> dict[str, Any]:
+    """The rejections, the survival summary and ``index.json`` (last), uploaded too with a URL output; returns
+    the index."""
+    from dataengine.manifest import rejections_frame, write_rejections, write_text
+    from dataengine.recipe import config_to_dict
+    from dataengine.shards import render_survival, survival_summary, write_index
+
+    resolved, root = config_to_dict(config), layout.shards_dir
     records = written.results.to_dict("records")
     entries = [json.loads(r["entry"]) for r in records if r["entry"]]
     rejected = plan_rejections + [x for r in records for x in json.loads(r["rejections"])]

@@ -555,6 +555,17 @@ class StageRun:
     num_done: int
     """Ids whose results an earlier run had stored (skipped by this one)."""
 
+    def describe(self) -> str:
+        """One line: per stage, items in, kept and rejected by reason."""
+        parts = []
+        for name, count in self.counts.items():
+            rejected = ", ".join(f"{reason} {n}" for reason, n in count["rejected"].items())
+            parts.append(
+                f"{name} {count['in']} in, {count['kept']} kept"
+                + (f" (rejected: {rejected})" if rejected else "")
+            )
+        return "; ".join(parts)
+
     def rejected(self) -> dict[str, int]:
         """Rejections by reason, over every stage, in reason order."""
         total: Counter[str] = Counter()
@@ -618,7 +629,10 @@ def run_resumable(
             f"(e.g. {min(missing)}): rerun the same command to resume"
         )
     names = [stage.name for stage in stages] if stage_names is None else stage_names
-    return StageRun(results, stage_counts(results, names), len(done))
+    run = StageRun(results, stage_counts(results, names), len(done))
+    if run.counts:
+        print(f"{description}: {run.describe()}", flush=True)
+    return run
 
 
 def fingerprint(settings: Mapping[str, Any], inputs: Iterable[str] = ()) -> str:

@@ -167,3 +167,86 @@ def test_a_placement_table_names_stages_of_the_job_and_positive_amounts():
         build_config(ShardsResources, {"placement": {"vae": {"gpu_node": 0}}}, "shards.resources")
     with pytest.raises(ValueError, match="custom resources must be > 0"):
         Stage("halve", halve, resources={"gpu_node": -1})
+
+
+def _in_process(monkeypatch, ran: list[str]) -> None:
+    """Ray's part (stream_stages) replaced by the wrapper run in this process; ``ran`` gets each item's id."""
+
+    def in_process(items, stages, **_):
+        ran.extend(item["pair_id"] for item in items)
+        rows = list(items)
+        for stage in stages:
+            rows = apply_stage(stage, stage.worker(), rows)
+        yield from rows
+
+    monkeypatch.setattr(stage_module, "stream_stages", in_process)
+
+
+def test_the_runner_resumes_reads_back_and_counts_per_stage(tmp_path, monkeypatch):
+    """run_resumable: a second run over the same items runs none of them again and returns the same
+    results; the counts follow each item through the stages (in, kept, rejected by reason)."""
+    from pipelines.stage import run_resumable
+
+    def plus_one(row: dict) -> dict:
+        if row["half"] > 10:
+            raise Rejected("too_big", f"{row['name']}: half {row['half']} > 10")
+        return {"y": row["half"] + 1}
+
+    stages = [Stage("halve", halve, kwargs={"divisor": 2}), Stage("plus_one", plus_one)]
+    items = rows_of(1, 3, 5, 8, 30, 40, -1)  # rejected: 3, 5 (halve), -1 (error), 30 and 40 (plus_one)
+    ran: list[str] = []
+    _in_process(monkeypatch, ran)
+    first = run_resumable(items, stages, PartStore(tmp_path / "parts"), description="test", columns=["y"])
+    assert sorted(ran) == sorted(r["pair_id"] for r in items)
+    assert first.counts == {
+        "halve": {"in": 7, "kept": 4, "rejected": {"error": 1, "odd_three": 1, "too_short": 1}},
+        "plus_one": {"in": 4, "kept": 2, "rejected": {"too_big": 2}},
+    }
+    assert first.rejected() == {"error": 1, "odd_three": 1, "too_big": 2, "too_short": 1}
+    assert first.results.set_index("pair_id")["y"].dropna().to_dict() == {"p0": 1.5, "p3": 5.0}
+
+    ran.clear()
+    lines: list[str] = []
+    again = run_resumable(
+        items,
+        stages,
+        PartStore(tmp_path / "parts"),
+        description="test",
+        columns=["y"],
+        resumed=lambda done, todo: lines.append(f"{done} done, {todo} to go"),
+    )
+    assert ran == [] and lines == ["7 done, 0 to go"] and again.num_done == 7
+    pd.testing.assert_frame_equal(again.results, first.results)
+    assert again.counts == first.counts
+
+
+def test_the_runner_redoes_what_no_longer_holds_and_names_what_is_missing(tmp_path, monkeypatch):
+    from pipelines.stage import run_resumable
+
+    items = rows_of(2, 4, 6)
+    ran: list[str] = []
+    _in_process(monkeypatch, ran)
+    store = PartStore(tmp_path / "parts")
+    run_resumable(items, [Stage("halve", halve, kwargs={"divisor": 2})], store, description="test")
+    ran.clear()  # p1's recorded result no longer holds (its file went missing) until it is redone
+    checks: list[int] = []
+
+    def still_valid(frame: pd.DataFrame) -> pd.DataFrame:
+        checks.append(len(frame))
+        return frame[frame["pair_id"] != "p1"] if len(checks) == 1 else frame
+
+    run_resumable(items, [Stage("halve", halve, kwargs={"divisor": 2})], store, description="test",
+                  still_valid=still_valid)  # fmt: skip
+    assert ran == ["p1"] and checks == [3, 3]  # read before the run and after it
+
+    def lose_one(items, stages, **_):  # a stream that ends early: the item has no result
+        yield from apply_stage(stages[0], stages[0].worker(), items[:-1])
+
+    monkeypatch.setattr(stage_module, "stream_stages", lose_one)
+    with pytest.raises(RuntimeError, match=r"test: 1 of 2 have no result .* \(e\.g\. q1\)"):
+        run_resumable(
+            [{"pair_id": "q0", "name": "a", "x": 2}, {"pair_id": "q1", "name": "b", "x": 4}],
+            [Stage("halve", halve, kwargs={"divisor": 2})],
+            PartStore(tmp_path / "other"),
+            description="test",
+        )
