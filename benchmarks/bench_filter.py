@@ -33,7 +33,7 @@ OPENVE_ROWS = 2_450_000
 
 
 def bench_selection(num_rows: int) -> list[dict]:
-    from dataengine.selection import SelectionConfig, select, summarize
+    from dataengine.steps.selection import SelectionConfig, select, summarize
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(
@@ -61,7 +61,7 @@ def _score_part(rng: np.random.Generator, start: int, count: int, schema) -> Any
     """One score part as the filter writes it: ``count`` scored pairs in the filter's part schema."""
     import pyarrow as pa
 
-    from dataengine.judge import AXES
+    from dataengine.models.judge import AXES
 
     ids = np.char.mod("%020x", rng.integers(0, 2**62, size=count)).astype(object)
     ids = [f"{start + i:08d}{pair_id[8:]}" for i, pair_id in enumerate(ids)]  # unique
@@ -96,7 +96,7 @@ def bench_resume(work: Path, num_rows: int, part_rows: int) -> list[dict]:
 
     import pyarrow.parquet as pq
 
-    from dataengine.selection import SelectionConfig, select
+    from dataengine.steps.selection import SelectionConfig, select
     from pipelines.filter import part_schema
     from pipelines.runtime import PartStore
 
@@ -172,8 +172,8 @@ def _generate_scores(judge, inputs: dict, max_new_tokens: int) -> list[float]:
 
 
 def bench_judge(work: Path, num_pairs: int, batch_size: int) -> list[dict]:
-    from dataengine.judge import Judge, JudgeConfig
-    from dataengine.openve import read_openve
+    from dataengine.models.judge import Judge, JudgeConfig
+    from dataengine.steps.openve_reader import read_openve
     from dataengine.synthetic.openve import SyntheticOpenVEConfig, generate_openve
     from dataengine.synthetic.qwen3vl import build_tiny_qwen3vl
 
@@ -247,8 +247,8 @@ def bench_ray_overhead(work: Path, num_pairs: int, batch_size: int) -> list[dict
     import ray
     import torch
 
-    from dataengine.judge import Judge, JudgeConfig
-    from dataengine.openve import probe_pairs, read_openve
+    from dataengine.models.judge import Judge, JudgeConfig
+    from dataengine.steps.openve_reader import probe_pairs, read_openve
     from dataengine.synthetic.openve import SyntheticOpenVEConfig, generate_openve
     from pipelines.filter import FilterConfig, scoring_stages
     from pipelines.runtime import init_ray

@@ -19,9 +19,9 @@ from pathlib import Path
 
 
 def _composite_rows(num_frames: int, height: int, width: int, radius: int) -> list[dict]:
-    from dataengine.composite import compose_pair, feather_alpha
+    from dataengine.media.composite import compose_pair, feather_alpha
+    from dataengine.media.video import write_mp4
     from dataengine.synthetic.portraits import render_background, render_portrait
-    from dataengine.video import write_mp4
 
     portrait, masks = render_portrait(seed=0, num_frames=num_frames, height=height, width=width)
     background = render_background(seed=1, num_frames=num_frames, height=height, width=width)
@@ -68,7 +68,7 @@ def _composite_rows(num_frames: int, height: int, width: int, radius: int) -> li
 
 
 def _segment_rows(num_frames: int) -> list[dict]:
-    from dataengine.segment import Sam2VideoSegmenter, SegmenterConfig
+    from dataengine.models.segment import Sam2VideoSegmenter, SegmenterConfig
     from dataengine.synthetic.portraits import build_tiny_sam2, render_portrait
 
     rows = []
@@ -94,7 +94,7 @@ def _segment_rows(num_frames: int) -> list[dict]:
 
 
 def _detect_rows(num_frames: int) -> list[dict]:
-    from dataengine.detect import DetectorConfig, TransformersPersonDetector
+    from dataengine.models.detect import DetectorConfig, TransformersPersonDetector
     from dataengine.synthetic.detector import build_tiny_detector
     from dataengine.synthetic.portraits import render_portrait
 

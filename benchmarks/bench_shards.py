@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_shards [--quick]
 
-1. **Write**: ``dataengine.shards.write_shard`` (tar + sha256 + fsync + rename) of encoded samples with the
+1. **Write**: ``dataengine.steps.shard_set.write_shard`` (tar + sha256 + fsync + rename) of encoded samples with the
    paper's tensor shapes, as the shards job's writer gets them, against a raw sequential write (+ fsync) of
    the same bytes; the safetensors encoding (done in the VLM actors) timed apart.
 2. **Bytes per sample** at the paper's settings (81 frames, 720P buckets of ``manifests/openve.toml``),
@@ -54,8 +54,8 @@ def bench_write(quick: bool) -> list[dict]:
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from dataengine.shard_format import encode_sample, encode_tensors
-    from dataengine.shards import write_shard
+    from dataengine.formats.shard_format import encode_sample, encode_tensors
+    from dataengine.steps.shard_set import write_shard
 
     num_samples = 3 if quick else 8
     shape, tokens = (21, 90, 160), 2100
@@ -143,8 +143,8 @@ def paper_vlm_tokens(height: int, width: int, num_frames: int = 81, fps: float =
     """S of one sample at ``manifests/openve.toml``'s VLM budgets, from Qwen3-VL's own processors."""
     from transformers import Qwen2VLImageProcessor, Qwen3VLVideoProcessor
 
-    from dataengine.recipe import build_config, load_recipe
-    from dataengine.vlm import Qwen3VLEncoderConfig, select_frames
+    from dataengine.formats.recipe import build_config, load_recipe
+    from dataengine.models.vlm import Qwen3VLEncoderConfig, select_frames
 
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "manifests/openve.toml")
     vlm = build_config(Qwen3VLEncoderConfig, recipe["shards"]["vlm"], "shards.vlm")
@@ -175,8 +175,8 @@ def paper_vlm_tokens(height: int, width: int, num_frames: int = 81, fps: float =
 
 
 def bench_bytes_per_sample() -> list[dict]:
-    from dataengine.shards import sample_bytes
-    from dataengine.vae import latent_shape
+    from dataengine.models.vae import latent_shape
+    from dataengine.steps.shard_set import sample_bytes
 
     rows = []
     for height, width in ((720, 1280), (960, 960), (1280, 720)):
@@ -220,10 +220,10 @@ def bench_bytes_per_sample() -> list[dict]:
 
 
 def bench_encode(quick: bool) -> list[dict]:
+    from dataengine.models.vae import WanVaeConfig, WanVaeEncoder
+    from dataengine.models.vlm import Qwen3VLEncoder, Qwen3VLEncoderConfig
     from dataengine.synthetic.qwen3vl import build_tiny_qwen3vl
     from dataengine.synthetic.wan_vae import build_tiny_wan_vae
-    from dataengine.vae import WanVaeConfig, WanVaeEncoder
-    from dataengine.vlm import Qwen3VLEncoder, Qwen3VLEncoderConfig
 
     repeats = 3 if quick else 10
     rng = np.random.default_rng(0)

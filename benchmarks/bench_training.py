@@ -50,7 +50,7 @@ def _loader_rows(shards: Path, quick: bool) -> list[dict]:
 
 
 def _train_rows(shards: Path, runs: Path, quick: bool) -> list[dict]:
-    from dataengine.recipe import load_recipe
+    from dataengine.formats.recipe import load_recipe
     from trainer.train import fit, train_config_from_recipe
 
     rows = []

@@ -89,7 +89,7 @@ def entry_point() -> None:
     """The ``dataengine`` console script: the app, with user errors printed in one line (exit code 2)."""
     import os
 
-    from dataengine.recipe import run_cli
+    from dataengine.formats.recipe import run_cli
     from pipelines.runtime import quiet_native_stderr
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # per-model loading bars (also in the workers)

@@ -1,5 +1,5 @@
 """``dataengine diagnose-layers``: which VLM layers to feed the DiT, measured (``R_mask`` per layer; see
-:mod:`dataengine.diagnose` and ``docs/diagnostics.md``).
+:mod:`dataengine.tools.layer_diagnosis` and ``docs/diagnostics.md``).
 
     dataengine diagnose-layers manifests/demo.toml                     # the tiny random Qwen3-VL, CPU
     dataengine diagnose-layers manifests/openve.toml diagnose.clips=eval/portraits.csv \\
@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from dataengine.recipe import UserError
+from dataengine.formats.recipe import UserError
 
 
 def diagnose_layers_command(
@@ -29,9 +29,9 @@ def diagnose_layers_command(
     ] = None,
 ) -> None:
     """Measure R_mask, the share of the instruction's attention on the person, at every VLM layer."""
-    from dataengine.diagnose import DiagnoseConfig, run_diagnosis
-    from dataengine.layout import RunLayout
-    from dataengine.recipe import load_step_config
+    from dataengine.formats.layout import RunLayout
+    from dataengine.formats.recipe import load_step_config
+    from dataengine.tools.layer_diagnosis import DiagnoseConfig, run_diagnosis
 
     config, run = load_step_config(DiagnoseConfig, recipe, "diagnose", overrides)
     if not config.clips:

@@ -29,12 +29,12 @@ from typing import Any
 import pandas as pd
 import typer
 
-from dataengine.atomic import write_text
-from dataengine.clips import ClipConfig
-from dataengine.dedup import DedupConfig
-from dataengine.judge import AXES, JudgeConfig
-from dataengine.recipe import UserError
-from dataengine.selection import SelectionConfig
+from dataengine.formats.atomic import write_text
+from dataengine.formats.recipe import UserError
+from dataengine.media.clips import ClipConfig
+from dataengine.models.dedup import DedupConfig
+from dataengine.models.judge import AXES, JudgeConfig
+from dataengine.steps.selection import SelectionConfig
 from pipelines.runtime import PartStore
 from pipelines.stage import RayOptions, Stage, Worker, guard_resume, is_rejected, run_resumable, stream_stages
 
@@ -85,14 +85,14 @@ class FilterConfig:
     """Threshold and per-category cap (``[filter.selection]``)."""
 
     def __post_init__(self) -> None:
-        from dataengine.recipe import check_placement
+        from dataengine.formats.recipe import check_placement
 
         check_placement(self.placement, ("probe", "score", "dedup"), "filter.placement")
 
 
 def build_filter_config(recipe: dict[str, Any]) -> tuple[FilterConfig, str]:
     """The filter config and the run name from a loaded recipe; local paths made absolute."""
-    from dataengine.recipe import build_config
+    from dataengine.formats.recipe import build_config
 
     config = build_config(FilterConfig, recipe.get("filter"), "filter", recipe.get("recipe_path", ""))
     run = str(recipe.get("run") or "")
@@ -124,7 +124,7 @@ def build_filter_config(recipe: dict[str, Any]) -> tuple[FilterConfig, str]:
 def probe_row(row: dict[str, Any], min_frames: int, clip: ClipConfig | None) -> dict[str, Any]:
     """Probe stage (CPU task): num_frames, fps, width, height of the pair, or its rejection (unreadable,
     too short, or untrainable under ``clip``)."""
-    from dataengine.openve import probe_pair
+    from dataengine.steps.openve_reader import probe_pair
 
     where = f"row {row['csv_row']} of {row['csv_file']}"
     return probe_pair(row["source_path"], row["target_path"], min_frames, where, clip=clip)
@@ -137,7 +137,7 @@ class JudgeWorker(Worker):
         self.config = config
 
     def setup(self) -> None:
-        from dataengine.judge import Judge
+        from dataengine.models.judge import Judge
 
         self.judge = Judge(self.config)
 
@@ -153,7 +153,7 @@ class EmbedWorker(Worker):
         self.config = config
 
     def setup(self) -> None:
-        from dataengine.dedup import ClipEmbedder
+        from dataengine.models.dedup import ClipEmbedder
 
         self.embedder = ClipEmbedder(self.config)
 
@@ -219,7 +219,7 @@ def part_schema():
 def scoring_settings(config: FilterConfig) -> dict[str, Any]:
     """What a stored score depends on (the resume guard's settings): the probe and the judge, not the
     batching, devices or selection (a rerun with another threshold reuses the scores)."""
-    from dataengine.recipe import config_to_dict
+    from dataengine.formats.recipe import config_to_dict
 
     judge = {k: v for k, v in config_to_dict(config.judge).items() if k not in ("batch_size", "device")}
     clip = config_to_dict(config.clip) if config.clip is not None else None
@@ -235,7 +235,7 @@ def embed_candidates(config: FilterConfig, candidates: pd.DataFrame, ray_address
     import numpy as np
 
     if config.dedup.num_gpus <= 0:
-        from dataengine.dedup import ClipEmbedder
+        from dataengine.models.dedup import ClipEmbedder
 
         return ClipEmbedder(config.dedup).embed_pairs(candidates)
     stage = Stage(
@@ -264,11 +264,11 @@ def embed_candidates(config: FilterConfig, candidates: pd.DataFrame, ray_address
 
 def run_filter(config: FilterConfig, run: str, ray_address: str | None = None) -> dict:
     """The whole job; returns the summary (also written to ``summary.json``)."""
-    from dataengine.dedup import find_near_duplicates
-    from dataengine.layout import RunLayout
-    from dataengine.openve import read_openve
-    from dataengine.recipe import config_to_dict
-    from dataengine.selection import select
+    from dataengine.formats.layout import RunLayout
+    from dataengine.formats.recipe import config_to_dict
+    from dataengine.models.dedup import find_near_duplicates
+    from dataengine.steps.openve_reader import read_openve
+    from dataengine.steps.selection import select
 
     started = time.monotonic()
     layout = RunLayout(run, manifests_root=Path(config.output_root))
@@ -336,10 +336,10 @@ def write_outputs(
     selection: Any,
 ) -> dict:
     """The pair manifest, the rejections (read, probe/score, selection) and the summary; returns the summary."""
-    from dataengine.manifest import PAIR_COLUMNS, write_pairs, write_rejections
-    from dataengine.openve import ORIGIN
-    from dataengine.recipe import config_to_dict
-    from dataengine.selection import render_summary, summarize
+    from dataengine.formats.manifest import PAIR_COLUMNS, write_pairs, write_rejections
+    from dataengine.formats.recipe import config_to_dict
+    from dataengine.steps.openve_reader import ORIGIN
+    from dataengine.steps.selection import render_summary, summarize
 
     resolved = config_to_dict(config)
     manifest = selection.kept[["pair_id", "rank"]].merge(scored, on="pair_id", how="left")
@@ -392,8 +392,8 @@ def clip_statistics(probed: pd.DataFrame, manifest: pd.DataFrame, clip: ClipConf
     """What the probe found in the videos (their frame rates and frame counts, every pair whose videos it
     read) and, under the trainability check's clip settings, how many frames each kept pair's training clip
     will have (its frame-count bucket at the shards step)."""
-    from dataengine.clips import plan_clip
-    from dataengine.video import VideoInfo
+    from dataengine.media.clips import plan_clip
+    from dataengine.media.video import VideoInfo
 
     read = probed[probed["num_frames"].notna()]
     frames = read["num_frames"].astype(int)
@@ -435,7 +435,7 @@ def filter_command(
     and at most N per category. Writes <output_root>/<run>/openve.parquet, rejections.parquet, scores/,
     summary.json. Killed? Run the same command again: finished pairs are not scored twice.
     """
-    from dataengine.recipe import load_recipe
+    from dataengine.formats.recipe import load_recipe
 
     config, run = build_filter_config(load_recipe(recipe, overrides or []))
     run_filter(config, run, ray_address)

@@ -5,7 +5,7 @@
 
 One stage (Ray Data actor pool, ``resources.harvest_actors`` actors with ``resources.harvest_gpus`` GPUs
 each; the person detector loads once per actor, in the actor): each video is probed, the detector looks at
-its frames sampled at ``detector.sample_fps``, and ``dataengine.detect.find_window`` finds the earliest
+its frames sampled at ``detector.sample_fps``, and ``dataengine.models.detect.find_window`` finds the earliest
 portrait window (one large enough person in every sampled frame), else the earliest background window
 (nobody in any), else says why neither exists. The window is the ``[portraits]`` ``num_frames`` at ``fps``.
 
@@ -36,19 +36,19 @@ class HarvestWorker(Worker):
         self.config = config
 
     def setup(self) -> None:
-        from dataengine.detect import build_detector
+        from dataengine.models.detect import build_detector
 
         self.detector = build_detector(self.config.detector)
 
     def process(self, row: dict[str, Any]) -> dict[str, Any]:
-        from dataengine.portraits import harvest_clip
+        from dataengine.steps.portrait_pairs import harvest_clip
 
         return harvest_clip(row["path"], row["clip"], self.config, self.detector)
 
 
 def harvest_settings(config: Any) -> dict[str, Any]:
     """What the stored results depend on: the detector's decisions, the window, and where videos come from."""
-    from dataengine.recipe import config_to_dict
+    from dataengine.formats.recipe import config_to_dict
 
     detector = {k: v for k, v in config_to_dict(config.detector).items() if k not in ("device", "batch_size")}
     source = {k: v for k, v in config_to_dict(config.harvest).items() if k != "max_clips"}
@@ -60,8 +60,8 @@ def run_harvest(
     config: Any, run: str, ray_address: str | None = None, manifests_root: str = "manifests"
 ) -> dict:
     """Scan the recipe's video pool and write the window lists, rejections and summary; returns the summary."""
-    from dataengine.layout import RunLayout
-    from dataengine.portraits import WINDOW_COLUMNS, clip_id, harvest_inputs
+    from dataengine.formats.layout import RunLayout
+    from dataengine.steps.portrait_pairs import WINDOW_COLUMNS, clip_id, harvest_inputs
     from pipelines.runtime import PartStore
 
     layout = RunLayout(run, manifests_root=Path(manifests_root))
@@ -98,9 +98,9 @@ def run_harvest(
 
 def write_outputs(layout: Any, run: str, scan: StageRun) -> dict:
     """The portrait and background window lists, the rejections and the summary; returns the summary."""
-    from dataengine.atomic import write_parquet, write_text
-    from dataengine.manifest import rejections_frame, write_rejections
-    from dataengine.portraits import WINDOW_COLUMNS
+    from dataengine.formats.atomic import write_parquet, write_text
+    from dataengine.formats.manifest import rejections_frame, write_rejections
+    from dataengine.steps.portrait_pairs import WINDOW_COLUMNS
     from pipelines.portraits import rejection_rows
 
     results, lists = scan.results, {}
@@ -146,8 +146,8 @@ def harvest_portraits_command(
     ] = None,
 ) -> None:
     """Find portrait windows (one person) and background windows (nobody) in a pool of videos; resumes after a kill."""
-    from dataengine.portraits import PortraitsConfig
-    from dataengine.recipe import load_step_config
+    from dataengine.formats.recipe import load_step_config
+    from dataengine.steps.portrait_pairs import PortraitsConfig
 
     config, run = load_step_config(PortraitsConfig, recipe, "portraits", overrides)
     run_harvest(config, run, ray_address)

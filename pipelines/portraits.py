@@ -10,7 +10,7 @@ Stages (Ray Data; paths travel between stages, pixels are decoded where they are
    "detector"``) prompts, segments and gates every portrait clip; backgrounds are probed by CPU tasks.
    The clips come from ``people_dir`` / ``backgrounds_dir``, or from the window lists of ``dataengine
    harvest-portraits`` (``portrait_windows`` / ``background_windows``).
-2. plan (driver): pairs drawn with the seed from the accepted clips (``dataengine.portraits.plan_pairs``).
+2. plan (driver): pairs drawn with the seed from the accepted clips (``dataengine.steps.portrait_pairs.plan_pairs``).
 3. composite: CPU tasks composite, encode (H.264) and write each pair.
 
 Every finished clip and pair is appended to a part under ``manifests/<run>/.portraits/`` as results
@@ -53,7 +53,7 @@ BACKGROUND_COLUMNS = ["clip_id", "background", "path", "start_frame", "reason", 
 
 def check_background_row(row: dict[str, Any]) -> dict[str, Any]:
     """Background stage (CPU task): the clip decodes to its last frame."""
-    from dataengine.portraits import check_background
+    from dataengine.steps.portrait_pairs import check_background
 
     return check_background(row["path"], row["background"])
 
@@ -66,8 +66,8 @@ class SegmentWorker(Worker):
         self.config, self.masks_dir = config, masks_dir
 
     def setup(self) -> None:
-        from dataengine.detect import build_detector
-        from dataengine.segment import MaskFileReader, build_segmenter
+        from dataengine.models.detect import build_detector
+        from dataengine.models.segment import MaskFileReader, build_segmenter
 
         backend = self.config.segmenter.backend
         self.segmenter = (
@@ -77,7 +77,7 @@ class SegmentWorker(Worker):
         self.detector = build_detector(self.config.detector) if prompted else None
 
     def process(self, row: dict[str, Any]) -> dict[str, Any]:
-        from dataengine.portraits import segment_portrait
+        from dataengine.steps.portrait_pairs import segment_portrait
 
         return segment_portrait(
             row["path"],
@@ -92,7 +92,7 @@ class SegmentWorker(Worker):
 
 def composite_row(row: dict[str, Any], config: Any) -> dict[str, Any]:
     """Composite stage (CPU task): composite, encode and write one planned pair; its manifest row."""
-    from dataengine.portraits import synthesize_pair
+    from dataengine.steps.portrait_pairs import synthesize_pair
 
     return synthesize_pair(row, row["masks_path"], config)
 
@@ -104,10 +104,10 @@ def run_portraits(
     config: Any, run: str, ray_address: str | None = None, manifests_root: str = "manifests"
 ) -> dict:
     """Segment, plan, composite and write everything of one run; returns the summary (also written as JSON)."""
-    from dataengine.layout import RunLayout
-    from dataengine.manifest import PAIR_COLUMNS
-    from dataengine.portraits import input_clips
-    from dataengine.recipe import config_to_dict
+    from dataengine.formats.layout import RunLayout
+    from dataengine.formats.manifest import PAIR_COLUMNS
+    from dataengine.formats.recipe import config_to_dict
+    from dataengine.steps.portrait_pairs import input_clips
     from pipelines.runtime import PartStore
 
     layout = RunLayout(run, manifests_root=Path(manifests_root), pairs_dir=config.pairs_root(run))
@@ -187,7 +187,7 @@ def run_portraits(
 def clip_items(kind: str, clips: list[Any]) -> list[dict[str, Any]]:
     """The rows of the input clips (``InputClip``) of one kind (``portrait`` or ``background``): the clip's
     id, name, path and window start."""
-    from dataengine.portraits import clip_id
+    from dataengine.steps.portrait_pairs import clip_id
 
     return [
         {"clip_id": clip_id(kind, c.key), kind: c.key, "path": c.path, "start_frame": c.start_frame}
@@ -196,11 +196,11 @@ def clip_items(kind: str, clips: list[Any]) -> list[dict[str, Any]]:
 
 
 def plan_pairs_of(config: Any, run: str, clips: Any, usable: Any) -> tuple[Any, dict[str, int]]:
-    """The planned pairs (``dataengine.portraits.plan_pairs`` over the accepted clips) with each pair's
+    """The planned pairs (``dataengine.steps.portrait_pairs.plan_pairs`` over the accepted clips) with each pair's
     portrait and background columns; and the number planned per edit type."""
     import pandas as pd
 
-    from dataengine.portraits import PLAN_COLUMNS, plan_pairs
+    from dataengine.steps.portrait_pairs import PLAN_COLUMNS, plan_pairs
 
     accepted = clips[clips["reason"].isna()]
     good_backgrounds = usable[usable["reason"].isna()]
@@ -251,9 +251,9 @@ def write_outputs(
     results: Any,
 ) -> dict:
     """The pair manifest, the rejections (clips and pairs), the plan and the summary; returns the summary."""
-    from dataengine.atomic import write_parquet, write_text
-    from dataengine.manifest import PAIR_COLUMNS, rejections_frame, write_pairs, write_rejections
-    from dataengine.portraits import CATEGORIES
+    from dataengine.formats.atomic import write_parquet, write_text
+    from dataengine.formats.manifest import PAIR_COLUMNS, rejections_frame, write_pairs, write_rejections
+    from dataengine.steps.portrait_pairs import CATEGORIES
 
     run = layout.run
     clip_rejected, background_rejected = clips.rejected(), usable.rejected()
@@ -325,7 +325,7 @@ def _rejected(row: dict[str, Any]) -> bool:
 
 
 def _exists(row: dict[str, Any]) -> bool:
-    from dataengine.portraits import pair_files_exist
+    from dataengine.steps.portrait_pairs import pair_files_exist
 
     return pair_files_exist(row)
 
@@ -359,8 +359,8 @@ def synth_portraits_command(
     ] = None,
 ) -> None:
     """Synthesise portrait edit pairs (person removal, addition, background replacement); resumes after a kill."""
-    from dataengine.portraits import PortraitsConfig
-    from dataengine.recipe import load_step_config
+    from dataengine.formats.recipe import load_step_config
+    from dataengine.steps.portrait_pairs import PortraitsConfig
 
     config, run = load_step_config(PortraitsConfig, recipe, "portraits", overrides)
     run_portraits(config, run, ray_address)

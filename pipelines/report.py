@@ -1,5 +1,5 @@
 """``dataengine report RUN``: one self-contained HTML page of a run (counts, rejections, scores, thumbnails,
-shards, loss curve); see :mod:`dataengine.report`.
+shards, loss curve); see :mod:`dataengine.tools.run_report`.
 
     dataengine report demo                       # -> manifests/demo/report.html
     dataengine report openve --train-run runs/mive_14b --out /tmp/openve.html
@@ -40,7 +40,7 @@ def report_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the pairs shown")] = 0,
 ) -> None:
     """Write one self-contained HTML page: counts, rejections, score histogram, sample pairs, shards, loss curve."""
-    from dataengine.report import SECTION_TITLES, ReportConfig, write_report
+    from dataengine.tools.run_report import SECTION_TITLES, ReportConfig, write_report
 
     config = ReportConfig(
         run=run,

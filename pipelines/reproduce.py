@@ -44,7 +44,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dataengine.recipe import UserError
+from dataengine.formats.recipe import UserError
 
 STANDARD_STEPS = (
     "filter",
@@ -214,7 +214,7 @@ def plan_run(
     bench: dict | None = None,
 ) -> RunPlan:
     """Every step of the run, with inputs, outputs, settings, fingerprints and projections (reads only)."""
-    from dataengine.recipe import load_recipe
+    from dataengine.formats.recipe import load_recipe
 
     data_over, train_over = _split_overrides(overrides)
     data = load_recipe(data_path, data_over)

@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dataengine.atomic import atomic_path
+from dataengine.formats.atomic import atomic_path
 
 if TYPE_CHECKING:  # imported where used: the CLI's --help and start-up should not pay for pandas
     import pandas as pd

@@ -8,12 +8,12 @@
 Stages (``pipelines.stage``; Ray Data, streaming, in the plan's order); rows carry paths and small columns:
 
 1. plan (driver): every manifest row is assigned to a shard from the manifest alone (bucket by size,
-   sorted by ``pair_id``, a fixed count per shard), see ``dataengine.shards.plan_shards``;
+   sorted by ``pair_id``, a fixed count per shard), see ``dataengine.steps.shard_set.plan_shards``;
 2. ``vae`` (actor pool, ``VaeWorker``): decodes and fits source, target and reference
-   (``dataengine.clips.prepare_pair``; a failure is a ``decode`` rejection) and encodes them with the Wan
+   (``dataengine.media.clips.prepare_pair``; a failure is a ``decode`` rejection) and encodes them with the Wan
    VAE; passes on the latents (safetensors bytes), the fps and the frame indices;
 3. ``vlm`` (actor pool, ``VlmWorker``): decodes only the frames Qwen3-VL sees and the reference
-   (``dataengine.clips.prepare_frames``), one forward, then validates the whole sample (``validate``
+   (``dataengine.media.clips.prepare_frames``), one forward, then validates the whole sample (``validate``
    rejections) and encodes it as the shard member;
 4. write (driver, ``ShardAssembler``): samples are gathered per shard; a shard is written (temporary name,
    then renamed) as soon as its last sample arrives, ``resources.writer_threads`` at a time, and recorded
@@ -38,12 +38,12 @@ from typing import Annotated, Any, ClassVar
 import numpy as np
 import typer
 
-from dataengine.clips import ClipConfig
-from dataengine.layout import INDEX_NAME
-from dataengine.recipe import StageResources, UserError
-from dataengine.shards import ShardWriterConfig
-from dataengine.vae import WanVaeConfig
-from dataengine.vlm import Qwen3VLEncoderConfig, select_frames
+from dataengine.formats.layout import INDEX_NAME
+from dataengine.formats.recipe import StageResources, UserError
+from dataengine.media.clips import ClipConfig
+from dataengine.models.vae import WanVaeConfig
+from dataengine.models.vlm import Qwen3VLEncoderConfig, select_frames
+from dataengine.steps.shard_set import ShardWriterConfig
 from pipelines.stage import (
     RayOptions,
     Rejected,
@@ -109,7 +109,7 @@ class ShardsConfig:
 
 
 class VaeWorker(Worker):
-    """VAE stage (actor pool): decodes and fits the pair (``dataengine.clips``) and encodes source + target
+    """VAE stage (actor pool): decodes and fits the pair (``dataengine.media.clips``) and encodes source + target
     (one batch) and the reference with the Wan VAE, loaded once per actor. A pair that cannot be prepared is
     a ``decode`` rejection."""
 
@@ -117,13 +117,13 @@ class VaeWorker(Worker):
         self.clip, self.vae = clip, vae
 
     def setup(self) -> None:
-        from dataengine.vae import WanVaeEncoder
+        from dataengine.models.vae import WanVaeEncoder
 
         self.encoder = WanVaeEncoder(self.vae)
 
     def process(self, row: dict[str, Any]) -> dict[str, Any]:
-        from dataengine.clips import ClipRejection, prepare_pair
-        from dataengine.shards import tensors_to_bytes
+        from dataengine.media.clips import ClipRejection, prepare_pair
+        from dataengine.steps.shard_set import tensors_to_bytes
 
         try:
             pair = prepare_pair(
@@ -153,14 +153,14 @@ class VlmWorker(Worker):
         self.config, self.vlm_dim = config, vlm_dim
 
     def setup(self) -> None:
-        from dataengine.vlm import Qwen3VLEncoder
+        from dataengine.models.vlm import Qwen3VLEncoder
 
         self.encoder = Qwen3VLEncoder(self.config.vlm)
 
     def process(self, row: dict[str, Any]) -> dict[str, Any]:
-        from dataengine.clips import ClipRejection, prepare_frames
-        from dataengine.shard_format import encode_tensors
-        from dataengine.shards import tensors_from_bytes, validate_sample
+        from dataengine.formats.shard_format import encode_tensors
+        from dataengine.media.clips import ClipRejection, prepare_frames
+        from dataengine.steps.shard_set import tensors_from_bytes, validate_sample
 
         positions = select_frames(len(row["frame_indices"]), row["fps"], self.config.vlm)
         try:
@@ -298,7 +298,7 @@ class ShardAssembler:
 
     def finish(self, shard: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """Write one shard; its record (``entry`` "" when every sample was rejected)."""
-        from dataengine.shards import rejection, write_shard
+        from dataengine.steps.shard_set import rejection, write_shard
 
         samples, rejections = [], []
         for row in sorted(rows, key=lambda r: r["pair_id"]):
@@ -321,13 +321,13 @@ class RemoteShardSet:
     """A shard set's destination URL (any fsspec filesystem): uploads, and the sizes of what is there."""
 
     def __init__(self, url: str):
-        from dataengine.shard_format import shard_set_location
+        from dataengine.formats.shard_format import shard_set_location
 
         self.url = url
         self.fs, self.root = shard_set_location(url)
 
     def upload(self, local: Path, relative: str) -> None:
-        from dataengine.shard_format import join
+        from dataengine.formats.shard_format import join
 
         target = join(self.root, relative)
         if "file" in self.fs.protocol:  # object stores have no folders to make
@@ -335,7 +335,7 @@ class RemoteShardSet:
         self.fs.put_file(str(local), target)
 
     def remove(self, relative: str) -> None:
-        from dataengine.shard_format import join
+        from dataengine.formats.shard_format import join
 
         if self.fs.exists(join(self.root, relative)):
             self.fs.rm_file(join(self.root, relative))
@@ -397,10 +397,10 @@ def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -
     """Plan, encode and write the shard set of ``config``; returns the index (also in ``<output>/index.json``)."""
     import pandas as pd
 
-    from dataengine.layout import RunLayout, is_url
-    from dataengine.manifest import read_pairs
-    from dataengine.recipe import config_to_dict
-    from dataengine.shards import plan_shards
+    from dataengine.formats.layout import RunLayout, is_url
+    from dataengine.formats.manifest import read_pairs
+    from dataengine.formats.recipe import config_to_dict
+    from dataengine.steps.shard_set import plan_shards
     from pipelines.runtime import PartStore
 
     if not config.inputs:
@@ -465,9 +465,9 @@ def write_outputs(
 ) -> dict[str, Any]:
     """The rejections, the survival summary and ``index.json`` (last), uploaded too with a URL output; returns
     the index."""
-    from dataengine.manifest import rejections_frame, write_rejections, write_text
-    from dataengine.recipe import config_to_dict
-    from dataengine.shards import render_survival, survival_summary, write_index
+    from dataengine.formats.manifest import rejections_frame, write_rejections, write_text
+    from dataengine.formats.recipe import config_to_dict
+    from dataengine.steps.shard_set import render_survival, survival_summary, write_index
 
     resolved, root = config_to_dict(config), layout.shards_dir
     records = written.results.to_dict("records")
@@ -508,7 +508,7 @@ def shards_command(
     ] = None,
 ) -> None:
     """Encode pair manifests into WebDataset shards (Wan VAE latents + Qwen3-VL tokens); resumes after a kill."""
-    from dataengine.recipe import load_step_config
+    from dataengine.formats.recipe import load_step_config
 
     config, run = load_step_config(ShardsConfig, recipe, "shards", overrides)
     run_shards(config, run, ray_address)
@@ -531,7 +531,7 @@ def inspect_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")] = False,
 ) -> None:
     """What a shard set or a pair manifest holds: counts per bucket and category, bytes per sample, shapes."""
-    from dataengine.shards import inspect_manifest, inspect_shards
+    from dataengine.steps.shard_set import inspect_manifest, inspect_shards
 
     if path.endswith(".parquet"):
         summary = inspect_manifest(path)
@@ -554,7 +554,7 @@ def verify_command(
     ],
 ) -> None:
     """Re-read every tar of a shard set: sha256, sample count and keys, every sample decodes and is valid."""
-    from dataengine.shards import verify_shards
+    from dataengine.steps.shard_set import verify_shards
 
     report = verify_shards(path)
     for problem in report.problems:

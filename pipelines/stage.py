@@ -46,8 +46,8 @@ from typing import Any
 
 import pandas as pd
 
-from dataengine.atomic import write_text
-from dataengine.recipe import UserError
+from dataengine.formats.atomic import write_text
+from dataengine.formats.recipe import UserError
 from pipelines.runtime import PartStore, Progress
 
 Row = dict[str, Any]
@@ -117,7 +117,7 @@ class Stage:
     resources: Mapping[str, float] = field(default_factory=dict)
     """Custom Ray resources per task or actor, e.g. ``{"gpu_node": 1}``: the stage then runs only on nodes
     started with ``ray start --resources '{"gpu_node": N}'``. Jobs fill it from their recipe's ``placement``
-    table (checked by :func:`dataengine.recipe.check_placement`)."""
+    table (checked by :func:`dataengine.formats.recipe.check_placement`)."""
     batch_size: int = 1
     """Rows per call."""
     failure_reason: str = "error"
@@ -351,9 +351,9 @@ def check_resources(
 ) -> None:
     """Before any stage starts: every stage's task or actor must fit on some node of the Ray cluster, or the
     job would wait for ever. A local instance or a cluster without an autoscaler cannot grow: raise a
-    :class:`~dataengine.recipe.UserError` (one line: the stage, the recipe key, asked and available). Where
+    :class:`~dataengine.formats.recipe.UserError` (one line: the stage, the recipe key, asked and available). Where
     an autoscaler may add nodes, say so and wait up to ``wait_s`` seconds (``wait_key``) for them."""
-    from dataengine.recipe import UserError
+    from dataengine.formats.recipe import UserError
 
     problems = unmet_resources(stages, _node_resources())
     if not problems:
@@ -501,7 +501,7 @@ class RayOptions:
     @classmethod
     def of(cls, resources: Any, address: str | None, wait_key: str) -> RayOptions:
         """The options of a job whose recipe table ``resources`` has ``num_cpus`` (optional) and
-        ``wait_for_resources_s`` (a :class:`~dataengine.recipe.StageResources`, or the filter's table)."""
+        ``wait_for_resources_s`` (a :class:`~dataengine.formats.recipe.StageResources`, or the filter's table)."""
         return cls(
             address, getattr(resources, "num_cpus", 0) or None, resources.wait_for_resources_s, wait_key
         )

@@ -1,5 +1,5 @@
 """The clip-length tables of docs/shards.md, computed with the rule the filter's probe and the shards step
-use (``dataengine.clips.clip_frames``): ``python scripts/clip_lengths.py``.
+use (``dataengine.media.clips.clip_frames``): ``python scripts/clip_lengths.py``.
 
 For each way of sampling (16 fps with fewer frames, the native rate, the recipe's 16 fps when long enough
 else native) it prints what a few clips become and, per frame rate, the shortest clip of 65..129 frames that
@@ -8,8 +8,8 @@ still gives ``min_frames`` (65, then 81).
 
 from __future__ import annotations
 
-from dataengine.clips import ClipConfig, ClipRejection, clip_frames
-from dataengine.video import VideoInfo
+from dataengine.media.clips import ClipConfig, ClipRejection, clip_frames
+from dataengine.media.video import VideoInfo
 
 MODES = {
     "at 16 fps, fewer frames": {"fps": 16.0, "short_clip_fps": "fps"},

@@ -1,6 +1,6 @@
 """Tiny shard sets for the trainer tests, written with ``webdataset.TarWriter`` + ``encode_sample``.
 
-Follows the ``index.json`` contract of ``dataengine/shard_format.py`` (buckets, per-shard counts, bytes,
+Follows the ``index.json`` contract of ``dataengine/formats/shard_format.py`` (buckets, per-shard counts, bytes,
 sha256, samples sorted by ``pair_id`` within a shard). The latents carry a learnable relation (the target is
 a fixed function of the source) so a model can overfit them.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import webdataset as wds
 
-from dataengine.shard_format import INDEX_NAME, bucket_name, encode_sample
+from dataengine.formats.shard_format import INDEX_NAME, bucket_name, encode_sample
 
 
 def build_shards(

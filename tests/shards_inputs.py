@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dataengine.manifest import make_pair_id, write_pairs
-from dataengine.video import write_mp4
+from dataengine.formats.manifest import make_pair_id, write_pairs
+from dataengine.media.video import write_mp4
 
 GREY_STEP = 6
 

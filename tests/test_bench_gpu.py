@@ -97,7 +97,7 @@ def test_token_counts_are_those_of_the_recipe_budgets(smoke) -> None:
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
     from benchmarks.bench_shards import paper_vlm_tokens
-    from dataengine.judge import sample_frame_indices
+    from dataengine.models.judge import sample_frame_indices
 
     rates = {row["key"]: row["value"] for row in smoke[1]["rows"] if "key" in row}
     expected = paper_vlm_tokens(720, 1280)  # openve.toml's [shards.vlm] budgets, 81 frames at 16 fps
@@ -224,7 +224,7 @@ def test_random_weights_judge_equals_one_loaded_from_saved_weights(tmp_path) -> 
     from transformers.video_utils import VideoMetadata
 
     from benchmarks.bench_gpu.model_configs import random_weights, write_model_folder
-    from dataengine.judge import Judge, JudgeConfig
+    from dataengine.models.judge import Judge, JudgeConfig
 
     folder = write_model_folder("qwen3vl_8b", tmp_path / "config_only", "debug")
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from shards_inputs import clip_frames, index_of, write_pair
 
-from dataengine.clips import (
+from dataengine.media.clips import (
     ClipConfig,
     ClipRejection,
     choose_bucket,
@@ -17,9 +17,9 @@ from dataengine.clips import (
     prepare_pair,
     resize_and_crop,
 )
-from dataengine.clips import clip_frames as frames_at_rate
-from dataengine.video import VideoInfo, sample_indices, write_mp4
-from dataengine.video import frames_at_rate as count_at_rate
+from dataengine.media.clips import clip_frames as frames_at_rate
+from dataengine.media.video import VideoInfo, sample_indices, write_mp4
+from dataengine.media.video import frames_at_rate as count_at_rate
 
 
 def test_config_validates_frame_count_and_buckets():

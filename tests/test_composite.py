@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dataengine.clips import resize_and_crop, resize_and_crop_masks
-from dataengine.composite import (
+from dataengine.media.clips import resize_and_crop, resize_and_crop_masks
+from dataengine.media.composite import (
     EDIT_TYPES,
     blend,
     compose_pair,

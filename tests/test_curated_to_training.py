@@ -21,11 +21,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dataengine.manifest import read_pairs
-from dataengine.shard_format import read_index
-from dataengine.shards import iter_tar_samples
+from dataengine.formats.manifest import read_pairs
+from dataengine.formats.shard_format import read_index
+from dataengine.media.video import probe
+from dataengine.steps.shard_set import iter_tar_samples
 from dataengine.synthetic.openve import SyntheticOpenVEConfig, generate_openve
-from dataengine.video import probe
 from tests.helpers import REPO, cli_env
 
 pytestmark = [pytest.mark.ray, pytest.mark.process, pytest.mark.fit, pytest.mark.slow]

@@ -11,7 +11,7 @@ import pytest
 import torch
 import webdataset as wds
 
-from dataengine.shard_format import decode_sample
+from dataengine.formats.shard_format import decode_sample
 from tests.shard_builder import all_keys, build_shards
 from trainer.data import DataConfig, ShardLoader, padding_report
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from dataengine.dedup import ClipEmbedder, DedupConfig, find_near_duplicates, pair_embeddings
-from dataengine.openve import read_openve
+from dataengine.media.video import read_frames
+from dataengine.models.dedup import ClipEmbedder, DedupConfig, find_near_duplicates, pair_embeddings
+from dataengine.steps.openve_reader import read_openve
 from dataengine.synthetic.clip import TINY_CLIP_NAME
 from dataengine.synthetic.openve import SyntheticOpenVEConfig, generate_openve
-from dataengine.video import read_frames
 
 
 def _reference(frame: pd.DataFrame, vectors: np.ndarray, threshold: float, cap: int | None) -> set[str]:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dataengine.clips import resize_and_crop_box, resize_and_crop_masks
-from dataengine.detect import (
+from dataengine.media.clips import resize_and_crop_box, resize_and_crop_masks
+from dataengine.media.video import VideoInfo, probe
+from dataengine.models.detect import (
     BoxFileReader,
     DetectorConfig,
     FrameDetections,
@@ -22,9 +23,8 @@ from dataengine.detect import (
     save_boxes,
     window_indices,
 )
-from dataengine.segment import load_masks
+from dataengine.models.segment import load_masks
 from dataengine.synthetic.portraits import SyntheticPortraitsConfig, generate_portraits, render_people
-from dataengine.video import VideoInfo, probe
 
 H, W = 100, 200  # frame of the hand-written detections: 20,000 pixels
 

@@ -10,7 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from dataengine.diagnose import (
+from dataengine.formats.layout import DiagnosisLayout
+from dataengine.media.video import write_mp4
+from dataengine.models.segment import save_masks
+from dataengine.models.vlm import Qwen3VLEncoderConfig
+from dataengine.synthetic.portraits import render_portrait
+from dataengine.tools.layer_diagnosis import (
     DiagnoseConfig,
     LayerDiagnostic,
     TokenGrid,
@@ -19,11 +24,6 @@ from dataengine.diagnose import (
     summarize,
     token_coverage,
 )
-from dataengine.layout import DiagnosisLayout
-from dataengine.segment import save_masks
-from dataengine.synthetic.portraits import render_portrait
-from dataengine.video import write_mp4
-from dataengine.vlm import Qwen3VLEncoderConfig
 
 
 def _vlm_config(folder, max_pixels: int = 4 * 96 * 128) -> Qwen3VLEncoderConfig:

@@ -17,10 +17,10 @@ import pytest
 import torch
 from shards_inputs import write_demo_manifests
 
-from dataengine.clips import ClipConfig
-from dataengine.shards import ShardWriterConfig, plan_shards, read_shard_samples
-from dataengine.vae import WanVaeConfig, WanVaeEncoder, latent_shape
-from dataengine.vlm import Qwen3VLEncoder, Qwen3VLEncoderConfig
+from dataengine.media.clips import ClipConfig
+from dataengine.models.vae import WanVaeConfig, WanVaeEncoder, latent_shape
+from dataengine.models.vlm import Qwen3VLEncoder, Qwen3VLEncoderConfig
+from dataengine.steps.shard_set import ShardWriterConfig, plan_shards, read_shard_samples
 
 
 @pytest.fixture(scope="module")

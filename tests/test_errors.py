@@ -12,14 +12,14 @@ import pandas as pd
 import pytest
 import torch
 
-from dataengine.recipe import MissingInput, RecipeError, UserError, run_cli
+from dataengine.formats.recipe import MissingInput, RecipeError, UserError, run_cli
 from tests.helpers import REPO, cli_env
 
 # A job whose work raises a genuine numpy ValueError (shapes that do not broadcast) inside dataengine.
 INTERNAL_BUG = """
 import sys
 import numpy as np
-import dataengine.diagnose as diagnose
+import dataengine.tools.layer_diagnosis as diagnose
 
 def run_diagnosis(*args, **kwargs):
     return np.zeros(2) + np.zeros(3)
@@ -69,7 +69,7 @@ def test_an_internal_value_error_inside_a_job_exits_1_with_a_traceback(tmp_path)
 
 
 def test_a_missing_recipe_and_a_bad_override_are_user_errors(tmp_path):
-    from dataengine.recipe import load_recipe
+    from dataengine.formats.recipe import load_recipe
 
     with pytest.raises(MissingInput, match="recipe not found"):
         load_recipe(tmp_path / "nope.toml")
@@ -82,9 +82,9 @@ def test_a_missing_recipe_and_a_bad_override_are_user_errors(tmp_path):
 
 
 def _clips(folder, with_masks: bool) -> str:
-    from dataengine.segment import save_masks
+    from dataengine.media.video import write_mp4
+    from dataengine.models.segment import save_masks
     from dataengine.synthetic.portraits import render_portrait
-    from dataengine.video import write_mp4
 
     frames, masks = render_portrait(seed=0, num_frames=9, height=96, width=128)
     write_mp4(folder / "clip0.mp4", frames, fps=8.0)
@@ -111,7 +111,7 @@ def _diagnose(tmp_path, tiny_qwen3vl, clips: str):
 
 
 def test_an_out_of_memory_in_diagnose_layers_stops_the_job(tmp_path, tiny_qwen3vl, monkeypatch):
-    from dataengine.diagnose import LayerDiagnostic
+    from dataengine.tools.layer_diagnosis import LayerDiagnostic
 
     monkeypatch.chdir(tmp_path)
     clips = _clips(tmp_path, with_masks=True)
@@ -150,10 +150,10 @@ def test_diagnose_layers_that_measured_nothing_exits_non_zero(tmp_path, tiny_qwe
 
 @pytest.mark.parametrize("case", ["missing", "wrong_shape", "not_masks"])
 def test_segmentation_rejections_say_what_happened(tmp_path, case):
-    from dataengine.portraits import PortraitsConfig, segment_portrait
-    from dataengine.segment import MaskFileReader, SegmenterConfig, save_masks
+    from dataengine.media.video import write_mp4
+    from dataengine.models.segment import MaskFileReader, SegmenterConfig, save_masks
+    from dataengine.steps.portrait_pairs import PortraitsConfig, segment_portrait
     from dataengine.synthetic.portraits import render_portrait
-    from dataengine.video import write_mp4
 
     frames, masks = render_portrait(seed=1, num_frames=17, height=64, width=64)
     path = tmp_path / "p.mp4"

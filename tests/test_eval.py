@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from dataengine.judge import EVAL_RUBRIC, RUBRICS, Judge, JudgeConfig
+from dataengine.media.video import write_mp4
+from dataengine.models.judge import EVAL_RUBRIC, RUBRICS, Judge, JudgeConfig
 from dataengine.synthetic.portraits import render_background, render_portrait
-from dataengine.video import write_mp4
 from trainer import eval as evaluation
 from trainer.cli import app
 

@@ -16,8 +16,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from dataengine.manifest import PAIR_COLUMNS, read_metadata, read_pairs
-from dataengine.openve import read_openve
+from dataengine.formats.manifest import PAIR_COLUMNS, read_metadata, read_pairs
+from dataengine.steps.openve_reader import read_openve
 from dataengine.synthetic.openve import BROKEN_KINDS, SyntheticOpenVEConfig, generate_openve
 from tests.helpers import REPO, cli_env
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dataengine.manifest import (
+from dataengine.formats.manifest import (
     PAIR_COLUMNS,
     make_pair_id,
     read_metadata,
@@ -17,8 +17,8 @@ from dataengine.manifest import (
     write_pairs,
     write_rejections,
 )
-from dataengine.recipe import apply_overrides, build_config, load_recipe, load_step_config
-from dataengine.video import VideoError, probe, read_frames, sample_indices, write_mp4
+from dataengine.formats.recipe import apply_overrides, build_config, load_recipe, load_step_config
+from dataengine.media.video import VideoError, probe, read_frames, sample_indices, write_mp4
 
 
 def _pairs(n: int) -> pd.DataFrame:
@@ -159,7 +159,7 @@ def test_sample_indices_resamples_by_time():
 def test_yuv_conversion_matches_ffmpeg_and_encoding_is_byte_stable(tmp_path):
     import av
 
-    from dataengine.video import rgb_to_yuv420p
+    from dataengine.media.video import rgb_to_yuv420p
 
     # A smooth frame (chroma is subsampled, and swscale's chroma filter differs from our 2x2 mean on noise).
     yy, xx = np.mgrid[0:34, 0:50]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dataengine.recipe import load_recipe
+from dataengine.formats.recipe import load_recipe
 from tests.helpers import REPO
 from tests.shard_builder import build_shards
 from trainer.model import MiVETransformer, get_config

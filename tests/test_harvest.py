@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataengine.detect import BoxFileReader, DetectorConfig
-from dataengine.portraits import (
+from dataengine.models.detect import BoxFileReader, DetectorConfig
+from dataengine.models.segment import MaskFileReader, SegmenterConfig, load_masks
+from dataengine.steps.portrait_pairs import (
     HarvestConfig,
     PortraitsConfig,
     clip_id,
@@ -29,7 +30,6 @@ from dataengine.portraits import (
     harvest_inputs,
     segment_portrait,
 )
-from dataengine.segment import MaskFileReader, SegmenterConfig, load_masks
 from dataengine.synthetic.portraits import SyntheticPortraitsConfig, generate_portraits
 from tests.helpers import cli_env, dataengine
 
@@ -143,9 +143,9 @@ def test_one_segment_worker_holds_the_detector_and_sam2(pool, tmp_path, tiny_mod
     import torch
     from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
-    from dataengine.detect import TransformersPersonDetector
-    from dataengine.segment import Sam2VideoSegmenter
-    from dataengine.video import read_frames
+    from dataengine.media.video import read_frames
+    from dataengine.models.detect import TransformersPersonDetector
+    from dataengine.models.segment import Sam2VideoSegmenter
     from pipelines.portraits import SegmentWorker
 
     detector_dir, sam2_dir = tiny_models.detector, tiny_models.sam2

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from dataengine.judge import AXES, Judge, JudgeConfig, expected_scores, sample_frame_indices
-from dataengine.openve import read_openve
+from dataengine.models.judge import AXES, Judge, JudgeConfig, expected_scores, sample_frame_indices
+from dataengine.steps.openve_reader import read_openve
 from dataengine.synthetic.openve import SyntheticOpenVEConfig, generate_openve
 
 

@@ -107,7 +107,7 @@ def test_random_weights_detector_through_the_auto_class_equals_one_loaded_from_s
     import numpy as np
     from transformers import AutoModelForObjectDetection
 
-    from dataengine.detect import DetectorConfig, TransformersPersonDetector
+    from dataengine.models.detect import DetectorConfig, TransformersPersonDetector
 
     folder = write_model_folder("rtdetr_v2_r50", tmp_path / "config_only", "debug")  # 64 x 64 input
     settings = {"device": "cpu", "dtype": "float32", "threshold": 0.0, "background_threshold": 0.0}

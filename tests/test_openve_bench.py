@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from dataengine.judge import EVAL_RUBRIC, Judge, JudgeConfig, expected_scores, sampled_scores
-from dataengine.layout import EvalLayout, RunLayout
-from dataengine.openve import read_openve
-from dataengine.report import ReportConfig, RunFiles, evaluation_section
+from dataengine.formats.layout import EvalLayout, RunLayout
+from dataengine.models.judge import EVAL_RUBRIC, Judge, JudgeConfig, expected_scores, sampled_scores
+from dataengine.steps.openve_reader import read_openve
 from dataengine.synthetic.openve import SyntheticOpenVEConfig, generate_openve
+from dataengine.tools.run_report import ReportConfig, RunFiles, evaluation_section
 from trainer.eval import EvalConfig, eval_config_from_recipe, run_eval
 from trainer.openve_bench import (
     AXES,

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dataengine.clips import ClipConfig
-from dataengine.manifest import make_pair_id
-from dataengine.openve import find_csvs, probe_pairs, read_openve
+from dataengine.formats.manifest import make_pair_id
+from dataengine.media.clips import ClipConfig
+from dataengine.media.video import probe, read_frames
+from dataengine.steps.openve_reader import find_csvs, probe_pairs, read_openve
 from dataengine.synthetic.openve import BROKEN_KINDS, CATEGORIES, SyntheticOpenVEConfig, generate_openve
-from dataengine.video import probe, read_frames
 
 
 @pytest.fixture(scope="module")

@@ -143,7 +143,7 @@ def measure_fit_peak(work: Path, overrides: list[str]) -> int:
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
-    from dataengine.recipe import load_recipe
+    from dataengine.formats.recipe import load_recipe
     from trainer.train import fit, train_config_from_recipe
 
     recipe = load_recipe(
@@ -225,7 +225,7 @@ def test_plan_of_a_shard_set_with_two_frame_count_buckets_is_the_longest_clips(t
     their own peaks, and a real two-step fit over both buckets peaks where the plan says (the long bucket's)."""
     from typer.testing import CliRunner
 
-    from dataengine.recipe import load_recipe
+    from dataengine.formats.recipe import load_recipe
     from tests.shard_builder import build_shards
     from trainer.cli import app
     from trainer.plan import plan_from_recipe

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from dataengine.recipe import load_recipe
+from dataengine.formats.recipe import load_recipe
 from trainer.model import count_parameters, get_config
 from trainer.plan import PlanConfig, plan_from_recipe
 

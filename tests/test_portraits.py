@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dataengine.manifest import PAIR_COLUMNS, read_pairs
-from dataengine.portraits import CATEGORIES, InstructionsConfig, PortraitsConfig, plan_pairs
-from dataengine.segment import GATE_REASONS, SegmenterConfig, load_masks
+from dataengine.formats.manifest import PAIR_COLUMNS, read_pairs
+from dataengine.media.video import read_frames
+from dataengine.models.segment import GATE_REASONS, SegmenterConfig, load_masks
+from dataengine.steps.portrait_pairs import CATEGORIES, InstructionsConfig, PortraitsConfig, plan_pairs
 from dataengine.synthetic.portraits import SyntheticPortraitsConfig, generate_portraits
-from dataengine.video import read_frames
 from tests.helpers import cli_env, dataengine
 
 PAIRS_PER_TYPE = 3

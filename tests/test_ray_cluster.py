@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dataengine.shard_format import read_index, shard_set_location
-from dataengine.shards import verify_shards
+from dataengine.formats.shard_format import read_index, shard_set_location
+from dataengine.steps.shard_set import verify_shards
 from tests.helpers import REPO
 
 BIN = Path(sys.executable).parent  # the environment's console scripts: dataengine, ray
@@ -270,7 +270,7 @@ PORTRAIT_BUCKET = "t5_h12_w20"  # 17 frames of 96 x 160
 
 def _same_pixels(local: pd.DataFrame, cluster: pd.DataFrame) -> None:
     """Every portrait pair video of the two runs, decoded: the same frames up to encoder noise."""
-    from dataengine.video import read_frames
+    from dataengine.media.video import read_frames
 
     for (_, a), (_, b) in zip(local.iterrows(), cluster.iterrows(), strict=True):
         for column in ("source_path", "target_path"):

@@ -11,7 +11,7 @@ from typing import Literal
 
 import pytest
 
-from dataengine.recipe import RecipeError, build_config
+from dataengine.formats.recipe import RecipeError, build_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

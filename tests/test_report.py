@@ -18,15 +18,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dataengine.diagnose import DiagnoseConfig, write_diagnosis
-from dataengine.judge import EVAL_RUBRIC, RUBRICS, JudgeConfig
-from dataengine.layout import RunLayout
-from dataengine.manifest import make_pair_id, rejections_frame, write_pairs, write_rejections
-from dataengine.report import SECTION_TITLES, SECTIONS, ReportConfig, write_report
-from dataengine.segment import save_masks
-from dataengine.selection import SelectionConfig, summarize
-from dataengine.shards import survival_summary
-from dataengine.video import write_mp4
+from dataengine.formats.layout import RunLayout
+from dataengine.formats.manifest import make_pair_id, rejections_frame, write_pairs, write_rejections
+from dataengine.media.video import write_mp4
+from dataengine.models.judge import EVAL_RUBRIC, RUBRICS, JudgeConfig
+from dataengine.models.segment import save_masks
+from dataengine.steps.selection import SelectionConfig, summarize
+from dataengine.steps.shard_set import survival_summary
+from dataengine.tools.layer_diagnosis import DiagnoseConfig, write_diagnosis
+from dataengine.tools.run_report import SECTION_TITLES, SECTIONS, ReportConfig, write_report
 from tests.helpers import REPO
 from tests.shard_builder import build_shards
 from trainer.eval import EvalConfig, run_eval

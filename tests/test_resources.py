@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from dataengine.recipe import UserError
+from dataengine.formats.recipe import UserError
 from pipelines.stage import Stage, check_resources, unmet_resources
 from tests.helpers import REPO, cli_env, dataengine
 

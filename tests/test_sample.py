@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dataengine.clips import resize_and_crop
+from dataengine.media.clips import resize_and_crop
+from dataengine.media.video import probe, read_frames, write_mp4
 from dataengine.synthetic.qwen3vl import build_tiny_qwen3vl
 from dataengine.synthetic.wan_vae import build_tiny_wan_vae
-from dataengine.video import probe, read_frames, write_mp4
 from tests.shard_builder import build_shards
 from trainer.sample import (
     Conditioning,
@@ -168,8 +168,8 @@ def test_eval_loads_the_models_once_for_all_clips(trained_run: Path, tmp_path: P
     constructors), and each clip is the video ``trainer sample`` makes of it alone."""
     import pandas as pd
 
-    import dataengine.vae
-    import dataengine.vlm
+    import dataengine.models.vae
+    import dataengine.models.vlm
     import trainer.sample
     from trainer.eval import EvalConfig, sample_ours
 
@@ -183,8 +183,12 @@ def test_eval_loads_the_models_once_for_all_clips(trained_run: Path, tmp_path: P
         return wrapper
 
     monkeypatch.setattr(trainer.sample, "load_checkpoint", counted("dit", trainer.sample.load_checkpoint))
-    monkeypatch.setattr(dataengine.vae, "WanVaeEncoder", counted("vae", dataengine.vae.WanVaeEncoder))
-    monkeypatch.setattr(dataengine.vlm, "Qwen3VLEncoder", counted("vlm", dataengine.vlm.Qwen3VLEncoder))
+    monkeypatch.setattr(
+        dataengine.models.vae, "WanVaeEncoder", counted("vae", dataengine.models.vae.WanVaeEncoder)
+    )
+    monkeypatch.setattr(
+        dataengine.models.vlm, "Qwen3VLEncoder", counted("vlm", dataengine.models.vlm.Qwen3VLEncoder)
+    )
     instructions = ["Add a red hat.", "Remove the square.", "Make it night."]
     pairs = pd.DataFrame(
         {
@@ -259,7 +263,7 @@ def test_source_and_reference_can_be_urls(trained_run: Path, tmp_path: Path) -> 
     the local files, and the command edits from them; an unreachable one is a clear error."""
     from typer.testing import CliRunner
 
-    from dataengine.clips import ClipConfig
+    from dataengine.media.clips import ClipConfig
     from tests.range_server import RangeServer
     from trainer.cli import app
     from trainer.sample import prepare_source

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dataengine.segment import (
+from dataengine.media.video import probe
+from dataengine.models.segment import (
     GATE_REASONS,
     GateConfig,
     MaskFileReader,
@@ -22,7 +23,6 @@ from dataengine.synthetic.portraits import (
     generate_portraits,
     render_portrait,
 )
-from dataengine.video import probe
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dataengine.selection import SelectionConfig, render_summary, score_histogram, select, summarize
+from dataengine.steps.selection import SelectionConfig, render_summary, score_histogram, select, summarize
 
 
 def _scores(num: int = 3000, seed: int = 0) -> pd.DataFrame:

@@ -11,9 +11,15 @@ import torch
 import webdataset as wds
 from shards_inputs import pair_row
 
-from dataengine.clips import ClipConfig
-from dataengine.shard_format import META_MEMBER, TENSORS_MEMBER, decode_sample, keys_sha256, read_index
-from dataengine.shards import (
+from dataengine.formats.shard_format import (
+    META_MEMBER,
+    TENSORS_MEMBER,
+    decode_sample,
+    keys_sha256,
+    read_index,
+)
+from dataengine.media.clips import ClipConfig
+from dataengine.steps.shard_set import (
     ShardWriterConfig,
     inspect_manifest,
     inspect_shards,
@@ -97,7 +103,7 @@ def test_the_writer_writes_the_bytes_of_webdatasets_tar_writer(tmp_path):
     import hashlib
     import io
 
-    from dataengine.shard_format import encode_sample, encode_tensors
+    from dataengine.formats.shard_format import encode_sample, encode_tensors
 
     samples = [(f"{i:04d}pair", make_tensors(i), {"i": i}) for i in range(3)]
     # tensors given as tensors for one sample and as their encoded member for the others
@@ -252,7 +258,7 @@ def test_inspect_shards_counts(tmp_path):
 
 
 def test_inspect_manifest_counts(tmp_path):
-    from dataengine.manifest import write_pairs
+    from dataengine.formats.manifest import write_pairs
 
     pairs = _pairs(tmp_path).drop_duplicates("pair_id")
     write_pairs(pairs, tmp_path / "pairs.parquet")

@@ -19,7 +19,7 @@ import pytest
 import webdataset as wds
 from shards_inputs import write_demo_manifests
 
-from dataengine.shard_format import decode_sample, read_index
+from dataengine.formats.shard_format import decode_sample, read_index
 from tests.helpers import REPO, cli_env, dataengine
 
 pytestmark = [pytest.mark.ray, pytest.mark.process, pytest.mark.slow]

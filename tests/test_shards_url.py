@@ -13,8 +13,8 @@ import torch
 from range_server import RangeServer
 from shard_builder import build_shards
 
-from dataengine.shard_format import encode_tensors, read_index, scan_members, shard_set_location
-from dataengine.shards import inspect_shards, read_shard_samples, verify_shards, write_index
+from dataengine.formats.shard_format import encode_tensors, read_index, scan_members, shard_set_location
+from dataengine.steps.shard_set import inspect_shards, read_shard_samples, verify_shards, write_index
 
 # 32 x 32 latents: a sample is ~160 KiB of tensors next to ~2 KiB of tar headers and meta.json
 BUCKETS = {(2, 32, 32): 5, (1, 32, 48): 3}
@@ -213,8 +213,8 @@ class PlainServer:
 def test_a_server_that_ignores_range_requests_stops_the_loader_at_start_naming_it(shard_set):
     """Against ``http.server`` the index reads (a whole-file GET is right for it), then the loader's first
     ranged request gets a 200: the loader stops before reading a sample, naming the server and what it did."""
-    from dataengine.recipe import UserError
-    from dataengine.shard_format import check_range_requests, ranged_read
+    from dataengine.formats.recipe import UserError
+    from dataengine.formats.shard_format import check_range_requests, ranged_read
     from trainer.data import DataConfig, ShardLoader
 
     local = shard_set / "set"

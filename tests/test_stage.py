@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dataengine.clips import ClipRejection
+from dataengine.media.clips import ClipRejection
 from pipelines import stage as stage_module
 from pipelines.runtime import PartStore
 from pipelines.stage import Rejected, Stage, Worker, apply_stage, guard_resume, is_rejected, run_stages
@@ -152,7 +152,7 @@ def test_part_store_with_a_schema_keeps_its_columns_and_types(tmp_path):
 def test_a_placement_table_names_stages_of_the_job_and_positive_amounts():
     """``placement`` (stage -> custom Ray resources) is checked when the recipe is read; a Stage refuses
     non-positive amounts. That the resources reach Ray is tests/test_ray_cluster.py's part."""
-    from dataengine.recipe import RecipeError, build_config
+    from dataengine.formats.recipe import RecipeError, build_config
     from pipelines.shards import ShardsResources
 
     resources = build_config(ShardsResources, {"placement": {"vae": {"gpu_node": 1}}}, "shards.resources")

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dataengine.recipe import load_recipe
+from dataengine.formats.recipe import load_recipe
 from tests.helpers import REPO, cli_env
 from tests.shard_builder import build_shards
 from trainer.train import OptimConfig, fit, lr_factor, train_config_from_recipe
@@ -427,7 +427,7 @@ def test_loss_falls_when_overfitting_two_samples(tmp_path, one_thread):
 
 def test_unknown_recipe_key_is_a_clear_error(capsys):
     """Through the console script's error handling (``trainer.cli.entry_point`` = ``run_cli(app)``)."""
-    from dataengine.recipe import run_cli
+    from dataengine.formats.recipe import run_cli
     from trainer.cli import app
 
     with pytest.raises(SystemExit) as exit_info:

@@ -80,7 +80,7 @@ def test_unknown_validation_sample_is_a_clear_error(reference):
 
 
 def test_report_plots_the_validation_losses_beside_the_training_loss(reference):
-    from dataengine.report import RunFiles, training_section
+    from dataengine.tools.run_report import RunFiles, training_section
 
     section = training_section(RunFiles(data=None, metrics=reference / "metrics.jsonl", evaluation=None))
     assert section.missing is None

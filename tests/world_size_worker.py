@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from dataengine.recipe import load_recipe
+from dataengine.formats.recipe import load_recipe
 from trainer import model as model_module
 from trainer.model import MiVEConfig
 from trainer.parallel import (

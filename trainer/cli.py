@@ -65,7 +65,7 @@ def fit_command(
     ] = False,
 ) -> None:
     """Train the MiVE DiT from shards: one log line per step, metrics.jsonl and checkpoints in runs/<name>/."""
-    from dataengine.recipe import RecipeError, load_recipe
+    from dataengine.formats.recipe import RecipeError, load_recipe
     from trainer.train import configure_logging, fit, train_config_from_recipe
 
     configure_logging()
@@ -94,7 +94,7 @@ app.command("sample-trace")(sample_trace_command)
 
 def entry_point() -> None:
     """The ``trainer`` console script: the app, with user errors printed in one line (exit code 2)."""
-    from dataengine.recipe import run_cli
+    from dataengine.formats.recipe import run_cli
 
     run_cli(app)
 

@@ -23,8 +23,8 @@ What it guarantees, and how:
   exactly the one an uninterrupted run would have seen; skipped batches are never read.
 
 Samples are read by member offset: each tar is scanned once (headers only) with ``tarfile`` and its members
-grouped into samples with WebDataset's own key rule (:func:`dataengine.shard_format.scan_members`), then a
-sample's members are read with one ranged read each and decoded by :func:`dataengine.shard_format.decode_sample`.
+grouped into samples with WebDataset's own key rule (:func:`dataengine.formats.shard_format.scan_members`), then a
+sample's members are read with one ranged read each and decoded by :func:`dataengine.formats.shard_format.decode_sample`.
 The shard set may be a local folder or a URL (``s3://``, ``gs://``, ``hf://``, ``https://``, ``file://``:
 fsspec): the same reads become ranged requests, so no tar is ever downloaded whole. Every ranged read is
 checked (exactly the bytes asked for), and an ``http(s)://`` server is asked for one byte at start-up: one
@@ -45,8 +45,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dataengine.recipe import MissingInput, UserError
-from dataengine.shard_format import (
+from dataengine.formats.recipe import MissingInput, UserError
+from dataengine.formats.shard_format import (
     INDEX_NAME,
     LATENT_KEYS,
     META_MEMBER,
@@ -123,7 +123,9 @@ class ShardCatalogue:
                         f"{where} has {size} bytes, the index says {entry['bytes']}: rebuild the shard set"
                     )
             if verify_checksums and entry.get("sha256"):
-                from dataengine.shards import sha256_file  # imports pandas: only when checksums are asked for
+                from dataengine.steps.shard_set import (
+                    sha256_file,  # imports pandas: only when checksums are asked for
+                )
 
                 if sha256_file(path, fs=self.fs) != entry["sha256"]:
                     raise UserError(

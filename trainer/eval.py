@@ -15,7 +15,7 @@ What it does, in order:
    sampled by an earlier run is kept, so an interrupted evaluation resumes;
 3. every other method is a folder of ``<pair_id>.mp4`` (``[eval.methods]``: name = folder), matched by pair
    id; a pair a method has no video for is a rejection ``(pair_id, "eval", "missing_video", method)``;
-4. the judge (``dataengine.judge.Judge`` with the ``eval-v1`` rubric: IA, CC, TS, PR, VA, SC, each 0-10, the
+4. the judge (``dataengine.models.judge.Judge`` with the ``eval-v1`` rubric: IA, CC, TS, PR, VA, SC, each 0-10, the
    expected value of the model's answer distribution, one prefill per batch) scores every edited clip
    against its source, reference image and instruction;
 5. writes ``scores.parquet`` (per method and clip), ``table.parquet`` (means per method and subset, long
@@ -41,14 +41,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dataengine.judge import EVAL_RUBRIC, RUBRICS, JudgeConfig
+from dataengine.models.judge import EVAL_RUBRIC, RUBRICS, JudgeConfig
 from trainer.openve_bench import BenchConfig
 from trainer.sample import SampleConfig
 
 if TYPE_CHECKING:  # pandas is imported where it is used, so that ``trainer --help`` stays instant
     import pandas as pd
 
-    from dataengine.layout import EvalLayout
+    from dataengine.formats.layout import EvalLayout
 
 STAGE = "eval"
 TARGET_METHOD = "target"
@@ -64,7 +64,7 @@ class EvalConfig:
     (or category), optional target_path. Relative paths are relative to the set's folder."""
     output_dir: str = ""
     """Folder for the sampled videos, per-clip scores, tables and summary; empty: ``eval/`` in the training
-    run folder of ``checkpoint`` (``dataengine.layout.TrainRunLayout.evaluation``)."""
+    run folder of ``checkpoint`` (``dataengine.formats.layout.TrainRunLayout.evaluation``)."""
     checkpoint: str = ""
     """Our model: a training run folder, DCP step folder or exported folder, sampled by this command.
     Empty: no sampling, only the methods' folders are scored."""
@@ -287,7 +287,7 @@ def markdown_table(
 
 def output_layout(config: EvalConfig) -> EvalLayout:
     """Where the evaluation writes: ``eval.output_dir``, else ``eval/`` in the checkpoint's training run."""
-    from dataengine.layout import EvalLayout, TrainRunLayout
+    from dataengine.formats.layout import EvalLayout, TrainRunLayout
 
     if config.output_dir:
         return EvalLayout(Path(config.output_dir))
@@ -318,8 +318,8 @@ def run_eval(config: EvalConfig, judge: Any | None = None) -> dict[str, Any]:
 def run_six_dimensions(config: EvalConfig, judge: Any | None = None) -> tuple[dict[str, Any], Any]:
     """The paper's six-dimension evaluation (see the module docstring); returns (what ``summary.json``
     holds, the judge, for the benchmark to share its model)."""
-    from dataengine.judge import Judge
-    from dataengine.manifest import rejections_frame, write_rejections, write_table, write_text
+    from dataengine.formats.manifest import rejections_frame, write_rejections, write_table, write_text
+    from dataengine.models.judge import Judge
 
     out = output_layout(config)
     pairs = read_eval_set(config.pairs, config.max_per_subset)
@@ -379,7 +379,7 @@ def run_six_dimensions(config: EvalConfig, judge: Any | None = None) -> tuple[di
 
 def eval_config_from_recipe(recipe: dict[str, Any]) -> EvalConfig:
     """The ``[eval]`` table of a recipe as an :class:`EvalConfig` (unknown keys are an error)."""
-    from dataengine.recipe import build_config
+    from dataengine.formats.recipe import build_config
 
     if "eval" not in recipe:
         raise ValueError(f"recipe {recipe.get('recipe_path', '')} has no [eval] table")
@@ -398,7 +398,7 @@ def eval_command(
     ] = None,
 ) -> None:
     """Score every method's edits with a VLM judge on six dimensions (IA CC TS PR VA SC, 0-10); tables per subset."""
-    from dataengine.recipe import load_recipe
+    from dataengine.formats.recipe import load_recipe
 
     try:
         config = eval_config_from_recipe(load_recipe(recipe, overrides))

@@ -2,7 +2,7 @@
 
 The field compares instruction-guided video editors on OpenVE-Bench: pairs of (source video, instruction,
 category), each method's edit scored by a VLM judge on three axes, 1 to 5. This module scores any number of
-methods' edits of such a set with one Qwen3-VL judge (``dataengine.judge`` rubric ``openve-bench-v1``, our
+methods' edits of such a set with one Qwen3-VL judge (``dataengine.models.judge`` rubric ``openve-bench-v1``, our
 own wording of the three axes) and writes the benchmark-style table:
 
 1. **The set** (:func:`read_bench_set`): a folder the user provides, holding one table (CSV, JSON or JSONL)
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-    from dataengine.layout import EvalLayout
+    from dataengine.formats.layout import EvalLayout
     from trainer.eval import EvalConfig
 
 AXES = ("instruction_compliance", "consistency", "visual_quality")
@@ -271,7 +271,7 @@ def bench_judge(config: EvalConfig, judge: Any | None = None) -> Any:
     rubric and mode, or a new one when none is given or the benchmark names another model."""
     import dataclasses
 
-    from dataengine.judge import BENCH_RUBRIC, Judge
+    from dataengine.models.judge import BENCH_RUBRIC, Judge
 
     bench = config.bench
     judge_config = dataclasses.replace(
@@ -314,7 +314,7 @@ def score_bench_methods(judge: Any, pairs: pd.DataFrame, videos: dict[str, dict[
 
 def run_bench(config: EvalConfig, out: EvalLayout, judge: Any | None = None) -> dict[str, Any]:
     """The benchmark-style evaluation of ``config.bench`` into ``out``; returns ``bench_summary.json``'s content."""
-    from dataengine.manifest import rejections_frame, write_rejections, write_table, write_text
+    from dataengine.formats.manifest import rejections_frame, write_rejections, write_table, write_text
     from trainer.eval import _rejection, folder_videos, sample_ours
 
     bench = config.bench

@@ -9,10 +9,10 @@
 
 What sampling does, in order, with the same code the shards step uses:
 
-1. the source clip is prepared like a training clip (``dataengine.clips.plan_clip``: the recipe's frame-count
+1. the source clip is prepared like a training clip (``dataengine.media.clips.plan_clip``: the recipe's frame-count
    rule and fps, resized to cover the nearest bucket and centre-cropped); the reference is fitted to the same bucket;
-2. the Wan VAE (``dataengine.vae.WanVaeEncoder``) encodes the source and the reference into normalised
-   latents; Qwen3-VL (``dataengine.vlm.Qwen3VLEncoder``) encodes (reference, source frames, instruction) into
+2. the Wan VAE (``dataengine.models.vae.WanVaeEncoder``) encodes the source and the reference into normalised
+   latents; Qwen3-VL (``dataengine.models.vlm.Qwen3VLEncoder``) encodes (reference, source frames, instruction) into
    the first- and last-layer tokens;
 3. the flow-matching sampler: Euler steps over Wan's shifted schedule from pure noise (sigma = 1) to the clean
    latents (sigma = 0), ``sigma(u) = shift u / (1 + (shift - 1) u)`` on ``u = 1 - i / steps``; the model
@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dataengine.layout import TrainRunLayout
+from dataengine.formats.layout import TrainRunLayout
 
 if TYPE_CHECKING:
     import numpy as np
@@ -136,8 +136,8 @@ def resolve_checkpoint(path: str | Path) -> tuple[str, Path]:
 
 def context_from_run(run_dir: Path) -> SamplingContext:
     """The sampling context of a training run: its resolved recipe and the index of the shards it read."""
-    from dataengine.layout import is_url
-    from dataengine.shard_format import read_index
+    from dataengine.formats.layout import is_url
+    from dataengine.formats.shard_format import read_index
     from trainer.model import get_config
 
     resolved = json.loads(TrainRunLayout(run_dir).resolved_recipe.read_text())
@@ -478,21 +478,21 @@ def euler_sample(
 def prepare_source(
     source: str | Path, reference: str | Path, clip_config: Any
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """(source frames (T, H, W, 3), reference (H, W, 3), fps) prepared as ``dataengine.clips.prepare_pair`` does.
+    """(source frames (T, H, W, 3), reference (H, W, 3), fps) prepared as ``dataengine.media.clips.prepare_pair`` does.
 
     ``source`` and ``reference`` are local paths or URLs (fsspec: ``https://``, ``s3://``, ``hf://``, ...),
     downloaded to a temporary folder for the decoders."""
     import tempfile
 
-    from dataengine.video import local_file
+    from dataengine.media.video import local_file
 
     with tempfile.TemporaryDirectory(prefix="mive_sample_") as tmp:
         return _prepare_local(local_file(source, tmp), local_file(reference, tmp), clip_config)
 
 
 def _prepare_local(source: Path, reference: Path, clip_config: Any) -> tuple[np.ndarray, np.ndarray, float]:
-    from dataengine.clips import ClipRejection, load_reference, plan_clip, resize_and_crop
-    from dataengine.video import VideoError, probe, read_frames
+    from dataengine.media.clips import ClipRejection, load_reference, plan_clip, resize_and_crop
+    from dataengine.media.video import VideoError, probe, read_frames
 
     if not Path(reference).is_file():
         raise ValueError(
@@ -600,11 +600,11 @@ class Sampler:
             shutdown_distributed(synchronize=kind is None)  # a failed peer may never reach a barrier
 
     def _load(self) -> None:
-        from dataengine.clips import ClipConfig
-        from dataengine.devices import resolve_device, resolve_dtype
-        from dataengine.recipe import build_config
-        from dataengine.vae import WanVaeConfig, WanVaeEncoder
-        from dataengine.vlm import Qwen3VLEncoder, Qwen3VLEncoderConfig
+        from dataengine.formats.recipe import build_config
+        from dataengine.media.clips import ClipConfig
+        from dataengine.models.devices import resolve_device, resolve_dtype
+        from dataengine.models.vae import WanVaeConfig, WanVaeEncoder
+        from dataengine.models.vlm import Qwen3VLEncoder, Qwen3VLEncoderConfig
 
         checkpoint, runtime = self.checkpoint, self.runtime
         context = load_context(checkpoint)
@@ -685,7 +685,7 @@ class Sampler:
         out = Path(out)
         compare_path = out.with_name(f"{out.stem}.compare{out.suffix}") if compare else None
         if is_main:
-            from dataengine.video import write_mp4
+            from dataengine.media.video import write_mp4
 
             edited = self.vae.decode(latents[0].to(torch.float32))  # (T, H, W, 3) uint8
             write_mp4(out, edited, fps)

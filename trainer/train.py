@@ -29,8 +29,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from dataengine.layout import TrainRunLayout
-from dataengine.recipe import UserError, build_config, config_to_dict
+from dataengine.formats.layout import TrainRunLayout
+from dataengine.formats.recipe import UserError, build_config, config_to_dict
 from trainer.checkpoint import CheckpointConfig, Checkpointer
 from trainer.data import DataConfig, ShardLoader
 from trainer.ema import WeightAverage

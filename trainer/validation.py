@@ -222,9 +222,9 @@ class Validator:
         return written
 
     def _write(self, folder: Path, batch: dict[str, Any], latents: torch.Tensor) -> Path:
-        from dataengine.recipe import build_config
-        from dataengine.vae import WanVaeConfig, WanVaeEncoder
-        from dataengine.video import write_mp4
+        from dataengine.formats.recipe import build_config
+        from dataengine.media.video import write_mp4
+        from dataengine.models.vae import WanVaeConfig, WanVaeEncoder
 
         key = batch["keys"][0]
         if self._vae is None:

@@ -193,7 +193,7 @@ def _memory_row(
 
 
 def _recipe_table(path: Path, *keys: str) -> dict:
-    from dataengine.recipe import load_recipe
+    from dataengine.formats.recipe import load_recipe
 
     table = load_recipe(path)
     for key in keys:

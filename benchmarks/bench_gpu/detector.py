@@ -37,8 +37,8 @@ def bench_detector(bench: Bench) -> Iterator[dict]:
     import torch
 
     from benchmarks.bench_gpu.model_configs import random_weights, write_model_folder
-    from dataengine.detect import DetectorConfig, TransformersPersonDetector
-    from dataengine.recipe import build_config
+    from dataengine.formats.recipe import build_config
+    from dataengine.models.detect import DetectorConfig, TransformersPersonDetector
 
     profile = bench.profile
     portraits = _recipe_table(DATA_RECIPE, "portraits")

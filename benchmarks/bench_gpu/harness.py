@@ -49,7 +49,7 @@ BENCHMARKS: dict[str, Callable[[Bench], Iterator[dict]]] = {
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from dataengine.atomic import write_text
+    from dataengine.formats.atomic import write_text
 
     write_text(path, json.dumps(data, indent=2, default=str))
 
@@ -93,8 +93,8 @@ def run_sections(
             "diffusers.models.transformers.transformer_wan",
             "trainer.model",
             "benchmarks.bench_model",
-            "dataengine.judge",
-            "dataengine.detect",
+            "dataengine.models.judge",
+            "dataengine.models.detect",
         ]
     )
     start = time.monotonic()
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks.run import format_table
-    from dataengine.devices import resolve_device
+    from dataengine.models.devices import resolve_device
 
     profile = PROFILES[args.profile]
     device = str(resolve_device(args.device))

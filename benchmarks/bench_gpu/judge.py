@@ -31,9 +31,9 @@ def bench_judge(bench: Bench) -> Iterator[dict]:
 
     from benchmarks.bench_filter import ANSWER, _generate_scores
     from benchmarks.bench_gpu.model_configs import random_weights, write_model_folder
-    from dataengine.judge import Judge, JudgeConfig, sample_frame_indices
-    from dataengine.recipe import build_config
-    from dataengine.shard_format import TOKEN_TYPES
+    from dataengine.formats.recipe import build_config
+    from dataengine.formats.shard_format import TOKEN_TYPES
+    from dataengine.models.judge import Judge, JudgeConfig, sample_frame_indices
 
     profile = bench.profile
     recipe = build_config(JudgeConfig, _recipe_table(DATA_RECIPE, "filter", "judge"), "filter.judge")

@@ -33,9 +33,9 @@ def projection_rows(rows: list[dict], num_gpus: int) -> list[dict]:
     ``manifests/train_mive_14b.toml`` on 8 GPUs: its global batch per step, its FLOPs per sample, at the block's
     TFLOP/s measured at the plan's tokens per GPU, i.e. at the recipe's sequence-parallel degree).
     """
-    from dataengine.detect import DetectorConfig
-    from dataengine.recipe import build_config
-    from dataengine.video import sample_indices
+    from dataengine.formats.recipe import build_config
+    from dataengine.media.video import sample_indices
+    from dataengine.models.detect import DetectorConfig
     from trainer.parallel import ParallelConfig
     from trainer.plan import REFERENCE_TFLOPS_PER_GPU, PlanConfig, make_plan, tokens_per_rank
 

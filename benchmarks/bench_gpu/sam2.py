@@ -24,8 +24,8 @@ from benchmarks.bench_gpu.common import (
 def bench_sam2(bench: Bench) -> Iterator[dict]:
     """SAM2.1 hiera-large video propagation of one box-prompted person through a portrait clip."""
     from benchmarks.bench_gpu.model_configs import random_weights, write_model_folder
-    from dataengine.recipe import build_config
-    from dataengine.segment import Sam2VideoSegmenter, SegmenterConfig
+    from dataengine.formats.recipe import build_config
+    from dataengine.models.segment import Sam2VideoSegmenter, SegmenterConfig
 
     portraits = _recipe_table(DATA_RECIPE, "portraits")
     recipe = build_config(SegmenterConfig, portraits["segmenter"], "portraits.segmenter")

@@ -26,8 +26,8 @@ from benchmarks.bench_gpu.common import (
 def bench_vae(bench: Bench) -> Iterator[dict]:
     """Wan2.1 VAE: one 81-frame 720P clip without and with tiling, the reference frame, and a shards sample."""
     from benchmarks.bench_gpu.model_configs import random_weights, write_model_folder
-    from dataengine.recipe import build_config
-    from dataengine.vae import WanVaeConfig, WanVaeEncoder
+    from dataengine.formats.recipe import build_config
+    from dataengine.models.vae import WanVaeConfig, WanVaeEncoder
 
     recipe = build_config(WanVaeConfig, _recipe_table(DATA_RECIPE, "shards", "vae"), "shards.vae")
     clip_table = _recipe_table(DATA_RECIPE, "shards", "clip")

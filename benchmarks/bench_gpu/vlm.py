@@ -26,9 +26,9 @@ from benchmarks.bench_gpu.common import (
 def bench_vlm(bench: Bench) -> Iterator[dict]:
     """Qwen3-VL-8B encoder of the shards step at the recipe's budgets: samples/s and S."""
     from benchmarks.bench_gpu.model_configs import random_weights, write_model_folder
-    from dataengine.recipe import build_config
-    from dataengine.shard_format import TOKEN_TYPES
-    from dataengine.vlm import Qwen3VLEncoder, Qwen3VLEncoderConfig
+    from dataengine.formats.recipe import build_config
+    from dataengine.formats.shard_format import TOKEN_TYPES
+    from dataengine.models.vlm import Qwen3VLEncoder, Qwen3VLEncoderConfig
 
     profile = bench.profile
     recipe = build_config(Qwen3VLEncoderConfig, _recipe_table(DATA_RECIPE, "shards", "vlm"), "shards.vlm")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataengine.video import write_mp4
+from dataengine.media.video import write_mp4
 
 CATEGORIES = (
     "global_style",

@@ -21,8 +21,8 @@ def build_bench_demo(
     size. Returns ``root``."""
     from PIL import Image
 
-    from dataengine.openve import read_openve
-    from dataengine.video import VideoError, probe, read_frames
+    from dataengine.media.video import VideoError, probe, read_frames
+    from dataengine.steps.openve_reader import read_openve
 
     root = Path(root)
     methods = {name: root / "methods" / name for name in ("source", "target")}

@@ -14,8 +14,8 @@ centre), ``num_people`` 0 (absent) or 2.
 :func:`generate_portraits` writes a dataset in the layout the ``[portraits]`` recipe reads::
 
     <root>/people/person_000.mp4            portrait clip (H.264)
-    <root>/people/person_000.masks.npz      its ground-truth masks (bit-packed, see dataengine.segment)
-    <root>/people/person_000.boxes.json     its true person boxes per frame (see dataengine.detect)
+    <root>/people/person_000.masks.npz      its ground-truth masks (bit-packed, see dataengine.models.segment)
+    <root>/people/person_000.boxes.json     its true person boxes per frame (see dataengine.models.detect)
     <root>/backgrounds/background_000.mp4   background clip (and its .boxes.json: no box)
     <root>/pool/pool_000_late.mp4           a mixed pool for ``dataengine harvest-portraits`` (masks, boxes)
 
@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dataengine.detect import boxes_path, save_boxes
-from dataengine.segment import MASKS_SUFFIX, save_masks
-from dataengine.video import write_mp4
+from dataengine.media.video import write_mp4
+from dataengine.models.detect import boxes_path, save_boxes
+from dataengine.models.segment import MASKS_SUFFIX, save_masks
 
 
 @dataclass(frozen=True)

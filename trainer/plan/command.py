@@ -73,7 +73,7 @@ def plan_command(
 
     Exit code 0 when it fits, 1 when it does not, 2 on a bad recipe or option.
     """
-    from dataengine.recipe import load_recipe
+    from dataengine.formats.recipe import load_recipe
 
     try:
         from_shards = frames is None and height is None and width is None

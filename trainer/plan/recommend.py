@@ -68,7 +68,7 @@ class BucketPlan:
 def shard_set_buckets(location: str) -> dict[str, tuple[tuple[int, int, int], int]] | None:
     """``{bucket: (latent shape, samples)}`` of the shard set at ``location`` (a folder, its index.json or a
     URL); None when there is no finished shard set there (nothing written yet, or not reachable)."""
-    from dataengine.shard_format import read_index
+    from dataengine.formats.shard_format import read_index
 
     if not location:
         return None

@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dataengine.clips import LATENT_CHANNELS as LATENT_CHANNELS  # the latents' geometry: clip arithmetic
-from dataengine.clips import latent_shape as latent_shape
-from dataengine.devices import DType, resolve_device, resolve_dtype
+from dataengine.media.clips import (
+    LATENT_CHANNELS as LATENT_CHANNELS,  # the latents' geometry: clip arithmetic
+)
+from dataengine.media.clips import latent_shape as latent_shape
+from dataengine.models.devices import DType, resolve_device, resolve_dtype
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI imports this module for its config
     import torch

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataengine.atomic import atomic_path
+from dataengine.formats.atomic import atomic_path
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int 
 def local_file(location: str | os.PathLike, folder: str | os.PathLike) -> Path:
     """``location`` as a local file: a path as it is; a URL (``https://``, ``s3://``, ``hf://``, ...: fsspec)
     downloaded into ``folder`` under its own name (decoders read local files)."""
-    from dataengine.layout import is_url
+    from dataengine.formats.layout import is_url
 
     text = str(location)
     if not is_url(text) or text.startswith("file://"):

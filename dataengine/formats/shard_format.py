@@ -47,8 +47,8 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from dataengine.layout import INDEX_NAME
-from dataengine.recipe import MissingInput, UserError
+from dataengine.formats.layout import INDEX_NAME
+from dataengine.formats.recipe import MissingInput, UserError
 
 TENSORS_MEMBER = "tensors.safetensors"
 META_MEMBER = "meta.json"

@@ -40,11 +40,11 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from dataengine.atomic import write_text
-from dataengine.devices import DType, resolve_device, resolve_dtype
-from dataengine.recipe import MissingInput
-from dataengine.segment import InputRejection
-from dataengine.video import VideoInfo, read_frames, sample_indices
+from dataengine.formats.atomic import write_text
+from dataengine.formats.recipe import MissingInput
+from dataengine.media.video import VideoInfo, read_frames, sample_indices
+from dataengine.models.devices import DType, resolve_device, resolve_dtype
+from dataengine.models.segment import InputRejection
 
 BACKENDS = ("transformers", "boxes_file")
 POLICIES = ("largest", "union", "reject")

@@ -16,12 +16,12 @@ is listed in :attr:`OpenVEReadResult.notes` (the filter prints them and keeps th
 A byte Windows-1252 does not define either (0x81, 0x8D, 0x8F, 0x90, 0x9D) makes the row a
 ``malformed_row``. Either way the rest of the file is read.
 
-The probe opens both videos with decord (:func:`dataengine.video.probe`) and rejects a pair as
+The probe opens both videos with decord (:func:`dataengine.media.video.probe`) and rejects a pair as
 ``missing_file``, ``undecodable`` (zero bytes, garbage, truncated) or ``too_short`` (fewer frames than the
 recipe's minimum); given the shards recipe's clip settings it also rejects what the shards step would
-(``dataengine.clips.plan_clip``: ``misaligned``, ``too_short``, ``too_small``), before any judge runs.
+(``dataengine.media.clips.plan_clip``: ``misaligned``, ``too_short``, ``too_small``), before any judge runs.
 
-Each pair gets a stable ``pair_id`` from :func:`dataengine.manifest.make_pair_id` over the paths as written
+Each pair gets a stable ``pair_id`` from :func:`dataengine.formats.manifest.make_pair_id` over the paths as written
 in the CSV and the instruction (CRLF inside it normalised to LF), so the id survives moving the dataset.
 Rows that cannot be pairs get an id derived from their file and row.
 """
@@ -34,10 +34,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from dataengine.clips import ClipConfig
-from dataengine.manifest import REJECTION_COLUMNS, make_pair_id
-from dataengine.recipe import MissingInput, UserError
-from dataengine.video import VideoError, probe
+from dataengine.formats.manifest import REJECTION_COLUMNS, make_pair_id
+from dataengine.formats.recipe import MissingInput, UserError
+from dataengine.media.clips import ClipConfig
+from dataengine.media.video import VideoError, probe
 
 ORIGIN = "openve"
 SOURCE_COLUMN, TARGET_COLUMN, PROMPT_COLUMN = "original_video", "video", "prompt"
@@ -263,11 +263,11 @@ def probe_pair(
     """Probe both videos of a pair: frame count (the smaller), fps, size, or the rejection reason.
 
     Returns a dict with ``PROBE_COLUMNS``; ``reason`` is None for a usable pair. With ``clip`` (a shards
-    recipe's ``[shards.clip]``) a usable pair must also be trainable under it (``dataengine.clips.plan_clip``:
+    recipe's ``[shards.clip]``) a usable pair must also be trainable under it (``dataengine.media.clips.plan_clip``:
     ``misaligned``, ``too_short``, ``too_small``), so the judge never sees, and the cap never keeps, a pair
     the shards step would reject. ``where`` (e.g. "row 17 of local_add.csv") ends every detail message.
     """
-    from dataengine.clips import ClipRejection, plan_clip
+    from dataengine.media.clips import ClipRejection, plan_clip
 
     suffix = f" ({where})" if where else ""
     infos = {}

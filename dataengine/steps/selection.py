@@ -3,7 +3,7 @@
 The rule (MiVE: keep score >= 9.3, at most 4000 per category):
 
 1. a pair whose score is below ``threshold`` (or missing) is rejected as ``below_threshold``;
-2. pairs marked as near-duplicates (see :mod:`dataengine.dedup`, run on the pairs that passed 1) are
+2. pairs marked as near-duplicates (see :mod:`dataengine.models.dedup`, run on the pairs that passed 1) are
    rejected as ``duplicate``;
 3. within each category the rest are ranked by score, highest first, ties broken by ``pair_id``
    (ascending), and those ranked beyond ``max_per_category`` are rejected as ``over_cap``.

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from dataengine.devices import resolve_device
-from dataengine.video import read_frames
+from dataengine.media.video import read_frames
+from dataengine.models.devices import resolve_device
 
 DEDUP_STAGE = "dedup"
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dataengine.layout import INDEX_NAME, EvalLayout, RunLayout, TrainRunLayout
+from dataengine.formats.layout import INDEX_NAME, EvalLayout, RunLayout, TrainRunLayout
 
 SECTIONS = ("counts", "funnel", "rejections", "scores", "pairs", "shards", "training", "layers", "evaluation")
 SECTION_TITLES = {
@@ -281,7 +281,7 @@ def line_svg(xs: list[float], ys: list[float], title: str, x_label: str, y_label
 
 @dataclass
 class RunFiles:
-    """What the page reads: the data run's files (``dataengine.layout.RunLayout``) and the training metrics."""
+    """What the page reads: the data run's files (``dataengine.formats.layout.RunLayout``) and the training metrics."""
 
     data: RunLayout
     metrics: Path | None
@@ -481,13 +481,13 @@ def scores_section(files: RunFiles) -> Section:
 
 
 def _first_frame(path: str) -> np.ndarray:
-    from dataengine.video import read_frames
+    from dataengine.media.video import read_frames
 
     return read_frames(path, [0])[0]
 
 
 def _middle_frame(path: str) -> np.ndarray:
-    from dataengine.video import probe, read_frames
+    from dataengine.media.video import probe, read_frames
 
     return read_frames(path, [probe(path, check_last_frame=False).num_frames // 2])[0]
 
@@ -500,7 +500,7 @@ def _image(path: str) -> np.ndarray:
 
 
 def _mask(path: str) -> np.ndarray:
-    from dataengine.segment import load_masks
+    from dataengine.models.segment import load_masks
 
     mask = load_masks(path)[0]
     return mask.astype(np.uint8) * 255
@@ -592,7 +592,7 @@ def shards_section(files: RunFiles) -> Section:
     if not files.data.shards_index.exists():
         return Section("shards", missing=f"not run: {files.data.shards_index} does not exist")
     try:
-        from dataengine.shard_format import read_index
+        from dataengine.formats.shard_format import read_index
 
         index = read_index(files.data.shards_index)
     except ValueError as err:
@@ -726,7 +726,9 @@ def layers_section(files: RunFiles) -> Section:
         for layer in summary["layers"]
     ]
     pick = summary["pick"]
-    svg = diagnosis.plot.read_text() if diagnosis.plot.exists() else ""  # our own SVG (dataengine.diagnose)
+    svg = (
+        diagnosis.plot.read_text() if diagnosis.plot.exists() else ""
+    )  # our own SVG (dataengine.tools.layer_diagnosis)
     facts = (
         f"{esc(summary['model'])}, {summary['num_clips']} clips ({summary['num_rejected']} rejected). "
         f"Pick: hidden states {esc(pick['hidden_states'])} (highest R_mask at {pick['highest']['hidden_state']}, "

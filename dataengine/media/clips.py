@@ -27,10 +27,10 @@ from typing import Literal
 
 import numpy as np
 
-from dataengine.video import VideoError, VideoInfo, probe, read_frames, sample_indices
+from dataengine.media.video import VideoError, VideoInfo, probe, read_frames, sample_indices
 
 # The latents' geometry (the Wan VAE's): channels, and a causal first frame plus one latent frame per 4
-# frames, stride 8 in space. Clip arithmetic: the VAE encoder (``dataengine.vae``) imports it from here.
+# frames, stride 8 in space. Clip arithmetic: the VAE encoder (``dataengine.models.vae``) imports it from here.
 LATENT_CHANNELS = 16
 TEMPORAL_STRIDE = 4
 SPATIAL_STRIDE = 8
@@ -242,7 +242,7 @@ def clip_frames(info: VideoInfo, config: ClipConfig) -> tuple[np.ndarray, float]
     """The frame indices (from the start) and the frame rate of the clip a video gives, or ``too_short``.
 
     At ``config.fps`` (or the native rate when it is 0) the video holds some number of frames (the ticks
-    within its duration: :func:`dataengine.video.frames_at_rate`); the clip is the longest ``4n + 1`` of them,
+    within its duration: :func:`dataengine.media.video.frames_at_rate`); the clip is the longest ``4n + 1`` of them,
     at most ``num_frames``. With ``short_clip_fps = "native"``, a video too
     short for ``num_frames`` at ``fps`` but denser than ``fps`` is taken at its native rate instead, when
     that gives more frames. Fewer than ``min_frames`` (``num_frames`` when 0) is ``too_short``."""

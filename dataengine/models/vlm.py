@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dataengine.devices import DType, resolve_device, resolve_dtype
+from dataengine.models.devices import DType, resolve_device, resolve_dtype
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI imports this module for its config
     import torch
@@ -152,7 +152,7 @@ class Qwen3VLEncoder:
         """(S,) uint8 position types: the processor's ``mm_token_type_ids`` (0 text, 1 image, 2 video)."""
         import torch
 
-        from dataengine.shard_format import TOKEN_TYPES
+        from dataengine.formats.shard_format import TOKEN_TYPES
 
         ids = inputs["input_ids"][0]
         types = torch.full_like(ids, TOKEN_TYPES["text"])

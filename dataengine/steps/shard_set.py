@@ -1,4 +1,4 @@
-"""Writing, validating, inspecting and verifying WebDataset shard sets (format: ``dataengine.shard_format``).
+"""Writing, validating, inspecting and verifying WebDataset shard sets (format: ``dataengine.formats.shard_format``).
 
 - :func:`plan_shards` assigns every manifest row to a shard up front, from the manifest alone: rows are
   bucketed by the latent shape their size gives, sorted by ``pair_id`` and cut into shards of a fixed
@@ -10,7 +10,7 @@
   when complete and returns its ``index.json`` entry; :func:`write_index` writes ``index.json`` last.
 - :func:`inspect_shards` / :func:`inspect_manifest` say what a shard set or a pair manifest holds;
   :func:`verify_shards` re-reads every tar, checks its sha256 and that every sample decodes. Both read a
-  shard set from a local folder or a URL (``dataengine.shard_format.shard_set_location``).
+  shard set from a local folder or a URL (``dataengine.formats.shard_format.shard_set_location``).
 """
 
 from __future__ import annotations
@@ -29,16 +29,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from dataengine.atomic import atomic_path, write_text
-from dataengine.clips import ClipConfig, ClipRejection, plan_clip
-from dataengine.layout import INDEX_NAME
-from dataengine.vae import LATENT_CHANNELS
-from dataengine.video import VideoInfo
+from dataengine.formats.atomic import atomic_path, write_text
+from dataengine.formats.layout import INDEX_NAME
+from dataengine.media.clips import ClipConfig, ClipRejection, plan_clip
+from dataengine.media.video import VideoInfo
+from dataengine.models.vae import LATENT_CHANNELS
 
 if TYPE_CHECKING:  # torch (and shard_format, which imports it) load where used: the CLI imports this module
     import torch
 
-META_MEMBER = "meta.json"  # as dataengine.shard_format.META_MEMBER
+META_MEMBER = "meta.json"  # as dataengine.formats.shard_format.META_MEMBER
 
 # Per-sample overhead in a tar beyond the tensors: 3 tar headers, safetensors header, meta.json.
 _SAMPLE_OVERHEAD_BYTES = 4096
@@ -82,7 +82,7 @@ def shard_path(bucket: str, number: int) -> str:
 
 
 def rejection(pair_id: str, stage: str, reason: str, detail: str) -> dict[str, str]:
-    """One rejections row (``dataengine.manifest.REJECTION_SCHEMA``)."""
+    """One rejections row (``dataengine.formats.manifest.REJECTION_SCHEMA``)."""
     return {"pair_id": pair_id, "stage": stage, "reason": reason, "detail": detail}
 
 
@@ -93,7 +93,7 @@ def plan_shards(
 
     Returns the plan (the pair columns plus ``bucket``, ``latent_shape``, ``clip_frames``, ``clip_height``,
     ``clip_width`` and ``shard``, sorted by shard then ``pair_id``) and the rows rejected already here (a
-    duplicate ``pair_id``, or untrainable by the manifest's own numbers: ``dataengine.clips.plan_clip``).
+    duplicate ``pair_id``, or untrainable by the manifest's own numbers: ``dataengine.media.clips.plan_clip``).
     """
     rejected: list[dict[str, str]] = []
     pairs = pairs.sort_values("pair_id", kind="stable").reset_index(drop=True)
@@ -116,7 +116,7 @@ def plan_shards(
             continue
         keep.append(row.Index)
 
-    from dataengine.shard_format import bucket_name
+    from dataengine.formats.shard_format import bucket_name
 
     plan = pairs.loc[keep].reset_index(drop=True)
     plan["clip_height"] = [c.bucket[0] for c in clips]
@@ -209,7 +209,7 @@ def validate_sample(
     """
     import torch
 
-    from dataengine.shard_format import TENSOR_KEYS, TOKEN_TYPES
+    from dataengine.formats.shard_format import TENSOR_KEYS, TOKEN_TYPES
 
     missing = [k for k in TENSOR_KEYS if k not in tensors]
     if missing:
@@ -271,7 +271,7 @@ def write_shard(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from dataengine.shard_format import encode_sample, keys_sha256
+    from dataengine.formats.shard_format import encode_sample, keys_sha256
 
     ordered = sorted(samples, key=lambda s: s[0])
     if not ordered:
@@ -326,7 +326,7 @@ def write_index(
     recipe: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Write ``index.json`` (atomically, last) listing ``shards`` sorted by path; returns the index."""
-    from dataengine.shard_format import FORMAT_VERSION
+    from dataengine.formats.shard_format import FORMAT_VERSION
 
     shards = sorted(shards, key=lambda s: s["path"])
     buckets: dict[str, dict[str, Any]] = {}
@@ -400,7 +400,13 @@ def verify_shards(location: str | os.PathLike) -> VerifyReport:
     """
     import tempfile
 
-    from dataengine.shard_format import decode_sample, join, keys_sha256, read_index, shard_set_location
+    from dataengine.formats.shard_format import (
+        decode_sample,
+        join,
+        keys_sha256,
+        read_index,
+        shard_set_location,
+    )
 
     fs, root = shard_set_location(location)
     index = read_index(location)
@@ -466,7 +472,7 @@ def verify_shards(location: str | os.PathLike) -> VerifyReport:
 
 def _tar_metas(fs: Any, path: str, size: int) -> Iterable[tuple[str, dict[str, Any]]]:
     """``(key, meta)`` of each sample: the tar's headers, then one ranged read per ``meta.json`` member."""
-    from dataengine.shard_format import read_members, scan_members
+    from dataengine.formats.shard_format import read_members, scan_members
 
     for key, members in scan_members(fs, path, size):
         if META_MEMBER in members:
@@ -479,7 +485,7 @@ def inspect_shards(location: str | os.PathLike) -> dict[str, Any]:
     ``location``: the folder or ``index.json``, local or a URL; only tar headers and ``meta.json`` members
     are read (ranged reads), never the tensors.
     """
-    from dataengine.shard_format import join, read_index, shard_set_location
+    from dataengine.formats.shard_format import join, read_index, shard_set_location
 
     fs, root = shard_set_location(location)
     index = read_index(location)
@@ -529,7 +535,7 @@ def inspect_shards(location: str | os.PathLike) -> dict[str, Any]:
 
 def inspect_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """What a pair manifest holds: rows per origin and category, frame counts, fps, sizes and scores."""
-    from dataengine.manifest import read_metadata, read_pairs
+    from dataengine.formats.manifest import read_metadata, read_pairs
 
     pairs = read_pairs(path)
     sizes = Counter(f"{w}x{h}" for w, h in zip(pairs["width"], pairs["height"], strict=True))
@@ -558,7 +564,7 @@ def inspect_manifest(path: str | os.PathLike) -> dict[str, Any]:
 
 def read_shard_samples(path: str | os.PathLike) -> list[tuple[str, dict[str, torch.Tensor], dict[str, Any]]]:
     """Every ``(key, tensors, meta)`` of one tar, in order (a small helper for tools and tests)."""
-    from dataengine.shard_format import decode_sample
+    from dataengine.formats.shard_format import decode_sample
 
     return [decode_sample(raw) for raw in iter_tar_samples(path)]
 

@@ -49,8 +49,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dataengine.devices import DType, resolve_device, resolve_dtype
-from dataengine.video import probe, read_frames
+from dataengine.media.video import probe, read_frames
+from dataengine.models.devices import DType, resolve_device, resolve_dtype
 
 if TYPE_CHECKING:  # pandas is imported where it is used: the trainer CLI imports this module for its config
     import pandas as pd
@@ -501,7 +501,7 @@ class Judge:
 
     def _load_pair(self, record: dict) -> tuple:
         """(pair_id, instruction, source clip, target clip, reference image or None) of one row."""
-        from dataengine.clips import load_reference
+        from dataengine.media.clips import load_reference
 
         reference = None
         if self.rubric.with_reference:

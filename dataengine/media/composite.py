@@ -4,8 +4,8 @@ Shapes: frames ``(T, H, W, 3)`` uint8 RGB, masks ``(T, H, W)`` bool, alpha ``(T,
 
 - :func:`feather_alpha`: a soft edge: the mask averaged over a ``(2r+1) x (2r+1)`` window (integer counts,
   so alpha is exactly 1 where the whole window is person and exactly 0 where none of it is).
-- resizing to cover ``(height, width)`` then centre cropping is :func:`dataengine.clips.resize_and_crop`
-  (frames) and :func:`dataengine.clips.resize_and_crop_masks` (masks), shared with the shards step.
+- resizing to cover ``(height, width)`` then centre cropping is :func:`dataengine.media.clips.resize_and_crop`
+  (frames) and :func:`dataengine.media.clips.resize_and_crop_masks` (masks), shared with the shards step.
 - :func:`loop_indices`: a background shorter than the portrait is looped back and forth (no jump cut);
   a longer one is trimmed.
 - :func:`blend`: ``round(alpha * foreground + (1 - alpha) * background)``.
@@ -68,7 +68,7 @@ def loop_indices(num_available: int, num_frames: int) -> np.ndarray:
 def fit_background(background: np.ndarray, num_frames: int, height: int, width: int) -> np.ndarray:
     """A background clip looped or trimmed to ``num_frames`` and fitted to ``height x width``."""
     background = np.asarray(background)
-    from dataengine.clips import resize_and_crop
+    from dataengine.media.clips import resize_and_crop
 
     return resize_and_crop(background[loop_indices(background.shape[0], num_frames)], (height, width))
 

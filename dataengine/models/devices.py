@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 DType = Literal["auto", "float32", "bfloat16", "float16"]
-"""A recipe's dtype value (checked by ``dataengine.recipe.build_config``)."""
+"""A recipe's dtype value (checked by ``dataengine.formats.recipe.build_config``)."""
 
 
 def resolve_device(device: str) -> torch.device:

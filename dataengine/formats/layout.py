@@ -7,7 +7,7 @@
 - :class:`DiagnosisLayout` (``manifests/<run>/diagnose/``, the layer diagnostic) and :class:`EvalLayout`
   (``runs/<name>/eval/`` by default, ``trainer eval``): the files of the two measurement commands.
 
-The jobs (``pipelines/``) write through these, the report (:mod:`dataengine.report`) and ``trainer
+The jobs (``pipelines/``) write through these, the report (:mod:`dataengine.tools.run_report`) and ``trainer
 sample`` read through them, so no module spells out another's file names. Both are plain paths: nothing
 here touches the disk.
 """
@@ -18,10 +18,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataengine.recipe import UserError
+from dataengine.formats.recipe import UserError
 
 INDEX_NAME = "index.json"
-"""A shard set's index, written last (``dataengine.shard_format`` describes it)."""
+"""A shard set's index, written last (``dataengine.formats.shard_format`` describes it)."""
 
 
 def is_url(location: str | os.PathLike) -> bool:
@@ -236,7 +236,7 @@ class TrainRunLayout:
 
 @dataclass(frozen=True)
 class DiagnosisLayout:
-    """The files of ``dataengine diagnose-layers`` (:mod:`dataengine.diagnose`)."""
+    """The files of ``dataengine diagnose-layers`` (:mod:`dataengine.tools.layer_diagnosis`)."""
 
     folder: Path
 

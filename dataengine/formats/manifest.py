@@ -19,9 +19,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dataengine.atomic import atomic_path
-from dataengine.atomic import write_text as write_text  # its home is dataengine.atomic
-from dataengine.recipe import MissingInput, UserError
+from dataengine.formats.atomic import atomic_path
+from dataengine.formats.atomic import write_text as write_text  # its home is dataengine.formats.atomic
+from dataengine.formats.recipe import MissingInput, UserError
 
 TOOL_VERSION = "0.1.0"
 

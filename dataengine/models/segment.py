@@ -7,7 +7,7 @@ returns one boolean mask per frame ``(T, H, W)``. Backends:
   ``Sam2VideoProcessor``), loaded with ``from_pretrained`` from a hub id (``facebook/sam2.1-hiera-large``)
   or a folder. The first frame is prompted (see :class:`SegmenterConfig`): with a fixed box or points, or
   with the person boxes of a detector (``prompt = "detector"``, one SAM2 object per box, the mask is their
-  union; ``dataengine.detect`` finds them); the model propagates the objects through the clip.
+  union; ``dataengine.models.detect`` finds them); the model propagates the objects through the clip.
 - ``mask_files``: masks computed elsewhere (another segmenter, a matting model, hand annotation, the
   ground truth of generated clips), read from ``<clip stem>.masks.npz`` beside each clip by
   :class:`MaskFileReader`. It needs the clip's path, so it is not a ``PersonSegmenter``.
@@ -30,9 +30,9 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from dataengine.atomic import atomic_path
-from dataengine.devices import DType, resolve_device, resolve_dtype
-from dataengine.recipe import MissingInput
+from dataengine.formats.atomic import atomic_path
+from dataengine.formats.recipe import MissingInput
+from dataengine.models.devices import DType, resolve_device, resolve_dtype
 
 
 class InputRejection(ValueError):

@@ -42,14 +42,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from dataengine.recipe import MissingInput, UserError
-from dataengine.segment import MaskFileReader, SegmenterConfig, load_masks
-from dataengine.vlm import Qwen3VLEncoderConfig
+from dataengine.formats.recipe import MissingInput, UserError
+from dataengine.models.segment import MaskFileReader, SegmenterConfig, load_masks
+from dataengine.models.vlm import Qwen3VLEncoderConfig
 
 if TYPE_CHECKING:
     import torch
 
-    from dataengine.layout import DiagnosisLayout
+    from dataengine.formats.layout import DiagnosisLayout
 
 STAGE = "diagnose"
 SCALES = ("sqrt_d", "none")
@@ -290,14 +290,14 @@ class LayerDiagnostic:
     """The VLM (and SAM2 when masks are not given) loaded once; :meth:`diagnose` runs one clip."""
 
     def __init__(self, config: DiagnoseConfig):
-        from dataengine.vlm import Qwen3VLEncoder
+        from dataengine.models.vlm import Qwen3VLEncoder
 
         self.config = config
         self.encoder = Qwen3VLEncoder(config.vlm)
         self.processor = self.encoder.processor
         self.segmenter = None
         if config.segmenter.backend == "transformers":
-            from dataengine.segment import build_segmenter
+            from dataengine.models.segment import build_segmenter
 
             self.segmenter = build_segmenter(config.segmenter)
 
@@ -307,7 +307,7 @@ class LayerDiagnostic:
 
     def load(self, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """(sampled frames (N, H, W, 3), their indices, their masks (N, H, W), clip fps)."""
-        from dataengine.video import probe, read_frames
+        from dataengine.media.video import probe, read_frames
 
         info = probe(row["source_path"])
         indices = self.encoder.select_frames(info.num_frames, info.fps)
@@ -357,7 +357,7 @@ class LayerDiagnostic:
 
     def diagnose(self, row: dict[str, Any]) -> ClipDiagnosis:
         """R_mask per hidden state of one clip; a clip that cannot be measured becomes a rejection."""
-        from dataengine.video import VideoError
+        from dataengine.media.video import VideoError
 
         clip_id = str(row["clip_id"])
 
@@ -441,7 +441,7 @@ def pick_layers(layers: pd.DataFrame) -> dict[str, Any]:
 
 def r_mask_svg(layers: pd.DataFrame, title: str) -> str:
     """R_mask against depth as an inline SVG (the report's own chart code; no plotting dependency)."""
-    from dataengine.report import line_svg
+    from dataengine.tools.run_report import line_svg
 
     return line_svg(
         layers["hidden_state"].astype(float).tolist(),
@@ -456,8 +456,8 @@ def write_diagnosis(
     out: DiagnosisLayout, clip_rows: pd.DataFrame, rejections: pd.DataFrame, config: DiagnoseConfig
 ) -> dict[str, Any]:
     """Write the layer table (Parquet and, with the pick and the config, JSON), the per-clip rows, the
-    rejections and the R_mask plot (``dataengine.layout.DiagnosisLayout``); returns what the JSON holds."""
-    from dataengine.manifest import write_rejections, write_table, write_text
+    rejections and the R_mask plot (``dataengine.formats.layout.DiagnosisLayout``); returns what the JSON holds."""
+    from dataengine.formats.manifest import write_rejections, write_table, write_text
 
     write_rejections(rejections, out.rejections)
     write_table(clip_rows, out.clips)
@@ -479,7 +479,7 @@ def write_diagnosis(
 
 def run_diagnosis(config: DiagnoseConfig, out: DiagnosisLayout, progress: bool = False) -> dict[str, Any]:
     """Every clip of ``config.clips`` through one :class:`LayerDiagnostic`, then :func:`write_diagnosis`."""
-    from dataengine.manifest import rejections_frame
+    from dataengine.formats.manifest import rejections_frame
 
     clips = read_clip_table(config.clips, config.max_clips)
     diagnostic = LayerDiagnostic(config)

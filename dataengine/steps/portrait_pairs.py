@@ -5,7 +5,7 @@ background clips (no person). The blocks here know nothing of Ray (``pipelines/p
 
 0. :func:`harvest_clip` (``dataengine harvest-portraits``): a person detector on a few sampled frames of
    any video finds a *portrait window* (one person, large enough, in every sampled frame) or a
-   *background window* (nobody in any), or says why there is neither (``dataengine.detect.find_window``).
+   *background window* (nobody in any), or says why there is neither (``dataengine.models.detect.find_window``).
 1. :func:`segment_portrait`: find the prompt (``prompt = "detector"``: the first sampled frame with a
    person, which starts the clip window; else the window starts at the given frame and the prompt is a fixed
    box or points), decode the window at the recipe's fps / frame count / resolution, segment the person
@@ -15,7 +15,7 @@ background clips (no person). The blocks here know nothing of Ray (``pipelines/p
 3. :func:`plan_pairs`: which portrait, which background, which instruction phrasing for each pair of each
    type, all drawn with the seed from the sorted accepted clips, so the same recipe and seed give the
    same pairs. A (portrait, background) combination is used at most once per type.
-4. :func:`synthesize_pair`: composite (``dataengine.composite``), write source and target mp4 (H.264),
+4. :func:`synthesize_pair`: composite (``dataengine.media.composite``), write source and target mp4 (H.264),
    the reference PNG (the target's first frame, lossless) and return the pair-manifest row.
 
 Failures are values, not crashes: each step returns a row with ``reason`` set (one of the video reasons
@@ -37,10 +37,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from dataengine.atomic import atomic_path
-from dataengine.clips import resize_and_crop, resize_and_crop_box, resize_and_crop_masks
-from dataengine.composite import EDIT_TYPES, compose_pair, feather_alpha, loop_indices
-from dataengine.detect import (
+from dataengine.formats.atomic import atomic_path
+from dataengine.formats.manifest import make_pair_id
+from dataengine.formats.recipe import MissingInput, StageResources
+from dataengine.media.clips import resize_and_crop, resize_and_crop_box, resize_and_crop_masks
+from dataengine.media.composite import EDIT_TYPES, compose_pair, feather_alpha, loop_indices
+from dataengine.media.video import VideoError, VideoInfo, probe, read_frames, sample_indices, write_mp4
+from dataengine.models.detect import (
     ClipDetector,
     DetectorConfig,
     choose_prompt,
@@ -49,9 +52,7 @@ from dataengine.detect import (
     last_window_start,
     window_indices,
 )
-from dataengine.manifest import make_pair_id
-from dataengine.recipe import MissingInput, StageResources
-from dataengine.segment import (
+from dataengine.models.segment import (
     GateConfig,
     InputRejection,
     MaskFileReader,
@@ -61,7 +62,6 @@ from dataengine.segment import (
     load_masks,
     save_masks,
 )
-from dataengine.video import VideoError, VideoInfo, probe, read_frames, sample_indices, write_mp4
 
 CATEGORIES = {
     "removal": "portrait_removal",
@@ -267,12 +267,12 @@ def harvest_inputs(
         folder = Path(harvest.videos_dir)
         found = [(rel, str(folder / rel)) for rel in list_videos(folder, extensions)]
     elif harvest.manifest:
-        from dataengine.manifest import read_pairs
+        from dataengine.formats.manifest import read_pairs
 
         sources = read_pairs(harvest.manifest)["source_path"].dropna().unique()
         found = [(str(p), str(p)) for p in sources]
     elif harvest.openve_csv_dir:
-        from dataengine.openve import read_openve
+        from dataengine.steps.openve_reader import read_openve
 
         pairs = read_openve(harvest.openve_csv_dir, harvest.openve_video_root).pairs
         found = list(dict(zip(pairs["source_rel"], pairs["source_path"], strict=True)).items())

@@ -1,0 +1,1 @@
+"""Pixels: video decode and write, clip arithmetic (frame counts, buckets, the latents' geometry), compositing."""

@@ -1,0 +1,1 @@
+"""One model each (judge, VLM and VAE encoders, person detector, segmenter, dedup embedder), no Ray."""

@@ -1,0 +1,1 @@
+"""Tools that read finished runs: the run report and the layer diagnosis."""
