@@ -84,7 +84,7 @@ def format_plan(result: TrainingPlan) -> str:
         ),
         f"  gradients (fp32 shards)        {_gib(mem.grads):>14}   4 P / G once reduced (at this phase)",
         f"  gathered parameters            {_gib(mem.gathered_params):>14}   root unit + block(s) in {par.param_dtype}",
-        f"  block gradient buffers         {_gib(mem.gradient_buffers):>14}   unsharded grad (+ fp32 copy to reduce)",
+        f"  block gradient buffers         {_gib(mem.gradient_buffers):>14}   the reduce-scatter input in flight",
         f"  saved activations              {_gib(mem.activations):>14}"
         + (f"   + {_gib(mem.host)} of block inputs in host memory" if mem.host else ""),
         f"  recomputed block               {_gib(mem.block_recompute):>14}   (activation checkpointing)",
