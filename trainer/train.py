@@ -569,7 +569,7 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
             row = {
                 "step": step,
                 "loss": values[0] / runtime.world_size,
-                "grad_norm": values[-1],
+                "grad_norm": values[3],
                 "lr": lr,
                 "samples_per_s": values[1] / compute,
                 "tokens_per_s": values[2] / compute,
