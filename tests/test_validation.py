@@ -89,3 +89,45 @@ def test_report_plots_the_validation_losses_beside_the_training_loss(reference):
     for level in range(4):  # each noise level's loss at the last evaluation, as logged
         assert f"{last[f'val_loss_s{level}']:.4f}" in section.html
     assert "forward + backward" in section.html and "checkpoint" in section.html
+
+
+def test_the_run_renders_its_edit_with_the_weights_of_that_step(trained_debug_run, tmp_path):
+    """The debug recipe renders one edit at the last step (``render_every_steps`` past the run's end): the mp4 the
+    run wrote is the edit that the step's saved checkpoint gives through the same sampler, here in a fresh process
+    state (a plain model loaded from DCP, not the run's FSDP2 one), decoded frame for frame."""
+    import json
+
+    import numpy as np
+
+    from dataengine.formats.recipe import build_config
+    from dataengine.media.video import read_frames
+
+    run, step = trained_debug_run.run, trained_debug_run.steps
+    written = sorted((run / "samples" / f"step-{step:08d}").glob("*.mp4"))
+    resolved = json.loads((run / "recipe.resolved.json").read_text())
+    config = build_config(ValidationConfig, resolved["train"]["validation"], "train.validation")
+    assert config.render_every_steps > step and config.render_samples == len(written) == 1
+    catalogue = ShardCatalogue(trained_debug_run.shards)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    runtime = init_distributed(ParallelConfig(backend="gloo"))
+    try:
+        model, _ = load_dcp_model(run / "checkpoints" / f"step-{step:08d}", weights="model")
+        validator = Validator(
+            config,
+            load_validation_samples(config, catalogue),
+            resolved["train"]["flow"]["shift"],
+            runtime,
+            tmp_path,
+            catalogue.index.get("recipe") or {},
+        )
+        ours = validator.render(model, step, guidance_ok=True)
+    finally:
+        shutdown_distributed()
+        torch.set_num_threads(threads)
+    assert [p.name for p in ours] == [p.name for p in written]
+    theirs, again = read_frames(written[0]), read_frames(ours[0])
+    assert theirs.shape == again.shape and theirs.shape[0] == trained_debug_run.num_frames
+    assert theirs.shape[1:3] == (trained_debug_run.height, trained_debug_run.width)
+    # the same weights, noise and schedule: the same video, up to float summation order under FSDP2
+    assert np.abs(theirs.astype(np.int16) - again.astype(np.int16)).mean() < 1.0
