@@ -107,6 +107,8 @@ def test_training_drops_whole_conditions_and_records_the_probability(tmp_path, m
         f'train.data.shards="{shards}"', f'train.runs_dir="{tmp_path / "runs"}"', 'train.name="drop"',
         "train.steps=4", "train.data.batch_size=2", "train.checkpoint.every_steps=0",
         "train.parallel.activation_checkpointing=false", "train.condition_dropout=0.5",
+        # only the training forwards are recorded: no validation losses or rendered edits in this run
+        "train.validation.every_steps=0", "train.validation.render_every_steps=0",
     ]  # fmt: skip
     recipe = load_recipe(REPO / "manifests" / "train_debug.toml", overrides)
     threads = torch.get_num_threads()

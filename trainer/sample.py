@@ -533,6 +533,18 @@ class SampleResult:
     guidance_scale: float
 
 
+def check_inputs(inputs: dict[str, str | Path]) -> None:
+    """Every local input that does not exist, named in one error (URLs are read when used)."""
+    from dataengine.formats.layout import is_url
+    from dataengine.formats.recipe import MissingInput
+
+    missing = [
+        f"{name} {path}" for name, path in inputs.items() if not is_url(path) and not Path(path).is_file()
+    ]
+    if missing:
+        raise MissingInput(f"not found: {', '.join(missing)}")
+
+
 def sample_video(
     checkpoint: str | Path,
     source: str | Path,
@@ -550,7 +562,8 @@ def sample_video(
     sequence-parallel group, rank 0 encodes, decodes and writes; every rank returns the same result.
     Several clips with one checkpoint: :class:`Sampler` loads the models once.
     """
-    with Sampler(checkpoint, config, vae_model, vlm_model) as sampler:
+    inputs = {"source video": source, "reference image": reference}  # checked before any weights are read
+    with Sampler(checkpoint, config, vae_model, vlm_model, inputs=inputs) as sampler:
         return sampler.sample(source, instruction, reference, out, compare)
 
 
@@ -574,9 +587,11 @@ class Sampler:
         config: SampleConfig | None = None,
         vae_model: str | None = None,
         vlm_model: str | None = None,
+        inputs: dict[str, str | Path] | None = None,
     ) -> None:
         self.checkpoint, self.config = checkpoint, config
         self.vae_model, self.vlm_model = vae_model, vlm_model
+        self.inputs = inputs or {}  # name -> local path or URL, checked before the weights are read
         self.runtime: Runtime | None = None
 
     def __enter__(self) -> Sampler:
@@ -611,6 +626,7 @@ class Sampler:
         explicit = {} if self.config is None else _explicit(self.config)
         sample = build_config(SampleConfig, {**context.sample, **explicit}, "sample")
         check_guidance(sample.guidance_scale, context, checkpoint)  # before the weights are read
+        check_inputs(self.inputs)
         if runtime is not None and context.model["num_heads"] % runtime.sp_size:
             raise ValueError(
                 f"{runtime.sp_size} processes cannot share the model's {context.model['num_heads']} attention "
