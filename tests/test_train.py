@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from dataengine.formats.recipe import load_recipe
-from tests.helpers import REPO, cli_env
+from tests.helpers import REPO, cli_env, process_tree
 from tests.shard_builder import build_shards
 from trainer.train import OptimConfig, fit, lr_factor, train_config_from_recipe
 
@@ -82,22 +82,6 @@ def _losses(run_dir: Path, key: str = "loss") -> dict[int, float]:
     return {row["step"]: row[key] for row in rows}
 
 
-def _process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (from /proc): torchrun starts its workers in sessions of their own."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(stat.parent.name))
-    tree, stack = [], [pid]
-    while stack:
-        tree.append(stack.pop())
-        stack.extend(children.get(tree[-1], []))
-    return tree
-
-
 def _run_until_checkpoint(command: list[str], checkpoint: Path) -> None:
     """Start a run and SIGKILL it (the launcher and every worker it started) once ``checkpoint`` exists."""
     process = subprocess.Popen(
@@ -106,7 +90,7 @@ def _run_until_checkpoint(command: list[str], checkpoint: Path) -> None:
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    for pid in _process_tree(process.pid):
+    for pid in process_tree(process.pid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from tests.helpers import process_tree
 from tests.shard_builder import build_shards
 
 REPO = Path(__file__).resolve().parent.parent
@@ -137,19 +138,3 @@ def kill_during_a_save(args: list[str], run_dir: Path, after_step: int, torchrun
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed during a save"
     complete = sorted(p.name for p in folder.glob("step-*") if (p / ".metadata").exists())
     return {"partial": [p.name for p in partial], "complete": complete}
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(stat.parent.name))
-    tree, stack = [], [pid]
-    while stack:
-        tree.append(stack.pop())
-        stack.extend(children.get(tree[-1], []))
-    return tree

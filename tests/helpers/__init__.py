@@ -100,3 +100,19 @@ def copy_output(source: Path, destination: Path) -> Path:
     """A writable copy of a session fixture's output, for a test that changes it (the fixture's stays as is)."""
     shutil.copytree(source, destination, symlinks=True)
     return destination
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (from /proc): torchrun starts its workers in sessions of their own."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, stack = [], [pid]
+    while stack:
+        tree.append(stack.pop())
+        stack.extend(children.get(tree[-1], []))
+    return tree
