@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from trainer.flow import Conditioning, euler_sample
 from trainer.model import MiVEBlock, MiVETransformer, SequenceShard, get_config, rope_cos_sin
 from trainer.parallel import (
     MIVE_PLAN,
@@ -35,7 +36,6 @@ from trainer.parallel import (
     shutdown_distributed,
 )
 from trainer.plan import block_activation_bytes
-from trainer.sample import Conditioning, euler_sample
 
 CONFIG = get_config("debug", adapter_init="normal")  # normal: the condition tokens matter from the start
 LENGTHS = (5, 3, 4, 2)  # condition tokens of samples 0..3; a batch pads to its longest

@@ -14,17 +14,15 @@ from safetensors.torch import save_file
 from dataengine.formats.recipe import load_recipe
 from tests.helpers import REPO
 from tests.shard_builder import build_shards
+from trainer.flow import Conditioning, euler_sample, shifted_sigmas
 from trainer.model import MiVETransformer, get_config
 from trainer.sample import (
     CONFIG_NAME,
     SAMPLING_NAME,
     WEIGHTS_NAME,
-    Conditioning,
     SampleConfig,
     context_from_run,
-    euler_sample,
     sample_video,
-    shifted_sigmas,
 )
 from trainer.train import fit, train_config_from_recipe
 

@@ -19,15 +19,13 @@ from dataengine.media.video import probe, read_frames, write_mp4
 from dataengine.synthetic.qwen3vl import build_tiny_qwen3vl
 from dataengine.synthetic.wan_vae import build_tiny_wan_vae
 from tests.shard_builder import build_shards
+from trainer.flow import Conditioning, euler_sample, shifted_sigmas
 from trainer.sample import (
-    Conditioning,
     SampleConfig,
-    euler_sample,
     export_checkpoint,
     load_checkpoint,
     resolve_checkpoint,
     sample_video,
-    shifted_sigmas,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ What runs is ``trainer sample``'s own code for the DiT, at the real size, on ``F
    every tensor of the checkpoint into its place, read as the exported-folder reader reads it: one float32
    host tensor at a time, in the file's order (here a fake tensor of each parameter's shape, largest
    first: the worst case). The **host peak** is what the reader holds beyond the model's parameters.
-2. **one denoising step**: :func:`trainer.sample.euler_sample` with one step at the requested clip size
+2. **one denoising step**: :func:`trainer.flow.euler_sample` with one step at the requested clip size
    (twice the model calls with classifier-free guidance), over the SP group: the **device peak**.
 
 PyTorch's ``torch.distributed._tools.mem_tracker.MemTracker`` counts every storage made and freed. The
@@ -67,8 +67,9 @@ def trace_sampling(
     from torch.distributed._tools.mem_tracker import MemTracker
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
+    from trainer.flow import Conditioning, euler_sample
     from trainer.model import SequenceParallel, get_config
-    from trainer.sample import Conditioning, SamplingContext, euler_sample, fill_model, meta_model
+    from trainer.sample import SamplingContext, fill_model, meta_model
 
     if dist.is_initialized():
         raise RuntimeError("trace_sampling makes a fake process group: run it in a process without one")

@@ -35,6 +35,7 @@ from trainer.checkpoint import CheckpointConfig, Checkpointer
 from trainer.data import DataConfig, ShardLoader
 from trainer.ema import WeightAverage
 from trainer.flops import peak_bf16_flops, token_shape_from_latents
+from trainer.flow import shift_sigma
 from trainer.parallel import (
     MIVE_PLAN,
     ParallelConfig,
@@ -173,12 +174,6 @@ def lr_factor(step: int, config: OptimConfig, total_steps: int) -> float:
     if config.schedule == "linear":
         return 1.0 - (1.0 - low) * progress
     return low + (1.0 - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def shift_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
-    """Wan's timestep shift of a noise level u in [0, 1]: ``shift u / (1 + (shift - 1) u)`` (shift > 1 pushes
-    towards noise). Training draws u and shifts it; the sampler shifts an evenly spaced u (``trainer.sample``)."""
-    return shift * u / (1 + (shift - 1) * u)
 
 
 def sample_generator(seed: int, step: int, micro: int, index: int, device: torch.device) -> torch.Generator:

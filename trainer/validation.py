@@ -18,7 +18,7 @@ of forwards (FSDP2's collectives need lockstep). One forward per (sample, level)
 validation costs ``num_samples x num_sigmas / replicas`` forwards, about a third of a training step each.
 
 Every ``render_every_steps`` steps the first ``render_samples`` samples are also edited with the run's own
-sampler (``trainer.sample.euler_sample``, guidance included) from their own source latents, reference and
+sampler (``trainer.flow.euler_sample``, guidance included) from their own source latents, reference and
 VLM tokens, decoded with the shard set's VAE and written to ``<run>/samples/step-<N>/<key>.mp4`` (rank 0).
 """
 
@@ -33,6 +33,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from trainer.flow import Conditioning, euler_sample, shift_sigma
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +81,6 @@ class ValidationConfig:
 
 def validation_sigmas(num_sigmas: int, shift: float) -> torch.Tensor:
     """(num_sigmas,) float32 noise levels: Wan's shift of ``u_k = (k + 1/2) / num_sigmas``."""
-    from trainer.train import shift_sigma
-
     u = (torch.arange(num_sigmas, dtype=torch.float64) + 0.5) / num_sigmas
     return shift_sigma(u, shift).float()
 
@@ -190,8 +190,6 @@ class Validator:
 
     def render(self, model: torch.nn.Module, step: int, guidance_ok: bool) -> list[Path]:
         """Edit the first ``render_samples`` samples with the run's sampler; rank 0 writes the mp4s."""
-        from trainer.sample import Conditioning, euler_sample
-
         config = self.config
         if config.guidance_scale != 1.0 and not guidance_ok:
             raise ValueError(
