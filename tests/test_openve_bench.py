@@ -18,7 +18,7 @@ from dataengine.models.judge import EVAL_RUBRIC, Judge, JudgeConfig, expected_sc
 from dataengine.steps.openve_reader import read_openve
 from dataengine.synthetic.openve import SyntheticOpenVEConfig, generate_openve
 from dataengine.tools.run_report import ReportConfig, RunFiles, evaluation_section
-from trainer.eval import EvalConfig, eval_config_from_recipe, run_eval
+from trainer.eval import EvalConfig, eval_config_from_recipe, run_bench, run_eval
 from trainer.openve_bench import (
     AXES,
     OVERALL,
@@ -27,7 +27,6 @@ from trainer.openve_bench import (
     apply_cap,
     bench_means,
     read_bench_set,
-    run_bench,
 )
 
 IC, CD, VQ = AXES

@@ -22,10 +22,10 @@ What it does, in order:
    form), ``table.md`` (the paper's layout: one row per method, the six dimensions per subset),
    ``rejections.parquet`` and ``summary.json`` (judge model, rubric version and a digest of its text,
    the resolved config);
-6. with ``[eval.bench]``, the OpenVE-Bench-style protocol beside the six dimensions
-   (:mod:`trainer.openve_bench`): the benchmark's pairs from a user's folder, every method's edits scored on
-   three axes 1-5 with the cap rule by the same judge model, ``bench_table.md`` per category and overall with
-   the published scores as labelled reference rows.
+6. with ``[eval.bench]``, the OpenVE-Bench-style protocol beside the six dimensions (:func:`run_bench`,
+   the protocol's pieces in :mod:`trainer.openve_bench`): the benchmark's pairs from a user's folder, every
+   method's edits scored on three axes 1-5 with the cap rule by the same judge model, ``bench_table.md`` per
+   category and overall with the published scores as labelled reference rows.
 
 See ``docs/evaluation.md``.
 """
@@ -42,7 +42,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from dataengine.models.judge import EVAL_RUBRIC, RUBRICS, JudgeConfig
-from trainer.openve_bench import BenchConfig
+from trainer.openve_bench import (
+    AXES,
+    CAPPED,
+    CODES,
+    REFERENCE_JUDGE,
+    REFERENCE_ROWS,
+    BenchConfig,
+    bench_judge,
+    bench_means,
+    markdown_bench_table,
+    read_bench_set,
+    score_bench_methods,
+)
 from trainer.sample import SampleConfig
 
 if TYPE_CHECKING:  # pandas is imported where it is used, so that ``trainer --help`` stays instant
@@ -309,8 +321,6 @@ def run_eval(config: EvalConfig, judge: Any | None = None) -> dict[str, Any]:
     if config.pairs:
         summary, judge = run_six_dimensions(config, judge)
     if config.bench.pairs_dir:
-        from trainer.openve_bench import run_bench
-
         summary["bench"] = run_bench(config, output_layout(config), judge)
     return summary
 
@@ -370,6 +380,75 @@ def run_six_dimensions(config: EvalConfig, judge: Any | None = None) -> tuple[di
     summary["output"] = str(out.folder)
     write_text(out.summary, json.dumps(summary, indent=2, default=str) + "\n")
     return summary, judge
+
+
+# ---------------------------------------------------------------------------------------------------
+# 6. The OpenVE-Bench-style protocol
+# ---------------------------------------------------------------------------------------------------
+
+
+def run_bench(config: EvalConfig, out: EvalLayout, judge: Any | None = None) -> dict[str, Any]:
+    """The benchmark-style evaluation of ``config.bench`` into ``out`` (the protocol's pieces are
+    :mod:`trainer.openve_bench`'s); returns ``bench_summary.json``'s content."""
+    from dataengine.formats.manifest import rejections_frame, write_rejections, write_table, write_text
+
+    bench = config.bench
+    pairs = read_bench_set(bench.pairs_dir, bench.metadata, bench.max_per_category)
+    categories = list(bench.categories) or sorted(pairs["category"].unique())
+    unknown = sorted(set(pairs["category"]) - set(categories))
+    if unknown:
+        raise ValueError(
+            f"eval.bench.categories {categories} does not list the set's category(ies) {unknown}"
+        )
+    videos: dict[str, dict[str, str]] = {}
+    rejections: list[dict] = []
+    if config.checkpoint:
+        if pairs["reference_path"].isna().any():
+            print(
+                f"eval.bench: {config.method_name} is not sampled on the benchmark: its pairs need a reference_path "
+                "(the edited first frame) for every row; score its edits through eval.bench.methods instead",
+                flush=True,
+            )
+        else:
+            folder = out.bench_videos(config.method_name)
+            videos[config.method_name], rejected = sample_ours(config, pairs, folder)
+            rejections += rejected
+    for name, folder in bench.methods.items():
+        videos[name], rejected = folder_videos(name, folder, pairs)
+        rejections += rejected
+    if not videos:
+        raise ValueError(
+            "eval.bench: nothing to score: give eval.bench.methods (or a checkpoint and references)"
+        )
+
+    judge = bench_judge(bench, config.judge, judge)
+    scores = score_bench_methods(judge, pairs, videos)
+    for row in scores[scores["reason"].notna()].itertuples(index=False):
+        rejections.append(_rejection(row.pair_id, "scorer_error", f"{row.method}: {row.detail}"))
+    table = bench_means(scores, categories, list(videos))
+    mode = "expected value" if bench.temperature == 0 else f"sampled at temperature {bench.temperature:g}"
+    write_table(scores, out.bench_scores)
+    write_table(table, out.bench_table)
+    write_text(out.bench_table_markdown, markdown_bench_table(table, categories, judge.config.model, mode))
+    write_rejections(rejections_frame(rejections), out.bench_rejections)
+    summary = {
+        "judge_model": judge.config.model,
+        "rubric_version": judge.rubric.version,
+        "rubric_sha256": hashlib.sha256(judge.rubric.text.encode()).hexdigest(),
+        "mode": mode,
+        "axes": dict(zip(CODES, AXES, strict=True)),
+        "cap_rule": f"{', '.join(CAPPED)} <= {AXES[0]}",
+        "methods": list(videos),
+        "categories": categories,
+        "num_pairs": int(len(pairs)),
+        "num_scored": int(scores["score"].notna().sum()),
+        "num_rejected": len(rejections),
+        "table": table.to_dict("records"),
+        "reference_rows": [{**r, "judge": REFERENCE_JUDGE} for r in REFERENCE_ROWS],
+        "pairs_dir": str(bench.pairs_dir),
+    }
+    write_text(out.bench_summary, json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------------

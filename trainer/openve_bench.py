@@ -25,11 +25,13 @@ own wording of the three axes) and writes the benchmark-style table:
 
 Every method is scored in its own judge passes over its own clips, so a method's scores do not depend on
 which other methods are in the run.
+
+This module is the protocol's pieces; :func:`trainer.eval.run_bench` runs them (reads the set, gathers the
+methods' videos with the six dimensions' code, scores, writes the files), so nothing here imports the command.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -39,8 +41,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-    from dataengine.formats.layout import EvalLayout
-    from trainer.eval import EvalConfig
+    from dataengine.models.judge import JudgeConfig
 
 AXES = ("instruction_compliance", "consistency", "visual_quality")
 CODES = ("IC", "CD", "VQ")
@@ -262,21 +263,21 @@ def markdown_bench_table(table: pd.DataFrame, categories: list[str], judge_model
 
 
 # ---------------------------------------------------------------------------------------------------
-# The run
+# The judge and the scores
 # ---------------------------------------------------------------------------------------------------
 
 
-def bench_judge(config: EvalConfig, judge: Any | None = None) -> Any:
+def bench_judge(bench: BenchConfig, judge_config: JudgeConfig, judge: Any | None = None) -> Any:
     """The benchmark's judge: ``judge`` (the six-dimension one, whose model it shares) with the benchmark's
-    rubric and mode, or a new one when none is given or the benchmark names another model."""
+    rubric and mode, or a new one when none is given or the benchmark names another model. ``judge_config``
+    is ``[eval.judge]``, whose model the benchmark takes unless ``bench.judge_model`` names another."""
     import dataclasses
 
     from dataengine.models.judge import BENCH_RUBRIC, Judge
 
-    bench = config.bench
     judge_config = dataclasses.replace(
-        config.judge,
-        model=bench.judge_model or config.judge.model,
+        judge_config,
+        model=bench.judge_model or judge_config.model,
         rubric_version=BENCH_RUBRIC,
         temperature=bench.temperature,
         seed=bench.seed,
@@ -310,67 +311,3 @@ def score_bench_methods(judge: Any, pairs: pd.DataFrame, videos: dict[str, dict[
     if not frames:
         return pd.DataFrame(columns=["method", "pair_id", "category", "score", *AXES, "reason", "detail"])
     return pd.concat(frames, ignore_index=True)
-
-
-def run_bench(config: EvalConfig, out: EvalLayout, judge: Any | None = None) -> dict[str, Any]:
-    """The benchmark-style evaluation of ``config.bench`` into ``out``; returns ``bench_summary.json``'s content."""
-    from dataengine.formats.manifest import rejections_frame, write_rejections, write_table, write_text
-    from trainer.eval import _rejection, folder_videos, sample_ours
-
-    bench = config.bench
-    pairs = read_bench_set(bench.pairs_dir, bench.metadata, bench.max_per_category)
-    categories = list(bench.categories) or sorted(pairs["category"].unique())
-    unknown = sorted(set(pairs["category"]) - set(categories))
-    if unknown:
-        raise ValueError(
-            f"eval.bench.categories {categories} does not list the set's category(ies) {unknown}"
-        )
-    videos: dict[str, dict[str, str]] = {}
-    rejections: list[dict] = []
-    if config.checkpoint:
-        if pairs["reference_path"].isna().any():
-            print(
-                f"eval.bench: {config.method_name} is not sampled on the benchmark: its pairs need a reference_path "
-                "(the edited first frame) for every row; score its edits through eval.bench.methods instead",
-                flush=True,
-            )
-        else:
-            folder = out.bench_videos(config.method_name)
-            videos[config.method_name], rejected = sample_ours(config, pairs, folder)
-            rejections += rejected
-    for name, folder in bench.methods.items():
-        videos[name], rejected = folder_videos(name, folder, pairs)
-        rejections += rejected
-    if not videos:
-        raise ValueError(
-            "eval.bench: nothing to score: give eval.bench.methods (or a checkpoint and references)"
-        )
-
-    judge = bench_judge(config, judge)
-    scores = score_bench_methods(judge, pairs, videos)
-    for row in scores[scores["reason"].notna()].itertuples(index=False):
-        rejections.append(_rejection(row.pair_id, "scorer_error", f"{row.method}: {row.detail}"))
-    table = bench_means(scores, categories, list(videos))
-    mode = "expected value" if bench.temperature == 0 else f"sampled at temperature {bench.temperature:g}"
-    write_table(scores, out.bench_scores)
-    write_table(table, out.bench_table)
-    write_text(out.bench_table_markdown, markdown_bench_table(table, categories, judge.config.model, mode))
-    write_rejections(rejections_frame(rejections), out.bench_rejections)
-    summary = {
-        "judge_model": judge.config.model,
-        "rubric_version": judge.rubric.version,
-        "rubric_sha256": hashlib.sha256(judge.rubric.text.encode()).hexdigest(),
-        "mode": mode,
-        "axes": dict(zip(CODES, AXES, strict=True)),
-        "cap_rule": f"{', '.join(CAPPED)} <= {AXES[0]}",
-        "methods": list(videos),
-        "categories": categories,
-        "num_pairs": int(len(pairs)),
-        "num_scored": int(scores["score"].notna().sum()),
-        "num_rejected": len(rejections),
-        "table": table.to_dict("records"),
-        "reference_rows": [{**r, "judge": REFERENCE_JUDGE} for r in REFERENCE_ROWS],
-        "pairs_dir": str(bench.pairs_dir),
-    }
-    write_text(out.bench_summary, json.dumps(summary, indent=2, default=str) + "\n")
-    return summary
