@@ -1,9 +1,9 @@
-"""``trainer sample`` and ``trainer export`` on a real (tiny) training run: the debug DiT trained two steps by
-``trainer fit`` on shards whose index names the tiny Wan VAE and the tiny Qwen3-VL."""
+"""``trainer sample`` and ``trainer export`` on a real (tiny) training run: the session's debug run
+(``trained_debug_run``: the debug DiT trained four steps by ``trainer fit`` on shards whose index names the tiny
+Wan VAE and the tiny Qwen3-VL)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,9 +16,6 @@ from PIL import Image
 
 from dataengine.media.clips import resize_and_crop
 from dataengine.media.video import probe, read_frames, write_mp4
-from dataengine.synthetic.qwen3vl import build_tiny_qwen3vl
-from dataengine.synthetic.wan_vae import build_tiny_wan_vae
-from tests.shard_builder import build_shards
 from trainer.flow import Conditioning, euler_sample, shifted_sigmas
 from trainer.sample import (
     SampleConfig,
@@ -33,36 +30,15 @@ NUM_FRAMES, HEIGHT, WIDTH, FPS = 9, 32, 64, 12.0
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_run(tmp_path_factory: pytest.TempPathFactory, trained_debug_run) -> Path:
+    """The session's debug run (``runs/tiny``: the debug DiT trained by ``trainer fit`` on shards whose index
+    names the tiny VAE and Qwen3-VL) beside a source video and a reference image to edit."""
+    assert (trained_debug_run.num_frames, trained_debug_run.height, trained_debug_run.width) == (
+        NUM_FRAMES, HEIGHT, WIDTH,
+    )  # fmt: skip
     root = tmp_path_factory.mktemp("sample")
-    vae = build_tiny_wan_vae(root / "wan_vae")
-    vlm = build_tiny_qwen3vl(root / "qwen3vl")
-    shards = build_shards(root / "shards", {(3, HEIGHT // 8, WIDTH // 8): 2}, vlm_dim=64)
-    index = json.loads((shards / "index.json").read_text())
-    index["models"] = {"vae": str(vae), "vlm": str(vlm)}
-    index["recipe"] = {  # the resolved [shards] table, as the shards step writes it
-        "clip": {"num_frames": NUM_FRAMES, "fps": 0.0, "buckets": [[HEIGHT, WIDTH]], "max_upscale": 1.0},
-        "vae": {"model_id": str(vae), "subfolder": "vae", "dtype": "float32", "device": "cpu"},
-        "vlm": {
-            "model_id": str(vlm),
-            "image_min_pixels": 1024,
-            "image_max_pixels": 4096,
-            "video_min_pixels": 2048,
-            "video_max_pixels": 16384,
-            "video_fps": 4.0,
-            "dtype": "float32",
-            "device": "cpu",
-        },
-    }
-    (shards / "index.json").write_text(json.dumps(index))
-    command = [
-        sys.executable, "-m", "trainer.cli", "fit", str(REPO / "manifests" / "train_debug.toml"),
-        f"train.data.shards='{shards}'", f"train.runs_dir='{root / 'runs'}'", "train.name=tiny",
-        "train.steps=2", "train.checkpoint.every_steps=0", "train.data.verify_checksums=false",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+    (root / "runs").mkdir()
+    (root / "runs" / "tiny").symlink_to(trained_debug_run.run, target_is_directory=True)
 
     # smooth frames (H.264 keeps them): gradients and a moving square, taller than the bucket's aspect
     yy, xx = np.mgrid[0 : HEIGHT + 16, 0 : WIDTH + 16]
@@ -131,7 +107,7 @@ def test_sample_writes_edited_and_comparison_videos(trained_run: Path, tmp_path:
 
 def test_export_round_trips(trained_run: Path, tmp_path: Path) -> None:
     kind, step_dir = resolve_checkpoint(trained_run / "runs" / "tiny")
-    assert kind == "dcp" and step_dir.name == "step-00000002"
+    assert kind == "dcp" and step_dir.name == "step-00000004"  # the run's last checkpoint (4 steps)
     exported = export_checkpoint(step_dir, tmp_path / "exported")
     assert sorted(p.name for p in exported.iterdir()) == ["config.json", "model.safetensors", "sampling.json"]
     dcp_model, _ = load_checkpoint(step_dir)
