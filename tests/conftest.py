@@ -51,7 +51,6 @@ FILE_MARKERS = {
         "test_plan_of_a_shard_set_with_two_frame_count_buckets": ("process", "fit", "slow"),
         "test_plan_command_fits_and_suggests": ("process", "fit", "slow"),
     },
-    "test_sample.py": {"trained_run": ("process", "fit")},  # a module fixture: a `trainer fit` subprocess
     "test_eval.py": {"test_eval_command_errors_name_the_input": ("process",)},
     "test_sequence_parallel.py": {
         "test_four_ranks_match_one_process": ("process",),
