@@ -250,7 +250,7 @@ def bench_ray_overhead(work: Path, num_pairs: int, batch_size: int) -> list[dict
     from dataengine.models.judge import Judge, JudgeConfig
     from dataengine.steps.openve_reader import probe_pairs, read_openve
     from dataengine.synthetic.openve import SyntheticOpenVEConfig, generate_openve
-    from pipelines.filter import FilterConfig, scoring_stages
+    from pipelines.filter import FilterConfig, FilterResources, scoring_stages
     from pipelines.runtime import init_ray
     from pipelines.stage import stream_stages
 
@@ -263,16 +263,15 @@ def bench_ray_overhead(work: Path, num_pairs: int, batch_size: int) -> list[dict
         csv_dir=str(data.csv_dir),
         video_root=str(data.video_root),
         min_frames=9,
-        probe_batch_size=batch_size,
-        num_judges=1,
-        gpus_per_judge=0.0,
-        cpus_per_judge=1.0,
         judge=judge_config,
+        resources=FilterResources(
+            probe_batch_size=batch_size, score_actors=1, score_gpus=0.0, score_cpus=1.0
+        ),
     )
 
     # in-process: the same blocks, one after the other, with the actor's thread count
     threads = torch.get_num_threads()
-    torch.set_num_threads(int(config.cpus_per_judge))
+    torch.set_num_threads(int(config.resources.score_cpus))
     start = time.perf_counter()
     judge = Judge(judge_config)
     load = time.perf_counter() - start
@@ -358,7 +357,7 @@ def run(quick: bool = False) -> list[dict]:
     rows = bench_selection(OPENVE_ROWS // 10 if quick else OPENVE_ROWS)
     with tempfile.TemporaryDirectory(prefix="bench_filter_") as tmp:
         work = Path(tmp)
-        # the real run's parts: probe_batch_size = 64 rows (manifests/openve.toml)
+        # the real run's parts: resources.probe_batch_size = 64 rows (manifests/openve.toml)
         rows += bench_resume(work, OPENVE_ROWS // 10 if quick else OPENVE_ROWS, part_rows=64)
         rows += bench_judge(work, num_pairs=8 if quick else 24, batch_size=4)
         rows += bench_ray_overhead(work, num_pairs=48 if quick else 144, batch_size=4)

@@ -24,23 +24,71 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import typer
 
 from dataengine.formats.atomic import write_text
-from dataengine.formats.recipe import UserError
+from dataengine.formats.recipe import RecipeError, StageResources, UserError
 from dataengine.media.clips import ClipConfig
-from dataengine.models.dedup import DedupConfig
+from dataengine.models.dedup import DEDUP_STAGE, DedupConfig
 from dataengine.models.judge import AXES, JudgeConfig
-from dataengine.steps.selection import SelectionConfig
+from dataengine.steps.openve_reader import READ_STAGE
+from dataengine.steps.selection import SELECT_STAGE, SelectionConfig
 from pipelines.runtime import PartStore
-from pipelines.stage import RayOptions, Stage, Worker, guard_resume, is_rejected, run_resumable, stream_stages
+from pipelines.stage import (
+    RayOptions,
+    Stage,
+    StageRun,
+    Worker,
+    guard_resume,
+    is_rejected,
+    run_resumable,
+    stage_counts,
+    stream_stages,
+)
+
+FILTER_STAGES = (READ_STAGE, "probe", "score", DEDUP_STAGE, SELECT_STAGE)
+"""The stages of the filter's rejections, in order: the read, the runner's probe and score, then the
+near-duplicate removal and the selection."""
 
 # Memory a probe task reserves (decord holds one decoded frame at a time). Declaring it also keeps Ray
 # Data from fusing the probe tasks into the judge actors when both ask for the same CPUs.
 PROBE_MEMORY_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FilterResources(StageResources):
+    """Ray resources of the stages (the ``[filter.resources]`` recipe table; ``placement`` stages: probe, score,
+    dedup)."""
+
+    TABLE: ClassVar[str] = "filter.resources"
+    STAGES: ClassVar[tuple[str, ...]] = ("probe", "score", "dedup")
+
+    probe_batch_size: int = 32
+    """Pairs per probe task (and per input block of the pipeline)."""
+    score_actors: int = 1
+    """Judge actors (one model copy each); with ``score_gpus = 1`` this is the number of GPUs used."""
+    score_gpus: float = 1.0
+    """GPUs reserved per judge actor (0 on a CPU-only machine)."""
+    score_cpus: float = 1.0
+    """CPUs reserved per judge actor (frame decoding and preprocessing run in it)."""
+    dedup_gpus: float = 0.0
+    """GPUs of the near-duplicate embedding actor; 0 embeds on the CPU in the driver (only the pairs above
+    the threshold are embedded: starting an actor would cost more than the work)."""
+
+
+MOVED_KEYS = {
+    "probe_batch_size": "resources.probe_batch_size",
+    "num_judges": "resources.score_actors",
+    "gpus_per_judge": "resources.score_gpus",
+    "cpus_per_judge": "resources.score_cpus",
+    "placement": "resources.placement",
+    "wait_for_resources_s": "resources.wait_for_resources_s",
+    "dedup.num_gpus": "resources.dedup_gpus",
+}
+"""The ``[filter]`` keys that moved to the ``[filter.resources]`` table (old key -> new key)."""
 
 
 @dataclass
@@ -63,37 +111,35 @@ class FilterConfig:
     table); with neither (a recipe without ``[shards]``) pairs are not checked for trainability."""
     output_root: str = "manifests"
     """Outputs go to ``<output_root>/<run>/`` (``run`` is the recipe's top-level name)."""
-    probe_batch_size: int = 32
-    """Pairs per probe task (and per input block of the pipeline)."""
-    num_judges: int = 1
-    """Judge actors (one model copy each); with ``gpus_per_judge = 1`` this is the number of GPUs used."""
-    gpus_per_judge: float = 1.0
-    """GPUs reserved per judge actor (0 on a CPU-only machine)."""
-    cpus_per_judge: float = 1.0
-    """CPUs reserved per judge actor (frame decoding and preprocessing run in it)."""
-    placement: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Custom Ray resources per stage, pinning it to the nodes started with them (``ray start --resources``),
-    e.g. ``{score = {gpu_node = 1}}``; stages: probe, score, dedup. Empty: Ray places every stage."""
-    wait_for_resources_s: float = 600.0
-    """How long a job waits, before any stage starts, for an autoscaler to add a node that can run a stage
-    the cluster cannot run now (a local Ray instance or a cluster without an autoscaler stops at once)."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     """The Qwen3-VL judge (``[filter.judge]``)."""
     dedup: DedupConfig = field(default_factory=DedupConfig)
     """Near-duplicate removal before the cap (``[filter.dedup]``)."""
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     """Threshold and per-category cap (``[filter.selection]``)."""
+    resources: FilterResources = field(default_factory=FilterResources)
+    """Ray resources per stage (``[filter.resources]``)."""
 
-    def __post_init__(self) -> None:
-        from dataengine.formats.recipe import check_placement
 
-        check_placement(self.placement, ("probe", "score", "dedup"), "filter.placement")
+def moved_keys(table: dict[str, Any] | None) -> list[str]:
+    """One line per key of a ``[filter]`` table that moved to ``[filter.resources]``, naming its new key."""
+    table = table or {}
+    dedup = table.get("dedup") if isinstance(table.get("dedup"), dict) else {}
+    lines = []
+    for old, new in MOVED_KEYS.items():
+        where, key = (dedup, old.removeprefix("dedup.")) if old.startswith("dedup.") else (table, old)
+        if key in where:
+            lines.append(f"filter.{old} moved to [filter.resources]: write filter.{new}")
+    return lines
 
 
 def build_filter_config(recipe: dict[str, Any]) -> tuple[FilterConfig, str]:
     """The filter config and the run name from a loaded recipe; local paths made absolute."""
     from dataengine.formats.recipe import build_config
 
+    moved = moved_keys(recipe.get("filter"))
+    if moved:
+        raise RecipeError(moved, recipe.get("recipe_path", ""))
     config = build_config(FilterConfig, recipe.get("filter"), "filter", recipe.get("recipe_path", ""))
     run = str(recipe.get("run") or "")
     if not run:
@@ -164,31 +210,23 @@ class EmbedWorker(Worker):
 
 def scoring_stages(config: FilterConfig) -> list[Stage]:
     """probe (CPU tasks) -> score (an actor pool of judges)."""
+    res = config.resources
     return [
         Stage(
             "probe",
             probe_row,
             kwargs={"min_frames": config.min_frames, "clip": config.clip},
-            batch_size=config.probe_batch_size,
+            batch_size=res.probe_batch_size,
             memory_bytes=PROBE_MEMORY_BYTES,
-            resources=config.placement.get("probe", {}),
-            recipe_keys={"placement": "filter.placement.probe"},
+            **res.stage("probe"),
         ),
         Stage(
             "score",
             JudgeWorker,
             kwargs={"config": config.judge},
-            actors=config.num_judges,
-            gpus=config.gpus_per_judge,
-            cpus=config.cpus_per_judge,
-            resources=config.placement.get("score", {}),
             batch_size=config.judge.batch_size,
             failure_reason="scorer_error",
-            recipe_keys={
-                "CPU": "filter.cpus_per_judge",
-                "GPU": "filter.gpus_per_judge",
-                "placement": "filter.placement.score",
-            },
+            **res.stage("score"),
         ),
     ]
 
@@ -226,15 +264,15 @@ def scoring_settings(config: FilterConfig) -> dict[str, Any]:
     return {"video_root": config.video_root, "min_frames": config.min_frames, "clip": clip, "judge": judge}
 
 
-def embed_candidates(config: FilterConfig, candidates: pd.DataFrame, ray_address: str | None) -> Any:
+def embed_candidates(config: FilterConfig, candidates: pd.DataFrame, ray: RayOptions) -> Any:
     """open_clip pair embeddings of ``candidates`` (rows aligned).
 
-    With ``dedup.num_gpus > 0`` they are computed in a Ray actor on a GPU; on CPU in this process: only
+    With ``resources.dedup_gpus > 0`` they are computed in a Ray actor on a GPU; on CPU in this process: only
     the pairs above the threshold are embedded, and starting an actor would cost more than the work.
     """
     import numpy as np
 
-    if config.dedup.num_gpus <= 0:
+    if config.resources.dedup_gpus <= 0:
         from dataengine.models.dedup import ClipEmbedder
 
         return ClipEmbedder(config.dedup).embed_pairs(candidates)
@@ -243,16 +281,11 @@ def embed_candidates(config: FilterConfig, candidates: pd.DataFrame, ray_address
         EmbedWorker,
         kwargs={"config": config.dedup},
         actors=1,
-        gpus=config.dedup.num_gpus,
         batch_size=config.dedup.batch_size,
-        resources=config.placement.get("dedup", {}),
-        recipe_keys={"GPU": "filter.dedup.num_gpus", "placement": "filter.placement.dedup"},
+        **config.resources.stage("dedup"),
     )
     items = candidates[["pair_id", "source_path", "target_path"]].to_dict("records")
-    rows = stream_stages(
-        items, [stage], **RayOptions.of(config, ray_address, "filter.wait_for_resources_s").kwargs()
-    )
-    rows = {r["pair_id"]: r for r in rows}
+    rows = {r["pair_id"]: r for r in stream_stages(items, [stage], **ray.kwargs())}
     failed = [r for r in rows.values() if is_rejected(r)]
     if failed:
         raise RuntimeError(f"near-duplicate embedding failed for {len(failed)} pairs: {failed[0]['detail']}")
@@ -264,24 +297,16 @@ def embed_candidates(config: FilterConfig, candidates: pd.DataFrame, ray_address
 
 def run_filter(config: FilterConfig, run: str, ray_address: str | None = None) -> dict:
     """The whole job; returns the summary (also written to ``summary.json``)."""
-    from dataengine.formats.layout import RunLayout
-    from dataengine.formats.recipe import config_to_dict
-    from dataengine.models.dedup import find_near_duplicates
     from dataengine.steps.openve_reader import read_openve
-    from dataengine.steps.selection import select
 
     started = time.monotonic()
-    layout = RunLayout(run, manifests_root=Path(config.output_root))
-    layout.run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = config_to_dict(config)
-    layout.filter_config.write_text(json.dumps({"run": run, "filter": resolved}, indent=2))
+    layout = start_run(config, run)
+    ray = RayOptions.of(config.resources, ray_address)
 
     # 1. read
     read = read_openve(config.csv_dir, config.video_root, config.categories or None)
-    pairs = read.pairs
-    print(
-        f"read {len(pairs) + len(read.rejections)} rows from {len(read.rows_per_category)} CSVs in {config.csv_dir}"
-    )
+    num_rows, num_csvs = sum(read.rows_per_category.values()), len(read.rows_per_category)
+    print(f"read {num_rows} rows from {num_csvs} CSVs in {config.csv_dir}")
     for note in read.notes:
         print(f"read: {note}")
 
@@ -289,7 +314,7 @@ def run_filter(config: FilterConfig, run: str, ray_address: str | None = None) -
     guard_resume(layout.scores_fingerprint, scoring_settings(config), start_over=str(layout.run_dir))
     store = PartStore(layout.scores, schema=part_schema())
     scoring = run_resumable(
-        pairs.to_dict("records"),
+        read.pairs.to_dict("records"),
         scoring_stages(config),
         store,
         description="probe+judge",
@@ -297,28 +322,15 @@ def run_filter(config: FilterConfig, run: str, ray_address: str | None = None) -
         resumed=lambda done, todo: (
             f"resuming: {done} pairs already scored in {store.folder}, {todo} to go" if done else None
         ),
-        ray=RayOptions.of(config, ray_address, "filter.wait_for_resources_s"),
+        ray=ray,
     )
-    info = pairs.merge(scoring.results, on="pair_id", how="inner")
-    failed = info[info["reason"].notna()]
-    scored = info[info["reason"].isna()]
+    probed = read.pairs.merge(scoring.results, on="pair_id", how="inner")  # each read pair: score or reason
 
     # 3. near-duplicates among the pairs above the threshold, then selection
-    duplicates = None
-    if config.dedup.enabled:
-        candidates = scored[scored["score"] >= config.selection.threshold].reset_index(drop=True)
-        if len(candidates):
-            embeddings = embed_candidates(config, candidates, ray_address)
-            duplicates = find_near_duplicates(
-                candidates, embeddings, config.dedup.cosine_threshold, config.selection.max_per_category
-            )
-            print(f"near-duplicates: {len(duplicates)} of {len(candidates)} candidates")
-    selection = select(scored[["pair_id", "category", "score"]], config.selection, duplicates)
-    if duplicates is not None:
-        selection.rejections.loc[selection.rejections["reason"] == "duplicate", "stage"] = "dedup"
+    selection = select_pairs(config, probed[probed["reason"].isna()], ray)
 
     # 4. outputs
-    summary = write_outputs(layout, config, run, read, scored, failed, selection)
+    summary = write_outputs(layout, config, run, read, probed, scoring, selection)
     print(
         f"wrote {layout.openve} ({summary['total']['kept']} pairs), rejections.parquet "
         f"({sum(summary['total']['rejected'].values())}), summary.json in {time.monotonic() - started:.1f} s"
@@ -326,13 +338,57 @@ def run_filter(config: FilterConfig, run: str, ray_address: str | None = None) -
     return summary
 
 
+def start_run(config: FilterConfig, run: str) -> Any:
+    """The run's folders (a ``RunLayout``), with the resolved config written into it."""
+    from dataengine.formats.layout import RunLayout
+    from dataengine.formats.recipe import config_to_dict
+
+    layout = RunLayout(run, manifests_root=Path(config.output_root))
+    layout.run_dir.mkdir(parents=True, exist_ok=True)
+    layout.filter_config.write_text(json.dumps({"run": run, "filter": config_to_dict(config)}, indent=2))
+    return layout
+
+
+def select_pairs(config: FilterConfig, scored: pd.DataFrame, ray: RayOptions) -> Any:
+    """Near-duplicate removal among the pairs at or above the threshold (``[filter.dedup]``), then the
+    threshold and the per-category cap: the ``SelectionResult`` (kept pairs ranked, the others rejected)."""
+    from dataengine.models.dedup import find_near_duplicates
+    from dataengine.steps.selection import select
+
+    duplicates = None
+    if config.dedup.enabled:
+        candidates = scored[scored["score"] >= config.selection.threshold].reset_index(drop=True)
+        if len(candidates):
+            embeddings = embed_candidates(config, candidates, ray)
+            duplicates = find_near_duplicates(
+                candidates, embeddings, config.dedup.cosine_threshold, config.selection.max_per_category
+            )
+            print(f"near-duplicates: {len(duplicates)} of {len(candidates)} candidates")
+    selection = select(scored[["pair_id", "category", "score"]], config.selection, duplicates)
+    if duplicates is not None:
+        selection.rejections.loc[selection.rejections["reason"] == "duplicate", "stage"] = "dedup"
+    return selection
+
+
+def filter_stage_counts(read: Any, scoring: StageRun, selection: Any) -> dict[str, dict[str, Any]]:
+    """Per stage, in order, the CSV rows in, kept and rejected by reason: the read, the runner's probe and
+    score, then the near-duplicate removal and the selection (the driver's steps, counted the same way)."""
+    read_rows = pd.concat([read.rejections, read.pairs[["pair_id"]]], ignore_index=True)
+    selected = pd.concat([selection.rejections, selection.kept[["pair_id"]]], ignore_index=True)
+    return {
+        **stage_counts(read_rows, FILTER_STAGES[:1]),
+        **scoring.counts,
+        **stage_counts(selected, FILTER_STAGES[3:]),
+    }
+
+
 def write_outputs(
     layout: Any,
     config: FilterConfig,
     run: str,
     read: Any,
-    scored: pd.DataFrame,
-    failed: pd.DataFrame,
+    probed: pd.DataFrame,
+    scoring: StageRun,
     selection: Any,
 ) -> dict:
     """The pair manifest, the rejections (read, probe/score, selection) and the summary; returns the summary."""
@@ -341,15 +397,12 @@ def write_outputs(
     from dataengine.steps.openve_reader import ORIGIN
     from dataengine.steps.selection import render_summary, summarize
 
-    resolved = config_to_dict(config)
+    scored, failed = probed[probed["reason"].isna()], probed[probed["reason"].notna()]
     manifest = selection.kept[["pair_id", "rank"]].merge(scored, on="pair_id", how="left")
     manifest = manifest.sort_values(["category", "rank"], kind="stable").assign(
         origin=ORIGIN, reference_path=None
     )
-    manifest["num_frames"] = manifest["num_frames"].astype("int32")
-    manifest["width"] = manifest["width"].astype("int32")
-    manifest["height"] = manifest["height"].astype("int32")
-    manifest = manifest[PAIR_COLUMNS]
+    manifest = manifest.astype({"num_frames": "int32", "width": "int32", "height": "int32"})[PAIR_COLUMNS]
     rejections = pd.concat(
         [
             read.rejections,
@@ -364,7 +417,7 @@ def write_outputs(
 
     metadata = {
         "run": run,
-        "config": resolved,
+        "config": config_to_dict(config),
         "models": {
             "judge": config.judge.model,
             "dedup": config.dedup.model if config.dedup.enabled else None,
@@ -374,14 +427,11 @@ def write_outputs(
     write_pairs(manifest.reset_index(drop=True), layout.openve, metadata)
     write_rejections(rejections.reset_index(drop=True), layout.rejections, metadata)
     summary = summarize(
-        read.rows_per_category,
-        scored[["category", "score"]],
-        manifest,
-        rejections,
-        config.selection,
+        read.rows_per_category, scored[["category", "score"]], manifest, rejections, config.selection
     )
     summary.update({"run": run, "judge": config.judge.model, "rubric_version": config.judge.rubric_version})
-    summary["clips"] = clip_statistics(pd.concat([scored, failed], ignore_index=True), manifest, config.clip)
+    summary["stages"] = filter_stage_counts(read, scoring, selection)
+    summary["clips"] = clip_statistics(probed, manifest, config.clip)
     summary["read_notes"] = read.notes
     write_text(layout.summary, json.dumps(summary, indent=2))
     render_summary(summary, title=f"dataengine filter [{run}]")
@@ -422,7 +472,8 @@ def clip_statistics(probed: pd.DataFrame, manifest: pd.DataFrame, clip: ClipConf
 def filter_command(
     recipe: Path = typer.Argument(..., help="Recipe TOML with a \\[filter] table, e.g. manifests/demo.toml."),
     overrides: list[str] = typer.Argument(
-        None, help="section.key=value overrides, e.g. filter.selection.threshold=9.0 filter.num_judges=8."
+        None,
+        help="section.key=value overrides, e.g. filter.selection.threshold=9.0 filter.resources.score_actors=8.",
     ),
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="Join this Ray cluster (or set RAY_ADDRESS); default: start a local one."

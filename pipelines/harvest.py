@@ -27,6 +27,8 @@ import typer
 from pipelines.stage import RayOptions, Stage, StageRun, Worker, guard_resume, run_resumable
 
 RESULT_COLUMNS = ["clip_id", "clip", "path", "kind", "reason", "stage", "detail"]
+STAGES = ("probe", "harvest")
+"""The stages of a video's rejections, in order (both in the harvest actor)."""
 
 
 class HarvestWorker(Worker):
@@ -88,8 +90,9 @@ def run_harvest(
         description="harvest",
         unit="clips",
         columns=[*RESULT_COLUMNS, *WINDOW_COLUMNS],
+        stage_names=STAGES,
         resumed=lambda done, todo: f"harvest-portraits: {done} videos already scanned" if done else None,
-        ray=RayOptions.of(config.resources, ray_address, "portraits.resources.wait_for_resources_s"),
+        ray=RayOptions.of(config.resources, ray_address),
     )
 
     # 3. write: the two window lists, the rejections, the summary
@@ -114,10 +117,11 @@ def write_outputs(layout: Any, run: str, scan: StageRun) -> dict:
     write_rejections(rejections_frame(rejected), layout.harvest_rejections, metadata=metadata)
     summary = {
         "run": run,
-        "scanned": len(results),
+        "scanned": scan.counts[STAGES[0]]["in"],
         "portrait_windows": lists["portrait"],
         "background_windows": lists["background"],
         "rejected": scan.rejected(),
+        "stages": scan.counts,
         "outputs": {
             "portrait_windows": str(layout.portrait_windows),
             "background_windows": str(layout.background_windows),

@@ -46,6 +46,8 @@ CLIP_COLUMNS = [
     "prompt_image",
 ]
 BACKGROUND_COLUMNS = ["clip_id", "background", "path", "start_frame", "reason", "stage", "detail"]
+SEGMENT_STAGES = ("probe", "detect", "segment")
+"""The stages of a portrait clip's rejections, in order (all in the segment actor)."""
 
 
 # -- the stages -------------------------------------------------------------------------------------------
@@ -106,38 +108,21 @@ def run_portraits(
     """Segment, plan, composite and write everything of one run; returns the summary (also written as JSON)."""
     from dataengine.formats.layout import RunLayout
     from dataengine.formats.manifest import PAIR_COLUMNS
-    from dataengine.formats.recipe import config_to_dict
-    from dataengine.steps.portrait_pairs import input_clips
     from pipelines.runtime import PartStore
 
     layout = RunLayout(run, manifests_root=Path(manifests_root), pairs_dir=config.pairs_root(run))
-    portrait_clips, background_clips = input_clips(config, "portrait"), input_clips(config, "background")
-    portraits, backgrounds = [c.key for c in portrait_clips], [c.key for c in background_clips]
-    resolved = config_to_dict(config)
-    settings = {k: v for k, v in resolved.items() if k not in ("resources", "harvest")}
-    inputs = [f"portrait {c.key} {c.path} {c.start_frame}" for c in portrait_clips]
-    inputs += [f"background {c.key} {c.path} {c.start_frame}" for c in background_clips]
-    guard_resume(
-        layout.portraits_fingerprint,
-        settings,
-        inputs,
-        start_over=f"{layout.run_dir} and the pairs under {layout.pairs_dir}",
-    )
-    sources = (
-        config.portrait_windows or config.people_dir,
-        config.background_windows or config.backgrounds_dir,
-    )
-    print(
-        f"synth-portraits: {len(portraits)} portrait clips from {sources[0]}, {len(backgrounds)} background clips "
-        f"from {sources[1]}; {config.pairs_per_type} pairs per type -> {layout.pairs_dir}"
-    )
-    res, state = config.resources, layout.portraits_state
-    ray = RayOptions.of(res, ray_address, "portraits.resources.wait_for_resources_s")
+    state, ray = layout.portraits_state, RayOptions.of(config.resources, ray_address)
 
-    # 1. probe the backgrounds (CPU tasks), then segment and gate the portraits (actor pool)
-    background = Stage("background", check_background_row, **res.stage("background"))
+    # 1. read the clips; a rerun continues only with the same settings and clips
+    portraits, backgrounds = read_clips(config, layout)
+    inputs = resume_inputs(portraits, backgrounds)
+    start_over = f"{layout.run_dir} and the pairs under {layout.pairs_dir}"
+    guard_resume(layout.portraits_fingerprint, portraits_settings(config), inputs, start_over=start_over)
+
+    # 2. probe the backgrounds (CPU tasks), then segment and gate the portraits (actor pool)
+    background, segment, composite = portrait_stages(config, layout)
     usable = run_resumable(
-        clip_items("background", background_clips),
+        backgrounds,
         [background],
         PartStore(state / "backgrounds", id_column="clip_id"),
         description="backgrounds",
@@ -145,25 +130,19 @@ def run_portraits(
         columns=BACKGROUND_COLUMNS,
         ray=ray,
     )
-    masks_dir = str(layout.masks_dir.resolve())
-    segment = Stage(
-        "segment", SegmentWorker, kwargs={"config": config, "masks_dir": masks_dir}, **res.stage("segment")
-    )
     clips = run_resumable(
-        clip_items("portrait", portrait_clips),
+        portraits,
         [segment],
         PartStore(state / "portraits", id_column="clip_id"),
         description="segment",
         unit="clips",
         columns=CLIP_COLUMNS,
+        stage_names=SEGMENT_STAGES,
         ray=ray,
     )
 
-    # 2. the plan
+    # 3. the plan, then composite + encode (CPU tasks); a recorded pair whose files went missing is redone
     plan_frame, planned = plan_pairs_of(config, run, clips.results, usable.results)
-
-    # 3. composite + encode (CPU tasks); a recorded pair whose files went missing is redone
-    composite = Stage("composite", composite_row, kwargs={"config": config}, **res.stage("composite"))
     pairs = run_resumable(
         plan_frame.to_dict("records"),
         [composite],
@@ -177,11 +156,60 @@ def run_portraits(
     )
 
     # 4. outputs
-    summary = write_outputs(
-        layout, config, resolved, portraits, backgrounds, clips, usable, plan_frame, planned, pairs.results
-    )
+    summary = write_outputs(layout, config, usable, clips, plan_frame, planned, pairs)
     _print_summary(summary)
     return summary
+
+
+def portrait_stages(config: Any, layout: Any) -> list[Stage]:
+    """background (CPU tasks, over the background clips), segment (an actor pool, over the portrait clips),
+    composite (CPU tasks, over the planned pairs)."""
+    res, masks_dir = config.resources, str(layout.masks_dir.resolve())
+    return [
+        Stage("background", check_background_row, **res.stage("background")),
+        Stage(
+            "segment",
+            SegmentWorker,
+            kwargs={"config": config, "masks_dir": masks_dir},
+            **res.stage("segment"),
+        ),
+        Stage("composite", composite_row, kwargs={"config": config}, **res.stage("composite")),
+    ]
+
+
+def read_clips(config: Any, layout: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows of the portrait clips and of the background clips (:func:`clip_items`), from the harvest's
+    window lists or the folders; says where they come from."""
+    from dataengine.steps.portrait_pairs import input_clips
+
+    portraits = clip_items("portrait", input_clips(config, "portrait"))
+    backgrounds = clip_items("background", input_clips(config, "background"))
+    sources = (
+        config.portrait_windows or config.people_dir,
+        config.background_windows or config.backgrounds_dir,
+    )
+    print(
+        f"synth-portraits: {len(portraits)} portrait clips from {sources[0]}, {len(backgrounds)} background clips "
+        f"from {sources[1]}; {config.pairs_per_type} pairs per type -> {layout.pairs_dir}"
+    )
+    return portraits, backgrounds
+
+
+def portraits_settings(config: Any) -> dict[str, Any]:
+    """What the stored clips and pairs depend on (the resume guard's settings): all but the resources and the
+    harvest's source."""
+    from dataengine.formats.recipe import config_to_dict
+
+    return {k: v for k, v in config_to_dict(config).items() if k not in ("resources", "harvest")}
+
+
+def resume_inputs(portraits: list[dict[str, Any]], backgrounds: list[dict[str, Any]]) -> list[str]:
+    """The clips the stored results were made from (the resume guard's inputs): kind, name, path, start."""
+    return [
+        f"{kind} {row[kind]} {row['path']} {row['start_frame']}"
+        for kind, rows in (("portrait", portraits), ("background", backgrounds))
+        for row in rows
+    ]
 
 
 def clip_items(kind: str, clips: list[Any]) -> list[dict[str, Any]]:
@@ -241,29 +269,23 @@ def rejection_rows(frame: Any, id_column: str) -> list[dict[str, Any]]:
 def write_outputs(
     layout: Any,
     config: Any,
-    resolved: dict,
-    portraits: list[str],
-    backgrounds: list[str],
-    clips: StageRun,
     usable: StageRun,
+    clips: StageRun,
     plan_frame: Any,
     planned: dict[str, int],
-    results: Any,
+    written: StageRun,
 ) -> dict:
-    """The pair manifest, the rejections (clips and pairs), the plan and the summary; returns the summary."""
+    """The pair manifest, the rejections (clips and pairs), the plan and the summary; returns the summary.
+    ``usable``, ``clips`` and ``written`` are the background, segment and composite runs."""
     from dataengine.formats.atomic import write_parquet, write_text
     from dataengine.formats.manifest import PAIR_COLUMNS, rejections_frame, write_pairs, write_rejections
+    from dataengine.formats.recipe import config_to_dict
     from dataengine.steps.portrait_pairs import CATEGORIES
 
-    run = layout.run
-    clip_rejected, background_rejected = clips.rejected(), usable.rejected()
-    clips, usable = clips.results, usable.results
-    accepted = clips[clips["reason"].isna()]
-    good_backgrounds = usable[usable["reason"].isna()]
-    is_ok = results["reason"].isna()
-    pairs = results[is_ok].sort_values(["category", "pair_id"], kind="stable").reset_index(drop=True)
-    pairs["score"] = None
-    rejected_rows = rejection_rows(clips, "clip_id") + rejection_rows(usable, "clip_id")
+    run, results = layout.run, written.results
+    pairs = results[results["reason"].isna()].sort_values(["category", "pair_id"], kind="stable")
+    pairs = pairs.reset_index(drop=True).assign(score=None)
+    rejected_rows = rejection_rows(clips.results, "clip_id") + rejection_rows(usable.results, "clip_id")
     rejected_rows += rejection_rows(results, "pair_id")
     rejections = rejections_frame(sorted(rejected_rows, key=lambda r: (r["stage"], r["pair_id"])))
     models = {
@@ -272,24 +294,27 @@ def write_outputs(
     if config.segmenter.prompt == "detector":
         backend = config.detector.backend
         models["detector"] = config.detector.model if backend == "transformers" else "boxes_file"
-    metadata = {"run": run, "config": resolved, "models": models, "step": "synth-portraits"}
+    metadata = {"run": run, "config": config_to_dict(config), "models": models, "step": "synth-portraits"}
     write_pairs(pairs[PAIR_COLUMNS], layout.portraits, metadata=metadata)
     write_rejections(rejections, layout.portrait_rejections, metadata=metadata)
     plan_out = plan_frame.sort_values(["category", "pair_id"], kind="stable").reset_index(drop=True)
     write_parquet(plan_out, layout.portrait_plan)
 
+    clip_rejected, background_rejected = clips.rejected(), usable.rejected()
+    num_clips, num_backgrounds = clips.counts[SEGMENT_STAGES[0]]["in"], usable.counts["background"]["in"]
     summary = {
         "run": run,
         "portraits": {
-            "seen": len(portraits),
-            "accepted": len(accepted),
+            "seen": num_clips,
+            "accepted": num_clips - sum(clip_rejected.values()),
             "rejected": clip_rejected,
         },
         "backgrounds": {
-            "seen": len(backgrounds),
-            "usable": len(good_backgrounds),
+            "seen": num_backgrounds,
+            "usable": num_backgrounds - sum(background_rejected.values()),
             "rejected": background_rejected,
         },
+        "stages": {**usable.counts, **clips.counts, **written.counts},
         "types": {},
         "outputs": {
             "pairs": str(layout.portraits),

@@ -53,6 +53,7 @@ from pipelines.stage import (
     guard_resume,
     is_rejected,
     run_resumable,
+    stage_counts,
     with_columns,
 )
 
@@ -390,49 +391,38 @@ RECORD_COLUMNS = ["shard", "entry", "rejections"]
 """The columns of the shard writer's records (one per written shard): the unit of resume."""
 
 
+def sample_outcomes(plan: Any) -> Any:
+    """What the runner counts: from the stored shard records, every planned sample's ``pair_id`` with the
+    ``stage`` and ``reason`` of its rejection (none when it was written)."""
+    import pandas as pd
+
+    def outcomes(records: pd.DataFrame) -> pd.DataFrame:
+        rejected = [r for record in records["rejections"] for r in json.loads(record)]
+        frame = pd.DataFrame(rejected, columns=["pair_id", "stage", "reason", "detail"])
+        return plan[["pair_id"]].merge(frame, on="pair_id", how="left")
+
+    return outcomes
+
+
 # -- the job -------------------------------------------------------------------------------------------
 
 
 def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -> dict[str, Any]:
     """Plan, encode and write the shard set of ``config``; returns the index (also in ``<output>/index.json``)."""
-    import pandas as pd
-
-    from dataengine.formats.layout import RunLayout, is_url
-    from dataengine.formats.manifest import read_pairs
-    from dataengine.formats.recipe import config_to_dict
-    from dataengine.steps.shard_set import plan_shards
     from pipelines.runtime import PartStore
 
-    if not config.inputs:
-        raise UserError("[shards] inputs is empty: list the pair manifests to shard")
-    remote = RemoteShardSet(config.output) if is_url(config.output) else None
-    layout = RunLayout(run, shards_dir=Path(config.output) if config.output and remote is None else None)
+    layout, remote = start_run(config, run)
     root = layout.shards_dir  # with a URL output: the local staging folder
-    root.mkdir(parents=True, exist_ok=True)
-    resolved = config_to_dict(config)
 
-    # 1. read and plan (from the manifests alone)
-    pairs = pd.concat([read_pairs(path) for path in config.inputs], ignore_index=True)
-    vlm_dim = _vlm_dim(config.vlm.model_id)
-    plan, plan_rejections = plan_shards(pairs, config.clip, config.writer, vlm_dim)
-    settings = {k: v for k, v in resolved.items() if k not in ("resources", "output")}
-    guard_resume(
-        layout.shards_fingerprint,
-        settings,
-        (f"{shard}\t{pair_id}" for shard, pair_id in zip(plan["shard"], plan["pair_id"], strict=True)),
-        start_over=str(root),
-    )
+    # 1. read and plan (from the manifests alone); a rerun continues only the same plan
+    pairs, plan, plan_rejections, vlm_dim = read_and_plan(config)
+    samples = (f"{shard}\t{pair_id}" for shard, pair_id in zip(plan["shard"], plan["pair_id"], strict=True))
+    guard_resume(layout.shards_fingerprint, shard_settings(config), samples, start_over=str(root))
     layout.shards_index.unlink(missing_ok=True)  # an index only ever describes a finished run
     if remote is not None:
         remote.remove(INDEX_NAME)
 
     # 2. encode (VAE, VLM) and write each shard as its last sample arrives, in the plan's order
-    def resumed(done: int, todo: int) -> str:
-        return (
-            f"shards: {len(pairs)} pairs -> {len(plan)} planned in {plan['shard'].nunique()} shards "
-            f"({len(plan_rejections)} rejected by the plan); {done} shards already done, {todo} samples to encode"
-        )
-
     written = run_resumable(
         shard_items(plan),
         shard_stages(config, vlm_dim),
@@ -441,15 +431,53 @@ def run_shards(config: ShardsConfig, run: str, ray_address: str | None = None) -
         unit="samples",
         columns=RECORD_COLUMNS,
         still_valid=still_written(root, remote),
-        stage_names=(),  # a record is a shard: its samples' rejections are counted by survival_summary
-        resumed=resumed,
+        stage_names=STAGES[1:],  # a decode rejection comes from the VAE or the VLM stage, before its model
+        resumed=lambda done, todo: (
+            f"shards: {len(pairs)} pairs -> {len(plan)} planned in {plan['shard'].nunique()} shards "
+            f"({len(plan_rejections)} rejected by the plan); {done} shards already done, {todo} samples to encode"
+        ),
         collect=ShardAssembler(root, plan, config.resources.writer_threads, remote).records,
+        item_outcomes=sample_outcomes(plan),  # a record is a shard: count its samples
         ordered=True,  # shards complete one after another: the driver holds one shard's samples at a time
-        ray=RayOptions.of(config.resources, ray_address, "shards.resources.wait_for_resources_s"),
+        ray=RayOptions.of(config.resources, ray_address),
     )
 
     # 3. outputs: rejections, then index.json last
     return write_outputs(layout, config, run, pairs, plan, plan_rejections, written, vlm_dim, remote)
+
+
+def start_run(config: ShardsConfig, run: str) -> tuple[Any, RemoteShardSet | None]:
+    """The run's folders (a ``RunLayout``; its shards folder made) and the remote destination of a URL output."""
+    from dataengine.formats.layout import RunLayout, is_url
+
+    if not config.inputs:
+        raise UserError("[shards] inputs is empty: list the pair manifests to shard")
+    remote = RemoteShardSet(config.output) if is_url(config.output) else None
+    layout = RunLayout(run, shards_dir=Path(config.output) if config.output and remote is None else None)
+    layout.shards_dir.mkdir(parents=True, exist_ok=True)
+    return layout, remote
+
+
+def read_and_plan(config: ShardsConfig) -> tuple[Any, Any, list[dict[str, Any]], int]:
+    """The input manifests' rows, the plan (every sample's shard, from the manifests alone), the plan's
+    rejections and the VLM's hidden size."""
+    import pandas as pd
+
+    from dataengine.formats.manifest import read_pairs
+    from dataengine.steps.shard_set import plan_shards
+
+    pairs = pd.concat([read_pairs(path) for path in config.inputs], ignore_index=True)
+    vlm_dim = _vlm_dim(config.vlm.model_id)
+    plan, plan_rejections = plan_shards(pairs, config.clip, config.writer, vlm_dim)
+    return pairs, plan, plan_rejections, vlm_dim
+
+
+def shard_settings(config: ShardsConfig) -> dict[str, Any]:
+    """What the stored shards depend on (the resume guard's settings): everything but the resources and
+    where the shards go."""
+    from dataengine.formats.recipe import config_to_dict
+
+    return {k: v for k, v in config_to_dict(config).items() if k not in ("resources", "output")}
 
 
 def write_outputs(
@@ -465,6 +493,8 @@ def write_outputs(
 ) -> dict[str, Any]:
     """The rejections, the survival summary and ``index.json`` (last), uploaded too with a URL output; returns
     the index."""
+    import pandas as pd
+
     from dataengine.formats.manifest import rejections_frame, write_rejections, write_text
     from dataengine.formats.recipe import config_to_dict
     from dataengine.steps.shard_set import render_survival, survival_summary, write_index
@@ -478,6 +508,8 @@ def write_outputs(
     write_rejections(rejections, layout.shard_rejections, metadata={"models": models, "run": run})
     shapes = dict(zip(plan["bucket"], plan["latent_shape"], strict=True))
     summary = {"run": run, "clip": resolved["clip"], **survival_summary(pairs, plan, rejections)}
+    planned = pd.concat([rejections_frame(plan_rejections), plan[["pair_id"]]], ignore_index=True)
+    summary["stages"] = {**stage_counts(planned, STAGES[:1]), **written.counts}
     if summary["total"]["encoded"] != sum(e["num_samples"] for e in entries):
         raise RuntimeError(f"the shards hold {sum(e['num_samples'] for e in entries)} samples, "
                            f"the plan and rejections say {summary['total']['encoded']}")  # fmt: skip

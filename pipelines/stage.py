@@ -47,7 +47,7 @@ from typing import Any
 import pandas as pd
 
 from dataengine.formats.atomic import write_text
-from dataengine.formats.recipe import UserError
+from dataengine.formats.recipe import StageResources, UserError
 from pipelines.runtime import PartStore, Progress
 
 Row = dict[str, Any]
@@ -499,12 +499,11 @@ class RayOptions:
     """The recipe key of ``wait_s``, named in the message."""
 
     @classmethod
-    def of(cls, resources: Any, address: str | None, wait_key: str) -> RayOptions:
-        """The options of a job whose recipe table ``resources`` has ``num_cpus`` (optional) and
-        ``wait_for_resources_s`` (a :class:`~dataengine.formats.recipe.StageResources`, or the filter's table)."""
-        return cls(
-            address, getattr(resources, "num_cpus", 0) or None, resources.wait_for_resources_s, wait_key
-        )
+    def of(cls, resources: StageResources, address: str | None) -> RayOptions:
+        """The options of a job from its ``[<step>.resources]`` table: the local instance's ``num_cpus`` (0:
+        all) and ``wait_for_resources_s``, named by its recipe key."""
+        wait_key = f"{resources.TABLE}.wait_for_resources_s"
+        return cls(address, resources.num_cpus or None, resources.wait_for_resources_s, wait_key)
 
     def kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`run_stages` and :func:`stream_stages`."""
@@ -551,7 +550,8 @@ class StageRun:
     results: pd.DataFrame
     """One row per id of the items (this run's and the earlier runs' results), sorted by id."""
     counts: dict[str, dict[str, Any]]
-    """:func:`stage_counts` of ``results``."""
+    """:func:`stage_counts` of ``results`` (or of the items' outcomes): per stage, in order, ``in``, ``kept``
+    and ``rejected`` by reason; what a job's summary records under ``stages``."""
     num_done: int
     """Ids whose results an earlier run had stored (skipped by this one)."""
 
@@ -586,6 +586,7 @@ def run_resumable(
     resumed: Callable[[int, int], str | None] | None = None,
     stage_names: Sequence[str] | None = None,
     collect: Callable[[Iterator[Row]], Iterator[Row]] | None = None,
+    item_outcomes: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
     ordered: bool = False,
     ray: RayOptions = RayOptions(),
 ) -> StageRun:
@@ -595,7 +596,10 @@ def run_resumable(
     one record per shard). The stored results are read with ``columns``; ``still_valid`` drops recorded
     results that no longer hold (a written file that went missing), so their items run again.
     ``resumed(num_done_ids, num_todo_items)`` is the line printed before the run (None: nothing). After
-    the run every id must have a result, or a ``RuntimeError`` names one that has none.
+    the run every id must have a result, or a ``RuntimeError`` names one that has none. The counts are over
+    the results (``stage_names``: the stages in order; default the stages'), or, where a stored record is
+    not one item (the shard writer stores one per shard), over ``item_outcomes(results)``: one row per
+    item with the ``stage`` and ``reason`` of its rejection (none when it passed every stage).
     """
     id_column = store.id_column
     wanted = {item[id_column] for item in items}
@@ -629,7 +633,8 @@ def run_resumable(
             f"(e.g. {min(missing)}): rerun the same command to resume"
         )
     names = [stage.name for stage in stages] if stage_names is None else stage_names
-    run = StageRun(results, stage_counts(results, names), len(done))
+    outcomes = item_outcomes(results) if item_outcomes is not None else results
+    run = StageRun(results, stage_counts(outcomes, names), len(done))
     if run.counts:
         print(f"{description}: {run.describe()}", flush=True)
     return run

@@ -47,7 +47,7 @@ def setup(tmp_path_factory, tiny_models):
         f"filter.dedup.pretrained={json.dumps(str(clip_weights))}",
         f"filter.selection.max_per_category={CAP}",
         # one pair per task and per prefill: many small score parts, so a kill lands mid-run
-        "filter.probe_batch_size=1",
+        "filter.resources.probe_batch_size=1",
         "filter.judge.batch_size=1",
     ]
     return {"data": data, "out": out, "overrides": overrides, "qwen": qwen}
@@ -125,6 +125,19 @@ def test_every_row_ends_in_the_manifest_or_the_rejections(setup, uninterrupted):
     meta = read_metadata(folder / "openve.parquet")
     assert meta["models"]["judge"] == str(setup["qwen"]) and meta["rubric_version"] == "v1"
     assert "dataengine filter" in stdout and "over_cap" in stdout
+    # the per-stage counts the summary records: each stage takes in what the ones before it kept, and its
+    # rejections by reason are the rejections file's, counted here
+    summary = json.loads((folder / "summary.json").read_text())
+    assert list(summary["stages"]) == ["read", "probe", "score", "dedup", "select"]
+    remaining = data.num_rows
+    for stage, count in summary["stages"].items():
+        mine = rejections[rejections["stage"] == stage]
+        by_reason = {reason: len(rows) for reason, rows in mine.groupby("reason")}
+        assert count == {"in": remaining, "kept": remaining - len(mine), "rejected": by_reason}, stage
+        remaining -= len(mine)
+    assert remaining == len(manifest) and summary["stages"]["dedup"]["rejected"]["duplicate"] > 0
+    assert summary["total"]["probed"] == summary["stages"]["probe"]["kept"]
+    assert summary["total"]["scored"] == summary["stages"]["score"]["kept"]
 
 
 def test_selection_matches_an_independent_pandas_computation(setup, uninterrupted):
@@ -225,13 +238,15 @@ def test_a_killed_then_resumed_run_equals_an_uninterrupted_one(setup, uninterrup
 def test_resuming_with_another_judge_is_refused(tmp_path):
     from dataclasses import replace
 
-    from pipelines.filter import FilterConfig, scoring_settings
+    from pipelines.filter import FilterConfig, FilterResources, scoring_settings
     from pipelines.stage import guard_resume
 
     config = FilterConfig(csv_dir="c", video_root="v")
     guard_resume(tmp_path / "f.json", scoring_settings(config), start_over="x")
     # resources, batching and selection do not change a stored score: resuming with them is allowed
-    again = replace(config, num_judges=8, judge=replace(config.judge, batch_size=3))
+    again = replace(
+        config, resources=FilterResources(score_actors=8), judge=replace(config.judge, batch_size=3)
+    )
     guard_resume(tmp_path / "f.json", scoring_settings(again), start_over="x")
     other = replace(config, judge=replace(config.judge, model="other/model"))
     with pytest.raises(ValueError, match="other/model.*new run name"):

@@ -257,3 +257,10 @@ def test_harvest_job_killed_then_resumed_sorts_every_clip(pool, tmp_path):
     assert (
         summary["scanned"] == 27 and summary["portrait_windows"] == 9 and summary["background_windows"] == 6
     )
+    # the runner's counts over both runs (killed and resumed): each rejection at its stage, as the
+    # rejections file says; every video with a window kept
+    stages = summary["stages"]
+    assert list(stages) == ["probe", "harvest"] and stages["probe"]["in"] == 27
+    recorded = {(stage, r): n for stage, count in stages.items() for r, n in count["rejected"].items()}
+    assert recorded == {key: len(rows) for key, rows in rejections.groupby(["stage", "reason"])}
+    assert stages["harvest"]["kept"] == 9 + 6

@@ -214,6 +214,15 @@ def test_cli_writes_pairs_whose_pixels_match_the_formula(uninterrupted, portrait
     summary = json.loads((run_dir / "portraits_summary.json").read_text())
     assert summary["portraits"] == {"seen": 4, "accepted": 3, "rejected": {bad_reason: 1}}
     assert all(t["written"] == PAIRS_PER_TYPE for t in summary["types"].values())
+    # the runner's counts per stage: the rejected clip at its stage (as the rejections file says), every
+    # background usable, every planned pair written
+    stages = summary["stages"]
+    assert list(stages) == ["background", "probe", "detect", "segment", "composite"]
+    recorded = {(stage, r): n for stage, count in stages.items() for r, n in count["rejected"].items()}
+    assert recorded == {key: len(rows) for key, rows in rejections.groupby(["stage", "reason"])}
+    assert stages["probe"]["in"] == 4 and stages["segment"]["kept"] == 3
+    assert stages["background"]["in"] == stages["background"]["kept"] == summary["backgrounds"]["seen"] > 0
+    assert stages["composite"] == {"in": 3 * PAIRS_PER_TYPE, "kept": 3 * PAIRS_PER_TYPE, "rejected": {}}
     assert "portrait_removal" in out and "ETA" in out
 
     for row in pairs.to_dict("records"):

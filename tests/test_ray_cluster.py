@@ -189,7 +189,7 @@ OVERRIDES = {"filter": ["filter.dedup.enabled=false"]}
 # On the cluster one stage of each job is pinned to the second node by its custom resource.
 PINNED = {"filter": "score", "synth-portraits": "composite", "shards": "vae"}
 PLACEMENT = {
-    "filter": [f"filter.placement.score={{{NODE2_RESOURCE} = 1}}"],
+    "filter": [f"filter.resources.placement.score={{{NODE2_RESOURCE} = 1}}"],
     "synth-portraits": [f"portraits.resources.placement.composite={{{NODE2_RESOURCE} = 1}}"],
     "shards": [f"shards.resources.placement.vae={{{NODE2_RESOURCE} = 1}}"],
 }

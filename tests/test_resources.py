@@ -54,6 +54,70 @@ def test_what_fits_nowhere_is_named_with_its_recipe_key():
     assert "128 GiB of memory per actor" in unmet_resources([memory], NODES)[0]
 
 
+def test_the_filters_stages_are_named_by_their_filter_resources_keys(monkeypatch):
+    """The filter's resources are a ``[filter.resources]`` table like the other jobs': each stage that fits
+    nowhere names its key there (the dedup actor too), and ``RayOptions`` names the table's wait."""
+    import pandas as pd
+
+    import pipelines.filter as filter_module
+    from pipelines.filter import FilterConfig, FilterResources, embed_candidates, scoring_stages
+    from pipelines.stage import RayOptions
+
+    resources = FilterResources(
+        probe_batch_size=8,
+        score_actors=2,
+        score_cpus=32.0,
+        score_gpus=2.0,
+        placement={"probe": {"cpu_node": 1}},
+    )
+    probe, score = scoring_stages(FilterConfig(resources=resources))
+    assert (probe.batch_size, score.actors) == (8, 2)
+    assert unmet_resources([probe, score], NODES) == [
+        "stage probe asks for 1 cpu_node per task (filter.resources.placement.probe) but no node has more "
+        "than 0 cpu_node",
+        "stage score asks for 32 CPU per actor (filter.resources.score_cpus) but no node has more than 16 CPU; "
+        "2 GPU per actor (filter.resources.score_gpus) but no node has more than 1 GPU",
+    ]
+    ray = RayOptions.of(resources, None)
+    assert (ray.num_cpus, ray.wait_key) == (None, "filter.resources.wait_for_resources_s")
+
+    asked = []  # the dedup stage, as embed_candidates hands it to Ray
+
+    def embed_on_ray(items, stages, **_):
+        asked.extend(stages)
+        return iter([{"pair_id": item["pair_id"], "embedding": [1.0, 0.0]} for item in items])
+
+    monkeypatch.setattr(filter_module, "stream_stages", embed_on_ray)
+    candidates = pd.DataFrame([{"pair_id": "p", "source_path": "s.mp4", "target_path": "t.mp4"}])
+    embeddings = embed_candidates(FilterConfig(resources=FilterResources(dedup_gpus=4.0)), candidates, ray)
+    assert embeddings.shape == (1, 2)
+    assert unmet_resources(asked, NODES) == [
+        "stage dedup asks for 4 GPU per actor (filter.resources.dedup_gpus) but no node has more than 1 GPU"
+    ]
+
+
+def test_the_filters_old_resource_keys_name_their_new_ones():
+    from dataengine.formats.recipe import RecipeError, load_recipe
+    from pipelines.filter import build_filter_config
+
+    old = ["filter.num_judges=8", "filter.gpus_per_judge=1", "filter.dedup.num_gpus=1", "filter.placement={}"]
+    with pytest.raises(RecipeError) as caught:
+        build_filter_config(load_recipe(REPO / "manifests" / "demo.toml", old))
+    message = str(caught.value)
+    assert message.startswith("recipe ") and "4 invalid values" in message
+    for moved in (
+        "filter.num_judges moved to [filter.resources]: write filter.resources.score_actors",
+        "filter.gpus_per_judge moved to [filter.resources]: write filter.resources.score_gpus",
+        "filter.placement moved to [filter.resources]: write filter.resources.placement",
+        "filter.dedup.num_gpus moved to [filter.resources]: write filter.resources.dedup_gpus",
+    ):
+        assert moved in message, message
+    config, _ = build_filter_config(
+        load_recipe(REPO / "manifests" / "demo.toml", ["filter.resources.score_actors=3"])
+    )
+    assert config.resources.score_actors == 3
+
+
 def test_a_local_instance_stops_at_once(monkeypatch):
     import pipelines.stage as stage_module
 

@@ -78,6 +78,12 @@ def test_run_writes_verified_shards_and_rejections(uninterrupted, recipe):
     rejections = pd.read_parquet(uninterrupted / "rejections.parquet")
     assert dict(zip(rejections["pair_id"], rejections["reason"], strict=True)) == recipe[1]
     assert set(rejections["stage"]) == {"decode"}
+    # the runner's counts per sample (its records are shards): the 8 pairs, the two decode rejections
+    stages = json.loads((uninterrupted / "summary.json").read_text())["stages"]
+    assert list(stages) == ["plan", "decode", "vae", "vlm", "validate"]
+    assert stages["plan"] == {"in": 8, "kept": 8, "rejected": {}}
+    assert stages["decode"] == {"in": 8, "kept": 6, "rejected": {"missing_file": 1, "too_short": 1}}
+    assert stages["validate"]["kept"] == index["num_samples"]
 
     # the stock WebDataset reader reads every sample back
     urls = [str(uninterrupted / s["path"]) for s in index["shards"]]
@@ -133,6 +139,8 @@ def test_resume_after_kill_equals_an_uninterrupted_run(uninterrupted, recipe, tm
 
     resumed = _run(tmp_path, "shards", str(recipe[0]))
     assert f"{num_records} shards already done" in resumed.stdout, resumed.stdout
+    stages = json.loads((out / "summary.json").read_text())["stages"]  # counted over both runs' records
+    assert stages == json.loads((uninterrupted / "summary.json").read_text())["stages"]
     assert _comparable(read_index(out)) == _comparable(read_index(uninterrupted))
     pd.testing.assert_frame_equal(
         pd.read_parquet(out / "rejections.parquet"), pd.read_parquet(uninterrupted / "rejections.parquet")

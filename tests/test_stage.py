@@ -220,6 +220,44 @@ def test_the_runner_resumes_reads_back_and_counts_per_stage(tmp_path, monkeypatc
     assert again.counts == first.counts
 
 
+def test_the_runner_counts_items_where_a_record_holds_several(tmp_path, monkeypatch):
+    """``collect`` stores one record per group of three items (as the shard writer stores one per shard):
+    ``item_outcomes`` turns the stored records back into one row per item, and the counts are over items."""
+    import json
+
+    from pipelines.stage import run_resumable
+
+    _in_process(monkeypatch, [])
+    items = [{**row, "group": f"g{i // 3}"} for i, row in enumerate(rows_of(2, 3, 4, 5, 6, 8))]
+
+    def per_group(rows):
+        groups: dict[str, list[dict]] = {}
+        for row in rows:
+            group = groups.setdefault(row["group"], [])
+            group.append(row)
+            if len(group) == 3:
+                rejected = [
+                    [r["pair_id"], r["stage"], r["reason"]]
+                    for r in groups.pop(row["group"])
+                    if is_rejected(r)
+                ]
+                yield {"group": row["group"], "rejected": json.dumps(rejected)}
+
+    def outcomes(records: pd.DataFrame) -> pd.DataFrame:
+        rejected = [r for record in records["rejected"] for r in json.loads(record)]
+        frame = pd.DataFrame(rejected, columns=["pair_id", "stage", "reason"])
+        return pd.DataFrame({"pair_id": [item["pair_id"] for item in items]}).merge(frame, how="left")
+
+    stages = [Stage("halve", halve, kwargs={"divisor": 2})]
+    store = PartStore(tmp_path / "groups", id_column="group")
+    run = run_resumable(items, stages, store, description="test", columns=["rejected"], collect=per_group,
+                        item_outcomes=outcomes)  # fmt: skip
+    assert len(run.results) == 2  # two records
+    assert run.counts == {"halve": {"in": 6, "kept": 4, "rejected": {"odd_three": 1, "too_short": 1}}}
+    again = run_resumable(items, stages, store, description="test", columns=["rejected"], collect=per_group)
+    assert again.counts == {"halve": {"in": 2, "kept": 2, "rejected": {}}}  # without it: the records
+
+
 def test_the_runner_redoes_what_no_longer_holds_and_names_what_is_missing(tmp_path, monkeypatch):
     from pipelines.stage import run_resumable
 

@@ -45,8 +45,6 @@ class DedupConfig:
     """Pairs with a cosine at or above this (mean of source and edit first-frame cosines) are duplicates."""
     batch_size: int = 64
     """Pairs embedded per batch."""
-    num_gpus: float = 0.0
-    """GPUs per embedding actor (0 runs it on CPU)."""
     device: str = "auto"
     """"auto" (cuda when available, else cpu) or a torch device string."""
 
