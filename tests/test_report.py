@@ -27,6 +27,11 @@ from dataengine.steps.selection import SelectionConfig, summarize
 from dataengine.steps.shard_set import survival_summary
 from dataengine.tools.layer_diagnosis import DiagnoseConfig, write_diagnosis
 from dataengine.tools.run_report import SECTION_TITLES, SECTIONS, ReportConfig, write_report
+from pipelines.filter import FILTER_STAGES
+from pipelines.harvest import STAGES as HARVEST_STAGES
+from pipelines.portraits import SEGMENT_STAGES as PORTRAIT_CLIP_STAGES
+from pipelines.shards import STAGES as SHARD_STAGES
+from pipelines.stage import stage_counts
 from tests.helpers import REPO
 from tests.shard_builder import build_shards
 from trainer.eval import EvalConfig, run_eval
@@ -139,6 +144,9 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         rejected,
         SelectionConfig(threshold=7.0, max_per_category=4),
     )
+    # what the job's runner records: per stage, the rows in, kept and rejected by reason
+    outcomes = pd.concat([rejections, openve[["pair_id"]]], ignore_index=True)
+    summary["stages"] = stage_counts(outcomes, FILTER_STAGES)
     (run_dir / "summary.json").write_text(json.dumps(summary))
 
     # portraits: one pair with a reference PNG and masks
@@ -171,12 +179,33 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ]
     )
     write_pairs(portraits, run_dir / "portraits.parquet")
-    write_rejections(
-        rejections_frame(
-            [{"pair_id": "c1", "stage": "segment", "reason": "empty_mask", "detail": "frame 3"}]
-        ),
-        run_dir / "portrait_rejections.parquet",
+    clip_rejections = rejections_frame(
+        [
+            {"pair_id": "c1", "stage": "segment", "reason": "empty_mask", "detail": "frame 3"},
+            {"pair_id": "c2", "stage": "probe", "reason": "too_short", "detail": "9 frames"},
+        ]
     )
+    write_rejections(clip_rejections, run_dir / "portrait_rejections.parquet")
+    # synth-portraits' three counts: 1 background clip, 3 portrait clips, 1 planned pair
+    clips = pd.concat([clip_rejections, pd.DataFrame({"pair_id": ["c0"]})], ignore_index=True)
+    portrait_stages = {
+        **stage_counts(pd.DataFrame({"pair_id": ["b0"]}), ["background"]),
+        **stage_counts(clips, PORTRAIT_CLIP_STAGES),
+        **stage_counts(pd.DataFrame({"pair_id": ["p0"]}), ["composite"]),
+    }
+    (run_dir / "portraits_summary.json").write_text(json.dumps({"run": "tiny", "stages": portrait_stages}))
+    # harvest-portraits: 5 videos scanned, one unreadable, two with no window
+    harvest_rejections = rejections_frame(
+        [
+            {"pair_id": "v1", "stage": "probe", "reason": "undecodable", "detail": "v1.mp4"},
+            {"pair_id": "v2", "stage": "harvest", "reason": "no_window", "detail": "two people"},
+            {"pair_id": "v3", "stage": "harvest", "reason": "no_window", "detail": "too small"},
+        ]
+    )
+    write_rejections(harvest_rejections, run_dir / "harvest_rejections.parquet")
+    videos_seen = pd.concat([harvest_rejections, pd.DataFrame({"pair_id": ["v0", "v4"]})], ignore_index=True)
+    harvest_stages = stage_counts(videos_seen, HARVEST_STAGES)
+    (run_dir / "harvest_summary.json").write_text(json.dumps({"run": "tiny", "stages": harvest_stages}))
     prompt_image = root / "pairs" / "p.prompt.png"
     Image.fromarray(np.full((48, 64, 3), 90, dtype=np.uint8)).save(prompt_image)
     plan = {
@@ -203,7 +232,9 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ]
     )
     survival = survival_summary(pairs, pairs.assign(clip_frames=9), lost)
+    survival["stages"] = stage_counts(pairs[["pair_id"]].merge(lost, on="pair_id", how="left"), SHARD_STAGES)
     (root / "shards" / "tiny" / "summary.json").write_text(json.dumps(survival))
+    write_rejections(lost, root / "shards" / "tiny" / "rejections.parquet")
     train = root / "runs" / "debug"
     train.mkdir(parents=True)
     (train / "recipe.resolved.json").write_text(
@@ -344,6 +375,49 @@ def test_funnel_follows_each_category_from_csv_rows_to_samples(full_run: Path) -
     assert funnel.html.count("<rect") == 5 + 5 * 3 + 2  # legend, 3 full rows, the portrait's two bars
 
 
+def _counted(rejections: pd.DataFrame, num_items: int, stages: tuple[str, ...]) -> list[list[str]]:
+    """The rows a job's stage table should show, counted here from its rejections file: each stage takes in
+    what the stages before it kept."""
+    rows, remaining = [], num_items
+    for stage in stages:
+        mine = rejections[rejections["stage"] == stage]
+        by_reason = mine.groupby("reason").size().sort_index()
+        rejected = ", ".join(f"{reason} {n}" for reason, n in by_reason.items())
+        rows.append([stage, str(remaining), str(remaining - len(mine)), rejected])
+        remaining -= len(mine)
+    return rows
+
+
+def test_each_jobs_stage_table_shows_the_counts_it_recorded(full_run: Path) -> None:
+    _, sections = write_report(_config(full_run))
+    section = next(s for s in sections if s.key == "stages")
+    tables = dict(re.findall(r"<h3>(.*?)</h3>(<table>.*?</table>)", section.html))
+    assert list(tables) == ["filter", "harvest-portraits", "synth-portraits", "shards"]
+    shown = {job: _table_rows(html)[1:] for job, html in tables.items()}
+    assert _table_rows(tables["filter"])[0] == ["stage", "in", "kept", "rejected"]
+    run_dir = full_run / "manifests" / "tiny"
+
+    # the filter and the shards step: every input row ends kept or rejected once, so the rejections file
+    # and the number of rows give every number of the table
+    rejections = pd.read_parquet(run_dir / "rejections.parquet")
+    num_rows = len(pd.read_parquet(run_dir / "openve.parquet")) + len(rejections)
+    assert shown["filter"] == _counted(rejections, num_rows, FILTER_STAGES)
+    assert shown["filter"][1] == ["probe", "8", "7", "missing_file 1"]  # the fixture's one probe rejection
+    pairs = pd.concat([pd.read_parquet(run_dir / name) for name in ("openve.parquet", "portraits.parquet")])
+    lost = pd.read_parquet(full_run / "shards" / "tiny" / "rejections.parquet")
+    assert shown["shards"] == _counted(lost, len(pairs), SHARD_STAGES)
+    harvested = pd.read_parquet(run_dir / "harvest_rejections.parquet")
+    assert shown["harvest-portraits"] == _counted(harvested, 5, HARVEST_STAGES)
+
+    # synth-portraits counts three kinds of items: background clips, portrait clips, planned pairs
+    clip_rejections = pd.read_parquet(run_dir / "portrait_rejections.parquet")
+    portraits = {row[0]: row for row in shown["synth-portraits"]}
+    assert list(portraits) == ["background", *PORTRAIT_CLIP_STAGES, "composite"]
+    assert [portraits[s] for s in PORTRAIT_CLIP_STAGES] == _counted(clip_rejections, 3, PORTRAIT_CLIP_STAGES)
+    assert portraits["background"] == ["background", "1", "1", ""]
+    assert portraits["composite"] == ["composite", "1", "1", ""]
+
+
 def test_missing_parts_say_not_run(tmp_path: Path, full_run: Path) -> None:
     # only the training run exists: every data section says "not run", the loss curve is drawn
     path, sections = write_report(
@@ -356,10 +430,10 @@ def test_missing_parts_say_not_run(tmp_path: Path, full_run: Path) -> None:
     )
     status = {s.key: s.missing for s in sections}
     assert status["training"] is None and status["evaluation"] is None  # eval/ of the training run
-    for key in ("counts", "funnel", "rejections", "scores", "pairs", "shards", "layers"):
+    for key in ("counts", "funnel", "stages", "rejections", "scores", "pairs", "shards", "layers"):
         assert status[key] and status[key].startswith("not run"), status
     text = " ".join(parse(path).text)
-    assert text.count("not run") == 7
+    assert text.count("not run") == 8
 
 
 def test_broken_video_shows_in_place_of_its_thumbnail(tmp_path: Path, full_run: Path) -> None:

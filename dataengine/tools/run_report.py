@@ -4,7 +4,9 @@
 SVG charts, thumbnails as base64 PNG data URIs: no external asset, it opens from a mail attachment):
 
 1. per-category counts (pairs kept by the filter and the portrait step; read / scored / kept when the
-   filter's ``summary.json`` is there) and rejections by stage and reason;
+   filter's ``summary.json`` is there) and rejections by stage and reason; per job (filter,
+   harvest-portraits, synth-portraits, shards), the items each stage took in, kept and rejected by reason,
+   as the job's runner counted them (its summary's ``stages``);
 2. the score histogram of the judge's scores (inline SVG), with the selection threshold;
 3. thumbnails of a seeded sample of pairs: source, target, reference, and for portraits the prompt frame
    with SAM2's prompt box(es) drawn on it (the detector's, or the fixed prior) next to the person mask;
@@ -36,10 +38,22 @@ import pandas as pd
 
 from dataengine.formats.layout import INDEX_NAME, EvalLayout, RunLayout, TrainRunLayout
 
-SECTIONS = ("counts", "funnel", "rejections", "scores", "pairs", "shards", "training", "layers", "evaluation")
+SECTIONS = (
+    "counts",
+    "funnel",
+    "stages",
+    "rejections",
+    "scores",
+    "pairs",
+    "shards",
+    "training",
+    "layers",
+    "evaluation",
+)
 SECTION_TITLES = {
     "counts": "Pairs per category",
     "funnel": "From CSV rows to shard samples",
+    "stages": "Each job's stages",
     "rejections": "Rejections by reason",
     "scores": "Score histogram",
     "pairs": "Sample pairs",
@@ -426,6 +440,44 @@ def funnel_section(files: RunFiles) -> Section:
     if filtered is None:
         notes.append(f"filter not run: {files.data.summary} missing")
     return Section("funnel", html="".join(parts), notes=notes)
+
+
+def job_summaries(files: RunFiles) -> list[tuple[str, Path]]:
+    """Each data job and the summary it writes, in the order they run."""
+    data = files.data
+    return [
+        ("filter", data.summary),
+        ("harvest-portraits", data.harvest_summary),
+        ("synth-portraits", data.portraits_summary),
+        ("shards", data.shards_summary),
+    ]
+
+
+def stages_section(files: RunFiles) -> Section:
+    """Per job, one table: each stage, the items it took in, kept and rejected by reason, as the job's runner
+    counted them (the ``stages`` of its summary). A job whose items change between stages (synth-portraits:
+    background clips, portrait clips, then planned pairs) starts a new count at each."""
+    parts, notes, found = [], [], []
+    for job, path in job_summaries(files):
+        summary = _read_json(path)
+        if summary is None:
+            notes.append(f"{job} not run: {path} missing")
+            continue
+        found.append(path)
+        stages = summary.get("stages")
+        if not stages:
+            notes.append(f"{job}: {path} records no per-stage counts (written before they were recorded)")
+            continue
+        rows = [
+            [stage, count["in"], count["kept"], ", ".join(f"{r} {n}" for r, n in count["rejected"].items())]
+            for stage, count in stages.items()
+        ]
+        parts.append(f"<h3>{esc(job)}</h3>")
+        parts.append(table(["stage", "in", "kept", "rejected"], rows, numeric_from=1, numeric_to=3))
+    if not found:
+        where = ", ".join(str(path) for _, path in job_summaries(files))
+        return Section("stages", missing=f"not run: none of {where} exists")
+    return Section("stages", html="".join(parts), notes=notes)
 
 
 def rejections_section(files: RunFiles) -> Section:
@@ -899,6 +951,7 @@ def build_report(config: ReportConfig) -> tuple[str, list[Section]]:
     sections = [
         counts_section(files),
         funnel_section(files),
+        stages_section(files),
         rejections_section(files),
         scores_section(files),
         pairs_section(files, config),
