@@ -1,5 +1,13 @@
 """synth-portraits: the seeded plan, the segmentation stage with a tiny SAM2, and the CLI on Ray end to end.
 
+The end-to-end reference is the session's ``demo_run``: its synth-portraits job made the demo's pairs from the
+portrait and background windows that harvest-portraits found in demo-data's generated pool. The kill-then-resume
+test runs the same job on the same inputs (outputs elsewhere, under another run name, starting its own Ray),
+kills it once the job has written its first pairs, resumes it and compares the result with the demo run's. The
+demo's windows hold no clip the gate rejects and no background shorter than a pair, so one small extra run
+(joined to the session's Ray) covers those: a person who jumps every frame (rejected as unstable) and a
+9-frame background that the compositor loops back and forth.
+
 The pair pixels are checked against an independent computation: the generated clips' ground-truth masks,
 a window-mean alpha written here, the background looped back and forth by an explicit formula, and the
 alpha-blend formula in float64.
@@ -13,6 +21,7 @@ import os
 import signal
 import subprocess
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +35,18 @@ from dataengine.steps.portrait_pairs import CATEGORIES, InstructionsConfig, Port
 from dataengine.synthetic.portraits import SyntheticPortraitsConfig, generate_portraits
 from tests.helpers import cli_env, dataengine
 
-PAIRS_PER_TYPE = 3
+PAIRS_PER_TYPE = 1  # the small extra run's: its one good person and one background give 1 per type
 
 
 @pytest.fixture(scope="session")
 def portrait_data(tmp_path_factory):
+    """A good person, one the gate must reject (``unstable``: the figure jumps every frame) and one background
+    of 9 frames, shorter than a pair (17 frames): the cases the demo's windows do not hold."""
     root = tmp_path_factory.mktemp("portrait_inputs")
     config = SyntheticPortraitsConfig(
-        num_people=3,
-        num_backgrounds=3,
-        background_frames=(9, 25, 17),
+        num_people=1,
+        num_backgrounds=1,
+        background_frames=(9,),
         bad_people=("unstable",),
         seed=1,
         pool=(),
@@ -66,12 +77,14 @@ def write_recipe(folder: Path, data, run: str, **extra: str) -> Path:
     return path
 
 
-def cli(folder: Path, recipe: Path, *overrides: str, **popen) -> subprocess.Popen:
+def cli(
+    folder: Path, recipe: Path, *overrides: str, env: dict[str, str] | None = None, **popen
+) -> subprocess.Popen:
     command = dataengine("synth-portraits", str(recipe), *overrides)
     return subprocess.Popen(
         command,
         cwd=folder,
-        env=cli_env(),
+        env=env or cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -79,8 +92,9 @@ def cli(folder: Path, recipe: Path, *overrides: str, **popen) -> subprocess.Pope
     )
 
 
-def run_cli(folder: Path, recipe: Path, *overrides: str) -> str:
-    process = cli(folder, recipe, *overrides)
+def run_cli(folder: Path, recipe: Path, *overrides: str, **env: str) -> str:
+    """The job to its end (``env``: extra variables, e.g. ``RAY_ADDRESS`` to join a running Ray); its output."""
+    process = cli(folder, recipe, *overrides, env=cli_env(**env))
     out, _ = process.communicate(timeout=400)
     assert process.returncode == 0, out
     return out
@@ -157,12 +171,15 @@ def window_mean(masks: np.ndarray, radius: int) -> np.ndarray:
     return total / (2 * radius + 1) ** 2
 
 
-def expected_pair(row: dict, data) -> tuple[np.ndarray, np.ndarray]:
-    """Source and target frames computed here from the generated clips and their ground-truth masks."""
-    portrait_path = data.root / "people" / row["portrait"]
-    portrait = read_frames(portrait_path).astype(np.float64)[:17]
-    masks = load_masks(portrait_path.with_name(portrait_path.stem + ".masks.npz"))[:17]
-    background = read_frames(data.root / "backgrounds" / row["background"]).astype(np.float64)
+def expected_pair(row: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Source and target frames computed here from the generated clips and their ground-truth masks: the
+    portrait's 17 frames from its window's start, the background from its window's start looped back and
+    forth (the row is a pair's plan row: portrait_path, portrait_start, background_path, background_start)."""
+    portrait_path, start = Path(row["portrait_path"]), int(row["portrait_start"])
+    portrait = read_frames(portrait_path).astype(np.float64)[start : start + 17]
+    masks = load_masks(portrait_path.with_name(portrait_path.stem + ".masks.npz"))[start : start + 17]
+    assert len(portrait) == len(masks) == 17
+    background = read_frames(row["background_path"]).astype(np.float64)[int(row["background_start"]) :]
     n = len(background)
     order = [0]  # 0, 1, ..., n-1, n-2, ..., 1, 0, 1, ...
     step = 1
@@ -185,49 +202,44 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, portrait_data):
-    folder = tmp_path_factory.mktemp("run_a")
-    out = run_cli(folder, write_recipe(folder, portrait_data, "a"))
-    return folder, out
-
-
-@pytest.mark.ray
-@pytest.mark.process
-@pytest.mark.slow
-def test_cli_writes_pairs_whose_pixels_match_the_formula(uninterrupted, portrait_data):
+def check_run(
+    run_dir: Path, out: str, pairs_per_type: int, portraits: list[str], backgrounds: list[str]
+) -> None:
+    """A finished synth-portraits run: its manifest, rejections, summary and stage counts agree with the input
+    clips it was given (``portraits`` and ``backgrounds`` by name), and every pair's pixels match the formula."""
     from PIL import Image
 
-    folder, out = uninterrupted
-    run_dir = folder / "manifests" / "a"
     pairs = read_pairs(run_dir / "portraits.parquet")
     assert list(pairs.columns)[: len(PAIR_COLUMNS)] == PAIR_COLUMNS
     assert (pairs["origin"] == "portrait").all() and pairs["score"].isna().all()
-    assert pairs["category"].value_counts().to_dict() == {c: PAIRS_PER_TYPE for c in CATEGORIES.values()}
+    assert pairs["category"].value_counts().to_dict() == {c: pairs_per_type for c in CATEGORIES.values()}
     assert (pairs[["num_frames", "width", "height"]] == [17, 160, 96]).all().all()
     plan = pd.read_parquet(run_dir / "portrait_plan.parquet").set_index("pair_id")
-    # the unstable clip is rejected with its reason and never used
     rejections = pd.read_parquet(run_dir / "portrait_rejections.parquet")
-    (bad_name, bad_reason), *_ = portrait_data.expected_rejections.items()
-    assert rejections["reason"].tolist() == [bad_reason] and bad_name in rejections["detail"].iloc[0]
-    assert bad_name not in set(plan["portrait"])
     summary = json.loads((run_dir / "portraits_summary.json").read_text())
-    assert summary["portraits"] == {"seen": 4, "accepted": 3, "rejected": {bad_reason: 1}}
-    assert all(t["written"] == PAIRS_PER_TYPE for t in summary["types"].values())
-    # the runner's counts per stage: the rejected clip at its stage (as the rejections file says), every
+    num_rejected = len(rejections)
+    assert summary["portraits"]["seen"] == len(portraits)
+    assert summary["portraits"]["accepted"] == len(portraits) - num_rejected
+    assert summary["portraits"]["rejected"] == rejections["reason"].value_counts().to_dict()
+    assert all(t["written"] == pairs_per_type for t in summary["types"].values())
+    # the runner's counts per stage: a rejected clip at its stage (as the rejections file says), every
     # background usable, every planned pair written
     stages = summary["stages"]
     assert list(stages) == ["background", "probe", "detect", "segment", "composite"]
     recorded = {(stage, r): n for stage, count in stages.items() for r, n in count["rejected"].items()}
     assert recorded == {key: len(rows) for key, rows in rejections.groupby(["stage", "reason"])}
-    assert stages["probe"]["in"] == 4 and stages["segment"]["kept"] == 3
-    assert stages["background"]["in"] == stages["background"]["kept"] == summary["backgrounds"]["seen"] > 0
-    assert stages["composite"] == {"in": 3 * PAIRS_PER_TYPE, "kept": 3 * PAIRS_PER_TYPE, "rejected": {}}
+    assert (
+        stages["probe"]["in"] == len(portraits) and stages["segment"]["kept"] == len(portraits) - num_rejected
+    )
+    assert stages["background"]["in"] == stages["background"]["kept"] == summary["backgrounds"]["seen"]
+    assert summary["backgrounds"]["seen"] == len(backgrounds) > 0
+    num_pairs = 3 * pairs_per_type
+    assert stages["composite"] == {"in": num_pairs, "kept": num_pairs, "rejected": {}}
     assert "portrait_removal" in out and "ETA" in out
 
     for row in pairs.to_dict("records"):
         row = {**row, **plan.loc[row["pair_id"]].to_dict()}
-        want_source, want_target = expected_pair(row, portrait_data)
+        want_source, want_target = expected_pair(row)
         source, target = read_frames(row["source_path"]), read_frames(row["target_path"])
         assert source.shape == target.shape == (17, 96, 160, 3)
         assert psnr(source, want_source) > 32, row["category"]
@@ -238,44 +250,99 @@ def test_cli_writes_pairs_whose_pixels_match_the_formula(uninterrupted, portrait
         assert np.abs(reference.astype(np.int64) - want_target[0].astype(np.int64)).max() <= 1
 
 
+def demo_windows(demo_run) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """The demo's input windows (portraits, backgrounds, as harvest-portraits listed them) and its pairs per type."""
+    recipe = tomllib.loads(demo_run.recipe.read_text())["portraits"]
+    return (
+        pd.read_parquet(recipe["portrait_windows"]),
+        pd.read_parquet(recipe["background_windows"]),
+        recipe["pairs_per_type"],
+    )
+
+
 @pytest.mark.ray
 @pytest.mark.process
 @pytest.mark.slow
-def test_kill_then_resume_gives_the_same_output(tmp_path, uninterrupted, portrait_data):
-    folder_a, _ = uninterrupted
-    recipe = write_recipe(tmp_path, portrait_data, "b")
-    parts = tmp_path / "manifests" / "b" / ".portraits" / "pairs"
-    process = cli(tmp_path, recipe, start_new_session=True)
+def test_cli_writes_pairs_whose_pixels_match_the_formula(demo_run):
+    # the demo run: every portrait window of the pool is a person the gate accepts; its backgrounds are longer
+    # than a pair (trimmed), from the window's start
+    portrait_windows, background_windows, pairs_per_type = demo_windows(demo_run)
+    run_dir = demo_run.manifests
+    assert pairs_per_type > 1 and len(portrait_windows) > 1
+    assert pd.read_parquet(run_dir / "portrait_rejections.parquet").empty
+    check_run(
+        run_dir,
+        demo_run.stdout["synth-portraits"],
+        pairs_per_type,
+        list(portrait_windows["clip"]),
+        list(background_windows["clip"]),
+    )
+    plan = pd.read_parquet(run_dir / "portrait_plan.parquet")
+    assert set(plan["portrait"]) == set(portrait_windows["clip"])
+    # each portrait from the start of its window (where the person is in every sampled frame)
+    window_start = portrait_windows.set_index("clip")["start_frame"]
+    assert plan["portrait_start"].tolist() == window_start.reindex(plan["portrait"]).tolist()
+    assert plan["background_start"].nunique() > 1  # windows starting at the clip's start and later
+    lengths = {
+        read_frames(p).shape[0] - s
+        for p, s in zip(plan["background_path"], plan["background_start"], strict=True)
+    }
+    assert min(lengths) > 17 and len(lengths) > 1, lengths  # trimmed, from backgrounds of several lengths
+
+
+@pytest.mark.process
+@pytest.mark.slow
+def test_cli_rejects_the_unstable_person_and_loops_a_short_background(portrait_data, tmp_path, ray_session):
+    # the smallest extra input, for what the demo's windows do not hold: the unstable person is rejected with
+    # its reason and never used, and the 9-frame background is looped back and forth
+    out = run_cli(tmp_path, write_recipe(tmp_path, portrait_data, "gate"), RAY_ADDRESS=ray_session)
+    run_dir = tmp_path / "manifests" / "gate"
+    people = [p.name for p in portrait_data.people]
+    check_run(run_dir, out, PAIRS_PER_TYPE, people, [p.name for p in portrait_data.backgrounds])
+    rejections = pd.read_parquet(run_dir / "portrait_rejections.parquet")
+    (bad_name, bad_reason), *_ = portrait_data.expected_rejections.items()
+    assert rejections["reason"].tolist() == [bad_reason] and bad_name in rejections["detail"].iloc[0]
+    summary = json.loads((run_dir / "portraits_summary.json").read_text())
+    assert summary["portraits"] == {"seen": 2, "accepted": 1, "rejected": {bad_reason: 1}}
+    assert summary["stages"]["probe"]["in"] == 2 and summary["stages"]["segment"]["kept"] == 1
+    plan = pd.read_parquet(run_dir / "portrait_plan.parquet")
+    assert bad_name not in set(plan["portrait"])
+    assert {read_frames(p).shape[0] for p in plan["background_path"]} == {9}  # shorter than a pair: looped
+
+
+@pytest.mark.ray
+@pytest.mark.process
+@pytest.mark.slow
+def test_kill_then_resume_gives_the_same_output(tmp_path, demo_run):
+    # the demo's job on the demo's inputs, its outputs here under another run name; its own Ray, as a user's run
+    recipe, overrides = demo_run.recipe, ("run=resumed", f'portraits.output_dir="{tmp_path / "pairs"}"')
+    _, _, pairs_per_type = demo_windows(demo_run)
+    parts = tmp_path / "manifests" / "resumed" / ".portraits" / "pairs"
+    process = cli(tmp_path, recipe, *overrides, start_new_session=True)
     deadline = time.monotonic() + 300
     while not list(parts.glob("part-*.parquet")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray processes it started
     process.communicate(timeout=60)
-    assert not (tmp_path / "manifests" / "b" / "portraits.parquet").exists(), (
+    assert not (tmp_path / "manifests" / "resumed" / "portraits.parquet").exists(), (
         "the run finished before the kill"
     )
     num_done = len(pd.concat([pd.read_parquet(p) for p in parts.glob("part-*.parquet")]))
-    assert 0 < num_done < 3 * PAIRS_PER_TYPE
+    assert 0 < num_done < 3 * pairs_per_type
 
-    out = run_cli(tmp_path, recipe)
+    out = run_cli(tmp_path, recipe, *overrides)
     assert f"{num_done} already done" in out
 
     def digest(path: str) -> str:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
-    a = read_pairs(folder_a / "manifests" / "a" / "portraits.parquet")
-    b = read_pairs(tmp_path / "manifests" / "b" / "portraits.parquet")
+    run_dirs = (demo_run.manifests, tmp_path / "manifests" / "resumed")
+    a, b = (read_pairs(d / "portraits.parquet") for d in run_dirs)
     same = ["pair_id", "origin", "category", "instruction", "score", "num_frames", "fps", "width", "height"]
     pd.testing.assert_frame_equal(a[same], b[same])
-    rejections = [
-        pd.read_parquet(f / "manifests" / r / "portrait_rejections.parquet")
-        for f, r in ((folder_a, "a"), (tmp_path, "b"))
-    ]
+    rejections = [pd.read_parquet(d / "portrait_rejections.parquet") for d in run_dirs]
     pd.testing.assert_frame_equal(rejections[0], rejections[1])
-    plans = [
-        pd.read_parquet(f / "manifests" / r / "portrait_plan.parquet")
-        for f, r in ((folder_a, "a"), (tmp_path, "b"))
-    ]
+    plans = [pd.read_parquet(d / "portrait_plan.parquet") for d in run_dirs]
     pd.testing.assert_frame_equal(*(p[["pair_id", "portrait", "background", "instruction"]] for p in plans))
     # lossless files are byte-identical: the masks and the reference PNGs
     assert [digest(p) for p in plans[0]["masks_path"]] == [digest(p) for p in plans[1]["masks_path"]]
@@ -284,9 +351,7 @@ def test_kill_then_resume_gives_the_same_output(tmp_path, uninterrupted, portrai
     # in all (the cause is not found yet), so compare decoded pixels (and each against the formula)
     plan_b = plans[1].set_index("pair_id")
     for row_a, row_b in zip(a.to_dict("records"), b.to_dict("records"), strict=True):
-        want_source, want_target = expected_pair(
-            {**row_b, **plan_b.loc[row_b["pair_id"]].to_dict()}, portrait_data
-        )
+        want_source, want_target = expected_pair({**row_b, **plan_b.loc[row_b["pair_id"]].to_dict()})
         for column, want in (("source_path", want_source), ("target_path", want_target)):
             frames_a, frames_b = read_frames(row_a[column]), read_frames(row_b[column])
             assert psnr(frames_a, frames_b) > 32 and psnr(frames_b, want) > 32, (row_b["category"], column)
