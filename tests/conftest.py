@@ -24,6 +24,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -34,6 +35,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MIVE_RAY_OBJECT_STORE_BYTES", str(512 * 1024 * 1024))
 
 from tests.helpers import REPO, cli_env, dataengine, run_cli, trainer  # noqa: E402
+
+if TYPE_CHECKING:
+    from dataengine.synthetic.openve import SyntheticOpenVE
 
 # fixture -> the markers a test that uses it gets (the fixture starts these things on first use)
 FIXTURE_MARKERS = {
@@ -248,6 +252,7 @@ class DemoRun:
     stdout: dict[str, str] = field(default_factory=dict)  # each job's printed output (its step's log)
     overrides: tuple[str, ...] = ()  # the data recipe's overrides the run was made with
     ray_address: str = ""  # the session's Ray it joined
+    openve: SyntheticOpenVE | None = None  # what the generator wrote to demo_data/openve: rows, broken rows
 
     @property
     def data(self) -> Path:
@@ -278,7 +283,7 @@ def demo_run(tmp_path_factory, tiny_models, ray_session) -> DemoRun:
     (data / "models").mkdir(parents=True)
     for name in ("qwen3vl", "open_clip", "sam2", "detector", "wan_vae"):
         (data / "models" / name).symlink_to(tiny_models / name, target_is_directory=True)
-    build_filter_demo(data)
+    openve = build_filter_demo(data)
     generate_portraits(data / "portraits")
     # The workers of a joined Ray run in that Ray's folder, not the job's: the recipe's paths are made
     # absolute (inputs, models, outputs), as a recipe for a cluster has them.
@@ -295,7 +300,9 @@ def demo_run(tmp_path_factory, tiny_models, ray_session) -> DemoRun:
     overrides = (f'shards.output="{root}/shards/demo"',)
     run_cli(dataengine("reproduce", str(recipe), *overrides, "--steps", ",".join(jobs)), cwd=root, env=env)
     stdout = {job: (root / "manifests" / "demo" / "reproduce" / f"{job}.log").read_text() for job in jobs}
-    return DemoRun(root=root, recipe=recipe, stdout=stdout, overrides=overrides, ray_address=ray_session)
+    return DemoRun(
+        root=root, recipe=recipe, stdout=stdout, overrides=overrides, ray_address=ray_session, openve=openve
+    )
 
 
 @dataclass(frozen=True)

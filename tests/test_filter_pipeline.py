@@ -1,5 +1,12 @@
 """`dataengine filter` end to end through the CLI on the demo recipe (generated data, tiny models, local Ray):
-the outputs' contract, and a SIGKILLed-then-resumed run against an uninterrupted one."""
+the outputs' contract, and a SIGKILLed-then-resumed run against an uninterrupted one.
+
+The uninterrupted run is the session's ``demo_run`` (its ``filter`` step, manifests/demo/), read only: the
+demo data's 6 pairs and a near-copy per category with one broken row of each kind, and the recipe's cap of 4,
+make every stage reject something (the broken rows at read and probe, near-copies as duplicate, the rest of a
+category as over_cap). The killed-then-resumed run reruns that recipe on the same inputs into a folder of its
+own, with one pair per task so the kill lands mid-run, and must end with the demo run's outputs.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections import Counter
 from pathlib import Path
 
@@ -18,51 +26,27 @@ import pytest
 
 from dataengine.formats.manifest import PAIR_COLUMNS, read_metadata, read_pairs
 from dataengine.steps.openve_reader import read_openve
-from dataengine.synthetic.openve import BROKEN_KINDS, SyntheticOpenVEConfig, generate_openve
 from tests.helpers import REPO, cli_env
 
 pytestmark = [pytest.mark.ray, pytest.mark.process, pytest.mark.slow]
 
 ROOT = REPO
-CAP = 7  # 9 good pairs per category (one a near-copy): both over_cap and duplicate happen
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory, tiny_models):
-    qwen = tiny_models.qwen3vl
-    clip_config, clip_weights = tiny_models.open_clip_files
-    data = generate_openve(
-        tmp_path_factory.mktemp("openve"),
-        SyntheticOpenVEConfig(
-            pairs_per_category=8, near_duplicates_per_category=1, broken=tuple(BROKEN_KINDS)
-        ),
-    )
-    out = tmp_path_factory.mktemp("manifests")
-    overrides = [
-        f"filter.csv_dir={json.dumps(str(data.csv_dir))}",
-        f"filter.video_root={json.dumps(str(data.video_root))}",
-        f"filter.output_root={json.dumps(str(out))}",
-        f"filter.judge.model={json.dumps(str(qwen))}",
-        f"filter.dedup.model_config={json.dumps(str(clip_config))}",
-        f"filter.dedup.pretrained={json.dumps(str(clip_weights))}",
-        f"filter.selection.max_per_category={CAP}",
-        # one pair per task and per prefill: many small score parts, so a kill lands mid-run
+def _selection(demo_run) -> dict:
+    """The demo recipe's [filter.selection] (threshold, max_per_category)."""
+    return tomllib.loads(demo_run.recipe.read_text())["filter"]["selection"]
+
+
+def _command(demo_run, output_root: Path, run: str) -> list[str]:
+    """The demo run's filter on its inputs, into ``output_root/run``; one pair per probe task and per judge
+    prefill: many small score parts, so a kill lands mid-run (batching does not change a result)."""
+    return [
+        sys.executable, "-m", "pipelines.cli", "filter", str(demo_run.recipe), f"run={run}",
+        f"filter.output_root={json.dumps(str(output_root))}",
         "filter.resources.probe_batch_size=1",
         "filter.judge.batch_size=1",
-    ]
-    return {"data": data, "out": out, "overrides": overrides, "qwen": qwen}
-
-
-def _command(setup, run: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pipelines.cli",
-        "filter",
-        "manifests/demo.toml",
-        f"run={run}",
-        *setup["overrides"],
-    ]
+    ]  # fmt: skip
 
 
 _env = cli_env
@@ -73,22 +57,6 @@ def _parts(folder: Path) -> dict[str, list[str]]:
         p.name: pq.read_table(p, columns=["pair_id"]).column(0).to_pylist()
         for p in sorted(folder.glob("part-*.parquet"))
     }
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(setup, ray_session):
-    # the reference run joins the session's Ray (every path of the run is absolute); the killed and the
-    # resumed runs start their own, as a user's run does
-    result = subprocess.run(
-        _command(setup, "whole"),
-        cwd=ROOT,
-        env=_env(RAY_ADDRESS=ray_session),
-        capture_output=True,
-        text=True,
-        timeout=540,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return setup["out"] / "whole", result.stdout
 
 
 def test_cli_help_explains_the_command():
@@ -104,9 +72,9 @@ def test_cli_help_explains_the_command():
         assert word in result.stdout
 
 
-def test_every_row_ends_in_the_manifest_or_the_rejections(setup, uninterrupted):
-    folder, stdout = uninterrupted
-    data = setup["data"]
+def test_every_row_ends_in_the_manifest_or_the_rejections(demo_run, tiny_models):
+    folder, stdout = demo_run.manifests, demo_run.stdout["filter"]
+    data = demo_run.openve
     manifest = read_pairs(folder / "openve.parquet")
     rejections = pd.read_parquet(folder / "rejections.parquet")
     assert list(manifest.columns) == PAIR_COLUMNS
@@ -123,7 +91,10 @@ def test_every_row_ends_in_the_manifest_or_the_rejections(setup, uninterrupted):
     assert (manifest["origin"] == "openve").all() and manifest["reference_path"].isna().all()
     assert (manifest["num_frames"] == 17).all() and (manifest["width"] == 64).all()
     meta = read_metadata(folder / "openve.parquet")
-    assert meta["models"]["judge"] == str(setup["qwen"]) and meta["rubric_version"] == "v1"
+    # the recipe's judge, demo_data/models/qwen3vl: a link to the session's tiny model, recorded resolved
+    judge = tomllib.loads(demo_run.recipe.read_text())["filter"]["judge"]["model"]
+    assert Path(judge) == demo_run.data / "models" / "qwen3vl"
+    assert meta["models"]["judge"] == str(tiny_models.qwen3vl) and meta["rubric_version"] == "v1"
     assert "dataengine filter" in stdout and "over_cap" in stdout
     # the per-stage counts the summary records: each stage takes in what the ones before it kept, and its
     # rejections by reason are the rejections file's, counted here
@@ -140,21 +111,23 @@ def test_every_row_ends_in_the_manifest_or_the_rejections(setup, uninterrupted):
     assert summary["total"]["scored"] == summary["stages"]["score"]["kept"]
 
 
-def test_selection_matches_an_independent_pandas_computation(setup, uninterrupted):
-    folder, _ = uninterrupted
-    data = setup["data"]
+def test_selection_matches_an_independent_pandas_computation(demo_run):
+    folder = demo_run.manifests
+    data = demo_run.openve
     scores = pd.concat([pd.read_parquet(p) for p in sorted((folder / "scores").glob("part-*.parquet"))])
     pairs = read_openve(data.csv_dir, data.video_root).pairs
     scored = scores[scores["reason"].isna()].merge(pairs[["pair_id", "category"]], on="pair_id")
     rejections = pd.read_parquet(folder / "rejections.parquet")
     duplicates = set(rejections.loc[rejections["reason"] == "duplicate", "pair_id"])
     assert duplicates, "the planted near-copies should be found"
-    threshold = 4.0  # manifests/demo.toml
+    threshold, cap = _selection(demo_run)["threshold"], _selection(demo_run)["max_per_category"]
+    passing = scored[(scored["score"] >= threshold) & ~scored["pair_id"].isin(duplicates)]
+    # the demo's data and cap make the cap bite: some category has more passing pairs than it keeps
+    assert passing["category"].value_counts().max() > cap
     expected = (
-        scored[(scored["score"] >= threshold) & ~scored["pair_id"].isin(duplicates)]
-        .sort_values(["category", "score", "pair_id"], ascending=[True, False, True])
+        passing.sort_values(["category", "score", "pair_id"], ascending=[True, False, True])
         .groupby("category")
-        .head(CAP)
+        .head(cap)
     )
     manifest = read_pairs(folder / "openve.parquet")
     assert manifest["pair_id"].tolist() == expected["pair_id"].tolist()
@@ -162,7 +135,7 @@ def test_selection_matches_an_independent_pandas_computation(setup, uninterrupte
     summary = json.loads((folder / "summary.json").read_text())
     for category, entry in summary["categories"].items():
         assert entry["read"] == data.rows_per_category[category]
-        assert entry["kept"] == (manifest["category"] == category).sum() <= CAP
+        assert entry["kept"] == (manifest["category"] == category).sum() <= cap
         assert entry["read"] == entry["kept"] + sum(entry["rejected"].values())
         assert entry["scored"] == (scored["category"] == category).sum()
 
@@ -182,13 +155,14 @@ def _kill_session(proc: subprocess.Popen) -> None:
                 pass
 
 
-def test_a_killed_then_resumed_run_equals_an_uninterrupted_one(setup, uninterrupted, tmp_path):
-    whole, _ = uninterrupted
-    run = setup["out"] / "resumed"
+def test_a_killed_then_resumed_run_equals_an_uninterrupted_one(demo_run, tmp_path):
+    whole = demo_run.manifests  # the uninterrupted run
+    run = tmp_path / "manifests" / "resumed"
+    command = _command(demo_run, run.parent, "resumed")
     log = tmp_path / "killed.log"  # the killed run's output, shown if it ends on its own
     with log.open("w") as out:
         proc = subprocess.Popen(
-            _command(setup, "resumed"), cwd=ROOT, env=_env(), start_new_session=True,
+            command, cwd=ROOT, env=_env(), start_new_session=True,
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
@@ -203,12 +177,10 @@ def test_a_killed_then_resumed_run_equals_an_uninterrupted_one(setup, uninterrup
         _kill_session(proc)
     killed_parts = _parts(run / "scores")
     num_scored_before = sum(len(ids) for ids in killed_parts.values())
-    num_pairs = len(read_openve(setup["data"].csv_dir, setup["data"].video_root).pairs)
+    num_pairs = len(read_openve(demo_run.openve.csv_dir, demo_run.openve.video_root).pairs)
     assert not (run / "summary.json").exists() and num_scored_before < num_pairs  # really interrupted
 
-    result = subprocess.run(
-        _command(setup, "resumed"), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=540
-    )
+    result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=540)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"resuming: {num_scored_before} pairs already scored" in result.stdout
 
