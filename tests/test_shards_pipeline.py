@@ -1,8 +1,12 @@
 """`dataengine shards` end to end through the CLI on a local Ray: outputs, verify, and resume after a SIGKILL.
 
-Two runs of the same recipe, each from its own working folder (outputs go to ``shards/<run>`` there):
-one uninterrupted, one killed with SIGKILL once its first shard is recorded and then rerun. The two
-must end with the same ``index.json`` apart from its creation time, and the same rejections.
+The uninterrupted run is the session's ``demo_run`` (its ``shards`` step, shards/demo), read only: the demo's
+filtered OpenVE pairs (64x64) and portrait pairs (96x160), one bucket each. A second run of the same recipe
+on the same inputs, into a folder of its own, is killed with SIGKILL once its first shard is recorded and then
+rerun: it must end with the demo run's ``index.json`` (apart from its creation time and output folder), stage
+counts and rejections. The demo's inputs all decode (the filter probed them), so the decode rejections are
+checked on a small run of their own: one good pair, a row whose file is missing and a clip shorter than its
+manifest says.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import signal
 import subprocess
 import time
+import tomllib
 from pathlib import Path
 
 import pandas as pd
@@ -19,27 +24,11 @@ import pytest
 import webdataset as wds
 from shards_inputs import write_demo_manifests
 
+from dataengine.formats.manifest import read_pairs
 from dataengine.formats.shard_format import decode_sample, read_index
-from tests.helpers import REPO, cli_env, dataengine
+from tests.helpers import cli_env, dataengine
 
 pytestmark = [pytest.mark.ray, pytest.mark.process, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def recipe(tmp_path_factory, tiny_models) -> tuple[Path, dict[str, str]]:
-    root = tmp_path_factory.mktemp("shards_pipeline")
-    openve, portraits, expected = write_demo_manifests(root / "inputs", num_openve=4, num_portrait=2)
-    vae, qwen = tiny_models.wan_vae, tiny_models.qwen3vl
-    # The demo recipe with this test's inputs and models; one sample per shard so a kill lands mid-run.
-    text = (REPO / "manifests/demo.toml").read_text()
-    text = text.replace("manifests/demo/openve.parquet", str(openve))
-    text = text.replace("manifests/demo/portraits.parquet", str(portraits))
-    text = text.replace("demo_data/models/wan_vae", str(vae)).replace("demo_data/models/qwen3vl", str(qwen))
-    text = text.replace("samples_per_shard = 4", "samples_per_shard = 1")
-    path = root / "recipe.toml"
-    path.write_text(text)
-    assert str(openve) in text and str(qwen) in text and "samples_per_shard = 1" in text
-    return path, expected
 
 
 _env = cli_env
@@ -59,56 +48,82 @@ def _comparable(index: dict) -> dict:
     return {k: v for k, v in index.items() if k != "created_unix"}
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(recipe, tmp_path_factory, ray_session) -> Path:
-    # the reference run joins the session's Ray (the recipe's paths are absolute; the shard writer is the
-    # driver); the killed and the resumed runs below start their own, as a user's run does
-    cwd = tmp_path_factory.mktemp("uninterrupted")
-    _run(cwd, "shards", str(recipe[0]), ray_address=ray_session)
-    return cwd / "shards" / "demo"
+def _manifests(demo_run) -> pd.DataFrame:
+    """The pairs the demo run's shards step read: its recipe's [shards] inputs."""
+    inputs = tomllib.loads(demo_run.recipe.read_text())["shards"]["inputs"]
+    assert [Path(p).name for p in inputs] == ["openve.parquet", "portraits.parquet"]
+    return pd.concat([read_pairs(p) for p in inputs], ignore_index=True)
 
 
-def test_run_writes_verified_shards_and_rejections(uninterrupted, recipe):
+def test_run_writes_verified_shards_and_rejections(demo_run, ray_session, tmp_path):
+    uninterrupted = demo_run.shards
+    pairs = _manifests(demo_run)
     index = read_index(uninterrupted)
-    # 4 + 2 good pairs, two rejected while decoding (a missing file, a clip shorter than the manifest says)
-    assert index["num_samples"] == 6
+    # every pair of the two manifests, none rejected: the filter and the portrait step kept decodable pairs
+    assert index["num_samples"] == len(pairs)
     assert sorted(index["buckets"]) == ["t5_h12_w20", "t5_h8_w8"]
-    assert index["buckets"]["t5_h8_w8"]["num_samples"] == 4
+    num_64x64 = ((pairs["width"] == 64) & (pairs["height"] == 64)).sum()
+    assert index["buckets"]["t5_h8_w8"]["num_samples"] == num_64x64
     assert index["buckets"]["t5_h12_w20"]["latent_shape"] == [5, 12, 20]
     rejections = pd.read_parquet(uninterrupted / "rejections.parquet")
-    assert dict(zip(rejections["pair_id"], rejections["reason"], strict=True)) == recipe[1]
-    assert set(rejections["stage"]) == {"decode"}
-    # the runner's counts per sample (its records are shards): the 8 pairs, the two decode rejections
+    assert rejections.empty
+    # the runner's counts per sample (its records are shards)
     stages = json.loads((uninterrupted / "summary.json").read_text())["stages"]
     assert list(stages) == ["plan", "decode", "vae", "vlm", "validate"]
-    assert stages["plan"] == {"in": 8, "kept": 8, "rejected": {}}
-    assert stages["decode"] == {"in": 8, "kept": 6, "rejected": {"missing_file": 1, "too_short": 1}}
+    assert stages["plan"] == {"in": len(pairs), "kept": len(pairs), "rejected": {}}
+    assert stages["decode"] == {"in": len(pairs), "kept": len(pairs), "rejected": {}}
     assert stages["validate"]["kept"] == index["num_samples"]
 
     # the stock WebDataset reader reads every sample back
     urls = [str(uninterrupted / s["path"]) for s in index["shards"]]
     samples = [decode_sample(raw) for raw in wds.WebDataset(urls, shardshuffle=False)]
-    assert len(samples) == 6
+    assert len(samples) == len(pairs)
     for _key, tensors, meta in samples:
         t, h, w = meta["latent_shape"]
         assert tuple(tensors["source_latents"].shape) == (16, t, h, w)
         assert tuple(tensors["reference_latents"].shape) == (16, 1, h, w)
         assert tensors["vlm_first"].shape == tensors["vlm_last"].shape == (meta["vlm_tokens"], 64)
 
-    verify = _run(uninterrupted.parent.parent, "verify", str(uninterrupted))
+    verify = _run(demo_run.root, "verify", str(uninterrupted))
     assert "OK" in verify.stdout
-    inspect = _run(uninterrupted.parent.parent, "inspect", str(uninterrupted), "--json")
+    inspect = _run(demo_run.root, "inspect", str(uninterrupted), "--json")
     summary = json.loads(inspect.stdout)
-    assert summary["origins"] == {"openve": 4, "portrait": 2}
-    assert summary["rejections"] == {"missing_file": 1, "too_short": 1}
+    assert summary["origins"] == pairs["origin"].value_counts().to_dict()
+    assert set(summary["origins"]) == {"openve", "portrait"}
+    assert summary["rejections"] == {}
+
+    # rows that fail while decoding (a missing file, a clip shorter than the manifest says): the demo recipe
+    # on one good pair and those two, joined to the session's Ray (the recipe's paths are absolute)
+    openve, portraits, expected = write_demo_manifests(tmp_path / "inputs", num_openve=1, num_portrait=0)
+    inputs = json.dumps([str(openve), str(portraits)])
+    out = tmp_path / "shards" / "broken"
+    _run(tmp_path, "shards", str(demo_run.recipe), f"shards.inputs={inputs}", f"shards.output='{out}'",
+         ray_address=ray_session)  # fmt: skip
+    num_rows = len(read_pairs(openve)) + len(read_pairs(portraits))
+    rejections = pd.read_parquet(out / "rejections.parquet")
+    assert dict(zip(rejections["pair_id"], rejections["reason"], strict=True)) == expected
+    assert set(rejections["stage"]) == {"decode"}
+    stages = json.loads((out / "summary.json").read_text())["stages"]
+    assert stages["plan"] == {"in": num_rows, "kept": num_rows, "rejected": {}}
+    assert stages["decode"] == {
+        "in": num_rows, "kept": num_rows - 2, "rejected": {"missing_file": 1, "too_short": 1}
+    }  # fmt: skip
+    assert stages["validate"]["kept"] == read_index(out)["num_samples"] == num_rows - 2
+    inspect = _run(tmp_path, "inspect", str(out), "--json")
+    assert json.loads(inspect.stdout)["rejections"] == {"missing_file": 1, "too_short": 1}
 
 
-def test_resume_after_kill_equals_an_uninterrupted_run(uninterrupted, recipe, tmp_path):
+def test_resume_after_kill_equals_an_uninterrupted_run(demo_run, tmp_path):
+    uninterrupted = demo_run.shards
     out = tmp_path / "shards" / "demo"
     parts = out / ".parts"
+    # the demo run's recipe and inputs, into a folder of this test's (the demo's 4 samples per shard already
+    # make several shards: a kill at the first record lands mid-run)
+    command = ("shards", str(demo_run.recipe), f"shards.output='{out}'")
+    num_shards = len(read_index(uninterrupted)["shards"])  # each planned shard written: no pair rejected
     with (tmp_path / "killed.log").open("w") as log:
         process = subprocess.Popen(
-            _cli("shards", str(recipe[0])),
+            _cli(*command),
             cwd=tmp_path,
             env=_env(),
             stdout=log,
@@ -132,16 +147,18 @@ def test_resume_after_kill_equals_an_uninterrupted_run(uninterrupted, recipe, tm
     assert not (out / "index.json").exists()
     done_before = sorted(p.relative_to(out).as_posix() for p in out.rglob("shard-*.tar"))
     num_records = len(list(parts.glob("part-*.parquet")))
-    assert 1 <= num_records < 8, "the kill must land mid-run"
+    assert 1 <= num_records < num_shards, "the kill must land mid-run"
     stamps = {p: (out / p).stat().st_mtime_ns for p in done_before}
     # recorded at the kill (a tar renamed but killed before its record is redone on resume, rightly)
     recorded = {json.loads(e)["path"] for e in pd.read_parquet(parts)["entry"] if e}
 
-    resumed = _run(tmp_path, "shards", str(recipe[0]))
+    resumed = _run(tmp_path, *command)
     assert f"{num_records} shards already done" in resumed.stdout, resumed.stdout
     stages = json.loads((out / "summary.json").read_text())["stages"]  # counted over both runs' records
     assert stages == json.loads((uninterrupted / "summary.json").read_text())["stages"]
-    assert _comparable(read_index(out)) == _comparable(read_index(uninterrupted))
+    expected = _comparable(read_index(uninterrupted))
+    expected["recipe"]["output"] = str(out)  # the one setting the two runs differ in: where the shards go
+    assert _comparable(read_index(out)) == expected
     pd.testing.assert_frame_equal(
         pd.read_parquet(out / "rejections.parquet"), pd.read_parquet(uninterrupted / "rejections.parquet")
     )
