@@ -95,8 +95,11 @@ def pytest_configure(config):
 
     def watched(self, *args, **kwargs):
         item = _current[0]
-        if item is not None and not ({"process", "ray"} & set(item.keywords)):
-            _unmarked_processes.setdefault(item.nodeid, str(args[0] if args else kwargs.get("args"))[:120])
+        command = args[0] if args else kwargs.get("args")
+        # ctypes.util.find_library runs `ldconfig -p` to find a shared library: a lookup, not a process of the test
+        lookup = "ldconfig" in str(command)
+        if item is not None and not lookup and not ({"process", "ray"} & set(item.keywords)):
+            _unmarked_processes.setdefault(item.nodeid, str(command)[:120])
         original(self, *args, **kwargs)
 
     subprocess.Popen.__init__ = watched
