@@ -43,7 +43,7 @@ import numpy as np
 from dataengine.formats.atomic import write_text
 from dataengine.formats.recipe import MissingInput
 from dataengine.media.video import VideoInfo, read_frames, sample_indices
-from dataengine.models.devices import DType, resolve_device, resolve_dtype
+from dataengine.models.devices import DType, load_pretrained, resolve_device, resolve_dtype
 from dataengine.models.segment import InputRejection
 
 BACKENDS = ("transformers", "boxes_file")
@@ -428,16 +428,12 @@ class TransformersPersonDetector:
         self.config = config
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
-        try:
-            self.processor = AutoImageProcessor.from_pretrained(config.model)
-            self.model = AutoModelForObjectDetection.from_pretrained(config.model, dtype=self.dtype)
-        except (OSError, ValueError) as err:  # a missing folder is a ValueError (not a valid repo id)
-            raise OSError(
-                f"cannot load the person detector from {config.model!r}: give a transformers object-detection "
-                f"checkpoint (hub id like PekingU/rtdetr_v2_r50vd, or a folder with config.json and "
-                f"preprocessor_config.json): {err}"
-            ) from err
-        self.model.to(self.device).eval()
+        self.processor, self.model = load_pretrained(
+            AutoImageProcessor, AutoModelForObjectDetection, config.model, self.dtype, self.device,
+            what="the person detector",
+            expected="a transformers object-detection checkpoint (hub id like PekingU/rtdetr_v2_r50vd, or a folder "
+            "with config.json and preprocessor_config.json)",
+        )  # fmt: skip
         labels = {int(i): str(name) for i, name in self.model.config.id2label.items()}
         self.person_ids = sorted(
             i for i, name in labels.items() if name.lower() == config.person_label.lower()

@@ -5,7 +5,7 @@ torch is imported inside the functions so that importing a block stays cheap (CL
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import torch
@@ -33,3 +33,24 @@ def resolve_dtype(name: str, device: torch.device | str | None = None) -> torch.
     if name not in DTYPE_NAMES:
         raise ValueError(f"unknown dtype {name!r}; expected auto or one of {list(DTYPE_NAMES)}")
     return getattr(torch, name)
+
+
+def load_pretrained(
+    processor_cls: Any,
+    model_cls: Any,
+    model: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    *,
+    what: str,
+    expected: str,
+) -> tuple[Any, Any]:
+    """``(processor, model)`` of a transformers checkpoint (hub id or folder): the model in ``dtype``, moved to
+    ``device``, in eval mode. A checkpoint that cannot load is an ``OSError`` naming ``what`` and what a valid
+    checkpoint is (``expected``)."""
+    try:
+        processor = processor_cls.from_pretrained(model)
+        network = model_cls.from_pretrained(model, dtype=dtype)
+    except (OSError, ValueError) as err:  # a missing folder is a ValueError (not a valid repo id)
+        raise OSError(f"cannot load {what} from {model!r}: give {expected}: {err}") from err
+    return processor, network.to(device).eval()

@@ -32,7 +32,7 @@ import numpy as np
 
 from dataengine.formats.atomic import atomic_path
 from dataengine.formats.recipe import MissingInput
-from dataengine.models.devices import DType, resolve_device, resolve_dtype
+from dataengine.models.devices import DType, load_pretrained, resolve_device, resolve_dtype
 
 
 class InputRejection(ValueError):
@@ -226,15 +226,12 @@ class Sam2VideoSegmenter:
         self.config = config
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
-        try:
-            self.processor = Sam2VideoProcessor.from_pretrained(config.model)
-            self.model = Sam2VideoModel.from_pretrained(config.model, dtype=self.dtype)
-        except (OSError, ValueError) as err:  # a missing folder is a ValueError (not a valid repo id)
-            raise OSError(
-                f"cannot load SAM2 from {config.model!r}: give a transformers SAM2 video checkpoint "
-                f"(hub id like facebook/sam2.1-hiera-large, or a folder with config.json and processor_config.json): {err}"
-            ) from err
-        self.model.to(self.device).eval()
+        self.processor, self.model = load_pretrained(
+            Sam2VideoProcessor, Sam2VideoModel, config.model, self.dtype, self.device,
+            what="SAM2",
+            expected="a transformers SAM2 video checkpoint (hub id like facebook/sam2.1-hiera-large, or a folder with "
+            "config.json and processor_config.json)",
+        )  # fmt: skip
         self._torch = torch
 
     def prompt_for(self, height: int, width: int, boxes: Sequence[Box] | None = None) -> dict:
