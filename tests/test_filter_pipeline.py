@@ -1,27 +1,22 @@
 """`dataengine filter` end to end through the CLI on the demo recipe (generated data, tiny models, local Ray):
-the outputs' contract, and a SIGKILLed-then-resumed run against an uninterrupted one.
+the outputs' contract (its SIGKILLed-then-resumed run is in tests/test_ray_cluster.py, on a two-node cluster).
 
 The uninterrupted run is the session's ``demo_run`` (its ``filter`` step, manifests/demo/), read only: the
 demo data's 6 pairs and a near-copy per category with one broken row of each kind, and the recipe's cap of 4,
 make every stage reject something (the broken rows at read and probe, near-copies as duplicate, the rest of a
-category as over_cap). The killed-then-resumed run reruns that recipe on the same inputs into a folder of its
-own, with one pair per task so the kill lands mid-run, and must end with the demo run's outputs.
+category as over_cap).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 import tomllib
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
 from dataengine.formats.manifest import PAIR_COLUMNS, read_metadata, read_pairs
@@ -38,25 +33,7 @@ def _selection(demo_run) -> dict:
     return tomllib.loads(demo_run.recipe.read_text())["filter"]["selection"]
 
 
-def _command(demo_run, output_root: Path, run: str) -> list[str]:
-    """The demo run's filter on its inputs, into ``output_root/run``; one pair per probe task and per judge
-    prefill: many small score parts, so a kill lands mid-run (batching does not change a result)."""
-    return [
-        sys.executable, "-m", "pipelines.cli", "filter", str(demo_run.recipe), f"run={run}",
-        f"filter.output_root={json.dumps(str(output_root))}",
-        "filter.resources.probe_batch_size=1",
-        "filter.judge.batch_size=1",
-    ]  # fmt: skip
-
-
 _env = cli_env
-
-
-def _parts(folder: Path) -> dict[str, list[str]]:
-    return {
-        p.name: pq.read_table(p, columns=["pair_id"]).column(0).to_pylist()
-        for p in sorted(folder.glob("part-*.parquet"))
-    }
 
 
 def test_cli_help_explains_the_command():
@@ -138,73 +115,6 @@ def test_selection_matches_an_independent_pandas_computation(demo_run):
         assert entry["kept"] == (manifest["category"] == category).sum() <= cap
         assert entry["read"] == entry["kept"] + sum(entry["rejected"].values())
         assert entry["scored"] == (scored["category"] == category).sum()
-
-
-def _kill_session(proc: subprocess.Popen) -> None:
-    """SIGKILL the job's whole session (the CLI and the Ray processes it started), by its ids."""
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    time.sleep(1.0)
-    leftovers = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout.split("\n")
-    for line in leftovers:
-        fields = line.split()
-        if len(fields) == 2 and int(fields[1]) == proc.pid:
-            try:
-                os.kill(int(fields[0]), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def test_a_killed_then_resumed_run_equals_an_uninterrupted_one(demo_run, tmp_path):
-    whole = demo_run.manifests  # the uninterrupted run
-    run = tmp_path / "manifests" / "resumed"
-    command = _command(demo_run, run.parent, "resumed")
-    log = tmp_path / "killed.log"  # the killed run's output, shown if it ends on its own
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            command, cwd=ROOT, env=_env(), start_new_session=True,
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 400
-        while not list((run / "scores").glob("part-*.parquet")):
-            assert proc.poll() is None, (
-                "the run ended before writing a score part:\n" + log.read_text()[-3000:]
-            )
-            assert time.monotonic() < deadline, "no score part appeared"
-            time.sleep(0.01)
-    finally:
-        _kill_session(proc)
-    killed_parts = _parts(run / "scores")
-    num_scored_before = sum(len(ids) for ids in killed_parts.values())
-    num_pairs = len(read_openve(demo_run.openve.csv_dir, demo_run.openve.video_root).pairs)
-    assert not (run / "summary.json").exists() and num_scored_before < num_pairs  # really interrupted
-
-    result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=540)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert f"resuming: {num_scored_before} pairs already scored" in result.stdout
-
-    # nothing scored twice: the killed run's parts are untouched and no pair is in two parts
-    parts = _parts(run / "scores")
-    assert {name: parts[name] for name in killed_parts} == killed_parts
-    all_ids = [pid for ids in parts.values() for pid in ids]
-    assert len(all_ids) == len(set(all_ids)) == num_pairs
-
-    # the same outputs as the uninterrupted run (scores up to float noise of a different batching)
-    ours, theirs = read_pairs(run / "openve.parquet"), read_pairs(whole / "openve.parquet")
-    pd.testing.assert_frame_equal(ours.drop(columns="score"), theirs.drop(columns="score"))
-    assert ours["score"].tolist() == pytest.approx(theirs["score"].tolist(), abs=1e-5)
-    ours_rej = pd.read_parquet(run / "rejections.parquet")
-    theirs_rej = pd.read_parquet(whole / "rejections.parquet")
-    key = ["pair_id", "stage", "reason"]
-    pd.testing.assert_frame_equal(ours_rej[key], theirs_rej[key])
-    stable = ~ours_rej["reason"].isin(["below_threshold", "duplicate"])  # details with printed scores
-    assert ours_rej.loc[stable, "detail"].tolist() == theirs_rej.loc[stable, "detail"].tolist()
-    ours_sum = json.loads((run / "summary.json").read_text())
-    theirs_sum = json.loads((whole / "summary.json").read_text())
-    for category, entry in theirs_sum["categories"].items():
-        for field in ("read", "scored", "kept", "rejected"):
-            assert ours_sum["categories"][category][field] == entry[field]
 
 
 def test_resuming_with_another_judge_is_refused(tmp_path):

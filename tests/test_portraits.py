@@ -1,9 +1,9 @@
 """synth-portraits: the seeded plan, the segmentation stage with a tiny SAM2, and the CLI on Ray end to end.
 
 The end-to-end reference is the session's ``demo_run``: its synth-portraits job made the demo's pairs from the
-portrait and background windows that harvest-portraits found in demo-data's generated pool. The kill-then-resume
-test runs the same job on the same inputs (outputs elsewhere, under another run name, starting its own Ray),
-kills it once the job has written its first pairs, resumes it and compares the result with the demo run's. The
+portrait and background windows that harvest-portraits found in demo-data's generated pool. Its kill-then-resume
+(the same job on the same inputs, killed once it has written its first pairs, resumed and compared with the demo
+run's) runs on the two-node cluster of tests/test_ray_cluster.py. The
 demo's windows hold no clip the gate rejects and no background shorter than a pair, so one small extra run
 (joined to the session's Ray) covers those: a person who jumps every frame (rejected as unstable) and a
 9-frame background that the compositor loops back and forth.
@@ -15,12 +15,8 @@ alpha-blend formula in float64.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import signal
 import subprocess
-import time
 import tomllib
 from pathlib import Path
 
@@ -308,53 +304,6 @@ def test_cli_rejects_the_unstable_person_and_loops_a_short_background(portrait_d
     plan = pd.read_parquet(run_dir / "portrait_plan.parquet")
     assert bad_name not in set(plan["portrait"])
     assert {read_frames(p).shape[0] for p in plan["background_path"]} == {9}  # shorter than a pair: looped
-
-
-@pytest.mark.ray
-@pytest.mark.process
-@pytest.mark.slow
-def test_kill_then_resume_gives_the_same_output(tmp_path, demo_run):
-    # the demo's job on the demo's inputs, its outputs here under another run name; its own Ray, as a user's run
-    recipe, overrides = demo_run.recipe, ("run=resumed", f'portraits.output_dir="{tmp_path / "pairs"}"')
-    _, _, pairs_per_type = demo_windows(demo_run)
-    parts = tmp_path / "manifests" / "resumed" / ".portraits" / "pairs"
-    process = cli(tmp_path, recipe, *overrides, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not list(parts.glob("part-*.parquet")) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray processes it started
-    process.communicate(timeout=60)
-    assert not (tmp_path / "manifests" / "resumed" / "portraits.parquet").exists(), (
-        "the run finished before the kill"
-    )
-    num_done = len(pd.concat([pd.read_parquet(p) for p in parts.glob("part-*.parquet")]))
-    assert 0 < num_done < 3 * pairs_per_type
-
-    out = run_cli(tmp_path, recipe, *overrides)
-    assert f"{num_done} already done" in out
-
-    def digest(path: str) -> str:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-    run_dirs = (demo_run.manifests, tmp_path / "manifests" / "resumed")
-    a, b = (read_pairs(d / "portraits.parquet") for d in run_dirs)
-    same = ["pair_id", "origin", "category", "instruction", "score", "num_frames", "fps", "width", "height"]
-    pd.testing.assert_frame_equal(a[same], b[same])
-    rejections = [pd.read_parquet(d / "portrait_rejections.parquet") for d in run_dirs]
-    pd.testing.assert_frame_equal(rejections[0], rejections[1])
-    plans = [pd.read_parquet(d / "portrait_plan.parquet") for d in run_dirs]
-    pd.testing.assert_frame_equal(*(p[["pair_id", "portrait", "background", "instruction"]] for p in plans))
-    # lossless files are byte-identical: the masks and the reference PNGs
-    assert [digest(p) for p in plans[0]["masks_path"]] == [digest(p) for p in plans[1]["masks_path"]]
-    assert [digest(p) for p in a["reference_path"]] == [digest(p) for p in b["reference_path"]]
-    # the H.264 files hold the same frames up to the encoder: the bytes matched in most runs here but not
-    # in all (the cause is not found yet), so compare decoded pixels (and each against the formula)
-    plan_b = plans[1].set_index("pair_id")
-    for row_a, row_b in zip(a.to_dict("records"), b.to_dict("records"), strict=True):
-        want_source, want_target = expected_pair({**row_b, **plan_b.loc[row_b["pair_id"]].to_dict()})
-        for column, want in (("source_path", want_source), ("target_path", want_target)):
-            frames_a, frames_b = read_frames(row_a[column]), read_frames(row_b[column])
-            assert psnr(frames_a, frames_b) > 32 and psnr(frames_b, want) > 32, (row_b["category"], column)
 
 
 def test_recorded_pairs_are_redone_when_their_files_are_gone(tmp_path):

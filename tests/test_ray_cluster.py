@@ -1,12 +1,17 @@
-"""The data engine on a real Ray cluster, started on this machine the way an operator starts one.
+"""The data engine on a real Ray cluster, started on this machine the way an operator starts one, and each
+data job killed once and resumed there.
 
 ``ray start --head --block`` (2 CPUs), then ``ray start --address HEAD --block`` for a second node with 2
 CPUs of its own and a custom resource, both with token authentication (Ray's default for a cluster started
-by the CLI: the token file is handed to every node and every driver). The three jobs of the demo chain
-(``dataengine filter``, ``synth-portraits``, ``shards``) then run with ``--ray-address`` on tiny generated
-inputs, from the ``dataengine`` console script with no ``PYTHONPATH``: the drivers and the Ray workers of
-both nodes import the installed package (the README's "How the nodes get the code"). Their outputs must equal
-those of the same commands run without ``--ray-address`` (a local Ray started by each job).
+by the CLI: the token file is handed to every node and every driver). The nodes start once; the demo recipe's
+four data jobs (``dataengine filter``, ``harvest-portraits``, ``synth-portraits``, ``shards``) then run against
+them with ``--ray-address``, one stage of each pinned to the second node, from the ``dataengine`` console script
+with no ``PYTHONPATH``: the drivers and the Ray workers of both nodes import the installed package (the README's
+"How the nodes get the code"). They read the session's ``demo_run`` inputs and write under a folder of their own
+(the shard set to a ``file://`` URL). filter, synth-portraits and shards are each SIGKILLed once their first part
+is recorded (a moment chosen from the job's own parts, never by a sleep) and run again: the resumed run keeps
+what was recorded, redoes nothing, and every output must equal the uninterrupted ``demo_run``'s (joined to the
+session's local Ray). harvest-portraits runs to its end here; its kill-resume is in tests/test_harvest.py.
 
 The nodes are stopped by their own ``ray start --block`` processes (SIGTERM: each kills the Ray processes it
 started; they share its fate through ``PR_SET_PDEATHSIG`` besides), and any process left with this test's
@@ -17,6 +22,7 @@ including other users' clusters.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -27,16 +33,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
-from dataengine.formats.shard_format import read_index, shard_set_location
+from dataengine.formats.manifest import read_pairs
+from dataengine.formats.shard_format import read_index
+from dataengine.media.video import read_frames
+from dataengine.steps.openve_reader import read_openve
 from dataengine.steps.shard_set import verify_shards
-from tests.helpers import REPO
+from tests.helpers import kill_when
+from tests.test_portraits import demo_windows, expected_pair, psnr
 
 BIN = Path(sys.executable).parent  # the environment's console scripts: dataengine, ray
 JOB_TIMEOUT_S = 300
@@ -145,80 +156,121 @@ class TwoNodeCluster:
         return found
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory) -> tuple[Path, Path]:
-    """Tiny inputs in the demo's layout, and the demo recipe pointing at them (outputs relative to the cwd)."""
-    from dataengine.synthetic.clip import build_tiny_open_clip
-    from dataengine.synthetic.openve import CATEGORIES, SyntheticOpenVEConfig, generate_openve
-    from dataengine.synthetic.portraits import SyntheticPortraitsConfig, generate_portraits
-    from dataengine.synthetic.qwen3vl import build_tiny_qwen3vl
-    from dataengine.synthetic.wan_vae import build_tiny_wan_vae
-
-    root = tmp_path_factory.mktemp("ray_cluster")
-    data = root / "demo_data"
-    generate_openve(
-        data / "openve",
-        SyntheticOpenVEConfig(pairs_per_category=2, categories=CATEGORIES[:2], broken=("missing_file",)),
-    )
-    generate_portraits(
-        data / "portraits",
-        SyntheticPortraitsConfig(num_people=1, num_backgrounds=1, background_frames=(17,), pool=()),
-    )
-    build_tiny_qwen3vl(data / "models" / "qwen3vl")
-    build_tiny_open_clip(data / "models" / "open_clip")
-    vae = build_tiny_wan_vae(data / "models" / "wan_vae")
-    text = (REPO / "manifests" / "demo.toml").read_text()
-    for old, new in [
-        ('output_dir = "demo_data/portrait_pairs"', 'output_dir = "portrait_pairs"'),
-        ("pairs_per_type = 3", "pairs_per_type = 1"),
-        # no harvest-portraits step: synth-portraits reads people_dir and backgrounds_dir
-        ('portrait_windows = "manifests/demo/portrait_windows.parquet"\n', ""),
-        ('background_windows = "manifests/demo/background_windows.parquet"\n', ""),
-        ('"demo_data/models/wan_vae"', json.dumps(str(vae))),
-        ('"demo_data/', f'"{data}/'),
-    ]:
-        assert old in text, old
-        text = text.replace(old, new)
-    recipe = root / "recipe.toml"
-    recipe.write_text(text)
-    return root, recipe
-
-
-# Near-duplicate removal runs in the driver on a CPU-only recipe (no Ray in it): left out to save time.
-OVERRIDES = {"filter": ["filter.dedup.enabled=false"]}
-# On the cluster one stage of each job is pinned to the second node by its custom resource.
-PINNED = {"filter": "score", "synth-portraits": "composite", "shards": "vae"}
+# The demo recipe's four data jobs, in order; the stage of each pinned to the second node by its custom resource,
+# and the part each killed job must have written before its SIGKILL (a path pattern under the working folder).
+JOBS = ("filter", "harvest-portraits", "synth-portraits", "shards")
+PINNED = {"filter": "score", "harvest-portraits": "harvest", "synth-portraits": "composite", "shards": "vae"}
 PLACEMENT = {
-    "filter": [f"filter.resources.placement.score={{{NODE2_RESOURCE} = 1}}"],
-    "synth-portraits": [f"portraits.resources.placement.composite={{{NODE2_RESOURCE} = 1}}"],
-    "shards": [f"shards.resources.placement.vae={{{NODE2_RESOURCE} = 1}}"],
+    "filter": f"filter.resources.placement.score={{{NODE2_RESOURCE} = 1}}",
+    "harvest-portraits": f"portraits.resources.placement.harvest={{{NODE2_RESOURCE} = 1}}",
+    "synth-portraits": f"portraits.resources.placement.composite={{{NODE2_RESOURCE} = 1}}",
+    "shards": f"shards.resources.placement.vae={{{NODE2_RESOURCE} = 1}}",
+}
+KILL_AT = {  # the job's first recorded part: a kill there lands mid-run (the demo's jobs write several)
+    "filter": "manifests/demo/scores/part-*.parquet",
+    "synth-portraits": "manifests/demo/.portraits/pairs/part-*.parquet",
+    "shards": "shards/demo/.parts/part-*.parquet",  # the local staging folder of a shard set written to a URL
 }
 
 
-def _run_chain(
-    cwd: Path, recipe: Path, env: dict[str, str], address: str = "", shards_url: str = ""
-) -> dict[str, tuple[float, str]]:
-    """The demo chain's three jobs, one after the other, from ``cwd`` (on the cluster at ``address``, with
-    one stage of each pinned to the second node, the shards written to ``shards_url``); returns each job's
-    seconds and standard output."""
-    cwd.mkdir()
-    done = {}
-    for job in ("filter", "synth-portraits", "shards"):
-        extra = [*PLACEMENT[job], "--ray-address", address] if address else []
-        if job == "shards" and shards_url:
-            extra.append(f'shards.output="{shards_url}"')
-        started = time.monotonic()
-        result = subprocess.run(
-            [str(BIN / "dataengine"), job, str(recipe), *OVERRIDES.get(job, []), *extra],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=JOB_TIMEOUT_S,
-        )
-        assert result.returncode == 0, f"{job} {extra}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        done[job] = (round(time.monotonic() - started, 1), result.stdout)
-    return done
+@dataclass
+class ClusterChain:
+    """The demo recipe's data jobs on the two-node cluster, each but harvest-portraits SIGKILLed once at its first
+    recorded part and run again to the end (harvest-portraits' own kill-resume is in tests/test_harvest.py)."""
+
+    root: Path  # the working folder: manifests/demo/, portrait_pairs/, shards/demo/ (staging), bucket/
+    shards_url: str  # where the shard set went (a file:// URL: staged, uploaded, deleted locally)
+    stdout: dict[str, str]  # each job's printed output (of the run to the end)
+    killed: dict[str, dict]  # what each killed job had left at its kill
+    seconds: dict[str, float]
+    leftovers: list[int]  # Ray processes of the cluster left after it stopped
+
+
+def _cluster_recipe(demo_run, root: Path) -> Path:
+    """The demo run's recipe with its outputs under ``root``: the same inputs and models (absolute paths)."""
+    text = demo_run.recipe.read_text()
+    for old, new in [
+        (f'"{demo_run.root}/demo_data/portrait_pairs"', f'"{root}/portrait_pairs"'),
+        (f'"{demo_run.root}/manifests', f'"{root}/manifests'),
+    ]:
+        assert old in text, old
+        text = text.replace(old, new)
+    recipe = root / "cluster.toml"
+    recipe.write_text(text)
+    return recipe
+
+
+def _killed_state(job: str, root: Path, shards: Path) -> dict:
+    """What a job had recorded when it was killed (the resume must keep it as it is)."""
+    run = root / "manifests" / "demo"
+    if job == "filter":
+        return {"parts": _score_parts(run / "scores"), "summary": (run / "summary.json").exists()}
+    if job == "synth-portraits":
+        parts = list((run / ".portraits" / "pairs").glob("part-*.parquet"))
+        return {
+            "num_done": len(pd.concat([pd.read_parquet(p) for p in parts])),
+            "manifest": (run / "portraits.parquet").exists(),
+        }
+    staging = root / "shards" / "demo" / ".parts"
+    done = sorted(p.relative_to(shards).as_posix() for p in shards.rglob("shard-*.tar"))
+    return {
+        "index": (shards / "index.json").exists(),
+        "num_records": len(list(staging.glob("part-*.parquet"))),
+        "stamps": {p: (shards / p).stat().st_mtime_ns for p in done},
+        "recorded": {json.loads(e)["path"] for e in pd.read_parquet(staging)["entry"] if e},
+    }
+
+
+def _score_parts(folder: Path) -> dict[str, list[str]]:
+    """Each score part's pair ids, by part file name."""
+    return {
+        p.name: pq.read_table(p, columns=["pair_id"]).column(0).to_pylist()
+        for p in sorted(folder.glob("part-*.parquet"))
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster_chain(demo_run, tmp_path_factory) -> ClusterChain:
+    """Start the two nodes once; run the demo's four data jobs against them from the ``dataengine`` console script,
+    on the session demo run's inputs (its shards job on the demo run's manifests, so the shard set must be the
+    demo run's byte for byte), killing filter, synth-portraits and shards once each; stop the nodes."""
+    root = tmp_path_factory.mktemp("ray_cluster")
+    recipe = _cluster_recipe(demo_run, root)
+    bucket = root / "bucket" / "shards" / "demo"
+    shards_url = f"file://{bucket}"
+    inputs = json.dumps(
+        [str(demo_run.manifests / "openve.parquet"), str(demo_run.manifests / "portraits.parquet")]
+    )
+    extra = {"shards": [f"shards.inputs={inputs}", f'shards.output="{shards_url}"']}
+    cluster = TwoNodeCluster()
+    stdout, killed, seconds = {}, {}, {}
+    try:
+        cluster.start()
+        for job in JOBS:
+            command = [str(BIN / "dataengine"), job, str(recipe), PLACEMENT[job], *extra.get(job, []),
+                       "--ray-address", cluster.address]  # fmt: skip
+            started = time.monotonic()
+            if job in KILL_AT:
+                log = root / f"{job}.killed.log"
+                with log.open("w") as out:
+                    process = subprocess.Popen(
+                        command, cwd=root, env=cluster.env, stdout=out, stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )  # fmt: skip
+                try:
+                    kill_when(process, lambda job=job: any(root.glob(KILL_AT[job])), timeout=JOB_TIMEOUT_S)
+                except AssertionError as err:
+                    raise AssertionError(f"{job}: {err}\n{log.read_text()[-3000:]}") from None
+                killed[job] = _killed_state(job, root, bucket)
+            result = subprocess.run(
+                command, cwd=root, env=cluster.env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S
+            )
+            assert result.returncode == 0, f"{job}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            stdout[job], seconds[job] = result.stdout, round(time.monotonic() - started, 1)
+    finally:
+        cluster.stop()
+    print("job seconds on the cluster (a killed job: both runs):", seconds)
+    return ClusterChain(root, shards_url, stdout, killed, seconds, cluster.leftovers())
 
 
 def _stage_nodes(stdout: str, stage: str) -> list[str]:
@@ -233,88 +285,136 @@ def _stage_nodes(stdout: str, stage: str) -> list[str]:
     return nodes
 
 
-def _outputs(cwd: Path, shards: str = "") -> dict[str, object]:
-    """What the chain wrote, comparable across working folders: Parquet as frames with ``cwd`` taken out of
-    the paths, ``index.json`` without its creation time and the recipe's resources and output. ``shards``:
-    where the shard set is, when not in ``cwd``."""
-    manifests = cwd / "manifests" / "demo"
-    outputs: dict[str, object] = {}
-    for name in ("openve.parquet", "rejections.parquet", "portraits.parquet", "portrait_rejections.parquet"):
-        frame = pd.read_parquet(manifests / name)
-        for column in frame.columns:
-            if pd.api.types.is_string_dtype(frame[column]) or frame[column].dtype == object:
-                frame[column] = frame[column].map(
-                    lambda v: v.replace(str(cwd), "<cwd>") if isinstance(v, str) else v
-                )
-        outputs[name] = frame
-    shards = shards or str(cwd / "shards" / "demo")
-    fs, root = shard_set_location(shards)
-    with fs.open(f"{root}/rejections.parquet", "rb") as handle:
-        outputs["shard rejections"] = pd.read_parquet(handle)
-    index = read_index(shards)
-    index["recipe"].pop("resources")  # the cluster run's placement is in there; resources change no shard
-    index["recipe"].pop("output")
-    for entry in index["shards"]:
-        if entry["bucket"] == PORTRAIT_BUCKET:  # latents of re-encoded videos: see _same_pixels
-            entry.pop("sha256"), entry.pop("bytes")
-    outputs["index.json"] = {k: v for k, v in index.items() if k != "created_unix"}
-    return outputs
-
-
-# The portrait pairs' videos are H.264 files the job encodes itself. Two encodes of the same frames were
-# seen to differ by a few grey levels in one cluster run of this test (x264 or decoder threads under load;
-# not reproduced in isolation, and two local runs were byte-equal): their frames are compared within a
-# grey level on average, and the shards made from them by keys and counts, not bytes.
-PORTRAIT_BUCKET = "t5_h12_w20"  # 17 frames of 96 x 160
-
-
-def _same_pixels(local: pd.DataFrame, cluster: pd.DataFrame) -> None:
-    """Every portrait pair video of the two runs, decoded: the same frames up to encoder noise."""
-    from dataengine.media.video import read_frames
-
-    for (_, a), (_, b) in zip(local.iterrows(), cluster.iterrows(), strict=True):
-        for column in ("source_path", "target_path"):
-            x = read_frames(a[column]).astype(np.int16)
-            y = read_frames(b[column]).astype(np.int16)
-            assert x.shape == y.shape and np.abs(x - y).mean() < 1.0, (a["pair_id"], column)
-
-
-@pytest.mark.timeout(900)
-def test_filter_portraits_and_shards_on_a_two_node_cluster_equal_a_local_run(chain):
-    """The local chain and the cluster chain run side by side (two working folders) to halve the wall time."""
-    root, recipe = chain
-    cluster = TwoNodeCluster()
-    shards_url = f"file://{root}/bucket/shards/demo"  # the cluster run's shard set goes to a URL
-
-    def on_the_cluster() -> dict[str, tuple[float, str]]:
-        cluster.start()
-        return _run_chain(root / "cluster", recipe, cluster.env, cluster.address, shards_url)
-
-    try:
-        with ThreadPoolExecutor(2) as pool:
-            local = pool.submit(_run_chain, root / "local", recipe, cluster.env)
-            remote = pool.submit(on_the_cluster)
-            runs = {"local": local.result(), "cluster": remote.result()}
-    finally:
-        cluster.stop()
-    assert not cluster.leftovers(), "Ray processes of the test outlived it"
-    print("job seconds:", {where: {job: run[0] for job, run in jobs.items()} for where, jobs in runs.items()})
+def test_each_job_ran_its_pinned_stage_on_the_second_node_and_no_ray_process_is_left(cluster_chain, demo_run):
+    assert not cluster_chain.leftovers, "Ray processes of the test outlived it"
     for job, stage in PINNED.items():
-        # the pinned stage ran on the second node only; on the local Ray, on its one node
-        nodes = _stage_nodes(runs["cluster"][job][1], stage)
+        # the pinned stage ran on the second node only; on the session's local Ray, on its one node
+        nodes = _stage_nodes(cluster_chain.stdout[job], stage)
         assert len(nodes) == 1 and nodes[0].endswith(f"({NODE2_RESOURCE})"), (job, nodes)
-        assert len(_stage_nodes(runs["local"][job][1], stage)) == 1, job
-    expected, got = _outputs(root / "local"), _outputs(root / "cluster", shards_url)
-    _same_pixels(
-        *(pd.read_parquet(root / run / "manifests/demo/portraits.parquet") for run in ("local", "cluster"))
+        assert len(_stage_nodes(demo_run.stdout[job], stage)) == 1, job
+
+
+def _normalised(frame: pd.DataFrame, roots: dict[str, str]) -> pd.DataFrame:
+    """``frame`` with the working folders in its string columns replaced by labels (``roots``: path -> label)."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if pd.api.types.is_string_dtype(frame[column]) or frame[column].dtype == object:
+            for path, label in roots.items():
+                frame[column] = frame[column].map(
+                    lambda v, p=path, q=label: v.replace(p, q) if isinstance(v, str) else v
+                )
+    return frame
+
+
+def test_the_harvest_on_the_cluster_equals_the_demo_runs(cluster_chain, demo_run):
+    for name in ("portrait_windows.parquet", "background_windows.parquet", "harvest_rejections.parquet"):
+        ours = pd.read_parquet(cluster_chain.root / "manifests" / "demo" / name)
+        pd.testing.assert_frame_equal(ours, pd.read_parquet(demo_run.manifests / name), obj=name)
+    ours = json.loads((cluster_chain.root / "manifests" / "demo" / "harvest_summary.json").read_text())
+    assert ours["stages"] == json.loads((demo_run.manifests / "harvest_summary.json").read_text())["stages"]
+
+
+def test_filter_killed_on_the_cluster_then_resumed_equals_the_demo_run(cluster_chain, demo_run):
+    whole, run = demo_run.manifests, cluster_chain.root / "manifests" / "demo"  # uninterrupted, resumed
+    at_kill = cluster_chain.killed["filter"]
+    killed_parts = at_kill["parts"]
+    num_scored_before = sum(len(ids) for ids in killed_parts.values())
+    num_pairs = len(read_openve(demo_run.openve.csv_dir, demo_run.openve.video_root).pairs)
+    assert not at_kill["summary"] and num_scored_before < num_pairs  # really interrupted
+    assert f"resuming: {num_scored_before} pairs already scored" in cluster_chain.stdout["filter"]
+
+    # nothing scored twice: the killed run's parts are untouched and no pair is in two parts
+    parts = _score_parts(run / "scores")
+    assert {name: parts[name] for name in killed_parts} == killed_parts
+    all_ids = [pid for ids in parts.values() for pid in ids]
+    assert len(all_ids) == len(set(all_ids)) == num_pairs
+
+    # the same outputs as the uninterrupted run (scores up to float noise of a different batching after the kill)
+    ours, theirs = read_pairs(run / "openve.parquet"), read_pairs(whole / "openve.parquet")
+    pd.testing.assert_frame_equal(ours.drop(columns="score"), theirs.drop(columns="score"))
+    assert ours["score"].tolist() == pytest.approx(theirs["score"].tolist(), abs=1e-5)
+    ours_rej = pd.read_parquet(run / "rejections.parquet")
+    theirs_rej = pd.read_parquet(whole / "rejections.parquet")
+    key = ["pair_id", "stage", "reason"]
+    pd.testing.assert_frame_equal(ours_rej[key], theirs_rej[key])
+    stable = ~ours_rej["reason"].isin(["below_threshold", "duplicate"])  # details with printed scores
+    assert ours_rej.loc[stable, "detail"].tolist() == theirs_rej.loc[stable, "detail"].tolist()
+    ours_sum = json.loads((run / "summary.json").read_text())
+    theirs_sum = json.loads((whole / "summary.json").read_text())
+    for category, entry in theirs_sum["categories"].items():
+        for field in ("read", "scored", "kept", "rejected"):
+            assert ours_sum["categories"][category][field] == entry[field]
+    assert ours_sum["stages"] == theirs_sum["stages"]
+
+
+def test_synth_portraits_killed_on_the_cluster_then_resumed_equals_the_demo_run(cluster_chain, demo_run):
+    at_kill = cluster_chain.killed["synth-portraits"]
+    _, _, pairs_per_type = demo_windows(demo_run)
+    assert not at_kill["manifest"], "the run finished before the kill"
+    num_done = at_kill["num_done"]
+    assert 0 < num_done < 3 * pairs_per_type
+    assert f"{num_done} already done" in cluster_chain.stdout["synth-portraits"]
+
+    def digest(path: str) -> str:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+    run_dirs = (demo_run.manifests, cluster_chain.root / "manifests" / "demo")
+    a, b = (read_pairs(d / "portraits.parquet") for d in run_dirs)
+    # the same rows, their pair files in each run's own output folder
+    roots = {str(demo_run.portrait_pairs): "<pairs>", str(cluster_chain.root / "portrait_pairs"): "<pairs>"}
+    assert b["source_path"].str.startswith(str(cluster_chain.root / "portrait_pairs")).all()
+    pd.testing.assert_frame_equal(_normalised(b, roots), _normalised(a, roots))
+    rejections = [pd.read_parquet(d / "portrait_rejections.parquet") for d in run_dirs]
+    pd.testing.assert_frame_equal(rejections[0], rejections[1])
+    plans = [pd.read_parquet(d / "portrait_plan.parquet") for d in run_dirs]
+    pd.testing.assert_frame_equal(*(p[["pair_id", "portrait", "background", "instruction"]] for p in plans))
+    # lossless files are byte-identical: the masks and the reference PNGs
+    assert [digest(p) for p in plans[0]["masks_path"]] == [digest(p) for p in plans[1]["masks_path"]]
+    assert [digest(p) for p in a["reference_path"]] == [digest(p) for p in b["reference_path"]]
+    # the H.264 files hold the same frames up to the encoder: two encodes of the same frames were seen to differ
+    # by a few grey levels (x264 or decoder threads under load; not reproduced in isolation), so decoded pixels
+    # are compared: within a grey level on average, and each against the formula
+    plan_b = plans[1].set_index("pair_id")
+    for row_a, row_b in zip(a.to_dict("records"), b.to_dict("records"), strict=True):
+        want_source, want_target = expected_pair({**row_b, **plan_b.loc[row_b["pair_id"]].to_dict()})
+        for column, want in (("source_path", want_source), ("target_path", want_target)):
+            frames_a, frames_b = read_frames(row_a[column]), read_frames(row_b[column])
+            assert frames_a.shape == frames_b.shape
+            assert np.abs(frames_a.astype(np.int16) - frames_b.astype(np.int16)).mean() < 1.0, row_b[
+                "pair_id"
+            ]
+            assert psnr(frames_a, frames_b) > 32 and psnr(frames_b, want) > 32, (row_b["category"], column)
+
+
+def test_shards_killed_on_the_cluster_then_resumed_equal_the_demo_runs_at_the_url(cluster_chain, demo_run):
+    uninterrupted, url = demo_run.shards, cluster_chain.shards_url
+    out = Path(url.removeprefix("file://"))  # the bucket, read here as a folder
+    at_kill = cluster_chain.killed["shards"]
+    num_shards = len(read_index(uninterrupted)["shards"])  # each planned shard written: no pair rejected
+    assert not at_kill["index"]
+    num_records = at_kill["num_records"]
+    assert 1 <= num_records < num_shards, "the kill must land mid-run"
+    assert f"{num_records} shards already done" in cluster_chain.stdout["shards"]
+
+    stages = json.loads((out / "summary.json").read_text())["stages"]  # counted over both runs' records
+    assert stages == json.loads((uninterrupted / "summary.json").read_text())["stages"]
+    # the demo run's index.json, byte for byte in every shard's checksum; the recipe differs in where the shards
+    # went and in its resources (the cluster run's placement: resources change no shard)
+    expected, got = read_index(uninterrupted), read_index(url)
+    for index in (expected, got):
+        index.pop("created_unix")
+        index["recipe"].pop("resources")
+    assert got["recipe"].pop("output") == url
+    expected["recipe"].pop("output")
+    assert got == expected
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "rejections.parquet"), pd.read_parquet(uninterrupted / "rejections.parquet")
     )
-    assert verify_shards(shards_url).ok  # the uploaded tars are whole and decode
-    assert not list((root / "cluster" / "shards").rglob("*.tar"))  # staged, uploaded, deleted locally
-    assert len(got["openve.parquet"]) == 4 and len(got["portraits.parquet"]) == 3
-    assert got["portraits.parquet"]["source_path"].str.startswith("<cwd>").all()
-    assert got["index.json"]["num_samples"] == 7
-    for name, value in expected.items():
-        if isinstance(value, pd.DataFrame):
-            pd.testing.assert_frame_equal(got[name], value, obj=name)
-        else:
-            assert got[name] == value, name
+    # shards recorded before the kill were not rewritten (a tar uploaded but killed before its record is
+    # redone on resume, rightly)
+    for path, stamp in at_kill["stamps"].items():
+        if path in at_kill["recorded"]:
+            assert (out / path).stat().st_mtime_ns == stamp
+    assert not list(out.rglob(".*.tmp"))
+    assert verify_shards(url).ok  # the uploaded tars are whole and decode
+    assert not list((cluster_chain.root / "shards").rglob("*.tar"))  # staged, uploaded, deleted locally

@@ -1,21 +1,19 @@
-"""`dataengine shards` end to end through the CLI on a local Ray: outputs, verify, and resume after a SIGKILL.
+"""`dataengine shards` end to end through the CLI on a local Ray: outputs and verify (its resume after a SIGKILL is
+in tests/test_ray_cluster.py, on a two-node cluster).
 
 The uninterrupted run is the session's ``demo_run`` (its ``shards`` step, shards/demo), read only: the demo's
 filtered OpenVE pairs (64x64) and portrait pairs (96x160), one bucket each. A second run of the same recipe
-on the same inputs, into a folder of its own, is killed with SIGKILL once its first shard is recorded and then
-rerun: it must end with the demo run's ``index.json`` (apart from its creation time and output folder), stage
-counts and rejections. The demo's inputs all decode (the filter probed them), so the decode rejections are
-checked on a small run of their own: one good pair, a row whose file is missing and a clip shorter than its
-manifest says.
+on the same inputs is killed with SIGKILL once its first shard is recorded and then rerun on the two-node cluster
+(tests/test_ray_cluster.py): it must end with the demo run's ``index.json`` (apart from its creation time, output
+and resources), stage counts and rejections. The demo's inputs all decode (the filter probed them), so the
+decode rejections are checked on a small run of their own: one good pair, a row whose file is missing and a
+clip shorter than its manifest says.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import time
 import tomllib
 from pathlib import Path
 
@@ -111,59 +109,3 @@ def test_run_writes_verified_shards_and_rejections(demo_run, ray_session, tmp_pa
     assert stages["validate"]["kept"] == read_index(out)["num_samples"] == num_rows - 2
     inspect = _run(tmp_path, "inspect", str(out), "--json")
     assert json.loads(inspect.stdout)["rejections"] == {"missing_file": 1, "too_short": 1}
-
-
-def test_resume_after_kill_equals_an_uninterrupted_run(demo_run, tmp_path):
-    uninterrupted = demo_run.shards
-    out = tmp_path / "shards" / "demo"
-    parts = out / ".parts"
-    # the demo run's recipe and inputs, into a folder of this test's (the demo's 4 samples per shard already
-    # make several shards: a kill at the first record lands mid-run)
-    command = ("shards", str(demo_run.recipe), f"shards.output='{out}'")
-    num_shards = len(read_index(uninterrupted)["shards"])  # each planned shard written: no pair rejected
-    with (tmp_path / "killed.log").open("w") as log:
-        process = subprocess.Popen(
-            _cli(*command),
-            cwd=tmp_path,
-            env=_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the kill takes Ray's local processes with it
-        )
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and process.poll() is None:
-            if parts.exists() and list(parts.glob("part-*.parquet")):
-                break
-            time.sleep(0.05)
-        assert process.poll() is None, (
-            "the run ended before it could be killed:\n" + (tmp_path / "killed.log").read_text()[-3000:]
-        )
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    assert not (out / "index.json").exists()
-    done_before = sorted(p.relative_to(out).as_posix() for p in out.rglob("shard-*.tar"))
-    num_records = len(list(parts.glob("part-*.parquet")))
-    assert 1 <= num_records < num_shards, "the kill must land mid-run"
-    stamps = {p: (out / p).stat().st_mtime_ns for p in done_before}
-    # recorded at the kill (a tar renamed but killed before its record is redone on resume, rightly)
-    recorded = {json.loads(e)["path"] for e in pd.read_parquet(parts)["entry"] if e}
-
-    resumed = _run(tmp_path, *command)
-    assert f"{num_records} shards already done" in resumed.stdout, resumed.stdout
-    stages = json.loads((out / "summary.json").read_text())["stages"]  # counted over both runs' records
-    assert stages == json.loads((uninterrupted / "summary.json").read_text())["stages"]
-    expected = _comparable(read_index(uninterrupted))
-    expected["recipe"]["output"] = str(out)  # the one setting the two runs differ in: where the shards go
-    assert _comparable(read_index(out)) == expected
-    pd.testing.assert_frame_equal(
-        pd.read_parquet(out / "rejections.parquet"), pd.read_parquet(uninterrupted / "rejections.parquet")
-    )
-    # shards recorded before the kill were not rewritten
-    for path in done_before:
-        if path in recorded:
-            assert (out / path).stat().st_mtime_ns == stamps[path]
-    assert not list(out.rglob(".*.tmp"))
