@@ -1,6 +1,6 @@
 """The curated pairs reach training: an OpenVE-length set through ``dataengine filter`` and ``dataengine
-shards`` with the paper recipe's clip settings (at 64x64), then ``trainer fit`` and ``trainer sample`` on
-the shard set's several frame-count buckets.
+shards`` with the paper recipe's clip settings (at 64x64), then the trainer's ``fit`` and its ``Sampler`` (in this
+process) on the shard set's several frame-count buckets.
 
 The generated clips have OpenVE-3M's spread (65-129 frames at 24, 25 and 30 fps) plus a misaligned pair
 (a target of another size and frame count) and a too-small pair (half the bucket's size). The filter's
@@ -19,14 +19,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from dataengine.formats.manifest import read_pairs
+from dataengine.formats.recipe import load_recipe
 from dataengine.formats.shard_format import read_index
 from dataengine.media.video import probe
 from dataengine.steps.shard_set import iter_tar_samples
 from dataengine.synthetic.openve import SyntheticOpenVEConfig, generate_openve
 from tests.helpers import REPO, cli_env
+from trainer.sample import SampleConfig, Sampler
+from trainer.train import fit, train_config_from_recipe
 
 pytestmark = [pytest.mark.ray, pytest.mark.process, pytest.mark.fit, pytest.mark.slow]
 
@@ -149,12 +153,18 @@ def test_training_and_sampling_on_several_frame_count_buckets(chain, tmp_path):
             t, h, w = meta["latent_shape"]
             samples[meta["pair_id"]] = ((t + 1) * (h // 2) * (w // 2), meta["vlm_tokens"])
     steps = len(samples)  # one epoch at batch 1: every bucket is trained on
-    _run(
-        [sys.executable, "-m", "trainer.cli", "fit", str(REPO / "manifests" / "train_debug.toml"),
-         f"train.data.shards='{shard_dir}'", f"train.runs_dir='{tmp_path / 'runs'}'", "train.name=buckets",
+    # in this process (the CLI's own runs are tests/test_train.py's): the trainer's fit and sampler functions
+    recipe = load_recipe(
+        REPO / "manifests" / "train_debug.toml",
+        [f"train.data.shards='{shard_dir}'", f"train.runs_dir='{tmp_path / 'runs'}'", "train.name=buckets",
          f"train.steps={steps}", "train.checkpoint.every_steps=0", "train.data.verify_checksums=false"],
-        REPO,
     )  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the CLI's runs (OMP_NUM_THREADS=1): tiny matmuls gain nothing from two
+    try:
+        fit(train_config_from_recipe(recipe), recipe=recipe)
+    finally:
+        torch.set_num_threads(threads)
     rows = [
         json.loads(line)
         for line in (tmp_path / "runs" / "buckets" / "metrics.jsonl").read_text().splitlines()
@@ -171,17 +181,13 @@ def test_training_and_sampling_on_several_frame_count_buckets(chain, tmp_path):
     # sampling follows the same rule: a 65-frame 30 fps source gives 65 frames at 30 fps, a 129-frame 24 fps
     # one 81 frames at 16 fps
     manifest = read_pairs(root / "manifests" / "curated" / "openve.parquet")
-    for frames, fps in ((65, 30.0), (129, 24.0)):
-        row = manifest[(manifest["num_frames"] == frames) & (manifest["fps"].round(2) == fps)].iloc[0]
-        reference = tmp_path / "reference.png"
-        Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(reference)
-        out = tmp_path / f"edited_{frames}.mp4"
-        _run(
-            [sys.executable, "-m", "trainer.cli", "sample", str(tmp_path / "runs" / "buckets"),
-             "--source", row.source_path, "--reference", str(reference), "--instruction", row.instruction,
-             "--steps", "2", "--out", str(out)],
-            REPO,
-        )  # fmt: skip
-        info = probe(out)
-        want_frames, want_fps = expected_clip(frames, fps)
-        assert (info.num_frames, round(info.fps, 2)) == (want_frames, want_fps)
+    reference = tmp_path / "reference.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(reference)
+    with Sampler(tmp_path / "runs" / "buckets", SampleConfig(num_steps=2)) as sampler:  # models loaded once
+        for frames, fps in ((65, 30.0), (129, 24.0)):
+            row = manifest[(manifest["num_frames"] == frames) & (manifest["fps"].round(2) == fps)].iloc[0]
+            out = tmp_path / f"edited_{frames}.mp4"
+            sampler.sample(row.source_path, row.instruction, reference, out)
+            info = probe(out)
+            want_frames, want_fps = expected_clip(frames, fps)
+            assert (info.num_frames, round(info.fps, 2)) == (want_frames, want_fps)
