@@ -1,6 +1,6 @@
 """The trainer end to end on the CPU: overfitting, 2-process FSDP2 parity, SIGKILL + exact resume, the CLI,
-sequence parallelism (2 ranks sharing each sample: the same losses, kill and resume, resume with another
-degree), activation offload, and initialisation from a Wan2.1 checkpoint (diffusers layout) through the
+sequence parallelism (2 ranks sharing each sample: the same losses, killed during a background save and
+resumed with the EMA of the weights exact, resume with another degree), activation offload, and initialisation from a Wan2.1 checkpoint (diffusers layout) through the
 meta-device path.
 
 Every run goes through the real entry points (``trainer.cli fit`` in a subprocess, ``torchrun`` for two
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shlex
 import shutil
 import signal
@@ -25,7 +24,8 @@ import pytest
 import torch
 
 from dataengine.formats.recipe import load_recipe
-from tests.helpers import REPO, cli_env, process_tree
+from tests import watch_runs
+from tests.helpers import REPO, cli_env
 from tests.shard_builder import build_shards
 from trainer.train import OptimConfig, fit, lr_factor, train_config_from_recipe
 
@@ -80,23 +80,6 @@ def _losses(run_dir: Path, key: str = "loss") -> dict[int, float]:
     steps = [row["step"] for row in rows]
     assert steps == sorted(set(steps)), f"metrics.jsonl steps not unique and ordered: {steps}"
     return {row["step"]: row[key] for row in rows}
-
-
-def _run_until_checkpoint(command: list[str], checkpoint: Path) -> None:
-    """Start a run and SIGKILL it (the launcher and every worker it started) once ``checkpoint`` exists."""
-    process = subprocess.Popen(
-        command, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    for pid in process_tree(process.pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
 
 
 @pytest.fixture
@@ -310,19 +293,24 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_the_same_losses(
 @pytest.mark.process
 @pytest.mark.fit
 @pytest.mark.slow
-def test_sequence_parallel_run_killed_and_resumed_then_resumed_without_sp(
+def test_sequence_parallel_run_killed_during_a_save_and_resumed_then_resumed_without_sp(
     shards, wan_init, reference_run, tmp_path
 ):
     """2 ranks sharing every sample (train.parallel.sequence_parallel = 2, one data-parallel replica at batch
-    2): the same samples, noise and losses as the 1-process run. Killed after its first checkpoint and
-    resumed under SP 2; then its step-12 checkpoint is resumed by one process without SP."""
+    2): the same samples, noise and losses as the 1-process run. Its background checkpoints are saved after
+    every step (all kept); killed while one is being written (after step 2) and resumed under SP 2 from the
+    last complete one. The EMA of the weights (the debug recipe's ``train.ema_decay``) then equals the float64
+    reference of its own saved trajectory across the kill, and the 1-process run's. Then its step-12
+    checkpoint is resumed by one process without SP."""
     run_dir = tmp_path / "sp2"
-    args = [
+    single = [
         *_overrides(shards, tmp_path, "sp2", batch_size=2, init=wan_init),
-        "train.parallel.sequence_parallel=2",
+        "train.checkpoint.every_steps=1",  # every step's parameters and EMA, for the EMA's float64 reference
+        "train.checkpoint.keep_last=0",
     ]
-    _run_until_checkpoint(_cli(args, torchrun_ranks=2), run_dir / "checkpoints" / f"step-{EVERY:08d}")
-    killed_at = max(int(p.name[5:]) for p in (run_dir / "checkpoints").glob("step-*"))
+    args = [*single, "train.parallel.sequence_parallel=2"]
+    at_kill = watch_runs.kill_during_a_save(args, run_dir, after_step=2, torchrun_ranks=2)
+    killed_at = int(at_kill["complete"][-1].removeprefix("step-"))  # the last complete checkpoint
     assert killed_at < STEPS
 
     result = subprocess.run(
@@ -340,10 +328,18 @@ def test_sequence_parallel_run_killed_and_resumed_then_resumed_without_sp(
             # float32; SP changes summation orders only (measured: at most 3e-7 relative over 16 steps)
             assert ours[step] == pytest.approx(theirs[step], rel=PARITY_RTOL), (key, step)
 
+    decay = resolved["train"]["ema_decay"]
+    assert decay > 0
+    ema = watch_runs.read_entries(watch_runs.step_dir(run_dir, STEPS), "ema")
+    watch_runs.assert_close_to_reference(ema, watch_runs.ema_reference(run_dir, 1, STEPS, decay))
+    for name, value in watch_runs.read_entries(watch_runs.step_dir(reference_run, STEPS), "ema").items():
+        # SP changes summation orders only (the losses agree to 3e-7 relative): the averages agree closely
+        assert torch.allclose(ema[name], value, rtol=1e-4, atol=1e-6), name
+
     # the SP 2 checkpoint of step 12, resumed by one process without sequence parallelism
-    shutil.rmtree(run_dir / "checkpoints" / f"step-{STEPS:08d}")
-    result = subprocess.run(_cli([*_overrides(shards, tmp_path, "sp2", batch_size=2, init=wan_init), "--resume"]), env=_env(),
-                            cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    for step in range(STEPS - EVERY + 1, STEPS + 1):
+        shutil.rmtree(watch_runs.step_dir(run_dir, step))
+    result = subprocess.run(_cli([*single, "--resume"]), env=_env(), cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]
     assert f"(step {STEPS - EVERY}," in result.stderr
     resumed = _losses(run_dir)
