@@ -34,6 +34,8 @@ def test_uninterrupted_run_writes_every_checkpoint_and_the_time_split(reference)
 
 @pytest.mark.slow
 def test_sigkill_during_a_background_save_resumes_the_last_complete_checkpoint(reference, tmp_path):
+    """The trainer's one-process SIGKILL and resume (``trainer fit``, then ``trainer fit --resume``), killed at
+    the moment that matters for it: after complete checkpoints, while the next one is half-written."""
     root = tmp_path.parent.parent  # pytest's base temp folder: the shared shard set
     shards = watch_runs.shards(root)
     args = watch_runs.overrides(shards, tmp_path, "killed")
