@@ -175,15 +175,75 @@ def measure_fit_peak(work: Path, overrides: list[str]) -> int:
     return max(total for _, _, total in events) - before
 
 
+# (param_dtype, activation checkpointing, latent shape, condition tokens, sequence_parallel) of each measured fit
+PEAK_CASES = [
+    ("float32", True, (8, 16, 16), 64, 1),
+    ("bfloat16", False, (4, 16, 24), 32, 1),
+]
+# test_plan_of_a_shard_set_with_two_frame_count_buckets_is_the_longest_clips's shard set and fit
+TWO_BUCKETS = {(3, 16, 16): 2, (9, 16, 16): 2}
+TWO_BUCKETS_OVERRIDES = ["train.parallel.param_dtype='float32'", "train.steps=4"]  # one epoch: both buckets
+
+
+def _case_name(case: tuple) -> str:
+    param_dtype, checkpointing, latent_shape, seq_len, sequence_parallel = case
+    shape = "x".join(map(str, latent_shape))
+    return f"{param_dtype}_ckpt{int(checkpointing)}_{shape}_s{seq_len}_sp{sequence_parallel}"
+
+
+@pytest.fixture(scope="module")
+def fit_peaks(tmp_path_factory) -> dict[str, tuple[Path, list[int]]]:
+    """Every ``trainer fit`` this module measures (each case of ``PEAK_CASES``, and the two-bucket fit), one
+    after the other in one subprocess per sequence-parallel degree (``torchrun`` above 1), each fit under its
+    own profiler: name -> (its work folder with ``shards/``, the peak of each rank). Measured: the same bytes
+    as one subprocess per fit."""
+    from tests.shard_builder import build_shards
+
+    config = get_config("debug")
+    root = tmp_path_factory.mktemp("fit_peaks")
+    launches: dict[int, list] = {}
+    for case in PEAK_CASES:
+        param_dtype, checkpointing, latent_shape, seq_len, sequence_parallel = case
+        work = root / _case_name(case)
+        build_shards(work / "shards", {latent_shape: 2}, vlm_dim=config.vlm_dim, seq_lengths=(seq_len,))
+        overrides = [
+            f"train.parallel.param_dtype='{param_dtype}'",
+            f"train.parallel.activation_checkpointing={str(checkpointing).lower()}",
+            f"train.parallel.sequence_parallel={sequence_parallel}",
+        ]
+        launches.setdefault(sequence_parallel, []).append([str(work), overrides])
+    work = root / "two_buckets"
+    build_shards(work / "shards", TWO_BUCKETS, vlm_dim=config.vlm_dim, seq_lengths=(64,))
+    launches.setdefault(1, []).append([str(work), TWO_BUCKETS_OVERRIDES])
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    peaks: dict[str, tuple[Path, list[int]]] = {}
+    for sequence_parallel, fits in launches.items():
+        launcher = [sys.executable]
+        if sequence_parallel > 1:
+            launcher += [
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc-per-node={sequence_parallel}",
+            ]
+        command = [*launcher, "-m", "tests.test_plan", json.dumps(fits)]
+        run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        for work, _ in fits:
+            peaks[Path(work).name] = (Path(work), [])
+        for line in run.stdout.splitlines():
+            if line.startswith("PEAK"):
+                _, name, _, value = line.split()
+                peaks[name][1].append(int(value))
+    return peaks
+
+
 @pytest.mark.parametrize(
-    ("param_dtype", "checkpointing", "latent_shape", "seq_len", "sequence_parallel"),
-    [
-        ("float32", True, (8, 16, 16), 64, 1),
-        ("bfloat16", False, (4, 16, 24), 32, 1),
-    ],
+    ("param_dtype", "checkpointing", "latent_shape", "seq_len", "sequence_parallel"), PEAK_CASES
 )
 def test_predicted_peak_matches_measured_fit_step(
-    tmp_path: Path,
+    fit_peaks: dict[str, tuple[Path, list[int]]],
     param_dtype: str,
     checkpointing: bool,
     latent_shape: tuple[int, int, int],
@@ -191,23 +251,9 @@ def test_predicted_peak_matches_measured_fit_step(
     sequence_parallel: int,
 ) -> None:
     """One process; a ``sequence_parallel`` above 1 runs under torchrun and measures each rank's peak."""
-    from tests.shard_builder import build_shards
-
     config = get_config("debug")
-    build_shards(tmp_path / "shards", {latent_shape: 2}, vlm_dim=config.vlm_dim, seq_lengths=(seq_len,))
-    overrides = [
-        f"train.parallel.param_dtype='{param_dtype}'",
-        f"train.parallel.activation_checkpointing={str(checkpointing).lower()}",
-        f"train.parallel.sequence_parallel={sequence_parallel}",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable]
-    if sequence_parallel > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={sequence_parallel}"]
-    command = [*launcher, "-m", "tests.test_plan", str(tmp_path), json.dumps(overrides)]
-    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    peaks = [int(line.split()[2]) for line in run.stdout.splitlines() if line.startswith("PEAK")]
+    case = (param_dtype, checkpointing, latent_shape, seq_len, sequence_parallel)
+    peaks = fit_peaks[_case_name(case)][1]
     assert len(peaks) == sequence_parallel
 
     parallel = ParallelConfig(
@@ -224,24 +270,20 @@ def test_predicted_peak_matches_measured_fit_step(
         assert abs(predicted / measured - 1) < PEAK_TOLERANCE, (predicted, measured)
 
 
-def test_plan_of_a_shard_set_with_two_frame_count_buckets_is_the_longest_clips(tmp_path: Path) -> None:
+def test_plan_of_a_shard_set_with_two_frame_count_buckets_is_the_longest_clips(fit_peaks) -> None:
     """A shard set with 9- and 33-frame clips (T' 3 and 9): the plan takes the 33-frame bucket, lists both with
-    their own peaks, and a real two-step fit over both buckets peaks where the plan says (the long bucket's)."""
+    their own peaks, and a real fit over both buckets peaks where the plan says (the long bucket's)."""
     from typer.testing import CliRunner
 
     from dataengine.formats.recipe import load_recipe
-    from tests.shard_builder import build_shards
     from trainer.cli import app
     from trainer.plan import plan_from_recipe
 
-    config = get_config("debug")
     seq_len = 64
-    build_shards(
-        tmp_path / "shards", {(3, 16, 16): 2, (9, 16, 16): 2}, vlm_dim=config.vlm_dim, seq_lengths=(seq_len,)
-    )
+    work, peaks = fit_peaks["two_buckets"]  # its shard set: TWO_BUCKETS, condition tokens 64
     recipe = load_recipe(
         REPO / "manifests" / "train_debug.toml",
-        [f"train.data.shards='{tmp_path / 'shards'}'", "train.parallel.param_dtype='float32'"],
+        [f"train.data.shards='{work / 'shards'}'", "train.parallel.param_dtype='float32'"],
     )
     plan = PlanConfig(num_gpus=1, num_condition_tokens=seq_len, reserved_gib=0.0)
     result = plan_from_recipe(recipe, plan)
@@ -256,7 +298,7 @@ def test_plan_of_a_shard_set_with_two_frame_count_buckets_is_the_longest_clips(t
                                                    reserved_gib=0.0), from_shards=False)  # fmt: skip
     assert explicit.buckets == [] and explicit.memory.total == short.total_bytes
 
-    shards = f"train.data.shards='{tmp_path / 'shards'}'"
+    shards = f"train.data.shards='{work / 'shards'}'"
     out = CliRunner().invoke(
         app, ["plan", str(REPO / "manifests" / "train_debug.toml"), shards, "--gpus", "1"]
     )
@@ -269,12 +311,7 @@ def test_plan_of_a_shard_set_with_two_frame_count_buckets_is_the_longest_clips(t
         .output
     )
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    overrides = ["train.parallel.param_dtype='float32'", "train.steps=4"]  # one epoch: both buckets
-    command = [sys.executable, "-m", "tests.test_plan", str(tmp_path), json.dumps(overrides)]
-    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    measured = int(next(line for line in run.stdout.splitlines() if line.startswith("PEAK")).split()[2])
+    (measured,) = peaks  # the fit of TWO_BUCKETS_OVERRIDES: 4 steps, one epoch, both buckets
     assert abs(result.memory.tensors / measured - 1) < PEAK_TOLERANCE, (result.memory.tensors, measured)
 
 
@@ -323,5 +360,8 @@ def test_suggestions_actually_fit() -> None:
     assert not make_plan("mive_14b", parallel, PlanConfig(8, 60, num_frames=num_frames + 4)).fits
 
 
-if __name__ == "__main__":  # one process (or torchrun rank) of test_predicted_peak_matches_measured_fit_step
-    print("PEAK", os.environ.get("RANK", 0), measure_fit_peak(Path(sys.argv[1]), json.loads(sys.argv[2])))
+# one process (or torchrun rank) of the fit_peaks fixture: python -m tests.test_plan '[[work, overrides], ...]'
+if __name__ == "__main__":
+    for work, overrides in json.loads(sys.argv[1]):
+        peak = measure_fit_peak(Path(work), overrides)
+        print("PEAK", Path(work).name, os.environ.get("RANK", 0), peak, flush=True)
