@@ -10,8 +10,6 @@ category as over_cap).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import tomllib
 from collections import Counter
 from pathlib import Path
@@ -37,14 +35,12 @@ _env = cli_env
 
 
 def test_cli_help_explains_the_command():
-    result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "filter", "--help"],
-        cwd=ROOT,
-        env={**_env(), "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    result = CliRunner().invoke(app, ["filter", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
     for word in ("recipe", "[filter] table", "--ray-address", "threshold", "Killed"):
         assert word in result.stdout
 

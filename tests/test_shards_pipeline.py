@@ -42,8 +42,15 @@ def _run(cwd: Path, *args: str, ray_address: str = "") -> subprocess.CompletedPr
     return result
 
 
-def _comparable(index: dict) -> dict:
-    return {k: v for k, v in index.items() if k != "created_unix"}
+def _invoke(*args: str):
+    """A quick command (verify, inspect) through the CLI's own app, in this process."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return result
 
 
 def _manifests(demo_run) -> pd.DataFrame:
@@ -82,9 +89,9 @@ def test_run_writes_verified_shards_and_rejections(demo_run, ray_session, tmp_pa
         assert tuple(tensors["reference_latents"].shape) == (16, 1, h, w)
         assert tensors["vlm_first"].shape == tensors["vlm_last"].shape == (meta["vlm_tokens"], 64)
 
-    verify = _run(demo_run.root, "verify", str(uninterrupted))
+    verify = _invoke("verify", str(uninterrupted))
     assert "OK" in verify.stdout
-    inspect = _run(demo_run.root, "inspect", str(uninterrupted), "--json")
+    inspect = _invoke("inspect", str(uninterrupted), "--json")
     summary = json.loads(inspect.stdout)
     assert summary["origins"] == pairs["origin"].value_counts().to_dict()
     assert set(summary["origins"]) == {"openve", "portrait"}
@@ -107,5 +114,5 @@ def test_run_writes_verified_shards_and_rejections(demo_run, ray_session, tmp_pa
         "in": num_rows, "kept": num_rows - 2, "rejected": {"missing_file": 1, "too_short": 1}
     }  # fmt: skip
     assert stages["validate"]["kept"] == read_index(out)["num_samples"] == num_rows - 2
-    inspect = _run(tmp_path, "inspect", str(out), "--json")
+    inspect = _invoke("inspect", str(out), "--json")
     assert json.loads(inspect.stdout)["rejections"] == {"missing_file": 1, "too_short": 1}
