@@ -176,13 +176,11 @@ def _wide_checkpoints(root: Path) -> tuple[Path, Path, dict]:
 
 @pytest.mark.slow
 def test_world_size_changes_nothing_two_ranks(tmp_path: Path) -> None:
-    """One ``torchrun`` launch of 2 gloo ranks (``tests/world_size_worker.py``), three things that must not
-    depend on the number of processes:
+    """One ``torchrun`` launch of 2 gloo ranks (``tests/world_size_worker.py``), things that must not depend on
+    the number of processes (``trainer fit`` from Wan weights by 2 data-parallel ranks at batch 1 and by one
+    sequence-parallel group of 2 at batch 2, against one process at batch 2, loss and grad norm at every step:
+    tests/test_train.py's test_two_process_fsdp2_matches_one_process and sequence-parallel run):
 
-    - ``trainer fit`` from Wan weights (``train.init``, the paper's path) with condition tokens of several
-      lengths: 2 data-parallel ranks at batch 1 and one sequence-parallel group of 2 at batch 2 train as one
-      process at batch 2 (loss and grad norm at every step; before the fresh context adapter was drawn whole
-      from a seeded generator, the grad norm differed by 0.5% at step 1);
     - the ranks of a sequence-parallel group compare their samples at every micro-batch: a run whose loader
       is given the process rank (so the two ranks read different samples) stops before its first forward;
     - each rank's host peak while reading a checkpoint for sampling into bfloat16 (DCP and exported
@@ -207,30 +205,12 @@ def test_world_size_changes_nothing_two_ranks(tmp_path: Path) -> None:
     (tmp_path / "args.json").write_text(json.dumps(args))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop("RANK", None), env.pop("WORLD_SIZE", None)
-    reference = [sys.executable, "-m", "trainer.cli", "fit", str(recipe)]
-    reference += [
-        f'train.data.shards="{shards}"', f'train.runs_dir="{tmp_path / "runs"}"', 'train.name="one"',
-        "train.steps=4", "train.data.batch_size=2", "train.checkpoint.every_steps=0", f'train.init="{wan}"',
-    ]  # fmt: skip
-    run = subprocess.run(reference, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert run.returncode == 0, run.stderr[-4000:]
-    rows = [
-        json.loads(line) for line in (tmp_path / "runs" / "one" / "metrics.jsonl").read_text().splitlines()
-    ]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     command += [str(REPO / "tests" / "world_size_worker.py"), str(tmp_path / "args.json")]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert run.returncode == 0, run.stderr[-4000:]
     ranks = json.loads((tmp_path / "results.json").read_text())
     assert [r["rank"] for r in ranks] == [0, 1]
-
-    fit = ranks[0]["fit"]
-    assert len(rows) == 4 and len({round(r["loss"], 6) for r in rows}) == 4  # four different steps
-    for case in ("dp2_batch1", "sp2_batch2"):
-        assert [r["step"] for r in fit[case]] == [1, 2, 3, 4], case
-        for ours, one in zip(fit[case], rows, strict=True):
-            assert ours["loss"] == pytest.approx(one["loss"], rel=RTOL), (case, ours, one)
-            assert ours["grad_norm"] == pytest.approx(one["grad_norm"], rel=RTOL), (case, ours, one)
 
     for result in ranks:
         check = result["sp_check"]
