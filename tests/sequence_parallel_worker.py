@@ -1,6 +1,7 @@
-"""torchrun worker for tests/test_sequence_parallel.py: sequence parallelism against one process, 4 ranks (gloo).
+"""torchrun worker for tests/test_sequence_parallel.py: sequence parallelism against one process, and what must
+not depend on the number of processes, 4 ranks (gloo).
 
-    torchrun --standalone --nproc-per-node 4 tests/sequence_parallel_worker.py OUT.json
+    torchrun --standalone --nproc-per-node 4 tests/sequence_parallel_worker.py OUT.json ARGS.json
 
 Every rank computes the references itself, without any process group (the debug model, float32), then runs
 the same computations sequence-parallel; rank 0 writes what it measured to ``OUT.json`` and the test
@@ -14,17 +15,21 @@ compares. One launch checks:
 - ``sample``: the Euler sampler over the SP 4 group against one process.
 - ``saved_bytes``: the bytes autograd saves for one block on each rank under SP 2 and SP 4, against
   ``trainer.plan.block_activation_bytes`` (float32 and bfloat16, L = 449 tokens, not divisible).
+- ``world_size``: tests/world_size_worker.py's checks (the SP group's sample check, the host peak of reading a
+  checkpoint for sampling), on ``ARGS.json``.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from tests.world_size_worker import world_size_checks
 from trainer.flow import Conditioning, euler_sample
 from trainer.model import MiVEBlock, MiVETransformer, SequenceShard, get_config, rope_cos_sin
 from trainer.parallel import (
@@ -143,7 +148,7 @@ def saved_bytes(block: MiVEBlock, shard: SequenceShard, dtype: torch.dtype) -> i
     return sum(storages.values())
 
 
-def main(out_path: str) -> None:
+def main(out_path: str, args_path: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     assert world == 4, "run with --nproc-per-node 4"
@@ -201,6 +206,8 @@ def main(out_path: str) -> None:
                 {"sp": runtime.sp_size, "dtype": str(dtype), "measured": measured, "predicted": predicted}
             )
 
+    results["world_size"] = world_size_checks(json.loads(Path(args_path).read_text()))
+
     gathered = [None] * world
     dist.all_gather_object(gathered, results)
     if rank == 0:
@@ -210,4 +217,4 @@ def main(out_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])

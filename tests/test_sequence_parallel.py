@@ -1,7 +1,8 @@
 """Ulysses sequence parallelism (``trainer.model.SequenceParallel``) against one process.
 
 The distributed checks run in one ``torchrun`` launch of 4 gloo ranks (``tests/sequence_parallel_worker.py``:
-SP 4, DP 2 x SP 2, the sampler, a forward without condition tokens, the saved bytes per rank); the
+SP 4, DP 2 x SP 2, the sampler, a forward without condition tokens, the saved bytes per rank, and what must not
+depend on the number of processes: the SP group's sample check, each rank's peak reading a checkpoint); the
 ``trainer fit`` runs under SP (loss sequence, kill and resume, resume with another degree) are in
 ``tests/test_train.py``, ``trainer sample`` under SP in ``tests/test_sample.py`` and the plan against the
 measured per-rank peak in ``tests/test_plan.py``. Here also: the shard arithmetic and the input checks.
@@ -67,14 +68,8 @@ def test_bad_sequence_parallel_settings_are_clear_errors() -> None:
 
 
 @pytest.mark.slow
-def test_four_ranks_match_one_process(tmp_path: Path) -> None:
-    out = tmp_path / "results.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4"]
-    command += [str(REPO / "tests" / "sequence_parallel_worker.py"), str(out)]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert run.returncode == 0, run.stderr[-4000:]
-    ranks = json.loads(out.read_text())
+def test_four_ranks_match_one_process(four_ranks) -> None:
+    ranks, _ = four_ranks
     assert len(ranks) == 4
     assert sorted(r["dp2_sp2"]["dp_rank"] for r in ranks) == [0, 0, 1, 1]
     for rank, result in enumerate(ranks):
@@ -174,23 +169,14 @@ def _wide_checkpoints(root: Path) -> tuple[Path, Path, dict]:
     return step_dir, exported, sizes
 
 
-@pytest.mark.slow
-def test_world_size_changes_nothing_two_ranks(tmp_path: Path) -> None:
-    """One ``torchrun`` launch of 2 gloo ranks (``tests/world_size_worker.py``), things that must not depend on
-    the number of processes (``trainer fit`` from Wan weights by 2 data-parallel ranks at batch 1 and by one
-    sequence-parallel group of 2 at batch 2, against one process at batch 2, loss and grad norm at every step:
-    tests/test_train.py's test_two_process_fsdp2_matches_one_process and sequence-parallel run):
-
-    - the ranks of a sequence-parallel group compare their samples at every micro-batch: a run whose loader
-      is given the process rank (so the two ranks read different samples) stops before its first forward;
-    - each rank's host peak while reading a checkpoint for sampling into bfloat16 (DCP and exported
-      folder) stays within the model's bfloat16 bytes plus two copies of the largest float32 tensor (the
-      stored chunk and its decoded tensor) and 32 MiB; reading into float32, the control, needs the float32
-      model, which that bound would not hold.
-    """
+@pytest.fixture(scope="module")
+def four_ranks(tmp_path_factory) -> tuple[list[dict], dict]:
+    """The one ``torchrun`` launch of 4 gloo ranks (``tests/sequence_parallel_worker.py``) whose results both
+    tests below read: what each rank reported, and the sizes of the wide checkpoint it read."""
     from dataengine.synthetic.wan_dit import build_tiny_wan_dit
     from tests.shard_builder import build_shards
 
+    tmp_path = tmp_path_factory.mktemp("four_ranks")
     shards = build_shards(
         tmp_path / "shards", {(2, 4, 4): 4, (1, 4, 6): 4}, vlm_dim=64, seq_lengths=(5, 8, 3, 7)
     )
@@ -199,18 +185,39 @@ def test_world_size_changes_nothing_two_ranks(tmp_path: Path) -> None:
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(RECIPE)
     args = {
-        "out": str(tmp_path / "results.json"), "shards": str(shards), "wan": str(wan), "runs": str(tmp_path / "runs"),
-        "steps": 4, "dcp": str(step_dir), "export": str(exported), "wide_config": WIDE, "recipe": str(recipe),
+        "shards": str(shards), "wan": str(wan), "runs": str(tmp_path / "runs"), "steps": 4, "dcp": str(step_dir),
+        "export": str(exported), "wide_config": WIDE, "recipe": str(recipe),
     }  # fmt: skip
     (tmp_path / "args.json").write_text(json.dumps(args))
+    out = tmp_path / "results.json"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop("RANK", None), env.pop("WORLD_SIZE", None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    command += [str(REPO / "tests" / "world_size_worker.py"), str(tmp_path / "args.json")]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4"]
+    command += [str(REPO / "tests" / "sequence_parallel_worker.py"), str(out), str(tmp_path / "args.json")]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert run.returncode == 0, run.stderr[-4000:]
-    ranks = json.loads((tmp_path / "results.json").read_text())
-    assert [r["rank"] for r in ranks] == [0, 1]
+    return json.loads(out.read_text()), sizes
+
+
+@pytest.mark.slow
+def test_world_size_changes_nothing(four_ranks) -> None:
+    """In the same ``torchrun`` launch of 4 gloo ranks (``tests/world_size_worker.py``'s checks), things that
+    must not depend on the number of processes (``trainer fit`` from Wan weights by 2 data-parallel ranks at
+    batch 1 and by one sequence-parallel group of 2 at batch 2, against one process at batch 2, loss and grad
+    norm at every step: tests/test_train.py's test_two_process_fsdp2_matches_one_process and
+    sequence-parallel run):
+
+    - the ranks of a sequence-parallel group compare their samples at every micro-batch: a run whose loader
+      is given the process rank (so the two ranks of each group read different samples) stops before its
+      first forward;
+    - each rank's host peak while reading a checkpoint for sampling into bfloat16 (DCP and exported
+      folder) stays within the model's bfloat16 bytes plus two copies of the largest float32 tensor (the
+      stored chunk and its decoded tensor) and 32 MiB; reading into float32, the control, needs the float32
+      model, which that bound would not hold.
+    """
+    ranks, sizes = four_ranks
+    ranks = [r["world_size"] for r in ranks]
+    assert [r["rank"] for r in ranks] == [0, 1, 2, 3]
 
     for result in ranks:
         check = result["sp_check"]

@@ -1,22 +1,19 @@
-"""torchrun worker for tests/test_sequence_parallel.py: what must not depend on the number of processes, 2 ranks.
-
-    torchrun --standalone --nproc-per-node 2 tests/world_size_worker.py ARGS.json
-
-One launch, every comparison reported to ``ARGS["out"]`` (rank 0 writes what every rank measured). (The
-losses and grad norms of 2 data-parallel ranks at batch 1 and of one sequence-parallel group of 2 at batch 2
-against one process at batch 2, from Wan weights: tests/test_train.py's ``trainer fit`` runs.)
+"""What must not depend on the number of processes, checked inside tests/sequence_parallel_worker.py's one
+``torchrun`` launch of 4 gloo ranks (``world_size_checks``: every rank reports its results; the test compares):
 
 - ``sp_check``: ``trainer.parallel.check_same_samples`` on equal and on different batches, and a
   ``train`` whose SP ranks are handed different samples (the loader given the process rank): it must stop
-  at its first micro-batch, before the forward, with the error, on both ranks.
+  at its first micro-batch, before the forward, with the error, on every rank.
 - ``load``: each rank's host peak while reading a wide checkpoint (DCP and exported folder) into bfloat16
   (the sampling path), and, as a control, into float32.
+
+(The losses and grad norms of 2 data-parallel ranks at batch 1 and of one sequence-parallel group of 2 at batch 2
+against one process at batch 2, from Wan weights: tests/test_train.py's ``trainer fit`` runs.)
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -30,7 +27,6 @@ from trainer.parallel import (
     check_same_samples,
     init_distributed,
     sample_check_group,
-    shutdown_distributed,
 )
 from trainer.train import train, train_config_from_recipe
 
@@ -86,11 +82,9 @@ def run_fit(args: dict, name: str, sequence_parallel: int, batch_size: int, load
     return [{"step": r["step"], "loss": r["loss"], "grad_norm": r["grad_norm"]} for r in rows]
 
 
-def main(args_path: str) -> None:
-    args = json.loads(Path(args_path).read_text())
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    assert world == 2, "run with --nproc-per-node 2"
+def world_size_checks(args: dict) -> dict:
+    """Every check of this module on this rank (the process group exists); ``args`` as the test writes it."""
+    rank = dist.get_rank()
     results: dict = {"rank": rank}
 
     # 1. the SP group's samples are compared at every micro-batch
@@ -101,10 +95,10 @@ def main(args_path: str) -> None:
             return str(err)
         return None
 
-    dp2 = init_distributed(ParallelConfig())  # no SP
+    no_sp = init_distributed(ParallelConfig())
     sp2 = init_distributed(ParallelConfig(sequence_parallel=2))
     check = {
-        "no_sp_group": sample_check_group(dp2) is None,
+        "no_sp_group": sample_check_group(no_sp) is None,
         "same": outcome(sample_check_group(sp2), ["a/0", "b/1"]),
         "different": outcome(sample_check_group(sp2), ["a/0", f"b/{rank}"]),
     }
@@ -132,12 +126,4 @@ def main(args_path: str) -> None:
             peak = host_peak_bytes(lambda path=path, dtype=dtype: load_checkpoint(path, "cpu", dtype))
             results["load"][f"{kind}_{str(dtype).removeprefix('torch.')}"] = peak
 
-    gathered = [None] * world
-    dist.all_gather_object(gathered, results)
-    if rank == 0:
-        Path(args["out"]).write_text(json.dumps(gathered, indent=1))
-    shutdown_distributed()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])
+    return results
