@@ -34,7 +34,13 @@ def test_ema_equals_a_float64_reference_from_the_parameter_trajectory(reference)
 def test_export_ema_writes_the_average(reference, tmp_path):
     final = watch_runs.step_dir(reference, watch_runs.STEPS)
     out = tmp_path / "exported"
-    watch_runs.run_trainer(["export", str(final), str(out), "--ema"])
+    from typer.testing import CliRunner
+
+    from trainer.cli import app
+
+    # `trainer export --ema`, the command run in this process
+    result = CliRunner().invoke(app, ["export", str(final), str(out), "--ema"])
+    assert result.exit_code == 0, result.output
     exported = load_file(out / "model.safetensors")
     ema = watch_runs.read_entries(final, "ema")
     assert exported.keys() == ema.keys() and all(torch.equal(exported[k], ema[k]) for k in ema)

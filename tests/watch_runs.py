@@ -76,15 +76,6 @@ def run(args: list[str], torchrun_ranks: int = 0) -> subprocess.CompletedProcess
     return result
 
 
-def run_trainer(args: list[str]) -> subprocess.CompletedProcess:
-    """``trainer <args>`` (any command) in a subprocess; it must succeed."""
-    result = subprocess.run(
-        [sys.executable, "-m", "trainer.cli", *args], env=env(), cwd=REPO, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
-
-
 def reference_run(root: Path) -> Path:
     """The uninterrupted 1-process run (built once under ``root``, pytest's base temp folder)."""
     run_dir = root / "watch_runs" / "reference"
