@@ -134,7 +134,13 @@ def test_the_shard_writer_uploads_each_tar_and_resume_looks_at_the_url(tmp_path)
 
 
 def _batches(loader, count: int) -> list[dict]:
-    return [next(loader) for _ in range(count)]
+    try:
+        return [next(loader) for _ in range(count)]
+    finally:
+        # Stop the loader's DataLoader workers now (as tests/test_data.py's take()): left to the garbage
+        # collector, an abandoned loader's shutdown waits out its workers' join timeouts in a later test.
+        if loader._iterator is not None:
+            loader._iterator.close()
 
 
 def _same(a: list[dict], b: list[dict]) -> None:
