@@ -17,6 +17,8 @@ compares. One launch checks:
   ``trainer.plan.block_activation_bytes`` (float32 and bfloat16, L = 449 tokens, not divisible).
 - ``world_size``: tests/world_size_worker.py's checks (the SP group's sample check, the host peak of reading a
   checkpoint for sampling), on ``ARGS.json``.
+- ``wan_fsdp``: tests/fsdp_load_worker.py's check (Wan weights loaded into an FSDP2-sharded meta-built model),
+  on ``ARGS.json``'s ``wan_diffusers`` folder and ``wan_expected`` file.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from tests.fsdp_load_worker import load_and_compare
 from tests.world_size_worker import world_size_checks
 from trainer.flow import Conditioning, euler_sample
 from trainer.model import MiVEBlock, MiVETransformer, SequenceShard, get_config, rope_cos_sin
@@ -206,7 +209,9 @@ def main(out_path: str, args_path: str) -> None:
                 {"sp": runtime.sp_size, "dtype": str(dtype), "measured": measured, "predicted": predicted}
             )
 
-    results["world_size"] = world_size_checks(json.loads(Path(args_path).read_text()))
+    args = json.loads(Path(args_path).read_text())
+    results["world_size"] = world_size_checks(args)
+    results["wan_fsdp"] = load_and_compare(args["wan_diffusers"], args["wan_expected"])
 
     gathered = [None] * world
     dist.all_gather_object(gathered, results)

@@ -2,7 +2,8 @@
 
 The distributed checks run in one ``torchrun`` launch of 4 gloo ranks (``tests/sequence_parallel_worker.py``:
 SP 4, DP 2 x SP 2, the sampler, a forward without condition tokens, the saved bytes per rank, and what must not
-depend on the number of processes: the SP group's sample check, each rank's peak reading a checkpoint); the
+depend on the number of processes: the SP group's sample check, each rank's peak reading a checkpoint; and Wan
+weights loaded into an FSDP2-sharded model); the
 ``trainer fit`` runs under SP (loss sequence, kill and resume, resume with another degree) are in
 ``tests/test_train.py``, ``trainer sample`` under SP in ``tests/test_sample.py`` and the plan against the
 measured per-rank peak in ``tests/test_plan.py``. Here also: the shard arithmetic and the input checks.
@@ -171,10 +172,14 @@ def _wide_checkpoints(root: Path) -> tuple[Path, Path, dict]:
 
 @pytest.fixture(scope="module")
 def four_ranks(tmp_path_factory) -> tuple[list[dict], dict]:
-    """The one ``torchrun`` launch of 4 gloo ranks (``tests/sequence_parallel_worker.py``) whose results both
-    tests below read: what each rank reported, and the sizes of the wide checkpoint it read."""
+    """The one ``torchrun`` launch of 4 gloo ranks (``tests/sequence_parallel_worker.py``) whose results the
+    three tests below read: what each rank reported, and the sizes of the wide checkpoint it read."""
+    from safetensors.torch import save_file
+
     from dataengine.synthetic.wan_dit import build_tiny_wan_dit
     from tests.shard_builder import build_shards
+    from tests.wan_checkpoints import tiny_diffusers_wan
+    from trainer.wan_weights import load_wan_weights
 
     tmp_path = tmp_path_factory.mktemp("four_ranks")
     shards = build_shards(
@@ -184,9 +189,18 @@ def four_ranks(tmp_path_factory) -> tuple[list[dict], dict]:
     step_dir, exported, sizes = _wide_checkpoints(tmp_path / "wide")
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(RECIPE)
+    # test_wan_weights_load_into_an_fsdp2_sharded_model's: a tiny diffusers Wan2.1 DiT in several shards, and
+    # what a plain model holds after loading it
+    wan_diffusers = tmp_path / "wan_diffusers"
+    tiny_diffusers_wan(get_config("debug"), seed=11).save_pretrained(wan_diffusers, max_shard_size="150KB")
+    plain = MiVETransformer(get_config("debug"))
+    load_wan_weights(plain, wan_diffusers)
+    wan_expected = tmp_path / "wan_expected.safetensors"
+    save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(wan_expected))
     args = {
         "shards": str(shards), "wan": str(wan), "runs": str(tmp_path / "runs"), "steps": 4, "dcp": str(step_dir),
-        "export": str(exported), "wide_config": WIDE, "recipe": str(recipe),
+        "export": str(exported), "wide_config": WIDE, "recipe": str(recipe), "wan_diffusers": str(wan_diffusers),
+        "wan_expected": str(wan_expected),
     }  # fmt: skip
     (tmp_path / "args.json").write_text(json.dumps(args))
     out = tmp_path / "results.json"
@@ -232,3 +246,17 @@ def test_world_size_changes_nothing(four_ranks) -> None:
                 kind,
                 result["load"],
             )
+
+
+@pytest.mark.slow
+@pytest.mark.process
+def test_wan_weights_load_into_an_fsdp2_sharded_model(four_ranks) -> None:
+    """(Of trainer.wan_weights, run in the same launch.) 4 gloo processes: FSDP2 DTensor parameters of a model
+    built on meta receive the same values as a plain model loading the same diffusers folder, and the fresh
+    context adapter's fusion starts at zero."""
+    ranks, _ = four_ranks
+    results = [r["wan_fsdp"] for r in ranks]
+    assert [r["rank"] for r in results] == [0, 1, 2, 3]
+    for result in results:
+        assert result["differs"] == [], result
+        assert result["fusion_zero"], result
