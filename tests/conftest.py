@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,7 +35,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MIVE_RAY_OBJECT_STORE_BYTES", str(512 * 1024 * 1024))
 
-from tests.helpers import REPO, cli_env, dataengine, run_cli, trainer  # noqa: E402
+from tests.helpers import REPO, cli_env, dataengine, trainer  # noqa: E402
 
 if TYPE_CHECKING:
     from dataengine.synthetic.openve import SyntheticOpenVE
@@ -58,13 +59,23 @@ FILE_MARKERS = {
     "test_eval.py": {"test_eval_command_errors_name_the_input": ("process",)},
     "test_sequence_parallel.py": {
         "test_four_ranks_match_one_process": ("process",),
-        "test_world_size_changes_nothing": ("process",),
+        "test_world_size_changes_nothing": ("process", "fit"),  # its ranks run the trainer's train()
     },
     "test_shards_url.py": {"test_trainer_fit_from_a_plain_http_server": ("process", "fit")},
 }
 
 
+# The session fixtures whose subprocess starts ahead, at the first test, when a selected test uses them: it then
+# runs while the tests before its first user run (most use one core of the two), and its fixture only waits.
+AHEAD = ("demo_run", "trained_debug_run")
+_ahead_wanted: set[str] = set()
+
+
 def pytest_collection_modifyitems(config, items):
+    _ahead_wanted.clear()
+    _ahead_wanted.update(
+        name for item in items for name in getattr(item, "fixturenames", ()) if name in AHEAD
+    )
     for item in items:
         wanted = [m for name in getattr(item, "fixturenames", ()) for m in FIXTURE_MARKERS.get(name, ())]
         for key, markers in FILE_MARKERS.get(item.path.name, {}).items():
@@ -79,6 +90,7 @@ def pytest_collection_modifyitems(config, items):
 # listed at the end of the session, so a missing marker is seen.
 _unmarked_processes: dict[str, str] = {}
 _current: list = [None]
+_starting_ahead: list = []  # non-empty while a session fixture starts its subprocess ahead (not the test's)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -98,7 +110,12 @@ def pytest_configure(config):
         command = args[0] if args else kwargs.get("args")
         # ctypes.util.find_library runs `ldconfig -p` to find a shared library: a lookup, not a process of the test
         lookup = "ldconfig" in str(command)
-        if item is not None and not lookup and not ({"process", "ray"} & set(item.keywords)):
+        if (
+            item is not None
+            and not lookup
+            and not _starting_ahead
+            and not ({"process", "ray"} & set(item.keywords))
+        ):
             _unmarked_processes.setdefault(item.nodeid, str(command)[:120])
         original(self, *args, **kwargs)
 
@@ -225,7 +242,7 @@ def openve_set(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for the session (2 CPUs at most, the tests' object store cap); yields its GCS address,
+    """One local Ray for the session (4 logical CPUs, the tests' object store cap); yields its GCS address,
     which a CLI subprocess joins with ``RAY_ADDRESS`` / ``--ray-address``. In-process jobs (``run_stages``)
     find it initialised and use it."""
     import ray
@@ -235,7 +252,7 @@ def ray_session():
     started = not ray.is_initialized()
     for attempt in range(3):
         try:
-            init_ray(num_cpus=min(2, os.cpu_count() or 1))
+            init_ray(num_cpus=4)  # logical CPUs: a job started ahead and a test's job can run at once
             break
         except Exception as err:  # Ray gives its raylet 30 s to register; a loaded machine can take longer
             ray.shutdown()
@@ -244,6 +261,32 @@ def ray_session():
     yield ray.get_runtime_context().gcs_address
     if started:
         ray.shutdown()
+
+
+class Ahead:
+    """A CLI subprocess of a session fixture, started before the tests that read its output; ``wait()`` returns
+    once it has ended and asserts it succeeded (its log's tail in the message)."""
+
+    def __init__(self, command: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
+        self.command, self.log = command, log
+        with log.open("w") as out:
+            self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait(self, timeout: float = 1800) -> None:
+        code = self.process.wait(timeout=timeout)
+        assert code == 0, f"{' '.join(self.command)} exited {code}\n{self.log.read_text()[-4000:]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _start_ahead(request):
+    """Start the subprocess of each session fixture in ``AHEAD`` that a selected test uses, at the first test."""
+    _starting_ahead.append(True)  # the processes started here (a Ray, the subprocesses) are not the test's
+    try:
+        for name in AHEAD:
+            if name in _ahead_wanted:
+                request.getfixturevalue(f"{name}_started")
+    finally:
+        _starting_ahead.pop()
 
 
 @dataclass(frozen=True)
@@ -275,9 +318,8 @@ class DemoRun:
 
 
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory, tiny_models, ray_session) -> DemoRun:
-    """``filter``, ``harvest-portraits``, ``synth-portraits`` and ``shards`` of manifests/demo.toml, each through
-    the CLI (joined to the session's Ray), on demo-data's inputs with the session's tiny models."""
+def demo_run_started(tmp_path_factory, tiny_models, ray_session) -> tuple[DemoRun, Ahead]:
+    """The demo run's inputs and recipe, and its ``dataengine reproduce`` subprocess started (see ``demo_run``)."""
     from dataengine.synthetic.openve import build_filter_demo
     from dataengine.synthetic.portraits import generate_portraits
 
@@ -299,13 +341,24 @@ def demo_run(tmp_path_factory, tiny_models, ray_session) -> DemoRun:
     env = cli_env(RAY_ADDRESS=ray_session)
     # the four jobs through the one command a real run uses (`dataengine reproduce`, its data steps only):
     # each step a subprocess of the real CLI, its output kept in manifests/demo/reproduce/<step>.log
-    jobs = ("filter", "harvest-portraits", "synth-portraits", "shards")
     overrides = (f'shards.output="{root}/shards/demo"',)
-    run_cli(dataengine("reproduce", str(recipe), *overrides, "--steps", ",".join(jobs)), cwd=root, env=env)
-    stdout = {job: (root / "manifests" / "demo" / "reproduce" / f"{job}.log").read_text() for job in jobs}
-    return DemoRun(
-        root=root, recipe=recipe, stdout=stdout, overrides=overrides, ray_address=ray_session, openve=openve
-    )
+    command = dataengine("reproduce", str(recipe), *overrides, "--steps", ",".join(DEMO_JOBS))
+    run = DemoRun(root=root, recipe=recipe, overrides=overrides, ray_address=ray_session, openve=openve)
+    return run, Ahead(command, root, env, root / "reproduce.log")
+
+
+DEMO_JOBS = ("filter", "harvest-portraits", "synth-portraits", "shards")
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_run_started) -> DemoRun:
+    """``filter``, ``harvest-portraits``, ``synth-portraits`` and ``shards`` of manifests/demo.toml, each through
+    the CLI (joined to the session's Ray), on demo-data's inputs with the session's tiny models."""
+    run, process = demo_run_started
+    process.wait()
+    for job in DEMO_JOBS:
+        run.stdout[job] = (run.manifests / "reproduce" / f"{job}.log").read_text()
+    return run
 
 
 @dataclass(frozen=True)
@@ -324,10 +377,8 @@ class TrainedRun:
 
 
 @pytest.fixture(scope="session")
-def trained_debug_run(tmp_path_factory, tiny_models) -> TrainedRun:
-    """``trainer fit manifests/train_debug.toml``, 4 steps with a checkpoint every 2 (both kept), on 2
-    samples of 9 frames at 32 x 64 (latents 3 x 4 x 8) whose index.json records the tiny VAE and Qwen3-VL
-    and the demo's [shards] encoders, as the shards job writes them."""
+def trained_debug_run_started(tmp_path_factory, tiny_models) -> tuple[TrainedRun, Ahead]:
+    """The shard set of ``trained_debug_run`` and its ``trainer fit`` subprocess started."""
     from tests.shard_builder import build_shards
 
     num_frames, height, width, steps, every = 9, 32, 64, 4, 2
@@ -357,5 +408,15 @@ def trained_debug_run(tmp_path_factory, tiny_models) -> TrainedRun:
         f"train.steps={steps}", f"train.checkpoint.every_steps={every}", "train.checkpoint.keep_last=2",
         "train.data.verify_checksums=false",
     )  # fmt: skip
-    run_cli(command, cwd=REPO, env=cli_env(OMP_NUM_THREADS="1"))
-    return TrainedRun(root / "runs" / "tiny", shards, vae, vlm, steps, every, num_frames, height, width)
+    run = TrainedRun(root / "runs" / "tiny", shards, vae, vlm, steps, every, num_frames, height, width)
+    return run, Ahead(command, REPO, cli_env(OMP_NUM_THREADS="1"), root / "fit.log")
+
+
+@pytest.fixture(scope="session")
+def trained_debug_run(trained_debug_run_started) -> TrainedRun:
+    """``trainer fit manifests/train_debug.toml``, 4 steps with a checkpoint every 2 (both kept), on 2
+    samples of 9 frames at 32 x 64 (latents 3 x 4 x 8) whose index.json records the tiny VAE and Qwen3-VL
+    and the demo's [shards] encoders, as the shards job writes them."""
+    run, process = trained_debug_run_started
+    process.wait()
+    return run

@@ -153,7 +153,7 @@ def test_an_autoscaler_is_waited_for_up_to_the_recipe_limit(monkeypatch, capsys)
 @pytest.mark.process
 @pytest.mark.ray
 def test_a_stage_asking_for_more_cpus_than_the_ray_has_exits_2_naming_it(tmp_path, ray_session):
-    """``dataengine harvest-portraits`` with ``harvest_cpus = 64`` joining the tests' local Ray (2 CPUs, no
+    """``dataengine harvest-portraits`` with ``harvest_cpus = 64`` joining the tests' local Ray (4 CPUs, no
     autoscaler): exit 2 and one line, before the stage starts (the one video is not even a video)."""
     import ray
 
