@@ -14,7 +14,8 @@ what was recorded, redoes nothing, and every output must equal the uninterrupted
 session's local Ray). harvest-portraits runs to its end here; its kill-resume is in tests/test_harvest.py.
 
 The nodes are stopped by their own ``ray start --block`` processes (SIGTERM: each kills the Ray processes it
-started; they share its fate through ``PR_SET_PDEATHSIG`` besides), and any process left with this test's
+started; they share its fate through ``PR_SET_PDEATHSIG`` besides; SIGKILL after a 5 s grace: after a job the head
+took more than 30 s), and any process left with this test's
 token path in its environment (Ray's agents were seen to outlive a job's local Ray) is killed by pid; the
 test then checks none is left. ``ray stop`` is not used: it kills every Ray process of the machine,
 including other users' clusters.
@@ -52,6 +53,7 @@ from tests.test_portraits import demo_windows, expected_pair, psnr
 BIN = Path(sys.executable).parent  # the environment's console scripts: dataengine, ray
 JOB_TIMEOUT_S = 300
 START_TIMEOUT_S = 90
+STOP_GRACE_S = 5
 NODE2_RESOURCE = "mive_node2"
 
 pytestmark = [pytest.mark.ray, pytest.mark.process, pytest.mark.slow]
@@ -129,7 +131,9 @@ class TwoNodeCluster:
                 node.send_signal(signal.SIGTERM)
         for node in self.nodes:
             try:
-                node.wait(timeout=30)
+                # after a job has run, the head's `ray start --block` was seen to take more than 30 s to end on
+                # SIGTERM: a short grace, then SIGKILL, and every process left is killed by pid below
+                node.wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 node.kill()
                 node.wait()
