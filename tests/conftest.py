@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,7 +45,6 @@ FIXTURE_MARKERS = {
     "ray_session": ("ray",),
     "demo_run": ("ray", "process", "slow"),
     "trained_debug_run": ("process", "fit"),
-    "demo_continued": ("ray", "process", "fit", "slow"),
 }
 
 
@@ -71,10 +68,7 @@ FILE_MARKERS = {
 # The session fixtures whose subprocess starts ahead, at the first test, when a selected test uses them: it then
 # runs while the tests before its first user run (most use one core of the two), and its fixture only waits.
 AHEAD = ("demo_run", "trained_debug_run")
-# ... and ``demo_continued`` (the rest of the demo run) in a background thread once ``demo_run`` is finished.
 _ahead_wanted: set[str] = set()
-_ahead_threads = ThreadPoolExecutor(1, thread_name_prefix="ahead")
-_demo_continued: list[Future] = []
 
 
 def pytest_collection_modifyitems(config, items):
@@ -120,7 +114,6 @@ def pytest_configure(config):
             item is not None
             and not lookup
             and not _starting_ahead
-            and not threading.current_thread().name.startswith("ahead")
             and not ({"process", "ray"} & set(item.keywords))
         ):
             _unmarked_processes.setdefault(item.nodeid, str(command)[:120])
@@ -358,28 +351,14 @@ DEMO_JOBS = ("filter", "harvest-portraits", "synth-portraits", "shards")
 
 
 @pytest.fixture(scope="session")
-def demo_run(demo_run_started, tiny_models) -> DemoRun:
+def demo_run(demo_run_started) -> DemoRun:
     """``filter``, ``harvest-portraits``, ``synth-portraits`` and ``shards`` of manifests/demo.toml, each through
     the CLI (joined to the session's Ray), on demo-data's inputs with the session's tiny models."""
     run, process = demo_run_started
     process.wait()
     for job in DEMO_JOBS:
         run.stdout[job] = (run.manifests / "reproduce" / f"{job}.log").read_text()
-    if "demo_continued" in _ahead_wanted and not _demo_continued:
-        from tests.demo_continued import continue_demo
-
-        _demo_continued.append(_ahead_threads.submit(continue_demo, run, tiny_models.wan))
     return run
-
-
-@pytest.fixture(scope="session")
-def demo_continued(demo_run, tiny_models):
-    """The rest of the demo run in ``demo_run``'s folder, killed twice and rerun (tests/demo_continued.py)."""
-    if not _demo_continued:
-        from tests.demo_continued import continue_demo
-
-        _demo_continued.append(_ahead_threads.submit(continue_demo, demo_run, tiny_models.wan))
-    return _demo_continued[0].result(timeout=2400)
 
 
 @dataclass(frozen=True)
