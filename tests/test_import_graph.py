@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
 PACKAGES = ("dataengine", "pipelines", "trainer")
 LAYERS = (
     "dataengine.formats",

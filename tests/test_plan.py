@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import REPO
 from trainer.model import MiVEBlock, MiVETransformer, get_config, rope_cos_sin
 from trainer.parallel import ParallelConfig
 from trainer.plan import (
@@ -35,7 +36,6 @@ from trainer.plan import (
     token_shape_from_latents,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 PEAK_TOLERANCE = 0.10  # the plan's predicted peak within 10% of the measured one (seen: -1% .. +6%)
 # Sequence parallelism is checked against the fake-tensor trace at 14B width (tests/test_trace.py): on gloo the
 # allocator's peak also holds buffers of finished collectives for a while, which no GPU run has.

@@ -6,14 +6,14 @@ import dataclasses
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Literal
 
 import pytest
 
 from dataengine.formats.recipe import RecipeError, build_config
+from tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ from PIL import Image
 
 from dataengine.media.clips import resize_and_crop
 from dataengine.media.video import probe, read_frames, write_mp4
+from tests.helpers import REPO
 from trainer.flow import Conditioning, euler_sample, shifted_sigmas
 from trainer.sample import (
     SampleConfig,
@@ -25,7 +26,6 @@ from trainer.sample import (
     sample_video,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 NUM_FRAMES, HEIGHT, WIDTH, FPS = 9, 32, 64, 12.0
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import REPO
 from trainer.model import MiVETransformer, SequenceShard, get_config
 from trainer.parallel import ParallelConfig, build_mesh
 
-REPO = Path(__file__).resolve().parents[1]
 # float32 everywhere: sequence parallelism changes only summation orders (the gradient reduce-scatter sums
 # four ranks' contributions, attention runs per head group). Measured: loss identical, grad norm 1e-7
 # relative, the worst gradient entry 1.4e-6 of its parameter's largest gradient, sampled latents 2.4e-7.

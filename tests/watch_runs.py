@@ -17,10 +17,9 @@ from pathlib import Path
 
 import torch
 
-from tests.helpers import process_tree
+from tests.helpers import REPO, process_tree
 from tests.shard_builder import build_shards
 
-REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "manifests" / "train_debug.toml"
 STEPS = 8
 EMA_DECAY = 0.9
