@@ -276,17 +276,27 @@ class Ahead:
         code = self.process.wait(timeout=timeout)
         assert code == 0, f"{' '.join(self.command)} exited {code}\n{self.log.read_text()[-4000:]}"
 
+    def stop(self) -> None:
+        """End the subprocess if no test waited for it (a run stopped early, ``-x``): nothing outlives the tests."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _start_ahead(request):
     """Start the subprocess of each session fixture in ``AHEAD`` that a selected test uses, at the first test."""
+    started = []
     _starting_ahead.append(True)  # the processes started here (a Ray, the subprocesses) are not the test's
     try:
         for name in AHEAD:
             if name in _ahead_wanted:
-                request.getfixturevalue(f"{name}_started")
+                started.append(request.getfixturevalue(f"{name}_started")[1])
     finally:
         _starting_ahead.pop()
+    yield
+    for ahead in started:
+        ahead.stop()
 
 
 @dataclass(frozen=True)
