@@ -12,6 +12,10 @@ a test that only reads an output uses the fixture, and a test that changes an ou
   demo recipe, through ``dataengine reproduce`` (the real run's one command), joined to ``ray_session``'s Ray.
 - ``trained_debug_run``: one ``trainer fit`` of the debug recipe with checkpoints, on a small shard set whose
   ``index.json`` names the tiny VAE and Qwen3-VL (so ``trainer sample`` can encode new inputs for it).
+- ``demo_continued``: the rest of that demo run (verify .. report) in its folder, killed twice and rerun; and
+  ``cluster_chain``: the demo recipe's data jobs on a two-node Ray cluster, each killed and resumed once. Both run
+  in a background thread from the moment ``demo_run`` is finished (``Background``), and their tests run last, so
+  that they run beside the other tests instead of after them.
 
 Markers (pyproject.toml): ``process`` (starts a subprocess), ``ray`` (starts or joins a Ray), ``fit`` (runs
 ``trainer fit``), ``slow`` (more than ~20 s on 2 cores). A test that uses ``ray_session``, ``demo_run`` or
@@ -22,7 +26,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +52,8 @@ FIXTURE_MARKERS = {
     "ray_session": ("ray",),
     "demo_run": ("ray", "process", "slow"),
     "trained_debug_run": ("process", "fit"),
+    "demo_continued": ("ray", "process", "fit", "slow"),
+    "cluster_chain": ("ray", "process", "slow"),
 }
 
 
@@ -67,7 +76,10 @@ FILE_MARKERS = {
 
 # The session fixtures whose subprocess starts ahead, at the first test, when a selected test uses them: it then
 # runs while the tests before its first user run (most use one core of the two), and its fixture only waits.
-AHEAD = ("demo_run", "trained_debug_run")
+AHEAD = ("demo_run", "trained_debug_run", "demo_continued", "cluster_chain")
+# Those of them whose work runs in a background thread once ``demo_run`` is finished (``Background``): their tests
+# run last, in this order, so that the work runs beside every other test (one core of the two is idle in most).
+LAST = ("demo_continued", "cluster_chain")
 _ahead_wanted: set[str] = set()
 
 
@@ -75,6 +87,11 @@ def pytest_collection_modifyitems(config, items):
     _ahead_wanted.clear()
     _ahead_wanted.update(
         name for item in items for name in getattr(item, "fixturenames", ()) if name in AHEAD
+    )
+    items.sort(  # stable: the other tests keep their order
+        key=lambda item: next(
+            (1 + i for i, name in enumerate(LAST) if name in getattr(item, "fixturenames", ())), 0
+        )
     )
     for item in items:
         wanted = [m for name in getattr(item, "fixturenames", ()) for m in FIXTURE_MARKERS.get(name, ())]
@@ -114,10 +131,15 @@ def pytest_configure(config):
             item is not None
             and not lookup
             and not _starting_ahead
+            # a process of a ``Background`` thread is not the running test's
+            and threading.current_thread() is threading.main_thread()
             and not ({"process", "ray"} & set(item.keywords))
         ):
             _unmarked_processes.setdefault(item.nodeid, str(command)[:120])
         original(self, *args, **kwargs)
+        children = getattr(threading.current_thread(), "children", None)
+        if children is not None:  # started by a ``Background`` thread: killed by its ``stop()``
+            children.append(self)
 
     subprocess.Popen.__init__ = watched
 
@@ -138,8 +160,13 @@ class TinyModels:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._lock = threading.Lock()  # a ``Background`` thread builds its models too
 
     def _build(self, name: str) -> Path:
+        with self._lock:
+            return self._build_once(name)
+
+    def _build_once(self, name: str) -> Path:
         folder = self.root / name
         marker = folder / ".built"
         if marker.exists():
@@ -283,6 +310,49 @@ class Ahead:
             self.process.wait()
 
 
+class Background:
+    """The work of a session fixture, run in a thread beside the tests from the first test on (it waits for what it
+    needs itself); ``result()`` waits for it and raises what it raised. The processes its thread starts are
+    recorded (``pytest_configure``'s watcher): ``stop()`` kills them if no test waited for the work."""
+
+    def __init__(self, name: str, work: Callable[[], object]) -> None:
+        self.name, self.children = name, []
+        self._value: object = None
+        self._error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(work,), name=name, daemon=True)
+        self.thread.children = self.children  # type: ignore[attr-defined]
+        self.thread.start()
+
+    def _run(self, work: Callable[[], object]) -> None:
+        try:
+            self._value = work()
+        except BaseException as err:  # raised in the test that waits for it
+            self._error = err
+
+    def result(self, timeout: float = 2400) -> object:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"{self.name} did not end in {timeout} s"
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def stop(self) -> None:
+        """Kill the work's processes (their process groups) until its thread ends: nothing outlives the tests."""
+        for _ in range(60):
+            if not self.thread.is_alive():
+                return
+            for process in list(self.children):
+                if process.poll() is None:
+                    try:
+                        if os.getpgid(process.pid) == process.pid:
+                            os.killpg(process.pid, signal.SIGKILL)
+                        else:
+                            process.kill()
+                    except ProcessLookupError:
+                        pass
+            self.thread.join(1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _start_ahead(request):
     """Start the subprocess of each session fixture in ``AHEAD`` that a selected test uses, at the first test."""
@@ -291,7 +361,8 @@ def _start_ahead(request):
     try:
         for name in AHEAD:
             if name in _ahead_wanted:
-                started.append(request.getfixturevalue(f"{name}_started")[1])
+                value = request.getfixturevalue(f"{name}_started")
+                started.append(value[1] if isinstance(value, tuple) else value)
     finally:
         _starting_ahead.pop()
     yield
@@ -360,15 +431,55 @@ def demo_run_started(tmp_path_factory, tiny_models, ray_session) -> tuple[DemoRu
 DEMO_JOBS = ("filter", "harvest-portraits", "synth-portraits", "shards")
 
 
+_demo_run_lock = threading.Lock()
+
+
+def _finished(demo_run_started: tuple[DemoRun, Ahead]) -> DemoRun:
+    """The demo run once its subprocess has ended (the test thread and ``Background`` threads wait for it)."""
+    run, process = demo_run_started
+    with _demo_run_lock:
+        process.wait()
+        for job in DEMO_JOBS:
+            run.stdout.setdefault(job, (run.manifests / "reproduce" / f"{job}.log").read_text())
+    return run
+
+
 @pytest.fixture(scope="session")
 def demo_run(demo_run_started) -> DemoRun:
     """``filter``, ``harvest-portraits``, ``synth-portraits`` and ``shards`` of manifests/demo.toml, each through
     the CLI (joined to the session's Ray), on demo-data's inputs with the session's tiny models."""
-    run, process = demo_run_started
-    process.wait()
-    for job in DEMO_JOBS:
-        run.stdout[job] = (run.manifests / "reproduce" / f"{job}.log").read_text()
-    return run
+    return _finished(demo_run_started)
+
+
+@pytest.fixture(scope="session")
+def demo_continued_started(demo_run_started, tiny_models) -> Background:
+    """The rest of the demo run (verify .. report) in ``demo_run``'s folder, killed twice and rerun, in a background
+    thread that starts it once ``demo_run`` is finished (tests/helpers/demo_continued.py)."""
+    from tests.helpers.demo_continued import continue_demo
+
+    return Background("demo_continued", lambda: continue_demo(_finished(demo_run_started), tiny_models.wan))
+
+
+@pytest.fixture(scope="session")
+def demo_continued(demo_continued_started, demo_run):
+    """What the rest of the demo run recorded (``tests.helpers.demo_continued.DemoContinued``)."""
+    return demo_continued_started.result()
+
+
+@pytest.fixture(scope="session")
+def cluster_chain_started(demo_run_started, tmp_path_factory) -> Background:
+    """The demo recipe's data jobs on a two-node Ray cluster, killed and resumed, in a background thread that
+    starts them once ``demo_run`` is finished (tests/helpers/cluster.py)."""
+    from tests.helpers.cluster import run_cluster_chain
+
+    root = tmp_path_factory.getbasetemp() / "ray_cluster"
+    return Background("cluster_chain", lambda: run_cluster_chain(_finished(demo_run_started), root))
+
+
+@pytest.fixture(scope="session")
+def cluster_chain(cluster_chain_started, demo_run):
+    """What the cluster's jobs wrote and printed (``tests.helpers.cluster.ClusterChain``)."""
+    return cluster_chain_started.result()
 
 
 @dataclass(frozen=True)

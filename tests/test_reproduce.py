@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from pipelines.reproduce import (
     write_record,
 )
 from tests.helpers import REPO, cli_env, dataengine, kill_when
+from tests.helpers.demo_continued import DEMO_DATA_STEPS, DEMO_STEPS
 
 OPENVE = str(REPO / "manifests" / "openve.toml")
 TRAIN_14B = str(REPO / "manifests" / "train_mive_14b.toml")
@@ -267,51 +267,18 @@ def test_a_failing_step_stops_the_run_with_its_command(tmp_path):
     assert os.path.exists(tmp_path / "out" / "three.txt")
 
 
-DEMO_DATA_STEPS = ("filter", "harvest-portraits", "synth-portraits", "shards")
-DEMO_STEPS = (*DEMO_DATA_STEPS, "verify", "plan", "fit", "sample", "diagnose-layers", "eval", "report")
-
-
 @pytest.mark.process
 @pytest.mark.fit
 @pytest.mark.slow
-def test_the_demo_end_to_end_killed_and_rerun(demo_run, tiny_models):
-    """The demo recipes through the one command: the session's ``demo_run`` ran the data steps through it; here
-    the rest of the run goes on in the same folder (adding the training, evaluation and report beside the data
-    outputs, which it must not touch), killed at a step boundary and in the middle of ``fit``, then rerun."""
-    import pandas as pd
-
-    from dataengine.synthetic.openve_bench import build_bench_demo
-
-    root = demo_run.root
-    records = root / "manifests" / "demo" / "reproduce"
-    data_records = {name: (records / f"{name}.json").read_text() for name in DEMO_DATA_STEPS}
-    shutil.copy(REPO / "manifests" / "diagnose_demo.csv", root / "manifests" / "diagnose_demo.csv")
-    bench = build_bench_demo(
-        root / "demo_data" / "openve_bench", demo_run.data / "openve/csv", demo_run.data / "openve/videos"
-    )
-    pairs = pd.read_csv(bench / "pairs.csv")
-    pairs.head(2).to_csv(bench / "pairs.csv", index=False)  # two benchmark pairs are enough here
-    command = dataengine(
-        "reproduce", str(demo_run.recipe), *demo_run.overrides, "--train", str(REPO / "manifests" / "train_debug.toml"),
-        f"train.init={tiny_models.wan}", "train.steps=4", "train.checkpoint.every_steps=2", "train.checkpoint.keep_last=2",
-        "--steps", ",".join(DEMO_STEPS),
-    )  # fmt: skip
-    env = cli_env(RAY_ADDRESS=demo_run.ray_address, OMP_NUM_THREADS="1")
-
-    def start() -> subprocess.Popen:
-        return subprocess.Popen(
-            command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True,
-        )  # fmt: skip
-
-    # 1. at the boundary after verify; 2. in the middle of fit, once its first checkpoint is written
-    kill_when(start(), lambda: (records / "verify.json").exists())
-    verify_record = (records / "verify.json").read_text()
-    first_checkpoint = root / "runs" / "debug" / "checkpoints" / "step-00000002" / ".metadata"
-    kill_when(start(), lambda: first_checkpoint.exists())
-    assert not (records / "fit.json").exists()
-    # 3. to the end
-    final = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=1800)
+def test_the_demo_end_to_end_killed_and_rerun(demo_continued):
+    """The demo recipes through the one command: the session's ``demo_run`` ran the data steps through it; the
+    rest of the run went on in the same folder (adding the training, evaluation and report beside the data
+    outputs, which it must not touch), killed at a step boundary and in the middle of ``fit``, then rerun
+    (tests/helpers/demo_continued.py, started in the background once ``demo_run`` was finished)."""
+    done = demo_continued
+    root, records, final = done.root, done.records, done.final
+    data_records, verify_record = done.data_records, done.verify_record
+    assert not done.fit_record_at_kill
     assert final.returncode == 0, final.stdout[-4000:] + final.stderr[-4000:]
 
     for name in DEMO_DATA_STEPS:  # finished before: not redone
