@@ -80,14 +80,9 @@ AHEAD = ("demo_run", "trained_debug_run", "demo_continued", "cluster_chain")
 # Those of them whose work runs in a background thread once ``demo_run`` is finished (``Background``): their tests
 # run last, in this order, so that the work runs beside every other test (one core of the two is idle in most).
 LAST = ("demo_continued", "cluster_chain")
-_ahead_wanted: set[str] = set()
 
 
 def pytest_collection_modifyitems(config, items):
-    _ahead_wanted.clear()
-    _ahead_wanted.update(
-        name for item in items for name in getattr(item, "fixturenames", ()) if name in AHEAD
-    )
     items.sort(  # stable: the other tests keep their order
         key=lambda item: next(
             (1 + i for i, name in enumerate(LAST) if name in getattr(item, "fixturenames", ())), 0
@@ -359,8 +354,10 @@ def _start_ahead(request):
     started = []
     _starting_ahead.append(True)  # the processes started here (a Ray, the subprocesses) are not the test's
     try:
+        # the tests that run: selected and not deselected (``-m "not slow"`` deselects after the hook above)
+        wanted = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
         for name in AHEAD:
-            if name in _ahead_wanted:
+            if name in wanted:
                 value = request.getfixturevalue(f"{name}_started")
                 started.append(value[1] if isinstance(value, tuple) else value)
     finally:
