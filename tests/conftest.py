@@ -63,7 +63,6 @@ FILE_MARKERS = {
     "test_plan.py": {  # each runs a `trainer fit` subprocess to measure or check a plan
         "test_predicted_peak_matches_measured_fit_step": ("process", "fit", "slow"),
         "test_plan_of_a_shard_set_with_two_frame_count_buckets": ("process", "fit", "slow"),
-        "test_plan_command_fits_and_suggests": ("process", "fit", "slow"),
     },
     "test_eval.py": {"test_eval_command_errors_name_the_input": ("process",)},
     "test_sequence_parallel.py": {
