@@ -48,11 +48,7 @@ def take(loader: ShardLoader, num: int) -> list[list[str]]:
     try:
         return [batch["keys"] for batch in itertools.islice(loader, num)]
     finally:
-        # Stop the loader's DataLoader workers now. Left to the garbage collector, a loader abandoned mid-epoch
-        # is shut down whenever a collection finds it, in a later test, after the next loader's workers were
-        # forked holding its queues: its shutdown then waits out the workers' join timeouts (10-20 s measured).
-        if loader._iterator is not None:
-            loader._iterator.close()
+        loader.close()  # its DataLoader workers stop now, not at a garbage collection in a later test
 
 
 def epoch_of(shards: Path, rank: int, world: int, batch_size: int = 2, workers: int = 0, seed: int = 0):
@@ -94,6 +90,23 @@ def test_worker_split_keeps_the_order_across_epochs(even_shards):
     for epoch in range(2):  # with workers, every epoch still covers every sample exactly once over the ranks
         seen = [key for batches in per_rank for batch in batches[3 * epoch : 3 * epoch + 3] for key in batch]
         assert sorted(seen) == sorted(all_keys(even_shards))
+
+
+def test_close_stops_the_workers_and_next_goes_on_at_the_cursor(even_shards):
+    import multiprocessing
+
+    config = DataConfig(shards=str(even_shards), batch_size=2, num_workers=2)
+    expected = take(ShardLoader(DataConfig(shards=str(even_shards), batch_size=2), seed=0), 5)  # no workers
+    with ShardLoader(config, seed=0) as loader:
+        got = [next(loader)["keys"] for _ in range(2)]
+        assert len(multiprocessing.active_children()) == 2  # its two DataLoader workers
+        loader.close()
+        assert multiprocessing.active_children() == []  # stopped now, not at a garbage collection
+        assert loader.state_dict()["position"] == 2
+        got += [next(loader)["keys"] for _ in range(3)]  # new workers, from the cursor on
+        assert len(multiprocessing.active_children()) == 2
+    assert multiprocessing.active_children() == []  # the with block closed it
+    assert got == expected
 
 
 def test_padding_repeats_only_what_the_report_says(odd_shards):

@@ -137,10 +137,7 @@ def _batches(loader, count: int) -> list[dict]:
     try:
         return [next(loader) for _ in range(count)]
     finally:
-        # Stop the loader's DataLoader workers now (as tests/test_data.py's take()): left to the garbage
-        # collector, an abandoned loader's shutdown waits out its workers' join timeouts in a later test.
-        if loader._iterator is not None:
-            loader._iterator.close()
+        loader.close()  # its DataLoader workers stop now, not at a garbage collection in a later test
 
 
 def _same(a: list[dict], b: list[dict]) -> None:

@@ -588,6 +588,7 @@ def train(config: TrainConfig, runtime: Runtime, run_dir: Path, resume: bool, re
                         writer.add_scalar(f"train/{key}", value, step)
 
     checkpointer.wait()  # the last background save, if any, is written and committed before the run ends
+    loader.close()  # its DataLoader workers end with the run, not at a later garbage collection
     if writer is not None:
         writer.close()
     dist.barrier()
