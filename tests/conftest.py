@@ -291,16 +291,20 @@ class Ahead:
     def __init__(self, command: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
         self.command, self.log = command, log
         with log.open("w") as out:
-            self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+            # its own process group: the step subprocesses of a `dataengine reproduce` are stopped with it
+            self.process = subprocess.Popen(
+                command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def wait(self, timeout: float = 1800) -> None:
         code = self.process.wait(timeout=timeout)
         assert code == 0, f"{' '.join(self.command)} exited {code}\n{self.log.read_text()[-4000:]}"
 
     def stop(self) -> None:
-        """End the subprocess if no test waited for it (a run stopped early, ``-x``): nothing outlives the tests."""
+        """End the subprocess and its process group (a step's subprocess) if no test waited for it (a run stopped
+        early, ``-x``): nothing outlives the tests."""
         if self.process.poll() is None:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
 
