@@ -73,8 +73,9 @@ FILE_MARKERS = {
 }
 
 
-# The session fixtures whose subprocess starts ahead, at the first test, when a selected test uses them: it then
-# runs while the tests before its first user run (most use one core of the two), and its fixture only waits.
+# The session fixtures whose work starts ahead, at the first test, when a test that runs uses them (a subprocess,
+# ``Ahead``, or a thread, ``Background``): it then runs while the tests before its first user run (most use one
+# core of the two), and its fixture only waits.
 AHEAD = ("demo_run", "trained_debug_run", "demo_continued", "cluster_chain")
 # Those of them whose work runs in a background thread once ``demo_run`` is finished (``Background``): their tests
 # run last, in this order, so that the work runs beside every other test (one core of the two is idle in most).
@@ -353,7 +354,7 @@ class Background:
 
 @pytest.fixture(scope="session", autouse=True)
 def _start_ahead(request):
-    """Start the subprocess of each session fixture in ``AHEAD`` that a selected test uses, at the first test."""
+    """Start the work of each session fixture in ``AHEAD`` that a test that runs uses, at the first test."""
     started = []
     _starting_ahead.append(True)  # the processes started here (a Ray, the subprocesses) are not the test's
     try:
