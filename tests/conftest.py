@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import threading
 from collections.abc import Callable
@@ -42,7 +41,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MIVE_RAY_OBJECT_STORE_BYTES", str(512 * 1024 * 1024))
 
-from tests.helpers import REPO, cli_env, dataengine, trainer  # noqa: E402
+from tests.helpers import REPO, cli_env, dataengine, kill_group, trainer  # noqa: E402
 
 if TYPE_CHECKING:
     from dataengine.synthetic.openve import SyntheticOpenVE
@@ -305,7 +304,7 @@ class Ahead:
         """End the subprocess and its process group (a step's subprocess) if no test waited for it (a run stopped
         early, ``-x``): nothing outlives the tests."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            kill_group(self.process)
             self.process.wait()
 
 
@@ -342,13 +341,7 @@ class Background:
                 return
             for process in list(self.children):
                 if process.poll() is None:
-                    try:
-                        if os.getpgid(process.pid) == process.pid:
-                            os.killpg(process.pid, signal.SIGKILL)
-                        else:
-                            process.kill()
-                    except ProcessLookupError:
-                        pass
+                    kill_group(process)
             self.thread.join(1)
 
 

@@ -86,6 +86,12 @@ def kill_when(
             process.kill()
             raise AssertionError(f"the job did not reach the kill point in {timeout} s")
         time.sleep(poll)  # polling the job's outputs, not waiting for a guessed moment
+    kill_group(process)
+    process.wait()
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL ``process``, and its process group when it leads one (its own subprocesses); gone already is fine."""
     try:
         if os.getpgid(process.pid) == process.pid:
             os.killpg(process.pid, signal.SIGKILL)
@@ -93,7 +99,6 @@ def kill_when(
             process.kill()
     except ProcessLookupError:
         pass
-    process.wait()
 
 
 def copy_output(source: Path, destination: Path) -> Path:
