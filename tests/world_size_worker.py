@@ -13,7 +13,6 @@ against one process at batch 2, from Wan weights: tests/test_train.py's ``traine
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -53,7 +52,11 @@ def host_peak_bytes(function) -> int:  # noqa: ANN001
     return peak - before
 
 
-def run_fit(args: dict, name: str, sequence_parallel: int, batch_size: int, loader=None) -> list[dict]:  # noqa: ANN001
+def run_fit_with_loader(args: dict, name: str, sequence_parallel: int, batch_size: int, loader) -> None:  # noqa: ANN001
+    """``trainer.train.train`` (``trainer fit``'s production path; the group exists) from the tiny Wan folder, with
+    ``loader`` in place of ``trainer.train.ShardLoader``."""
+    import trainer.train
+
     overrides = [
         f'train.data.shards="{args["shards"]}"',
         f'train.runs_dir="{args["runs"]}"',
@@ -67,19 +70,12 @@ def run_fit(args: dict, name: str, sequence_parallel: int, batch_size: int, load
     recipe = load_recipe(args["recipe"], overrides)
     config = train_config_from_recipe(recipe)
     runtime = init_distributed(config.parallel)  # the group exists: only the (dp, sp) mesh is made
-    run_dir = Path(config.runs_dir) / config.name
-    if loader is not None:
-        import trainer.train
-
-        original, trainer.train.ShardLoader = trainer.train.ShardLoader, loader
+    original, trainer.train.ShardLoader = trainer.train.ShardLoader, loader
     try:
-        train(config, runtime, run_dir, False, recipe)
+        train(config, runtime, Path(config.runs_dir) / config.name, False, recipe)
     finally:
-        if loader is not None:
-            trainer.train.ShardLoader = original
+        trainer.train.ShardLoader = original
     dist.barrier()
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    return [{"step": r["step"], "loss": r["loss"], "grad_norm": r["grad_norm"]} for r in rows]
 
 
 def world_size_checks(args: dict) -> dict:
@@ -108,7 +104,7 @@ def world_size_checks(args: dict) -> dict:
         return ShardLoader(data, seed, dist.get_rank(), dist.get_world_size())  # the process rank: wrong
 
     try:
-        run_fit(args, "sp2_wrong_data", 2, 1, loader=wrong_loader)
+        run_fit_with_loader(args, "sp2_wrong_data", 2, 1, wrong_loader)
         check["error"] = None
     except RuntimeError as err:
         check["error"] = str(err)
